@@ -1,0 +1,1 @@
+"""Dock widgets: the only place where Qt / napari GUI code is imported."""

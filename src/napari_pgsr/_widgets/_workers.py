@@ -1,0 +1,45 @@
+"""Run a generator job in a napari thread worker, or synchronously when NAPARI_PGSR_SYNC=1 (tests)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Generator
+from typing import Any
+
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils.notifications import show_error
+
+
+class SyncJob:
+    """What `start` returns in synchronous mode: already finished, nothing to quit."""
+
+    def quit(self) -> None:
+        """Nothing to stop: the job has run."""
+
+
+def start(job: Callable[..., Generator], *args: Any, on_yield: Callable, on_return: Callable,
+          on_finish: Callable[[], None], context: str) -> GeneratorWorker | SyncJob:
+    """Start `job(*args)`; progress goes to on_yield, the result to on_return, errors to a notification."""
+
+    def on_error(err: Exception) -> None:
+        show_error(f"{context}: {err}")
+
+    if os.environ.get("NAPARI_PGSR_SYNC") == "1":
+        generator = job(*args)
+        try:
+            while True:
+                on_yield(next(generator))
+        except StopIteration as stop:
+            on_return(stop.value)
+        except Exception as err:  # noqa: BLE001 - shown to the user like a worker error
+            on_error(err)
+        finally:
+            on_finish()
+        return SyncJob()
+    worker = create_worker(job, *args, _start_thread=False)
+    worker.yielded.connect(on_yield)
+    worker.returned.connect(on_return)
+    worker.errored.connect(on_error)
+    worker.finished.connect(on_finish)
+    worker.start()
+    return worker

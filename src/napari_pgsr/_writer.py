@@ -1,0 +1,20 @@
+"""npe2 writer: save an image layer as ImageJ TIFF or OME-TIFF, keeping the pixel size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .io import write_movie
+
+
+def write_image(path: str, data: Any, attributes: dict) -> list[str]:
+    """Write one image layer; never writes over the file the layer was read from."""
+    metadata = attributes.get("metadata") or {}
+    scale = attributes.get("scale") or (1.0,)
+    pixel = float(scale[-1])
+    if pixel == 1.0 and metadata.get("pixel_size_um", 1.0) is None:
+        pixel = None  # scale 1 was a placeholder for an unknown pixel size
+    protected = tuple(p for p in (metadata.get("source_path"),) if p)
+    # napari's save dialog has already asked before replacing another existing file
+    written = write_movie(path, data, pixel_size_um=pixel, overwrite=True, protected=protected)
+    return [str(written)]

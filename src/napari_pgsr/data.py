@@ -1,0 +1,167 @@
+"""Training patches from exposure pairs: aligned random crops, dihedral augmentation, offset, normalization."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .pairs import Pairs
+
+PairRef = tuple[int, int]  # (movie number, pair number)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Percentile normalization fitted on training data: x -> (x - lo) / (hi - lo), separately for low and high."""
+
+    low_lo: float
+    low_hi: float
+    high_lo: float
+    high_hi: float
+    percentiles: tuple[float, float] = (1.0, 99.8)
+
+    def low(self, x: np.ndarray) -> np.ndarray:
+        """Normalize a low-exposure image."""
+        return (np.asarray(x, np.float32) - np.float32(self.low_lo)) / np.float32(self.low_hi - self.low_lo)
+
+    def high(self, x: np.ndarray) -> np.ndarray:
+        """Normalize a high-exposure image."""
+        return (np.asarray(x, np.float32) - np.float32(self.high_lo)) / np.float32(self.high_hi - self.high_lo)
+
+    def high_inverse(self, y: np.ndarray) -> np.ndarray:
+        """Back from model output to high-exposure intensities."""
+        return np.asarray(y, np.float32) * np.float32(self.high_hi - self.high_lo) + np.float32(self.high_lo)
+
+    def to_dict(self) -> dict:
+        """Plain dict for model files."""
+        return {**asdict(self), "percentiles": list(self.percentiles)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Normalization:
+        """Inverse of to_dict."""
+        return cls(**{**values, "percentiles": tuple(values.get("percentiles", (1.0, 99.8)))})
+
+
+def fit_normalization(pairs: Sequence[Pairs], refs: Sequence[PairRef], percentiles=(1.0, 99.8),
+                      max_frames: int = 16, seed: int = 0) -> Normalization:
+    """Fit percentiles on up to `max_frames` training pairs (read whole), never on validation frames."""
+    if not refs:
+        raise ValueError("cannot fit a normalization: no training pairs")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(refs), size=min(max_frames, len(refs)), replace=False)
+    lows, highs = zip(*(pairs[refs[i][0]].read(refs[i][1]) for i in sorted(chosen)))
+    low_values = np.concatenate([f.ravel()[::4] for f in lows]).astype(np.float64)
+    high_values = np.concatenate([f.ravel()[::4] for f in highs]).astype(np.float64)
+    lo_l, hi_l = np.percentile(low_values, percentiles)
+    lo_h, hi_h = np.percentile(high_values, percentiles)
+    return Normalization(float(lo_l), float(max(hi_l, lo_l + 1e-6)), float(lo_h), float(max(hi_h, lo_h + 1e-6)),
+                         tuple(percentiles))
+
+
+def split_refs(pairs: Sequence[Pairs], validation_fraction: float = 0.1,
+               block_pairs: int = 16) -> tuple[list[PairRef], list[PairRef]]:
+    """Train/validation split: whole movies when several are given, else blocks of consecutive pairs.
+
+    Pairs next to the other set are left out of both, so no two adjacent frames straddle the split.
+    """
+    if not 0 <= validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    if validation_fraction == 0:
+        return [(m, p) for m, movie in enumerate(pairs) for p in range(len(movie))], []
+    if len(pairs) > 1:
+        n_val = max(1, int(round(validation_fraction * len(pairs))))
+        val_movies = set(range(len(pairs) - n_val, len(pairs)))
+        train = [(m, p) for m in range(len(pairs)) if m not in val_movies for p in range(len(pairs[m]))]
+        val = [(m, p) for m in sorted(val_movies) for p in range(len(pairs[m]))]
+        return train, val
+    n = len(pairs[0])
+    if n < 4:
+        raise ValueError(f"{pairs[0].name}: {n} pairs are too few to hold out validation pairs; need at least 4 "
+                         "(or set validation_fraction=0)")
+    block = max(1, min(block_pairs, n // 4))
+    n_blocks = int(np.ceil(n / block))
+    every = max(2, int(round(1 / validation_fraction)))
+    is_val_block = (np.arange(n_blocks) % every) == (every // 2 if n_blocks > every // 2 else 0)
+    is_val = np.repeat(is_val_block, block)[:n]
+    border = np.zeros(n, bool)
+    border[1:] |= is_val[1:] != is_val[:-1]  # first pair after a switch of set
+    train = [(0, p) for p in range(n) if not is_val[p] and not border[p]]
+    val = [(0, p) for p in range(n) if is_val[p] and not border[p]]
+    return train, val
+
+
+def dihedral(image: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 symmetries of the square: rotate by k % 4 quarter turns, mirror when k >= 4."""
+    out = np.rot90(image, k % 4)
+    return out[:, ::-1] if k >= 4 else out
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Random aligned (low, high) crops as 1 x P x P float32 tensors, reading only the frames it needs.
+
+    Item i is a pure function of (seed, epoch, i), so a resumed run sees the same patches. Validation items
+    are fixed crops without augmentation.
+    """
+
+    def __init__(self, pairs: Pairs | Sequence[Pairs], patch_size: int = 64, split: str = "train",
+                 validation_fraction: float = 0.1, length: int | None = None, augment: bool = True,
+                 offset_max: int = 0, normalization: Normalization | None = None, seed: int = 0,
+                 block_pairs: int = 16):
+        self.pairs = [pairs] if isinstance(pairs, Pairs) else list(pairs)
+        if split not in ("train", "validation", "all"):
+            raise ValueError(f"split must be 'train', 'validation' or 'all', got {split!r}")
+        for movie in self.pairs:
+            height, width = movie.low.shape[1:]
+            if patch_size > min(height, width):
+                raise ValueError(f"{movie.name}: frames of {height}x{width} pixels are smaller than the "
+                                 f"{patch_size}x{patch_size} patch size; choose a patch size <= {min(height, width)}")
+        train, val = split_refs(self.pairs, validation_fraction if split != "all" else 0.0, block_pairs)
+        self.train_refs, self.validation_refs = train, val
+        self.refs = val if split == "validation" else train
+        if not self.refs:
+            raise ValueError(f"no {split} pairs available ({sum(map(len, self.pairs))} pairs in total)")
+        self.normalization = normalization or fit_normalization(self.pairs, train, seed=seed)
+        self.patch_size, self.split, self.seed, self.epoch = patch_size, split, seed, 0
+        self.augment = augment and split != "validation"
+        self.offset_max = int(offset_max)
+        self.length = length or len(self.refs)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        """New random patches for a new epoch (training split only)."""
+        self.epoch = epoch
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if self.split == "validation":
+            return np.random.default_rng([self.seed, 1 << 30, index])
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        rng = self._rng(index)
+        ref = self.refs[index % len(self.refs)] if self.split == "validation" else \
+            self.refs[int(rng.integers(len(self.refs)))]
+        movie = self.pairs[ref[0]]
+        height, width = movie.low.shape[1:]
+        y = int(rng.integers(height - self.patch_size + 1))
+        x = int(rng.integers(width - self.patch_size + 1))
+        rows, cols = slice(y, y + self.patch_size), slice(x, x + self.patch_size)
+        low, high = (a.astype(np.float32) for a in movie.read(ref[1], rows, cols))
+        if not (np.isfinite(low).all() and np.isfinite(high).all()):
+            raise ValueError(f"{movie.name}: pair {ref[1]} (frames {movie.low_index[ref[1]]}/"
+                             f"{movie.high_index[ref[1]]}) contains NaN or infinite values")
+        if self.offset_max > 0:
+            offset = np.float32(rng.integers(0, self.offset_max + 1))
+            low, high = low + offset, high + offset
+        if self.augment:
+            k = int(rng.integers(8))
+            low, high = dihedral(low, k), dihedral(high, k)
+        low, high = self.normalization.low(low), self.normalization.high(high)
+        return (torch.from_numpy(np.ascontiguousarray(low)[None]),
+                torch.from_numpy(np.ascontiguousarray(high)[None]))

@@ -1,0 +1,204 @@
+"""Read alternating-exposure movies lazily from TIFF / OME-TIFF / ImageJ files and write them atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import tifffile
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+TIME_AXES = "TIQ"  # T: time; I and Q: an unlabelled image sequence, which for a movie is time
+AXIS_NAMES = {"T": "time", "Z": "depth (Z)", "C": "channel", "S": "colour sample (RGB)", "Y": "height",
+              "X": "width", "I": "image sequence", "Q": "unlabelled"}
+_UNIT_TO_UM = {"um": 1.0, "µm": 1.0, "\\u00B5m": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3,
+               "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+@dataclass
+class Movie:
+    """A lazily read movie: `data` is a dask array T x Y x X; `frames` reads frames straight from the file."""
+
+    data: da.Array
+    frames: Any  # numpy.memmap or zarr array: fast random access for patch sampling
+    path: Path | None
+    pixel_size_um: float | None
+    axes: str = "TYX"
+    metadata: dict = field(default_factory=dict)
+    handle: Any = field(default=None, repr=False)  # open TiffFile behind `frames` when not memory-mapped
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """T, Y, X."""
+        return tuple(self.data.shape)
+
+
+def is_tiff_path(path: str | os.PathLike) -> bool:
+    """True for names ending in .tif / .tiff (including .ome.tif)."""
+    return str(path).lower().endswith(TIFF_SUFFIXES)
+
+
+def _describe_axes(axes: str, shape: tuple[int, ...]) -> str:
+    return " x ".join(f"{a}={n} ({AXIS_NAMES.get(a, a)})" for a, n in zip(axes, shape))
+
+
+def _movie_axes(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+    """Drop singleton axes and check that what is left is time x Y x X, else explain what the file holds."""
+    kept = [(a, n) for a, n in zip(axes, shape) if n > 1 or a in "YX"]
+    names = "".join(a for a, _ in kept)
+    sizes = tuple(n for _, n in kept)
+    found = f"{path.name} has axes {axes} with shape {shape}: {_describe_axes(axes, shape)}"
+    if len(names) == 2 and names == "YX":
+        raise ValueError(f"{found}. It is a single frame; a movie of alternating exposures needs at least "
+                         "2 frames (expected T x Y x X).")
+    if "S" in names:
+        raise ValueError(f"{found}. It is an RGB/colour image; expected a grey-scale movie T x Y x X.")
+    if len(names) != 3 or names[1:] != "YX" or names[0] not in TIME_AXES:
+        hint = " (a Z-stack)" if "Z" in names else ""
+        raise ValueError(f"{found}{hint}. Expected a movie T x Y x X (time, height, width); if the first "
+                         "axis really is time, open it with read_movie(path, axes='TYX').")
+    return "TYX", sizes
+
+
+def _pixel_size_um(tif: tifffile.TiffFile) -> float | None:
+    """Pixel size from OME (PhysicalSizeX) or ImageJ (XResolution + unit) metadata; None if not recorded."""
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            root = ET.fromstring(tif.ome_metadata)
+        except ET.ParseError:
+            root = None
+        pixels = None if root is None else next((e for e in root.iter() if e.tag.endswith("Pixels")), None)
+        if pixels is not None and pixels.get("PhysicalSizeX"):
+            unit = pixels.get("PhysicalSizeXUnit", "µm")
+            return float(pixels.get("PhysicalSizeX")) * _UNIT_TO_UM.get(unit, 1.0)
+    page = tif.pages.first
+    resolution = page.tags.get("XResolution")
+    if resolution is None:
+        return None
+    numerator, denominator = resolution.value
+    if not numerator or not denominator:
+        return None
+    per_unit = numerator / denominator
+    if tif.is_imagej:
+        unit = (tif.imagej_metadata or {}).get("unit", "")
+        scale = _UNIT_TO_UM.get(unit)
+    else:
+        res_unit = page.tags.get("ResolutionUnit")
+        scale = {3: 1e4}.get(int(res_unit.value) if res_unit else 2)  # only centimetres are physical here
+    if scale is None or per_unit == 1.0:
+        return None
+    return scale / per_unit
+
+
+def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
+    """Open a T x Y x X movie lazily; only the frames that are indexed are read from disk."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"movie file not found: {path}")
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as err:  # tifffile raises TiffFileError, ValueError, struct.error... for broken files
+        raise ValueError(f"{path} is not a readable TIFF file ({err}); expected a .tif/.ome.tif movie.") from err
+    try:
+        series = tif.series[0]
+        file_axes, shape = series.axes, tuple(series.shape)
+        if axes is not None:
+            if len(axes) != len(shape):
+                raise ValueError(f"{path.name}: axes={axes!r} given but the file's image has {len(shape)} "
+                                 f"dimensions {shape} (axes {file_axes})")
+            file_axes = axes.upper()
+        movie_axes, movie_shape = _movie_axes(path, file_axes, shape)
+        dtype = np.dtype(series.dtype)
+        if dtype.kind not in "uif":
+            raise ValueError(f"{path.name} holds {dtype} pixels; expected integer or floating point intensities")
+        if series.dataoffset is not None:  # contiguous, uncompressed: memory-map
+            frames = tifffile.memmap(path, series=0, mode="r").reshape(movie_shape)
+        else:
+            import zarr
+
+            frames = zarr.open(series.aszarr(), mode="r")
+            if tuple(frames.shape) != movie_shape:
+                frames = da.from_zarr(frames).reshape(movie_shape)
+        data = frames if isinstance(frames, da.Array) else da.from_array(
+            frames, chunks=(1, *movie_shape[1:]), asarray=True, lock=False, name=f"movie-{path}")
+        pixel_size = _pixel_size_um(tif)
+    except Exception:
+        tif.close()
+        raise
+    handle = None
+    if isinstance(frames, np.memmap):
+        tif.close()
+    else:
+        handle = tif  # the zarr store reads through this open file
+    metadata = {"source_path": str(path.resolve()), "file_axes": series.axes, "pixel_size_um": pixel_size}
+    if pixel_size is None:
+        metadata["note"] = "pixel size not recorded in the file; scale left at 1 pixel"
+    return Movie(data, frames, path, pixel_size, movie_axes, metadata, handle)
+
+
+def _frames(array) -> Any:
+    """Iterate over frames without loading a lazy movie into memory."""
+    for index in range(array.shape[0]):
+        frame = array[index]
+        yield np.asarray(frame.compute() if hasattr(frame, "compute") else frame)
+
+
+def write_movie(
+    path: str | os.PathLike,
+    array,
+    pixel_size_um: float | None = None,
+    overwrite: bool = False,
+    protected: tuple[str | os.PathLike, ...] = (),
+) -> Path:
+    """Write a T x Y x X (or Y x X) array as ImageJ TIFF, or OME-TIFF for names ending .ome.tif, atomically.
+
+    Frames are written one by one (lazy arrays are never loaded whole). Existing files are kept unless
+    `overwrite`; files in `protected` (the movie being shown, say) and the memory-mapped source of `array`
+    are never written to.
+    """
+    path = Path(path)
+    if not is_tiff_path(path):
+        raise ValueError(f"{path}: expected a file name ending in .tif, .tiff or .ome.tif")
+    sources = {Path(p).resolve() for p in protected}
+    filename = getattr(array, "filename", None)
+    if filename:
+        sources.add(Path(filename).resolve())
+    if path.resolve() in sources:
+        raise ValueError(f"refusing to write {path}: it is the file the data was read from")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; choose another name or pass overwrite=True")
+    if array.ndim not in (2, 3):
+        raise ValueError(f"expected a T x Y x X movie or a Y x X frame, got shape {tuple(array.shape)}")
+    dtype = np.dtype(array.dtype)
+    ome = path.name.lower().endswith((".ome.tif", ".ome.tiff"))
+    if not ome and dtype not in (np.uint8, np.uint16, np.float32):
+        dtype = np.dtype(np.float32)  # the types ImageJ can open
+    stack = array if array.ndim == 3 else array[None]
+    kwargs: dict[str, Any] = {"shape": tuple(stack.shape), "dtype": dtype}
+    if ome:
+        meta: dict[str, Any] = {"axes": "TYX"}
+        if pixel_size_um:
+            meta.update(PhysicalSizeX=pixel_size_um, PhysicalSizeY=pixel_size_um,
+                        PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm")
+        kwargs.update(ome=True, metadata=meta, bigtiff=stack.size * dtype.itemsize > 2**31)
+    else:
+        kwargs.update(imagej=True, metadata={"axes": "TYX", "unit": "um"} if pixel_size_um else {"axes": "TYX"})
+        if pixel_size_um:
+            kwargs["resolution"] = (1.0 / pixel_size_um, 1.0 / pixel_size_um)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        frames = (f.astype(dtype, copy=False) for f in _frames(stack))
+        tifffile.imwrite(tmp, data=frames, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,186 @@
+"""Split an alternating low/high exposure movie into frame-aligned (low, high) pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import dask.array as da
+import numpy as np
+from scipy import ndimage
+
+MIN_RATIO = 1.3  # below this, low and high exposures cannot be told apart
+
+
+@dataclass
+class Pairs:
+    """Frame-aligned low/high exposure pairs taken from one movie (or from two stacks)."""
+
+    low: da.Array  # P x Y x X, lazy
+    high: da.Array
+    low_first: bool | None  # None when the pairs came from two separate stacks
+    ratio: float  # exposure (intensity above the camera baseline) ratio high / low
+    low_index: np.ndarray  # frame index of each low frame in its source
+    high_index: np.ndarray
+    dropped: list[int] = field(default_factory=list)  # frames that break the alternation or are unmatched
+    baseline: float = 0.0
+    low_source: object = None  # array the low frames are read from (memmap/zarr/numpy/dask)
+    high_source: object = None
+    name: str = ""
+
+    def __len__(self) -> int:
+        return int(self.low_index.size)
+
+    def read(self, pair: int, rows: slice = slice(None), cols: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Read (a crop of) one low and one high frame straight from their sources."""
+        return (_read(self.low_source, int(self.low_index[pair]), rows, cols),
+                _read(self.high_source, int(self.high_index[pair]), rows, cols))
+
+    def summary(self) -> dict:
+        """Plain-python description for layer metadata, logs and model files."""
+        return {"pairs": len(self), "low_first": self.low_first, "ratio": round(float(self.ratio), 3),
+                "dropped_frames": [int(i) for i in self.dropped], "baseline": round(float(self.baseline), 2),
+                "source": self.name}
+
+
+def _read(source, index: int, rows: slice, cols: slice) -> np.ndarray:
+    crop = source[index, rows, cols]
+    return np.asarray(crop.compute() if hasattr(crop, "compute") else crop)
+
+
+def _as_dask(data) -> da.Array:
+    if isinstance(data, da.Array):
+        return data
+    return da.from_array(data, chunks=(1, *data.shape[1:]), asarray=True, lock=False)
+
+
+def _check_movie(data, name: str) -> None:
+    if data.ndim != 3:
+        raise ValueError(f"{name}: expected a movie T x Y x X, got {data.ndim} dimensions {tuple(data.shape)}")
+    if data.shape[0] < 2:
+        raise ValueError(f"{name}: has {data.shape[0]} frame(s) of {data.shape[1]}x{data.shape[2]}; "
+                         "pairs need at least 2 frames")
+
+
+def iter_frame_means(data, out: np.ndarray, name: str = "movie",
+                     max_samples: int = 65_536) -> Iterator[tuple[int, int]]:
+    """Fill `out` with the mean of every frame, yielding (frames done, total) as it goes.
+
+    Means come from an evenly strided subset of pixels, so a big movie is only partly read.
+    """
+    n_frames, height, width = data.shape
+    step = max(1, int(np.sqrt(height * width / max_samples)))
+    chunk = 64
+    for start in range(0, n_frames, chunk):
+        block = data[start:start + chunk, ::step, ::step]
+        block = np.asarray(block.compute() if hasattr(block, "compute") else block, dtype=np.float64)
+        out[start:start + block.shape[0]] = block.mean(axis=(1, 2))
+        yield min(start + chunk, n_frames), n_frames
+    bad = np.flatnonzero(~np.isfinite(out))
+    if bad.size:
+        raise ValueError(f"{name}: frames {bad[:10].tolist()} contain NaN or infinite values")
+
+
+def frame_means(data, name: str = "movie", progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Mean intensity of every frame (see iter_frame_means); `progress(done, total)` is called per chunk."""
+    means = np.empty(data.shape[0])
+    for done, total in iter_frame_means(data, means, name):
+        if progress is not None:
+            progress(done, total)
+    return means
+
+
+def estimate_baseline(data, means: np.ndarray) -> float:
+    """Camera offset: the 1st percentile of the dimmest frame binned 4x4 (binning averages out read noise)."""
+    frame = data[int(np.argmin(means))]
+    frame = np.asarray(frame.compute() if hasattr(frame, "compute") else frame, dtype=np.float64)
+    height, width = (n // 4 * 4 or n for n in frame.shape)
+    frame = frame[:height, :width]
+    if height % 4 == 0 and width % 4 == 0:
+        frame = frame.reshape(height // 4, 4, width // 4, 4).mean(axis=(1, 3))
+    return float(min(np.percentile(frame, 1.0), 0.9 * means.min()))
+
+
+def classify_frames(means: np.ndarray, window: int = 7) -> np.ndarray:
+    """True for bright (high exposure) frames: above the geometric midpoint of the local min/max envelope.
+
+    The envelope follows slow bleaching trends, and a window of 7 frames always holds both exposures
+    even around a dropped or duplicated frame.
+    """
+    log = np.log(np.maximum(means, 1e-9))
+    size = min(window, means.size)
+    midpoint = 0.5 * (ndimage.maximum_filter1d(log, size, mode="nearest")
+                      + ndimage.minimum_filter1d(log, size, mode="nearest"))
+    return log > midpoint
+
+
+def _pair_up(bright: np.ndarray, low_first: bool) -> tuple[list[int], list[int], list[int]]:
+    """Walk the frames, pairing each frame of the first phase with the next if that is of the other phase."""
+    low, high, dropped = [], [], []
+    first_is_bright = not low_first
+    t = 0
+    while t < bright.size:
+        if t + 1 < bright.size and bright[t] == first_is_bright and bright[t + 1] != first_is_bright:
+            lo, hi = (t, t + 1) if low_first else (t + 1, t)
+            low.append(lo)
+            high.append(hi)
+            t += 2
+        else:
+            dropped.append(t)
+            t += 1
+    return low, high, dropped
+
+
+def exposure_ratio(means: np.ndarray, low: np.ndarray, high: np.ndarray, baseline: float) -> float:
+    """Median over pairs of (high - baseline) / (low - baseline)."""
+    above_low = np.maximum(means[low] - baseline, 1e-9)
+    return float(np.median((means[high] - baseline) / above_low))
+
+
+def split_alternating(data, low_first: bool | None = None, name: str = "movie",
+                      progress: Callable[[int, int], None] | None = None) -> Pairs:
+    """Split a T x Y x X alternating-exposure movie into lazy, frame-aligned low and high stacks.
+
+    `low_first=None` detects the phase. Frames that break the alternation (dropped or duplicated frames)
+    and an unmatched last frame are left out and listed in `dropped`. A movie with no alternation
+    (exposure ratio below 1.3) raises ValueError.
+    """
+    _check_movie(data, name)
+    return pairs_from_means(data, frame_means(data, name, progress), low_first, name)
+
+
+def pairs_from_means(data, means: np.ndarray, low_first: bool | None = None, name: str = "movie") -> Pairs:
+    """The second half of split_alternating, once the frame means are known."""
+    bright = classify_frames(means)
+    baseline = estimate_baseline(data, means)
+    candidates = [low_first] if low_first is not None else [not bright[0], bright[0]]
+    # With the phase unknown, keep the reading that pairs the most frames (ties: frame 0's class).
+    best = max(((lf, *_pair_up(bright, lf)) for lf in candidates), key=lambda r: len(r[1]))
+    low_first, low, high, dropped = best[0], np.array(best[1], int), np.array(best[2], int), best[3]
+    if low.size == 0:
+        raise ValueError(f"{name}: no low/high frame pairs found in {data.shape[0]} frames")
+    ratio = exposure_ratio(means, low, high, baseline)
+    if ratio < MIN_RATIO:
+        raise ValueError(f"{name}: no alternating exposure detected: the bright/dim frame intensity ratio is "
+                         f"{ratio:.2f} (above a camera baseline of {baseline:.1f}); expected at least "
+                         f"{MIN_RATIO} for alternating low/high exposures")
+    stack = _as_dask(data)
+    return Pairs(stack[low], stack[high], bool(low_first), ratio, low, high, [int(i) for i in dropped],
+                 baseline, data, data, name)
+
+
+def pair_stacks(low, high, name: str = "stacks") -> Pairs:
+    """Pair frame i of a low-exposure stack with frame i of a separately recorded high-exposure stack."""
+    _check_movie(low, f"{name} (low)")
+    _check_movie(high, f"{name} (high)")
+    if tuple(low.shape) != tuple(high.shape):
+        raise ValueError(f"{name}: low stack has shape {tuple(low.shape)} but high stack has "
+                         f"{tuple(high.shape)}; expected the same number of frames of the same size")
+    low_means, high_means = frame_means(low, f"{name} (low)"), frame_means(high, f"{name} (high)")
+    baseline = estimate_baseline(low, low_means)
+    index = np.arange(low.shape[0])
+    ratio = float(np.median((high_means - baseline) / np.maximum(low_means - baseline, 1e-9)))
+    if ratio < 1.0:
+        raise ValueError(f"{name}: the 'high' stack is dimmer than the 'low' stack (ratio {ratio:.2f}); "
+                         "were they swapped?")
+    return Pairs(_as_dask(low), _as_dask(high), None, ratio, index, index.copy(), [], baseline, low, high, name)
