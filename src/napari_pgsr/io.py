@@ -39,6 +39,23 @@ class Movie:
         return tuple(self.data.shape)
 
 
+class _FrameReader:
+    """Array-like view of a memmap/zarr array. dask slices real numpy arrays (memmaps too) into chunks
+    when the graph is built, which would read the whole movie; through this wrapper it reads on demand."""
+
+    def __init__(self, frames):
+        self.frames, self.shape, self.dtype, self.ndim = frames, tuple(frames.shape), frames.dtype, frames.ndim
+
+    def __getitem__(self, index):
+        return np.array(self.frames[index])
+
+
+def lazy_frames(frames, name: str) -> da.Array:
+    """A dask array with one chunk per frame that reads from `frames` only when computed."""
+    return da.from_array(_FrameReader(frames), chunks=(1, *frames.shape[1:]), asarray=True, lock=False,
+                         name=name, meta=np.empty((0,) * frames.ndim, frames.dtype))
+
+
 def is_tiff_path(path: str | os.PathLike) -> bool:
     """True for names ending in .tif / .tiff (including .ome.tif)."""
     return str(path).lower().endswith(TIFF_SUFFIXES)
@@ -125,8 +142,7 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
             frames = zarr.open(series.aszarr(), mode="r")
             if tuple(frames.shape) != movie_shape:
                 frames = da.from_zarr(frames).reshape(movie_shape)
-        data = frames if isinstance(frames, da.Array) else da.from_array(
-            frames, chunks=(1, *movie_shape[1:]), asarray=True, lock=False, name=f"movie-{path}")
+        data = frames if isinstance(frames, da.Array) else lazy_frames(frames, f"movie-{path}")
         pixel_size = _pixel_size_um(tif)
     except Exception:
         tif.close()

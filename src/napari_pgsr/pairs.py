@@ -9,6 +9,8 @@ import dask.array as da
 import numpy as np
 from scipy import ndimage
 
+from .io import lazy_frames
+
 MIN_RATIO = 1.3  # below this, low and high exposures cannot be told apart
 
 
@@ -51,7 +53,7 @@ def _read(source, index: int, rows: slice, cols: slice) -> np.ndarray:
 def _as_dask(data) -> da.Array:
     if isinstance(data, da.Array):
         return data
-    return da.from_array(data, chunks=(1, *data.shape[1:]), asarray=True, lock=False)
+    return lazy_frames(data, f"frames-{id(data)}")
 
 
 def _check_movie(data, name: str) -> None:

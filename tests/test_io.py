@@ -1,0 +1,112 @@
+import os
+
+import numpy as np
+import psutil
+import pytest
+import tifffile
+
+from napari_pgsr.io import read_movie, write_movie
+
+
+@pytest.mark.parametrize("name", ["movie.tif", "movie.ome.tif"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_write_read_round_trip_keeps_pixels_and_pixel_size(tmp_path, name, dtype):
+    data = (np.random.default_rng(0).random((5, 24, 31)) * 200).astype(dtype)
+    path = write_movie(tmp_path / name, data, pixel_size_um=0.16)
+    movie = read_movie(path)
+    assert movie.shape == (5, 24, 31) and movie.data.dtype == dtype
+    assert movie.pixel_size_um == pytest.approx(0.16)
+    np.testing.assert_array_equal(movie.data.compute(), data)
+    assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed away
+
+
+def test_missing_pixel_size_is_not_invented(tmp_path):
+    tifffile.imwrite(tmp_path / "plain.tif", np.zeros((6, 8, 8), np.uint16))
+    movie = read_movie(tmp_path / "plain.tif")
+    assert movie.pixel_size_um is None
+    assert "pixel size not recorded" in movie.metadata["note"]
+
+
+def test_compressed_tiff_is_read_lazily_through_zarr(tmp_path):
+    data = np.arange(4 * 16 * 16, dtype=np.uint16).reshape(4, 16, 16)
+    tifffile.imwrite(tmp_path / "zlib.tif", data, compression="zlib", metadata={"axes": "TYX"})
+    movie = read_movie(tmp_path / "zlib.tif")
+    assert not isinstance(movie.frames, np.memmap)
+    np.testing.assert_array_equal(np.asarray(movie.frames[2, 3:5, 4:9]), data[2, 3:5, 4:9])
+    np.testing.assert_array_equal(movie.data[3].compute(), data[3])
+
+
+def test_opening_a_movie_reads_only_the_frames_shown(tmp_path):
+    # 1 GiB movie whose pixel data is never written (a sparse file): opening it must not touch that
+    path = tmp_path / "big.tif"
+    big = tifffile.memmap(path, shape=(512, 1024, 1024), dtype=np.uint16, imagej=True,
+                          metadata={"axes": "TYX"})
+    big[300, 10, 10] = 7
+    big.flush()
+    del big
+    process = psutil.Process()
+    before = process.memory_info().rss
+    movie = read_movie(path)
+    assert movie.shape == (512, 1024, 1024)
+    frames = [movie.data[i].compute() for i in (0, 300, 511)]
+    grown = process.memory_info().rss - before
+    assert frames[1][10, 10] == 7
+    assert grown < 64 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB after reading 3 of 512 frames"
+
+
+def test_user_data_is_never_overwritten(tmp_path, movie_file):
+    data = read_movie(movie_file)
+    before = movie_file.read_bytes()
+    with pytest.raises(FileExistsError, match="exists"):
+        write_movie(movie_file, np.zeros((2, 4, 4), np.uint16))
+    with pytest.raises(ValueError, match="file the data was read from"):
+        write_movie(movie_file, data.frames, overwrite=True)  # the memory-mapped source itself
+    with pytest.raises(ValueError, match="file the data was read from"):
+        write_movie(movie_file, data.data, overwrite=True, protected=(movie_file,))
+    assert movie_file.read_bytes() == before
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path):
+    class Broken:
+        shape, ndim, dtype, size = (3, 8, 8), 3, np.dtype(np.uint16), 192
+
+        def __getitem__(self, index):
+            if index == 2:
+                raise OSError("disk full")
+            return np.zeros((8, 8), np.uint16)
+
+    with pytest.raises(OSError, match="disk full"):
+        write_movie(tmp_path / "out.tif", Broken())
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_files_get_clear_errors(tmp_path, movie_file):
+    with pytest.raises(FileNotFoundError, match="nope.tif"):
+        read_movie(tmp_path / "nope.tif")
+    (tmp_path / "text.tif").write_text("these are not pixels")
+    with pytest.raises(ValueError, match=r"text.tif is not a readable TIFF"):
+        read_movie(tmp_path / "text.tif")
+    (tmp_path / "cut.tif").write_bytes(movie_file.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"cut.tif"):
+        read_movie(tmp_path / "cut.tif")
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((16, 16, 3), np.uint8), photometric="rgb")
+    with pytest.raises(ValueError, match=r"rgb.tif has axes YXS .*S=3 \(colour sample \(RGB\)\).*T x Y x X"):
+        read_movie(tmp_path / "rgb.tif")
+    tifffile.imwrite(tmp_path / "z.tif", np.zeros((5, 16, 16), np.uint16), imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(ValueError, match=r"z.tif has axes ZYX.*Z=5 \(depth \(Z\)\).*Z-stack"):
+        read_movie(tmp_path / "z.tif")
+    assert read_movie(tmp_path / "z.tif", axes="TYX").shape == (5, 16, 16)  # the user says it is time
+    tifffile.imwrite(tmp_path / "one.tif", np.zeros((16, 16), np.uint16))
+    with pytest.raises(ValueError, match=r"one.tif .*single frame.*at least 2 frames"):
+        read_movie(tmp_path / "one.tif")
+    tifffile.imwrite(tmp_path / "tz.tif", np.zeros((3, 4, 16, 16), np.uint16), imagej=True,
+                     metadata={"axes": "TZYX"})
+    with pytest.raises(ValueError, match=r"T=3 \(time\) x Z=4"):
+        read_movie(tmp_path / "tz.tif")
+
+
+def test_writer_rejects_other_extensions_and_shapes(tmp_path):
+    with pytest.raises(ValueError, match=r"\.tif, \.tiff or \.ome\.tif"):
+        write_movie(tmp_path / "movie.png", np.zeros((2, 4, 4), np.uint16))
+    with pytest.raises(ValueError, match=r"shape \(2, 2, 4, 4\)"):
+        write_movie(tmp_path / "movie.tif", np.zeros((2, 2, 4, 4), np.uint16))

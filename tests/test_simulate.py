@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_pgsr import simulate
+from napari_pgsr.io import read_movie
+from napari_pgsr.physics import EMCCD, Microscope
+from napari_pgsr.simulate import Acquisition, Scene, simulate_movie
+
+
+def test_deterministic_from_seed():
+    a = simulate_movie("single_molecules", 6, (32, 48), seed=5)
+    b = simulate_movie("single_molecules", 6, (32, 48), seed=5)
+    c = simulate_movie("single_molecules", 6, (32, 48), seed=6)
+    assert a.movie.shape == (6, 32, 48) and a.movie.dtype == np.uint16
+    np.testing.assert_array_equal(a.movie, b.movie)
+    np.testing.assert_array_equal(a.spots["x"], b.spots["x"])
+    assert not np.array_equal(a.movie, c.movie)
+
+
+@pytest.mark.parametrize("kind", simulate.KINDS)
+def test_every_kind_alternates_exposures_and_has_spots(kind):
+    sim = simulate_movie(kind, 10, (64, 64), seed=0)
+    np.testing.assert_allclose(sim.exposures_s, [0.01, 0.1] * 5)
+    signal = sim.expected.mean(axis=(1, 2)) - EMCCD().baseline_adu
+    assert np.all(signal[1::2] > 5 * signal[0::2])  # 10x the light, minus bleaching and a little CIC
+    assert sim.spots["frame"].size > 0
+    assert set(np.unique(sim.spots["frame"])) <= set(range(10))
+
+
+def test_movie_mean_matches_the_noise_free_expectation(ap2_small):
+    residual = ap2_small.movie.astype(np.float64) - ap2_small.expected
+    assert abs(residual.mean()) < 0.5  # ADU, over 160k pixels of noise with std ~ 5-30 ADU
+
+
+def test_high_first_and_any_size():
+    sim = simulate_movie("beads", 4, (50, 70), acquisition=Acquisition(low_first=False))
+    assert sim.movie.shape == (4, 50, 70)
+    np.testing.assert_allclose(sim.exposures_s, [0.1, 0.01, 0.1, 0.01])
+    assert not sim.low_first
+
+
+def test_spot_positions_recovered_by_centroid_at_high_signal():
+    # bright (10,000 photons, below 16-bit saturation), static, isolated beads with the default PSF
+    scene = Scene(kind="beads", spots_per_um2=0.01, spot_rate=1e5, cell_background_rate=0.0,
+                  outside_background_rate=10.0, with_cell=False, diffusion_um2_s=0.0, bleach_time_s=1e9)
+    sim = simulate_movie("beads", 2, (128, 128), seed=2, scene=scene)
+    frame = sim.movie[1].astype(np.float64) - EMCCD().baseline_adu
+    truth = np.column_stack([sim.spots["y"], sim.spots["x"]])[sim.spots["frame"] == 1]
+    inside = np.all((truth > 4) & (truth < 123), axis=1)
+    spacing = np.linalg.norm(truth[:, None] - truth[None], axis=-1) + np.eye(len(truth)) * 99
+    isolated = inside & (spacing.min(axis=1) > 8)
+    assert isolated.sum() >= 3
+    for y, x in truth[isolated]:
+        r, c = int(round(y)), int(round(x))
+        window = frame[r - 3:r + 4, c - 3:c + 4]
+        cy, cx = ndimage.center_of_mass(np.clip(window, 0, None))
+        assert abs(r - 3 + cy - y) < 0.1 and abs(c - 3 + cx - x) < 0.1
+
+
+def test_psf_width_of_simulated_spots_follows_optics():
+    scope = Microscope(psf_sigma_nm=240.0)  # 1.5 px, so the width is easy to measure
+    scene = Scene(kind="beads", spots_per_um2=0.01, spot_rate=5e6, with_cell=False, cell_background_rate=0.0,
+                  outside_background_rate=0.0, diffusion_um2_s=0.0, bleach_time_s=1e9)
+    sim = simulate_movie("beads", 2, (96, 96), seed=4, microscope=scope, scene=scene)
+    y, x = sim.spots["y"][sim.spots["frame"] == 1][0], sim.spots["x"][sim.spots["frame"] == 1][0]
+    r, c = int(round(y)), int(round(x))
+    window = sim.expected[1].astype(np.float64) - EMCCD().baseline_adu
+    window = window[max(r - 6, 0):r + 7, max(c - 6, 0):c + 7]
+    yy = np.arange(window.shape[0])
+    profile = window.sum(axis=1) / window.sum()
+    mean = (profile * yy).sum()
+    sigma = np.sqrt((profile * (yy - mean) ** 2).sum() - 1 / 12)  # minus pixel-integration variance
+    assert sigma == pytest.approx(1.5, rel=0.05)
+
+
+def test_unknown_kind_and_bad_shape_are_explained():
+    with pytest.raises(ValueError, match="unknown sample kind 'cells'"):
+        simulate_movie("cells")
+    with pytest.raises(ValueError, match="at least 8x8"):
+        simulate_movie("ap2", 4, (4, 4))
+
+
+def test_command_line_writes_movie_truth_and_expectation(tmp_path, capsys):
+    out = tmp_path / "sm.ome.tif"
+    assert simulate.main(["--kind", "single_molecules", "--frames", "6", "--size", "40", "48", "--expected",
+                          "-o", str(out)]) == 0
+    movie = read_movie(out)
+    assert movie.shape == (6, 40, 48) and movie.pixel_size_um == pytest.approx(0.16)
+    assert read_movie(tmp_path / "sm_expected.tif").shape == (6, 40, 48)
+    table = np.loadtxt(tmp_path / "sm_spots.csv", delimiter=",", skiprows=1, ndmin=2)
+    header = (tmp_path / "sm_spots.csv").read_text().splitlines()[0]
+    assert header == "frame,id,y,x,photons" and table.shape[1] == 5
+    assert "wrote" in capsys.readouterr().out
