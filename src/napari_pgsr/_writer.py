@@ -10,8 +10,8 @@ from .io import write_movie
 def write_image(path: str, data: Any, attributes: dict) -> list[str]:
     """Write one image layer; never writes over the file the layer was read from."""
     metadata = attributes.get("metadata") or {}
-    scale = attributes.get("scale") or (1.0,)
-    pixel = float(scale[-1])
+    scale = attributes.get("scale")
+    pixel = float(scale[-1]) if scale is not None and len(scale) else 1.0
     if pixel == 1.0 and metadata.get("pixel_size_um", 1.0) is None:
         pixel = None  # scale 1 was a placeholder for an unknown pixel size
     protected = tuple(p for p in (metadata.get("source_path"),) if p)

@@ -123,6 +123,8 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
     except Exception as err:  # tifffile raises TiffFileError, ValueError, struct.error... for broken files
         raise ValueError(f"{path} is not a readable TIFF file ({err}); expected a .tif/.ome.tif movie.") from err
     try:
+        if not tif.series or not tif.pages:
+            raise ValueError(f"{path} is a damaged TIFF: it holds no image; expected a .tif/.ome.tif movie")
         series = tif.series[0]
         file_axes, shape = series.axes, tuple(series.shape)
         if axes is not None:
@@ -144,9 +146,12 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
                 frames = da.from_zarr(frames).reshape(movie_shape)
         data = frames if isinstance(frames, da.Array) else lazy_frames(frames, f"movie-{path}")
         pixel_size = _pixel_size_um(tif)
-    except Exception:
+    except ValueError:
         tif.close()
         raise
+    except Exception as err:  # a structure tifffile could parse the header of, but not the rest
+        tif.close()
+        raise ValueError(f"{path} is a damaged TIFF ({type(err).__name__}: {err})") from err
     handle = None
     if isinstance(frames, np.memmap):
         tif.close()

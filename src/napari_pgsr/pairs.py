@@ -153,15 +153,22 @@ def split_alternating(data, low_first: bool | None = None, name: str = "movie",
 
 def pairs_from_means(data, means: np.ndarray, low_first: bool | None = None, name: str = "movie") -> Pairs:
     """The second half of split_alternating, once the frame means are known."""
-    bright = classify_frames(means)
     baseline = estimate_baseline(data, means)
-    candidates = [low_first] if low_first is not None else [not bright[0], bright[0]]
-    # With the phase unknown, keep the reading that pairs the most frames (ties: frame 0's class).
-    best = max(((lf, *_pair_up(bright, lf)) for lf in candidates), key=lambda r: len(r[1]))
-    low_first, low, high, dropped = best[0], np.array(best[1], int), np.array(best[2], int), best[3]
+    if low_first is None:
+        bright = classify_frames(means)
+        # Keep the reading that pairs the most frames (ties: frame 0's class).
+        readings = [(lf, *_pair_up(bright, lf)) for lf in (not bright[0], bool(bright[0]))]
+        low_first, low, high, dropped = max(readings, key=lambda r: len(r[1]))
+    else:  # the user knows the phase: trust strict alternation from frame 0
+        bright = (np.arange(means.size) % 2 == 0) != low_first
+        low, high, dropped = _pair_up(bright, low_first)
+    low, high = np.array(low, int), np.array(high, int)
     if low.size == 0:
         raise ValueError(f"{name}: no low/high frame pairs found in {data.shape[0]} frames")
     ratio = exposure_ratio(means, low, high, baseline)
+    if ratio < 1 / MIN_RATIO:
+        raise ValueError(f"{name}: the frames taken as low exposure are brighter than the high ones "
+                         f"(ratio {ratio:.2f}); the phase is the other way round")
     if ratio < MIN_RATIO:
         raise ValueError(f"{name}: no alternating exposure detected: the bright/dim frame intensity ratio is "
                          f"{ratio:.2f} (above a camera baseline of {baseline:.1f}); expected at least "

@@ -7,6 +7,7 @@ from collections.abc import Generator
 import napari
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton, create_widget
+from napari.utils.notifications import show_error
 
 from .._reader import contrast_from_first_frame
 from ..pairs import Pairs, iter_frame_means, pairs_from_means
@@ -55,10 +56,10 @@ class ExposurePairsWidget(Container):
         """Start splitting the chosen layer in a worker."""
         layer = self.movie.value
         if layer is None:
-            napari.utils.notifications.show_error("Exposure pairs: open a movie first (no image layer chosen)")
+            show_error("Exposure pairs: open a movie first (no image layer chosen)")
             return
         if layer.data.ndim != 3 or layer.rgb or getattr(layer, "multiscale", False):
-            napari.utils.notifications.show_error(
+            show_error(
                 f"Exposure pairs: layer '{layer.name}' has shape {tuple(layer.data.shape)}; expected a "
                 "grey-scale movie T x Y x X")
             return

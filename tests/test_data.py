@@ -1,0 +1,131 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_pgsr.data import Normalization, PatchDataset, dihedral, split_refs
+from napari_pgsr.pairs import pair_stacks, split_alternating
+
+IDENTITY = Normalization(0.0, 1.0, 0.0, 1.0)
+
+
+def _coded_pairs(n_pairs=12, size=40):
+    """Low frames whose pixel values encode (pair, y, x); high = 3 * low + 7."""
+    pair, y, x = np.meshgrid(np.arange(n_pairs), np.arange(size), np.arange(size), indexing="ij")
+    low = (pair * 10_000 + y * 100 + x).astype(np.float32)
+    return pair_stacks(low + 1, 3 * (low + 1) + 7, name="coded")
+
+
+def test_crops_are_aligned_and_offset_is_added_to_both():
+    pairs = _coded_pairs()
+    ds = PatchDataset(pairs, patch_size=8, split="all", length=50, offset_max=200, normalization=IDENTITY)
+    offsets = set()
+    for i in range(len(ds)):
+        low, high = (t.numpy()[0] for t in ds[i])
+        assert low.shape == (8, 8)
+        offset = (3 * low - high + 7)[0, 0] / 2  # high = 3 (low - o) + 7 + o
+        np.testing.assert_allclose(3 * low - high + 7, 2 * offset)
+        assert offset == int(offset) and 0 <= offset <= 200
+        offsets.add(offset)
+        code = low - offset - 1
+        p = int(code[0, 0] // 10_000)
+        original = (p * 10_000 + np.arange(40)[:, None] * 100 + np.arange(40)[None, :]).astype(np.float32)
+        # the crop is one of the 8 dihedral transforms of a contiguous 8x8 window of pair p
+        y0, x0 = divmod(int(code.min() - p * 10_000), 100)
+        window = original[y0:y0 + 8, x0:x0 + 8]
+        assert any(np.array_equal(dihedral(window, k), code) for k in range(8))
+    assert len(offsets) > 10
+
+
+def test_augmentation_uses_all_eight_symmetries_and_validation_none():
+    pairs = _coded_pairs()
+    ds = PatchDataset(pairs, patch_size=8, split="all", length=200, normalization=IDENTITY)
+    seen = set()
+    for i in range(len(ds)):
+        code = ds[i][0].numpy()[0] - 1
+        corner = code - code.min()
+        seen.add((corner[0, 0], corner[0, -1], corner[-1, 0]))
+    assert len(seen) == 8
+    val = PatchDataset(pairs, patch_size=8, split="validation", normalization=IDENTITY)
+    for i in range(len(val)):
+        code = val[i][0].numpy()[0]
+        assert code[0, 1] - code[0, 0] == 1 and code[1, 0] - code[0, 0] == 100  # not flipped or rotated
+
+
+def test_items_are_reproducible_and_change_with_epoch():
+    pairs = _coded_pairs()
+    ds = PatchDataset(pairs, patch_size=8, normalization=IDENTITY, seed=7)
+    first = [ds[i][0] for i in range(5)]
+    assert all(torch.equal(a, ds[i][0]) for i, a in enumerate(first))
+    ds.set_epoch(1)
+    assert not all(torch.equal(a, ds[i][0]) for i, a in enumerate(first))
+
+
+def test_split_by_time_blocks_never_puts_adjacent_frames_on_both_sides(ap2_small):
+    pairs = split_alternating(simulate_long := ap2_small.movie)
+    train, val = split_refs([pairs], validation_fraction=0.25, block_pairs=3)
+    assert train and val and not set(train) & set(val)
+    frames = lambda refs: {f for _, p in refs for f in (pairs.low_index[p], pairs.high_index[p])}  # noqa: E731
+    train_frames, val_frames = frames(train), frames(val)
+    assert min(abs(a - b) for a in train_frames for b in val_frames) > 1
+    assert simulate_long.shape[0] == 40
+
+
+def test_split_by_movie_when_several_movies():
+    movies = [_coded_pairs(6, 16) for _ in range(4)]
+    train, val = split_refs(movies, validation_fraction=0.25)
+    assert {m for m, _ in val} == {3} and {m for m, _ in train} == {0, 1, 2}
+    assert len(train) == 18 and len(val) == 6
+
+
+def test_normalization_is_fitted_on_training_pairs_only():
+    pairs = _coded_pairs(40, 16)
+    ds = PatchDataset(pairs, patch_size=8, validation_fraction=0.25, block_pairs=4)
+    val_pairs = {p for _, p in ds.validation_refs}
+    assert val_pairs
+    # the fitted upper percentile is below the smallest value of the brightest validation pair... if it
+    # were fitted on everything it would reach the top pair (39)
+    top_train = max(p for _, p in ds.train_refs)
+    assert ds.normalization.low_hi <= top_train * 10_000 + 1600
+    assert ds.normalization.to_dict() == Normalization.from_dict(ds.normalization.to_dict()).to_dict()
+    low, high = ds[0]
+    assert low.dtype == torch.float32 and low.shape == (1, 8, 8)
+    raw = ds.normalization.high_inverse(high.numpy())
+    np.testing.assert_allclose(ds.normalization.high(raw), high.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_reads_only_the_frames_it_needs():
+    class CountingFrames:
+        def __init__(self, array):
+            self.array, self.shape, self.ndim, self.dtype = array, array.shape, array.ndim, array.dtype
+            self.touched = []
+
+        def __getitem__(self, index):
+            self.touched.append(index)
+            return self.array[index]
+
+    movie = np.random.default_rng(0).poisson(5, (200, 32, 32)).astype(np.uint16)
+    movie[1::2] *= 10
+    counting = CountingFrames(movie)
+    pairs = split_alternating(movie)
+    pairs.low_source = pairs.high_source = counting
+    ds = PatchDataset(pairs, patch_size=16, normalization=IDENTITY)
+    counting.touched.clear()
+    ds[0]
+    assert len(counting.touched) == 2
+    for index in counting.touched:
+        assert isinstance(index[0], int) and index[1].stop - index[1].start == 16
+
+
+def test_bad_inputs_are_explained():
+    pairs = _coded_pairs(12, 40)
+    with pytest.raises(ValueError, match=r"coded: frames of 40x40 pixels are smaller than the 64x64 patch"):
+        PatchDataset(pairs, patch_size=64)
+    with pytest.raises(ValueError, match="split must be"):
+        PatchDataset(pairs, patch_size=8, split="test")
+    low = np.ones((6, 16, 16), np.float32)
+    low[2, 5, 5] = np.nan
+    nan_pairs = pair_stacks(np.nan_to_num(low), np.nan_to_num(low) * 10, name="nan movie")
+    nan_pairs.low_source = low
+    ds = PatchDataset(nan_pairs, patch_size=16, split="all", normalization=IDENTITY, length=30)
+    with pytest.raises(ValueError, match=r"nan movie: pair 2 \(frames 2/2\) contains NaN"):
+        [ds[i] for i in range(30)]

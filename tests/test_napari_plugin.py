@@ -1,0 +1,68 @@
+"""The plugin inside a real napari viewer: reader, writer and sample data through npe2."""
+
+import numpy as np
+import pytest
+
+from napari_pgsr._writer import write_image
+from napari_pgsr.io import read_movie, write_movie
+
+
+def test_viewer_opens_movie_with_plugin_reader_lazily_and_with_scale(make_napari_viewer, movie_file):
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(movie_file), plugin="napari-pgsr")
+    layer = layers[0]
+    assert layer.name == "ap2" and layer.data.shape == (40, 64, 64)
+    assert hasattr(layer.data, "dask")  # still lazy
+    np.testing.assert_allclose(layer.scale, (1.0, 0.16, 0.16))
+    assert layer.metadata["source_path"] == str(movie_file.resolve())
+
+
+def test_movie_without_pixel_size_keeps_unit_scale_and_says_so(make_napari_viewer, tmp_path):
+    path = write_movie(tmp_path / "nopixel.tif", np.ones((4, 16, 16), np.uint16))
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(path), plugin="napari-pgsr")[0]
+    np.testing.assert_allclose(layer.scale, (1.0, 1.0, 1.0))
+    assert "pixel size not recorded" in layer.metadata["note"]
+
+
+def test_bad_file_error_names_the_file(make_napari_viewer, tmp_path):
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    viewer = make_napari_viewer()
+    with pytest.raises(Exception, match="broken.tif"):
+        viewer.open(str(tmp_path / "broken.tif"), plugin="napari-pgsr")
+
+
+@pytest.mark.parametrize("name", ["saved.tif", "saved.ome.tif"])
+def test_save_layer_with_plugin_writer_round_trips_pixel_size(make_napari_viewer, movie_file, tmp_path, name):
+    viewer = make_napari_viewer()
+    viewer.open(str(movie_file), plugin="napari-pgsr")
+    out = tmp_path / name
+    viewer.layers.save(str(out), selected=False, plugin="napari-pgsr")
+    saved = read_movie(out)
+    assert saved.pixel_size_um == pytest.approx(0.16)
+    np.testing.assert_array_equal(saved.data.compute(), read_movie(movie_file).data.compute())
+
+
+def test_writer_never_overwrites_the_file_a_layer_came_from(make_napari_viewer, movie_file):
+    viewer = make_napari_viewer()
+    viewer.open(str(movie_file), plugin="napari-pgsr")
+    before = movie_file.read_bytes()
+    with pytest.warns(UserWarning, match="not a valid writer"):  # napari reports the writer's refusal
+        assert viewer.layers.save(str(movie_file), selected=False, plugin="napari-pgsr") == []
+    layer = viewer.layers[0]
+    with pytest.raises(ValueError, match="file the data was read from"):
+        write_image(str(movie_file), layer.data, {"metadata": layer.metadata, "scale": layer.scale})
+    assert movie_file.read_bytes() == before
+
+
+@pytest.mark.parametrize("key", ["ap2", "beads", "single_molecules"])
+def test_sample_data_opens_as_alternating_movie_with_truth(make_napari_viewer, key):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-pgsr", key)
+    image, truth = viewer.layers
+    assert image.data.shape == (100, 256, 256) and image.data.dtype == np.uint16
+    np.testing.assert_allclose(image.scale, (1.0, 0.16, 0.16))
+    assert truth.data.shape[1] == 3 and len(truth.data) > 0 and not truth.visible
+    assert image.metadata["low_first"] is True
+    baseline = 100.0  # camera offset in ADU
+    assert image.data[1].mean() - baseline > 5 * (image.data[0].mean() - baseline)

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+
+from napari_pgsr.io import read_movie
+from napari_pgsr.pairs import classify_frames, pair_stacks, split_alternating
+from napari_pgsr.simulate import Acquisition, Scene, simulate_movie
+
+
+def _movie(n=40, low_first=True, **scene):
+    kind_scene = Scene(**scene) if scene else None
+    return simulate_movie("ap2", n, (48, 48), seed=3, acquisition=Acquisition(low_first=low_first),
+                          scene=kind_scene).movie
+
+
+@pytest.mark.parametrize("low_first", [True, False])
+def test_phase_detected_and_pairs_are_adjacent(low_first):
+    movie = _movie(40, low_first)
+    pairs = split_alternating(movie)
+    assert pairs.low_first is low_first and len(pairs) == 20 and pairs.dropped == []
+    np.testing.assert_array_equal(np.abs(pairs.high_index - pairs.low_index), 1)
+    assert np.all(pairs.low_index % 2 == (0 if low_first else 1))
+    assert 7.5 < pairs.ratio < 12.5  # 100 ms / 10 ms
+    assert pairs.low.shape == pairs.high.shape == (20, 48, 48)
+    np.testing.assert_array_equal(pairs.low[3].compute(), movie[pairs.low_index[3]])
+
+
+def test_strong_bleaching_trend_does_not_confuse_the_phase():
+    movie = _movie(80, bleach_time_s=2.0)  # the last high frames are dimmer than the first low ones
+    means = movie.mean(axis=(1, 2))
+    assert means[-1] < means[0] * 1.5
+    pairs = split_alternating(movie)
+    assert pairs.low_first and len(pairs) == 40 and pairs.dropped == []
+
+
+def test_dropped_frame_is_skipped_and_reported():
+    movie = np.delete(_movie(40), 13, axis=0)  # frame 13 (high) lost: ... L12 L14 ...
+    pairs = split_alternating(movie)
+    assert pairs.low_first and len(pairs) == 19 and pairs.dropped == [12]
+    bright = movie.mean(axis=(1, 2))
+    assert np.all(bright[pairs.high_index] > bright[pairs.low_index])
+
+
+def test_duplicated_frame_is_skipped_and_reported():
+    movie = _movie(40)
+    movie = np.insert(movie, 8, movie[8], axis=0)  # frame 8 (low) twice
+    pairs = split_alternating(movie)
+    assert len(pairs) == 20 and pairs.dropped == [8]
+
+
+def test_odd_count_drops_unmatched_last_frame():
+    pairs = split_alternating(_movie(41))
+    assert len(pairs) == 20 and pairs.dropped == [40]
+
+
+def test_user_can_override_the_phase():
+    movie = _movie(41, low_first=False)
+    movie[20] = movie[19]  # a frame that breaks the alternation: the override still pairs strictly by parity
+    pairs = split_alternating(movie, low_first=False)
+    assert pairs.low_first is False and pairs.low_index[0] == 1 and pairs.high_index[0] == 0
+    assert len(pairs) == 20 and pairs.dropped == [40]
+    with pytest.raises(ValueError, match=r"brighter than the high ones \(ratio 0\.\d+\); .*other way round"):
+        split_alternating(movie, low_first=True)
+
+
+def test_no_alternation_raises_with_the_measured_ratio():
+    movie = simulate_movie("ap2", 20, (48, 48), acquisition=Acquisition(low_exposure_s=0.1)).movie
+    with pytest.raises(ValueError, match=r"no alternating exposure detected: .* ratio is 1\.\d\d"):
+        split_alternating(movie, name="steady.tif")
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match=r"one.tif: has 1 frame\(s\) of 8x8"):
+        split_alternating(np.zeros((1, 8, 8)), name="one.tif")
+    with pytest.raises(ValueError, match=r"flat.tif: expected a movie T x Y x X, got 2 dimensions"):
+        split_alternating(np.zeros((8, 8)), name="flat.tif")
+    movie = _movie(10).astype(np.float32)
+    movie[4, 2, 2] = np.nan
+    with pytest.raises(ValueError, match=r"nan.tif: frames \[4\] contain NaN"):
+        split_alternating(movie, name="nan.tif")
+
+
+def test_lazy_movie_from_file_gives_lazy_pairs(movie_file):
+    movie = read_movie(movie_file)
+    pairs = split_alternating(movie.data, name=movie_file.name)
+    assert len(pairs) == 20 and pairs.low_first
+    low, high = pairs.read(5, slice(10, 20), slice(0, 8))
+    np.testing.assert_array_equal(low, movie.data[10, 10:20, 0:8].compute())
+    np.testing.assert_array_equal(high, movie.data[11, 10:20, 0:8].compute())
+    assert pairs.summary()["source"] == "ap2.tif"
+
+
+def test_separate_low_and_high_stacks_pair_frame_by_frame():
+    movie = _movie(20)
+    pairs = pair_stacks(movie[0::2], movie[1::2], name="two files")
+    assert len(pairs) == 10 and pairs.low_first is None and pairs.ratio > 7
+    with pytest.raises(ValueError, match=r"two files: low stack has shape \(10, 48, 48\) but high stack has "
+                                         r"\(9, 48, 48\)"):
+        pair_stacks(movie[0::2], movie[1:18:2], name="two files")
+    with pytest.raises(ValueError, match="swapped"):
+        pair_stacks(movie[1::2], movie[0::2])
+
+
+def test_classification_follows_a_trend_through_a_window():
+    means = np.exp(-np.arange(30) / 10) * np.where(np.arange(30) % 2, 10, 1)
+    np.testing.assert_array_equal(classify_frames(means), np.arange(30) % 2 == 1)
