@@ -29,7 +29,8 @@ def test_missing_pixel_size_is_not_invented(tmp_path):
 
 def test_compressed_tiff_is_read_lazily_through_zarr(tmp_path):
     data = np.arange(4 * 16 * 16, dtype=np.uint16).reshape(4, 16, 16)
-    tifffile.imwrite(tmp_path / "zlib.tif", data, compression="zlib", metadata={"axes": "TYX"})
+    tifffile.imwrite(tmp_path / "zlib.tif", data, compression="zlib", photometric="minisblack",
+                     metadata={"axes": "TYX"})
     movie = read_movie(tmp_path / "zlib.tif")
     assert not isinstance(movie.frames, np.memmap)
     np.testing.assert_array_equal(np.asarray(movie.frames[2, 3:5, 4:9]), data[2, 3:5, 4:9])

@@ -35,7 +35,7 @@ def prepare_sample(kind: str, n_frames: int, size: int, folder: Path) -> Path:
     return path
 
 
-def run_viewer(path: Path, folder: Path, headless: bool) -> None:
+def run_viewer(path: Path, folder: Path, headless: bool, screenshot: Path | None = None) -> None:
     """Open the movie in napari with the plugin's widgets docked and split it with the pairs widget."""
     if headless:
         os.environ["NAPARI_PGSR_SYNC"] = "1"  # no event loop will run: do the widget's work in this thread
@@ -48,11 +48,13 @@ def run_viewer(path: Path, folder: Path, headless: bool) -> None:
     pairs_widget.movie.value = viewer.layers[0]
     pairs_widget.run()
     viewer.layers[0].visible = False
-    viewer.grid.enabled = True
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid  # napari >= 0.9 moved it
+    grid.enabled = True
     viewer.reset_view()
     say(f"napari: layers {[layer.name for layer in viewer.layers]}; docked: Exposure pairs")
     if headless:
-        shot = folder / "napari_demo.png"
+        shot = screenshot or folder / "napari_demo.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(shot), canvas_only=False)
         say(f"no display: ran the viewer hidden on a virtual screen; screenshot {shot}")
         viewer.close()
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="demo_output", help="folder for the sample and results")
     parser.add_argument("--headless", action="store_true", help="no window: hidden viewer and a screenshot")
     parser.add_argument("--no-viewer", action="store_true", help="core steps only, no napari")
+    parser.add_argument("--screenshot", type=Path, help="where the headless run saves its screenshot")
     args = parser.parse_args(argv)
     folder = Path(args.output)
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if headless and not os.environ.get("DISPLAY"):
         say("no display and no virtual screen (Xvfb): skipped the viewer; run scripts/demo.sh as root to get one")
         return 0
-    run_viewer(path, folder, headless)
+    run_viewer(path, folder, headless, args.screenshot)
     return 0
 
 
