@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
-
-from .io import Movie, is_tiff_path, read_movie
+from .io import Movie, display_range, is_tiff_path, read_movie
 
 
 def get_reader(path: str | list[str]) -> Callable | None:
@@ -17,13 +15,6 @@ def get_reader(path: str | list[str]) -> Callable | None:
     return read_movies
 
 
-def contrast_from_first_frame(data) -> tuple[float, float]:
-    """Display range from one frame, so napari never scans a whole lazy movie."""
-    frame = np.asarray(data[0].compute() if hasattr(data[0], "compute") else data[0], dtype=np.float64)
-    low, high = np.percentile(frame, (0.1, 99.9))
-    return float(low), float(max(high, low + 1))
-
-
 def movie_layer_data(movie: Movie, name: str | None = None) -> tuple:
     """A (data, kwargs, 'image') tuple for napari, with the file's pixel size as scale."""
     pixel = movie.pixel_size_um
@@ -32,7 +23,7 @@ def movie_layer_data(movie: Movie, name: str | None = None) -> tuple:
     for suffix in (".tiff", ".tif", ".ome"):
         stem = stem.removesuffix(suffix)
     kwargs = {"name": name or stem, "scale": scale, "metadata": dict(movie.metadata),
-              "contrast_limits": contrast_from_first_frame(movie.data)}
+              "contrast_limits": display_range(movie.data)}
     return movie.data, kwargs, "image"
 
 

@@ -47,9 +47,8 @@ def run_viewer(path: Path, folder: Path, headless: bool, screenshot: Path | None
     _, pairs_widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Exposure pairs")
     pairs_widget.movie.value = viewer.layers[0]
     pairs_widget.run()
-    viewer.layers[0].visible = False
     grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid  # napari >= 0.9 moved it
-    grid.enabled = True
+    grid.shape, grid.enabled = (1, len(viewer.layers)), True  # raw movie | low | high side by side
     viewer.reset_view()
     say(f"napari: layers {[layer.name for layer in viewer.layers]}; docked: Exposure pairs")
     if headless:

@@ -163,6 +163,14 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
     return Movie(data, frames, path, pixel_size, movie_axes, metadata, handle)
 
 
+def display_range(data, n_frames: int = 2) -> tuple[float, float]:
+    """Contrast limits from the first frames (one of each exposure), so a viewer never scans a lazy movie."""
+    frames = data[:n_frames]
+    frames = np.asarray(frames.compute() if hasattr(frames, "compute") else frames, dtype=np.float64)
+    low, high = np.percentile(frames, (0.1, 99.9))
+    return float(low), float(max(high, low + 1))
+
+
 def _frames(array) -> Any:
     """Iterate over frames without loading a lazy movie into memory."""
     for index in range(array.shape[0]):

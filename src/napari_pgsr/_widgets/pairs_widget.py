@@ -9,7 +9,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton, create_widget
 from napari.utils.notifications import show_error
 
-from .._reader import contrast_from_first_frame
+from ..io import display_range
 from ..pairs import Pairs, iter_frame_means, pairs_from_means
 from ._workers import start
 
@@ -27,7 +27,7 @@ def describe(pairs: Pairs) -> dict[str, str]:
     """Text for the widget's result labels."""
     phase = "low first (frames 0, 2, 4, ...)" if pairs.low_first else "high first (frames 1, 3, 5, ... are low)"
     dropped = ", ".join(map(str, pairs.dropped[:8])) + (" ..." if len(pairs.dropped) > 8 else "")
-    return {"phase": phase, "ratio": f"{pairs.ratio:.2f} x (high / low, above baseline {pairs.baseline:.0f})",
+    return {"phase": phase, "ratio": f"{pairs.ratio:.2f} x high/low (baseline {pairs.baseline:.0f} ADU)",
             "pairs": str(len(pairs)), "dropped": dropped or "none"}
 
 
@@ -39,13 +39,14 @@ class ExposurePairsWidget(Container):
         self._viewer = viewer
         self._worker = None
         self.movie = create_widget(label="Movie", annotation="napari.layers.Image")
-        self.phase = ComboBox(label="Low exposure", choices=list(PHASES), value="detect")
+        self.phase = ComboBox(label="Low exposure", choices=list(PHASES), value="detect",
+                              tooltip="detect it from frame brightness, or say which exposure frame 0 has")
         self.run_button = PushButton(text="Split into pairs")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress = ProgressBar(label="Reading", min=0, max=1, value=0)
+        self.progress = ProgressBar(label="Frames read", min=0, max=1, value=0)
         self.result = {key: Label(label=text, value="-") for key, text in
-                       (("phase", "Phase"), ("ratio", "Exposure ratio"), ("pairs", "Pairs"),
-                        ("dropped", "Frames left out"))}
+                       (("phase", "Phase"), ("ratio", "Ratio"), ("pairs", "Pairs"),
+                        ("dropped", "Left out"))}
         self.extend([self.movie, self.phase, self.run_button, self.cancel_button, self.progress,
                      *self.result.values()])
         self.run_button.changed.connect(self.run)
@@ -94,5 +95,5 @@ class ExposurePairsWidget(Container):
             if name in self._viewer.layers:
                 self._viewer.layers.remove(name)
             self._viewer.add_image(stack, name=name, scale=layer.scale, colormap="gray",
-                                   contrast_limits=contrast_from_first_frame(stack),
+                                   contrast_limits=display_range(stack),
                                    metadata={**metadata, "exposure": kind})
