@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,8 +221,8 @@ def write_movie(
         if pixel_size_um:
             kwargs["resolution"] = (1.0 / pixel_size_um, 1.0 / pixel_size_um)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    # a hidden name beside the target, created with the user's normal permissions (mkstemp would give 0600)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         frames = (f.astype(dtype, copy=False) for f in _frames(stack))
         tifffile.imwrite(tmp, data=frames, **kwargs)
