@@ -33,8 +33,17 @@ if [ -z "$PYTHON" ]; then
 fi
 [ -n "$PYTHON" ] || { echo "[setup] need Python >= 3.10" >&2; exit 1; }
 
-if [ ! -x .venv/bin/python ]; then
+if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing python3-venv with apt-get"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  else
+    echo "[setup] $PYTHON cannot create virtual environments: install python3-venv" >&2; exit 1
+  fi
+fi
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then  # missing, or left broken by a failed run
   log "creating .venv with $($PYTHON --version)"
+  rm -rf .venv
   "$PYTHON" -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from napari_pgsr.data import Normalization, PatchDataset, dihedral, split_refs
+from napari_pgsr.io import read_movie
 from napari_pgsr.pairs import pair_stacks, split_alternating
 
 IDENTITY = Normalization(0.0, 1.0, 0.0, 1.0)
@@ -78,19 +79,40 @@ def test_split_by_movie_when_several_movies():
 
 
 def test_normalization_is_fitted_on_training_pairs_only():
-    pairs = _coded_pairs(40, 16)
+    n = 40
+    train_refs, val_refs = split_refs([pair_stacks(np.ones((n, 4, 4)), 10 * np.ones((n, 4, 4)))], 0.25, 4)
+    val = np.array([p for _, p in val_refs])
+    values = np.ones(n)
+    values[val] = 1e6  # validation pairs are far brighter than anything in training
+    low = np.broadcast_to(values[:, None, None], (n, 16, 16)).astype(np.float32)
+    pairs = pair_stacks(low + np.arange(16, dtype=np.float32), 10 * low, name="bright validation")
     ds = PatchDataset(pairs, patch_size=8, validation_fraction=0.25, block_pairs=4)
-    val_pairs = {p for _, p in ds.validation_refs}
-    assert val_pairs
-    # the fitted upper percentile is below the smallest value of the brightest validation pair... if it
-    # were fitted on everything it would reach the top pair (39)
-    top_train = max(p for _, p in ds.train_refs)
-    assert ds.normalization.low_hi <= top_train * 10_000 + 1600
+    assert sorted(p for _, p in ds.validation_refs) == sorted(val.tolist())
+    assert ds.normalization.low_hi < 100 and ds.normalization.high_hi < 100
     assert ds.normalization.to_dict() == Normalization.from_dict(ds.normalization.to_dict()).to_dict()
-    low, high = ds[0]
-    assert low.dtype == torch.float32 and low.shape == (1, 8, 8)
-    raw = ds.normalization.high_inverse(high.numpy())
-    np.testing.assert_allclose(ds.normalization.high(raw), high.numpy(), rtol=1e-5, atol=1e-5)
+    low_t, high_t = ds[0]
+    assert low_t.dtype == torch.float32 and low_t.shape == (1, 8, 8)
+    raw = ds.normalization.high_inverse(high_t.numpy())
+    np.testing.assert_allclose(ds.normalization.high(raw), high_t.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n, fraction, expected", [(6, 0.1, 1), (64, 0.05, 3), (64, 0.1, 6), (200, 0.1, 20)])
+def test_validation_fraction_is_honoured_even_for_short_movies(n, fraction, expected):
+    pairs = pair_stacks(np.ones((n, 4, 4)), 10 * np.ones((n, 4, 4)), name="short")
+    train, val = split_refs([pairs], fraction)
+    assert len(val) == expected and len(train) >= n - expected - 2 * max(1, expected // 16 + 1)
+    with pytest.raises(ValueError, match="short: 3 pairs are too few"):
+        split_refs([pair_stacks(np.ones((3, 4, 4)), 10 * np.ones((3, 4, 4)), name="short")], 0.1)
+
+
+def test_dataset_samples_from_the_file_not_through_dask(movie_file):
+    movie = read_movie(movie_file)
+    for data, name in ((movie, "ap2.tif"), (movie.data, "movie")):  # a Movie, or a napari layer's dask data
+        pairs = split_alternating(data)
+        assert pairs.name == name
+        assert isinstance(pairs.low_source, np.memmap) and isinstance(pairs.high_source, np.memmap)
+        low, high = PatchDataset(pairs, patch_size=16, split="all", normalization=IDENTITY, augment=False)[0]
+        assert low.shape == (1, 16, 16)
 
 
 def test_reads_only_the_frames_it_needs():

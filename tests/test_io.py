@@ -94,7 +94,8 @@ def test_bad_files_get_clear_errors(tmp_path, movie_file):
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((16, 16, 3), np.uint8), photometric="rgb")
     with pytest.raises(ValueError, match=r"rgb.tif has axes YXS .*S=3 \(colour sample \(RGB\)\).*T x Y x X"):
         read_movie(tmp_path / "rgb.tif")
-    tifffile.imwrite(tmp_path / "z.tif", np.zeros((5, 16, 16), np.uint16), imagej=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "z.tif", np.zeros((5, 16, 16), np.uint16), imagej=True,
+                     metadata={"axes": "ZYX", "spacing": 0.2})
     with pytest.raises(ValueError, match=r"z.tif has axes ZYX.*Z=5 \(depth \(Z\)\).*Z-stack"):
         read_movie(tmp_path / "z.tif")
     assert read_movie(tmp_path / "z.tif", axes="TYX").shape == (5, 16, 16)  # the user says it is time
@@ -112,3 +113,40 @@ def test_writer_rejects_other_extensions_and_shapes(tmp_path):
         write_movie(tmp_path / "movie.png", np.zeros((2, 4, 4), np.uint16))
     with pytest.raises(ValueError, match=r"shape \(2, 2, 4, 4\)"):
         write_movie(tmp_path / "movie.tif", np.zeros((2, 2, 4, 4), np.uint16))
+
+
+def test_fiji_plain_stack_of_slices_opens_as_time(tmp_path):
+    # Fiji saves an image sequence as 'slices' with no frames and no z-spacing: that is a movie
+    tifffile.imwrite(tmp_path / "fiji.tif", np.zeros((6, 16, 16), np.uint16), imagej=True,
+                     metadata={"axes": "ZYX"})
+    movie = read_movie(tmp_path / "fiji.tif")
+    assert movie.shape == (6, 16, 16) and "read as time points" in movie.metadata["axes_note"]
+
+
+def test_frames_appended_one_by_one_open_as_one_movie(tmp_path):
+    path = tmp_path / "appended.tif"
+    for value in range(6):
+        tifffile.imwrite(path, np.full((16, 16), value, np.uint16), append=True)
+    movie = read_movie(path)
+    assert movie.shape == (6, 16, 16)
+    np.testing.assert_array_equal(movie.data[:, 0, 0].compute(), np.arange(6))
+
+
+def test_pixel_size_units(tmp_path):
+    ome = tmp_path / "angstrom.ome.tif"
+    tifffile.imwrite(ome, np.zeros((4, 8, 8), np.uint16), ome=True,
+                     metadata={"axes": "TYX", "PhysicalSizeX": 1600.0, "PhysicalSizeXUnit": "Å"})
+    assert read_movie(ome).pixel_size_um is None  # an unknown unit is not guessed
+    nm = tmp_path / "nm.ome.tif"
+    tifffile.imwrite(nm, np.zeros((4, 8, 8), np.uint16), ome=True,
+                     metadata={"axes": "TYX", "PhysicalSizeX": 160.0, "PhysicalSizeXUnit": "nm"})
+    assert read_movie(nm).pixel_size_um == pytest.approx(0.16)
+    one = write_movie(tmp_path / "one_um.tif", np.zeros((4, 8, 8), np.uint16), pixel_size_um=1.0)
+    assert read_movie(one).pixel_size_um == pytest.approx(1.0)
+
+
+def test_imagej_cannot_hold_int32_so_the_writer_says_so(tmp_path):
+    with pytest.warns(UserWarning, match=r"int32\.tif: ImageJ TIFF cannot hold int32 .*\.ome\.tif"):
+        write_movie(tmp_path / "int32.tif", np.zeros((2, 4, 4), np.int32))
+    path = write_movie(tmp_path / "int32.ome.tif", np.full((2, 4, 4), 2**25 + 1, np.int32))
+    assert read_movie(path).data[0, 0, 0].compute() == 2**25 + 1

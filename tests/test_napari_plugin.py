@@ -66,3 +66,11 @@ def test_sample_data_opens_as_alternating_movie_with_truth(make_napari_viewer, k
     assert image.metadata["low_first"] is True
     baseline = 100.0  # camera offset in ADU
     assert image.data[1].mean() - baseline > 5 * (image.data[0].mean() - baseline)
+
+
+def test_layer_without_pixel_size_is_saved_without_one(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.ones((3, 8, 8), np.uint16), name="made here")
+    out = tmp_path / "made_here.ome.tif"
+    viewer.layers.save(str(out), selected=False, plugin="napari-pgsr")
+    assert read_movie(out).pixel_size_um is None  # napari's default scale 1 is not 1 um

@@ -52,14 +52,24 @@ def test_odd_count_drops_unmatched_last_frame():
     assert len(pairs) == 20 and pairs.dropped == [40]
 
 
-def test_user_can_override_the_phase():
-    movie = _movie(41, low_first=False)
-    movie[20] = movie[19]  # a frame that breaks the alternation: the override still pairs strictly by parity
-    pairs = split_alternating(movie, low_first=False)
-    assert pairs.low_first is False and pairs.low_index[0] == 1 and pairs.high_index[0] == 0
-    assert len(pairs) == 20 and pairs.dropped == [40]
-    with pytest.raises(ValueError, match=r"brighter than the high ones \(ratio 0\.\d+\); .*other way round"):
-        split_alternating(movie, low_first=True)
+def test_user_chooses_which_neighbour_is_the_partner_and_drops_are_still_handled():
+    movie = np.delete(_movie(42, low_first=False), 20, axis=0)  # high-first; frame 20 (high) lost
+    means = movie.mean(axis=(1, 2)) - 100  # above the camera offset
+    after = split_alternating(movie, low_first=True)  # each low frame with the frame after it
+    before = split_alternating(movie, low_first=False)  # each low frame with the frame before it
+    np.testing.assert_array_equal(after.high_index, after.low_index + 1)
+    np.testing.assert_array_equal(before.high_index, before.low_index - 1)
+    for pairs in (after, before):
+        assert np.all(means[pairs.high_index] > 5 * means[pairs.low_index])  # never swapped
+    assert before.dropped == [20] and len(before) == 20  # the second of two low frames in a row
+    assert after.low_first is True and after.dropped[0] == 0 and len(after) == 19
+
+
+def test_two_and_three_frame_movies_pair_in_either_phase():
+    for low_first in (True, False):
+        for n in (2, 3):
+            pairs = split_alternating(_movie(n, low_first=low_first))
+            assert len(pairs) == 1 and pairs.low_first is low_first
 
 
 def test_no_alternation_raises_with_the_measured_ratio():

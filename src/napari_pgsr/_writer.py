@@ -12,8 +12,8 @@ def write_image(path: str, data: Any, attributes: dict) -> list[str]:
     metadata = attributes.get("metadata") or {}
     scale = attributes.get("scale")
     pixel = float(scale[-1]) if scale is not None and len(scale) else 1.0
-    if pixel == 1.0 and metadata.get("pixel_size_um", 1.0) is None:
-        pixel = None  # scale 1 was a placeholder for an unknown pixel size
+    if pixel == 1.0 and metadata.get("pixel_size_um") != 1.0:
+        pixel = None  # napari's default scale: no pixel size is known, so none is written
     protected = tuple(p for p in (metadata.get("source_path"),) if p)
     # napari's save dialog has already asked before replacing another existing file
     written = write_movie(path, data, pixel_size_um=pixel, overwrite=True, protected=protected)

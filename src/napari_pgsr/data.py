@@ -49,7 +49,8 @@ def fit_normalization(pairs: Sequence[Pairs], refs: Sequence[PairRef], percentil
                       max_frames: int = 16, seed: int = 0) -> Normalization:
     """Fit percentiles on up to `max_frames` training pairs (read whole), never on validation frames."""
     if not refs:
-        raise ValueError("cannot fit a normalization: no training pairs")
+        names = ", ".join(p.name for p in pairs)
+        raise ValueError(f"cannot fit a normalization for {names}: no training pairs")
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(refs), size=min(max_frames, len(refs)), replace=False)
     lows, highs = zip(*(pairs[refs[i][0]].read(refs[i][1]) for i in sorted(chosen)))
@@ -65,31 +66,37 @@ def split_refs(pairs: Sequence[Pairs], validation_fraction: float = 0.1,
                block_pairs: int = 16) -> tuple[list[PairRef], list[PairRef]]:
     """Train/validation split: whole movies when several are given, else blocks of consecutive pairs.
 
-    Pairs next to the other set are left out of both, so no two adjacent frames straddle the split.
+    Within one movie, validation blocks are spread evenly over time, and the training pairs next to
+    them are left out, so no two adjacent frames straddle the split.
     """
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    everything = [(m, p) for m, movie in enumerate(pairs) for p in range(len(movie))]
     if validation_fraction == 0:
-        return [(m, p) for m, movie in enumerate(pairs) for p in range(len(movie))], []
+        return everything, []
     if len(pairs) > 1:
-        n_val = max(1, int(round(validation_fraction * len(pairs))))
+        n_val = min(len(pairs) - 1, max(1, int(round(validation_fraction * len(pairs)))))
         val_movies = set(range(len(pairs) - n_val, len(pairs)))
-        train = [(m, p) for m in range(len(pairs)) if m not in val_movies for p in range(len(pairs[m]))]
-        val = [(m, p) for m in sorted(val_movies) for p in range(len(pairs[m]))]
-        return train, val
+        return ([r for r in everything if r[0] not in val_movies], [r for r in everything if r[0] in val_movies])
     n = len(pairs[0])
     if n < 4:
-        raise ValueError(f"{pairs[0].name}: {n} pairs are too few to hold out validation pairs; need at least 4 "
-                         "(or set validation_fraction=0)")
-    block = max(1, min(block_pairs, n // 4))
-    n_blocks = int(np.ceil(n / block))
-    every = max(2, int(round(1 / validation_fraction)))
-    is_val_block = (np.arange(n_blocks) % every) == (every // 2 if n_blocks > every // 2 else 0)
-    is_val = np.repeat(is_val_block, block)[:n]
-    border = np.zeros(n, bool)
-    border[1:] |= is_val[1:] != is_val[:-1]  # first pair after a switch of set
-    train = [(0, p) for p in range(n) if not is_val[p] and not border[p]]
-    val = [(0, p) for p in range(n) if is_val[p] and not border[p]]
+        raise ValueError(f"{pairs[0].name}: {n} pairs are too few to hold out validation pairs with a gap; "
+                         "need at least 4 (or set validation_fraction=0)")
+    n_val = max(1, int(round(validation_fraction * n)))
+    n_blocks = int(np.ceil(n_val / max(1, block_pairs)))
+    block = max(1, int(round(n_val / n_blocks)))
+    starts = ((np.arange(n_blocks) + 0.5) * n / n_blocks - block / 2).astype(int).clip(0, n - block)
+    is_val = np.zeros(n, bool)
+    for start in starts:
+        is_val[start:start + block] = True
+    guard = np.zeros(n, bool)
+    guard[:-1] |= is_val[1:]
+    guard[1:] |= is_val[:-1]
+    train = [(0, p) for p in range(n) if not is_val[p] and not guard[p]]
+    val = [(0, p) for p in range(n) if is_val[p]]
+    if not train:
+        raise ValueError(f"{pairs[0].name}: no training pairs left after holding out {len(val)} of {n} pairs "
+                         "for validation; lower validation_fraction")
     return train, val
 
 
@@ -122,7 +129,8 @@ class PatchDataset(torch.utils.data.Dataset):
         self.train_refs, self.validation_refs = train, val
         self.refs = val if split == "validation" else train
         if not self.refs:
-            raise ValueError(f"no {split} pairs available ({sum(map(len, self.pairs))} pairs in total)")
+            names = ", ".join(p.name for p in self.pairs)
+            raise ValueError(f"{names}: no {split} pairs available ({sum(map(len, self.pairs))} pairs in total)")
         self.normalization = normalization or fit_normalization(self.pairs, train, seed=seed)
         self.patch_size, self.split, self.seed, self.epoch = patch_size, split, seed, 0
         self.augment = augment and split != "validation"

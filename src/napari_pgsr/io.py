@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
+import weakref
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +19,8 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 TIME_AXES = "TIQ"  # T: time; I and Q: an unlabelled image sequence, which for a movie is time
 AXIS_NAMES = {"T": "time", "Z": "depth (Z)", "C": "channel", "S": "colour sample (RGB)", "Y": "height",
               "X": "width", "I": "image sequence", "Q": "unlabelled"}
-_UNIT_TO_UM = {"um": 1.0, "µm": 1.0, "\\u00B5m": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3,
-               "mm": 1e3, "cm": 1e4, "m": 1e6}
+_UNIT_TO_UM = {"um": 1.0, "µm": 1.0, "\\u00B5m": 1.0, "micron": 1.0, "microns": 1.0,
+               "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 
 
 @dataclass
@@ -50,10 +52,28 @@ class _FrameReader:
         return np.array(self.frames[index])
 
 
+_SOURCES: weakref.WeakValueDictionary[str, _FrameReader] = weakref.WeakValueDictionary()
+
+
 def lazy_frames(frames, name: str) -> da.Array:
-    """A dask array with one chunk per frame that reads from `frames` only when computed."""
-    return da.from_array(_FrameReader(frames), chunks=(1, *frames.shape[1:]), asarray=True, lock=False,
-                         name=name, meta=np.empty((0,) * frames.ndim, frames.dtype))
+    """A dask array with one chunk per frame that reads from `frames` only when computed.
+
+    `name` must change when the file changes (napari caches chunks by name); a random suffix keeps two
+    arrays of the same name apart.
+    """
+    reader = _FrameReader(frames)
+    name = f"{name}-{uuid.uuid4().hex[:12]}"
+    _SOURCES[name] = reader
+    return da.from_array(reader, chunks=(1, *frames.shape[1:]), asarray=True, lock=False, name=name,
+                         meta=np.empty((0,) * frames.ndim, frames.dtype))
+
+
+def frame_source(data):
+    """The memmap/zarr array behind a movie's dask array (fast crops), or `data` itself if unknown."""
+    if isinstance(data, Movie):
+        return data.frames
+    reader = _SOURCES.get(getattr(data, "name", None) or "") if isinstance(data, da.Array) else None
+    return reader.frames if reader is not None else data
 
 
 def is_tiff_path(path: str | os.PathLike) -> bool:
@@ -65,8 +85,11 @@ def _describe_axes(axes: str, shape: tuple[int, ...]) -> str:
     return " x ".join(f"{a}={n} ({AXIS_NAMES.get(a, a)})" for a, n in zip(axes, shape))
 
 
-def _movie_axes(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+def _movie_axes(path: Path, axes: str, shape: tuple[int, ...],
+                z_is_time: bool = False) -> tuple[str, tuple[int, ...]]:
     """Drop singleton axes and check that what is left is time x Y x X, else explain what the file holds."""
+    if z_is_time:
+        axes = axes.replace("Z", "T")
     kept = [(a, n) for a, n in zip(axes, shape) if n > 1 or a in "YX"]
     names = "".join(a for a, _ in kept)
     sizes = tuple(n for _, n in kept)
@@ -92,8 +115,8 @@ def _pixel_size_um(tif: tifffile.TiffFile) -> float | None:
             root = None
         pixels = None if root is None else next((e for e in root.iter() if e.tag.endswith("Pixels")), None)
         if pixels is not None and pixels.get("PhysicalSizeX"):
-            unit = pixels.get("PhysicalSizeXUnit", "µm")
-            return float(pixels.get("PhysicalSizeX")) * _UNIT_TO_UM.get(unit, 1.0)
+            scale = _UNIT_TO_UM.get(pixels.get("PhysicalSizeXUnit", "µm"))
+            return None if scale is None else float(pixels.get("PhysicalSizeX")) * scale
     page = tif.pages.first
     resolution = page.tags.get("XResolution")
     if resolution is None:
@@ -103,14 +126,32 @@ def _pixel_size_um(tif: tifffile.TiffFile) -> float | None:
         return None
     per_unit = numerator / denominator
     if tif.is_imagej:
-        unit = (tif.imagej_metadata or {}).get("unit", "")
-        scale = _UNIT_TO_UM.get(unit)
+        scale = _UNIT_TO_UM.get((tif.imagej_metadata or {}).get("unit", ""))
     else:
         res_unit = page.tags.get("ResolutionUnit")
         scale = {3: 1e4}.get(int(res_unit.value) if res_unit else 2)  # only centimetres are physical here
-    if scale is None or per_unit == 1.0:
-        return None
-    return scale / per_unit
+    return None if scale is None else scale / per_unit
+
+
+def _open_tiff(path: Path) -> tifffile.TiffFile:
+    """Open a TIFF; frames appended one by one (one 2-D series each) are opened as one image sequence."""
+    try:
+        tif = tifffile.TiffFile(path)
+        series = tif.series
+        if len(series) > 1 and all(s.ndim == 2 and s.shape == series[0].shape and s.dtype == series[0].dtype
+                                   for s in series):
+            tif.close()
+            tif = tifffile.TiffFile(path, is_shaped=False)
+        return tif
+    except Exception as err:  # tifffile raises TiffFileError, ValueError, struct.error... for broken files
+        raise ValueError(f"{path} is not a readable TIFF file ({err}); expected a .tif/.ome.tif movie.") from err
+
+
+def _imagej_plain_stack(tif: tifffile.TiffFile) -> bool:
+    """Fiji saves a plain stack as 'slices': without frames or a z-spacing it is a sequence, not a Z-stack."""
+    meta = tif.imagej_metadata or {}
+    return bool(tif.is_imagej and meta.get("slices", 1) > 1 and meta.get("frames", 1) == 1
+                and "spacing" not in meta and "channels" not in meta)
 
 
 def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
@@ -118,10 +159,7 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"movie file not found: {path}")
-    try:
-        tif = tifffile.TiffFile(path)
-    except Exception as err:  # tifffile raises TiffFileError, ValueError, struct.error... for broken files
-        raise ValueError(f"{path} is not a readable TIFF file ({err}); expected a .tif/.ome.tif movie.") from err
+    tif = _open_tiff(path)
     try:
         if not tif.series or not tif.pages:
             raise ValueError(f"{path} is a damaged TIFF: it holds no image; expected a .tif/.ome.tif movie")
@@ -132,7 +170,8 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
                 raise ValueError(f"{path.name}: axes={axes!r} given but the file's image has {len(shape)} "
                                  f"dimensions {shape} (axes {file_axes})")
             file_axes = axes.upper()
-        movie_axes, movie_shape = _movie_axes(path, file_axes, shape)
+        z_is_time = axes is None and _imagej_plain_stack(tif)
+        movie_axes, movie_shape = _movie_axes(path, file_axes, shape, z_is_time)
         dtype = np.dtype(series.dtype)
         if dtype.kind not in "uif":
             raise ValueError(f"{path.name} holds {dtype} pixels; expected integer or floating point intensities")
@@ -144,7 +183,9 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
             frames = zarr.open(series.aszarr(), mode="r")
             if tuple(frames.shape) != movie_shape:
                 frames = da.from_zarr(frames).reshape(movie_shape)
-        data = frames if isinstance(frames, da.Array) else lazy_frames(frames, f"movie-{path}")
+        stat = path.stat()  # in the name, so a rewritten file is never shown from a stale cache
+        data = frames if isinstance(frames, da.Array) else lazy_frames(
+            frames, f"movie-{path.name}-{stat.st_mtime_ns}-{stat.st_size}")
         pixel_size = _pixel_size_um(tif)
     except ValueError:
         tif.close()
@@ -158,6 +199,8 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
     else:
         handle = tif  # the zarr store reads through this open file
     metadata = {"source_path": str(path.resolve()), "file_axes": series.axes, "pixel_size_um": pixel_size}
+    if z_is_time:
+        metadata["axes_note"] = "ImageJ stack of slices without frames or z-spacing: slices read as time points"
     if pixel_size is None:
         metadata["note"] = "pixel size not recorded in the file; scale left at 1 pixel"
     return Movie(data, frames, path, pixel_size, movie_axes, metadata, handle)
@@ -203,13 +246,16 @@ def write_movie(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another name or pass overwrite=True")
     if array.ndim not in (2, 3):
-        raise ValueError(f"expected a T x Y x X movie or a Y x X frame, got shape {tuple(array.shape)}")
+        raise ValueError(f"{path}: expected a T x Y x X movie or a Y x X frame, got shape {tuple(array.shape)}")
     dtype = np.dtype(array.dtype)
     ome = path.name.lower().endswith((".ome.tif", ".ome.tiff"))
     if not ome and dtype not in (np.uint8, np.uint16, np.float32):
-        dtype = np.dtype(np.float32)  # the types ImageJ can open
+        warnings.warn(f"{path}: ImageJ TIFF cannot hold {dtype} pixels; saving float32 (name the file "
+                      ".ome.tif to keep {dtype})", stacklevel=2)
+        dtype = np.dtype(np.float32)
     stack = array if array.ndim == 3 else array[None]
-    kwargs: dict[str, Any] = {"shape": tuple(stack.shape), "dtype": dtype}
+    # minisblack: otherwise tifffile takes a last axis of 3 or 4 pixels for colour samples
+    kwargs: dict[str, Any] = {"shape": tuple(stack.shape), "dtype": dtype, "photometric": "minisblack"}
     if ome:
         meta: dict[str, Any] = {"axes": "TYX"}
         if pixel_size_um:

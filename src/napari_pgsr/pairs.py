@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 from scipy import ndimage
 
-from .io import lazy_frames
+from .io import Movie, frame_source, lazy_frames
 
 MIN_RATIO = 1.3  # below this, low and high exposures cannot be told apart
 
@@ -53,7 +53,7 @@ def _read(source, index: int, rows: slice, cols: slice) -> np.ndarray:
 def _as_dask(data) -> da.Array:
     if isinstance(data, da.Array):
         return data
-    return lazy_frames(data, f"frames-{id(data)}")
+    return lazy_frames(data, "frames")
 
 
 def _check_movie(data, name: str) -> None:
@@ -110,7 +110,9 @@ def classify_frames(means: np.ndarray, window: int = 7) -> np.ndarray:
     even around a dropped or duplicated frame.
     """
     log = np.log(np.maximum(means, 1e-9))
-    size = min(window, means.size)
+    if means.size < window:  # too short for a trend to matter: one midpoint for all
+        return log > 0.5 * (log.max() + log.min())
+    size = window | 1  # odd, so the window is centred
     midpoint = 0.5 * (ndimage.maximum_filter1d(log, size, mode="nearest")
                       + ndimage.minimum_filter1d(log, size, mode="nearest"))
     return log > midpoint
@@ -139,14 +141,19 @@ def exposure_ratio(means: np.ndarray, low: np.ndarray, high: np.ndarray, baselin
     return float(np.median((means[high] - baseline) / above_low))
 
 
-def split_alternating(data, low_first: bool | None = None, name: str = "movie",
+def split_alternating(data, low_first: bool | None = None, name: str | None = None,
                       progress: Callable[[int, int], None] | None = None) -> Pairs:
-    """Split a T x Y x X alternating-exposure movie into lazy, frame-aligned low and high stacks.
+    """Split a T x Y x X alternating-exposure movie (a Movie or an array) into lazy low and high stacks.
 
-    `low_first=None` detects the phase. Frames that break the alternation (dropped or duplicated frames)
-    and an unmatched last frame are left out and listed in `dropped`. A movie with no alternation
-    (exposure ratio below 1.3) raises ValueError.
+    `low_first=None` detects the phase; True/False says whether each low frame is paired with the frame
+    after it or before it. Frames that break the alternation (dropped or duplicated frames) and an
+    unmatched last frame are left out and listed in `dropped`. A movie with no alternation (exposure ratio
+    below 1.3) raises ValueError.
     """
+    if isinstance(data, Movie):
+        name = name or (data.path.name if data.path else None)
+        data = data.data
+    name = name or "movie"
     _check_movie(data, name)
     return pairs_from_means(data, frame_means(data, name, progress), low_first, name)
 
@@ -154,28 +161,22 @@ def split_alternating(data, low_first: bool | None = None, name: str = "movie",
 def pairs_from_means(data, means: np.ndarray, low_first: bool | None = None, name: str = "movie") -> Pairs:
     """The second half of split_alternating, once the frame means are known."""
     baseline = estimate_baseline(data, means)
-    if low_first is None:
-        bright = classify_frames(means)
-        # Keep the reading that pairs the most frames (ties: frame 0's class).
-        readings = [(lf, *_pair_up(bright, lf)) for lf in (not bright[0], bool(bright[0]))]
-        low_first, low, high, dropped = max(readings, key=lambda r: len(r[1]))
-    else:  # the user knows the phase: trust strict alternation from frame 0
-        bright = (np.arange(means.size) % 2 == 0) != low_first
-        low, high, dropped = _pair_up(bright, low_first)
+    bright = classify_frames(means)
+    # Phase unknown: keep the reading that pairs the most frames (ties: frame 0's class).
+    choices = (not bright[0], bool(bright[0])) if low_first is None else (low_first,)
+    low_first, low, high, dropped = max(((lf, *_pair_up(bright, lf)) for lf in choices),
+                                        key=lambda reading: len(reading[1]))
     low, high = np.array(low, int), np.array(high, int)
     if low.size == 0:
         raise ValueError(f"{name}: no low/high frame pairs found in {data.shape[0]} frames")
     ratio = exposure_ratio(means, low, high, baseline)
-    if ratio < 1 / MIN_RATIO:
-        raise ValueError(f"{name}: the frames taken as low exposure are brighter than the high ones "
-                         f"(ratio {ratio:.2f}); the phase is the other way round")
     if ratio < MIN_RATIO:
         raise ValueError(f"{name}: no alternating exposure detected: the bright/dim frame intensity ratio is "
                          f"{ratio:.2f} (above a camera baseline of {baseline:.1f}); expected at least "
                          f"{MIN_RATIO} for alternating low/high exposures")
-    stack = _as_dask(data)
+    stack, source = _as_dask(data), frame_source(data)
     return Pairs(stack[low], stack[high], bool(low_first), ratio, low, high, [int(i) for i in dropped],
-                 baseline, data, data, name)
+                 baseline, source, source, name)
 
 
 def pair_stacks(low, high, name: str = "stacks") -> Pairs:
@@ -192,4 +193,5 @@ def pair_stacks(low, high, name: str = "stacks") -> Pairs:
     if ratio < 1.0:
         raise ValueError(f"{name}: the 'high' stack is dimmer than the 'low' stack (ratio {ratio:.2f}); "
                          "were they swapped?")
-    return Pairs(_as_dask(low), _as_dask(high), None, ratio, index, index.copy(), [], baseline, low, high, name)
+    return Pairs(_as_dask(low), _as_dask(high), None, ratio, index, index.copy(), [], baseline,
+                 frame_source(low), frame_source(high), name)
