@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything napari-pgsr needs in .venv at the repository root (idempotent).
 # - a Python >= 3.10 virtual environment with the package (editable) and its test tools;
-# - torch: the CPU build 2.13.0 unless a torch is already in .venv (GPU users: install your CUDA torch
-#   into .venv first, or set PGSR_TORCH to the pip requirement you want, e.g. PGSR_TORCH="torch==2.13.0");
+# - torch 2.13.0 unless a torch is already in .venv (GPU users: install your CUDA torch into .venv first,
+#   or set PGSR_TORCH to the requirement you want); PGSR_TORCH_INDEX picks the index, e.g.
+#   https://download.pytorch.org/whl/cpu for the small CPU build where PyPI would serve the CUDA one;
 # - on a machine without a display, as root: Xvfb, Mesa and the xcb libraries Qt 6 needs (apt-get).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,8 +49,8 @@ if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then  # missing, or left
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
-  log "installing ${PGSR_TORCH:-torch==2.13.0} (CPU build)"
-  "${PIP[@]}" install "${PGSR_TORCH:-torch==2.13.0}"
+  log "installing ${PGSR_TORCH:-torch==2.13.0}${PGSR_TORCH_INDEX:+ from $PGSR_TORCH_INDEX}"
+  "${PIP[@]}" install ${PGSR_TORCH_INDEX:+--index-url "$PGSR_TORCH_INDEX"} "${PGSR_TORCH:-torch==2.13.0}"
 fi
 stamp=.venv/.pgsr-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then

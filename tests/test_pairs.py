@@ -19,7 +19,7 @@ def test_phase_detected_and_pairs_are_adjacent(low_first):
     assert pairs.low_first is low_first and len(pairs) == 20 and pairs.dropped == []
     np.testing.assert_array_equal(np.abs(pairs.high_index - pairs.low_index), 1)
     assert np.all(pairs.low_index % 2 == (0 if low_first else 1))
-    assert 7.5 < pairs.ratio < 12.5  # 100 ms / 10 ms
+    assert pairs.ratio == pytest.approx(10.0, rel=0.1)  # 100 ms / 10 ms
     assert pairs.low.shape == pairs.high.shape == (20, 48, 48)
     np.testing.assert_array_equal(pairs.low[3].compute(), movie[pairs.low_index[3]])
 
@@ -113,3 +113,14 @@ def test_separate_low_and_high_stacks_pair_frame_by_frame():
 def test_classification_follows_a_trend_through_a_window():
     means = np.exp(-np.arange(30) / 10) * np.where(np.arange(30) % 2, 10, 1)
     np.testing.assert_array_equal(classify_frames(means), np.arange(30) % 2 == 1)
+
+
+@pytest.mark.parametrize("kind", ["ap2", "beads", "single_molecules"])
+def test_exposure_ratio_recovers_the_exposure_times_whatever_the_sample(kind):
+    # beads have no dark area, so the camera offset must come from the pairs themselves
+    sim = simulate_movie(kind, 40, (128, 128), seed=2)
+    pairs = split_alternating(sim.movie)
+    assert pairs.ratio == pytest.approx(10.0, rel=0.05)
+    assert pairs.baseline == pytest.approx(100.0, abs=2.0)  # the simulated EMCCD offset
+    separate = pair_stacks(sim.movie[0::2], sim.movie[1::2])
+    assert separate.ratio == pytest.approx(10.0, rel=0.05)

@@ -92,14 +92,28 @@ def frame_means(data, name: str = "movie", progress: Callable[[int, int], None] 
     return means
 
 
-def estimate_baseline(data, means: np.ndarray) -> float:
-    """Camera offset: the 1st percentile of the dimmest frame binned 4x4 (binning averages out read noise)."""
-    frame = data[int(np.argmin(means))]
-    frame = np.asarray(frame.compute() if hasattr(frame, "compute") else frame, dtype=np.float64)
-    height, width = (n // 4 * 4 or n for n in frame.shape)
-    frame = frame[:height, :width]
-    if height % 4 == 0 and width % 4 == 0:
-        frame = frame.reshape(height // 4, 4, width // 4, 4).mean(axis=(1, 3))
+def _binned_mean(data, indices: np.ndarray, k: int = 4) -> np.ndarray:
+    """Mean of the given frames, binned k x k (averages out shot and read noise)."""
+    stack = data[np.sort(indices)]
+    stack = np.asarray(stack.compute() if hasattr(stack, "compute") else stack, dtype=np.float64).mean(axis=0)
+    height, width = (n // k * k for n in stack.shape)
+    if height == 0 or width == 0:
+        return stack
+    return stack[:height, :width].reshape(height // k, k, width // k, k).mean(axis=(1, 3))
+
+
+def estimate_baseline(data, means: np.ndarray, low: np.ndarray, high: np.ndarray, n_pairs: int = 8) -> float:
+    """Camera offset b from the first pairs: pixelwise high = b + ratio * (low - b), a straight line whose
+    intercept gives b. Falls back to a low percentile of the dimmest frame when there is no clear slope."""
+    low_image = _binned_mean(data, low[:n_pairs]).ravel()
+    high_image = _binned_mean(data, high[:n_pairs]).ravel()
+    spread = low_image.var()
+    if spread > 0:
+        slope = np.cov(low_image, high_image)[0, 1] / spread
+        if slope > 1.1:
+            intercept = high_image.mean() - slope * low_image.mean()
+            return float(min(intercept / (1 - slope), 0.99 * means.min()))
+    frame = _binned_mean(data, np.array([int(np.argmin(means))]))
     return float(min(np.percentile(frame, 1.0), 0.9 * means.min()))
 
 
@@ -160,7 +174,6 @@ def split_alternating(data, low_first: bool | None = None, name: str | None = No
 
 def pairs_from_means(data, means: np.ndarray, low_first: bool | None = None, name: str = "movie") -> Pairs:
     """The second half of split_alternating, once the frame means are known."""
-    baseline = estimate_baseline(data, means)
     bright = classify_frames(means)
     # Phase unknown: keep the reading that pairs the most frames (ties: frame 0's class).
     choices = (not bright[0], bool(bright[0])) if low_first is None else (low_first,)
@@ -169,6 +182,7 @@ def pairs_from_means(data, means: np.ndarray, low_first: bool | None = None, nam
     low, high = np.array(low, int), np.array(high, int)
     if low.size == 0:
         raise ValueError(f"{name}: no low/high frame pairs found in {data.shape[0]} frames")
+    baseline = estimate_baseline(data, means, low, high)
     ratio = exposure_ratio(means, low, high, baseline)
     if ratio < MIN_RATIO:
         raise ValueError(f"{name}: no alternating exposure detected: the bright/dim frame intensity ratio is "
@@ -179,6 +193,14 @@ def pairs_from_means(data, means: np.ndarray, low_first: bool | None = None, nam
                  baseline, source, source, name)
 
 
+def _two_stack_baseline(low, high, low_means: np.ndarray, n_pairs: int = 8) -> float:
+    """estimate_baseline for two stacks: interleave their first frames into one sequence."""
+    n = min(n_pairs, low.shape[0])
+    both = np.concatenate([np.asarray(low[:n]), np.asarray(high[:n])])
+    means = np.concatenate([low_means[:n], both[n:].mean(axis=(1, 2))])
+    return estimate_baseline(both, means, np.arange(n), np.arange(n, 2 * n))
+
+
 def pair_stacks(low, high, name: str = "stacks") -> Pairs:
     """Pair frame i of a low-exposure stack with frame i of a separately recorded high-exposure stack."""
     _check_movie(low, f"{name} (low)")
@@ -187,8 +209,8 @@ def pair_stacks(low, high, name: str = "stacks") -> Pairs:
         raise ValueError(f"{name}: low stack has shape {tuple(low.shape)} but high stack has "
                          f"{tuple(high.shape)}; expected the same number of frames of the same size")
     low_means, high_means = frame_means(low, f"{name} (low)"), frame_means(high, f"{name} (high)")
-    baseline = estimate_baseline(low, low_means)
     index = np.arange(low.shape[0])
+    baseline = _two_stack_baseline(low, high, low_means)
     ratio = float(np.median((high_means - baseline) / np.maximum(low_means - baseline, 1e-9)))
     if ratio < 1.0:
         raise ValueError(f"{name}: the 'high' stack is dimmer than the 'low' stack (ratio {ratio:.2f}); "
