@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -62,12 +63,12 @@ def fit_normalization(pairs: Sequence[Pairs], refs: Sequence[PairRef], percentil
                          tuple(percentiles))
 
 
-def split_refs(pairs: Sequence[Pairs], validation_fraction: float = 0.1,
-               block_pairs: int = 16) -> tuple[list[PairRef], list[PairRef]]:
+def split_refs(pairs: Sequence[Pairs], validation_fraction: float = 0.1, block_pairs: int = 16,
+               gap: int = 1) -> tuple[list[PairRef], list[PairRef]]:
     """Train/validation split: whole movies when several are given, else blocks of consecutive pairs.
 
-    Within one movie, validation blocks are spread evenly over time, and the training pairs next to
-    them are left out, so no two adjacent frames straddle the split.
+    Within one movie, validation blocks are spread evenly over time, and the `gap` training pairs on each
+    side of them are left out, so no two adjacent frames straddle the split (gap = 1 + temporal context).
     """
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
@@ -79,9 +80,9 @@ def split_refs(pairs: Sequence[Pairs], validation_fraction: float = 0.1,
         val_movies = set(range(len(pairs) - n_val, len(pairs)))
         return ([r for r in everything if r[0] not in val_movies], [r for r in everything if r[0] in val_movies])
     n = len(pairs[0])
-    if n < 4:
-        raise ValueError(f"{pairs[0].name}: {n} pairs are too few to hold out validation pairs with a gap; "
-                         "need at least 4 (or set validation_fraction=0)")
+    if n < 2 + 2 * gap:
+        raise ValueError(f"{pairs[0].name}: {n} pairs are too few to hold out validation pairs with a gap of "
+                         f"{gap}; need at least {2 + 2 * gap} (or set validation_fraction=0)")
     n_val = max(1, int(round(validation_fraction * n)))
     n_blocks = int(np.ceil(n_val / max(1, block_pairs)))
     block = max(1, int(round(n_val / n_blocks)))
@@ -90,14 +91,23 @@ def split_refs(pairs: Sequence[Pairs], validation_fraction: float = 0.1,
     for start in starts:
         is_val[start:start + block] = True
     guard = np.zeros(n, bool)
-    guard[:-1] |= is_val[1:]
-    guard[1:] |= is_val[:-1]
+    for shift in range(1, gap + 1):
+        guard[:-shift] |= is_val[shift:]
+        guard[shift:] |= is_val[:-shift]
     train = [(0, p) for p in range(n) if not is_val[p] and not guard[p]]
     val = [(0, p) for p in range(n) if is_val[p]]
     if not train:
         raise ValueError(f"{pairs[0].name}: no training pairs left after holding out {len(val)} of {n} pairs "
                          "for validation; lower validation_fraction")
     return train, val
+
+
+def context_indices(index: int, length: int, context: int) -> np.ndarray:
+    """Indices index-context .. index+context, reflected at the ends of a sequence of `length`."""
+    indices = np.arange(index - context, index + context + 1)
+    period = max(1, 2 * (length - 1))
+    indices = np.abs(indices) % period if length > 1 else np.zeros_like(indices)
+    return np.where(indices > length - 1, period - indices, indices)
 
 
 def dihedral(image: np.ndarray, k: int) -> np.ndarray:
@@ -107,7 +117,8 @@ def dihedral(image: np.ndarray, k: int) -> np.ndarray:
 
 
 class PatchDataset(torch.utils.data.Dataset):
-    """Random aligned (low, high) crops as 1 x P x P float32 tensors, reading only the frames it needs.
+    """Random aligned (low, high) crops as C x P x P and 1 x P x P float32 tensors (C = 1 + 2 * context
+    neighbouring low frames), reading only the frames it needs.
 
     Item i is a pure function of (seed, epoch, i), so a resumed run sees the same patches. Validation items
     are fixed crops without augmentation.
@@ -116,7 +127,7 @@ class PatchDataset(torch.utils.data.Dataset):
     def __init__(self, pairs: Pairs | Sequence[Pairs], patch_size: int = 64, split: str = "train",
                  validation_fraction: float = 0.1, length: int | None = None, augment: bool = True,
                  offset_max: int = 0, normalization: Normalization | None = None, seed: int = 0,
-                 block_pairs: int = 16):
+                 block_pairs: int = 16, context: int = 0, refs: Sequence[PairRef] | None = None):
         self.pairs = [pairs] if isinstance(pairs, Pairs) else list(pairs)
         if split not in ("train", "validation", "all"):
             raise ValueError(f"split must be 'train', 'validation' or 'all', got {split!r}")
@@ -125,9 +136,14 @@ class PatchDataset(torch.utils.data.Dataset):
             if patch_size > min(height, width):
                 raise ValueError(f"{movie.name}: frames of {height}x{width} pixels are smaller than the "
                                  f"{patch_size}x{patch_size} patch size; choose a patch size <= {min(height, width)}")
-        train, val = split_refs(self.pairs, validation_fraction if split != "all" else 0.0, block_pairs)
+        if refs is not None:  # an explicit set (a resumed run's stored split)
+            train, val = (list(refs), []) if split != "validation" else ([], list(refs))
+        else:
+            train, val = split_refs(self.pairs, validation_fraction if split != "all" else 0.0, block_pairs,
+                                    gap=1 + context)
         self.train_refs, self.validation_refs = train, val
         self.refs = val if split == "validation" else train
+        self.context = int(context)
         if not self.refs:
             names = ", ".join(p.name for p in self.pairs)
             raise ValueError(f"{names}: no {split} pairs available ({sum(map(len, self.pairs))} pairs in total)")
@@ -161,15 +177,40 @@ class PatchDataset(torch.utils.data.Dataset):
         x = int(rng.integers(width - self.patch_size + 1))
         rows, cols = slice(y, y + self.patch_size), slice(x, x + self.patch_size)
         low, high = (a.astype(np.float32) for a in movie.read(ref[1], rows, cols))
+        if self.context:
+            neighbours = context_indices(ref[1], len(movie), self.context)
+            low = np.stack([movie.read(int(q), rows, cols)[0].astype(np.float32) if q != ref[1] else low
+                            for q in neighbours])
         if not (np.isfinite(low).all() and np.isfinite(high).all()):
             raise ValueError(f"{movie.name}: pair {ref[1]} (frames {movie.low_index[ref[1]]}/"
                              f"{movie.high_index[ref[1]]}) contains NaN or infinite values")
         if self.offset_max > 0:
             offset = np.float32(rng.integers(0, self.offset_max + 1))
             low, high = low + offset, high + offset
+        low = low if low.ndim == 3 else low[None]
         if self.augment:
             k = int(rng.integers(8))
-            low, high = dihedral(low, k), dihedral(high, k)
+            low, high = np.stack([dihedral(channel, k) for channel in low]), dihedral(high, k)
         low, high = self.normalization.low(low), self.normalization.high(high)
-        return (torch.from_numpy(np.ascontiguousarray(low)[None]),
-                torch.from_numpy(np.ascontiguousarray(high)[None]))
+        return torch.from_numpy(np.ascontiguousarray(low)), torch.from_numpy(np.ascontiguousarray(high)[None])
+
+
+def data_provenance(pairs: Sequence[Pairs], files: Sequence[str] = ()) -> dict:
+    """What a model was trained on: names, pair counts, frame shapes, a hash of each movie's first pair,
+    and the size of each input file."""
+    import hashlib
+
+    digests = []
+    for movie in pairs:
+        low, high = movie.read(0)
+        digests.append(hashlib.sha1(np.ascontiguousarray(low).tobytes() + np.ascontiguousarray(high).tobytes())
+                       .hexdigest()[:16])
+    sizes = {}
+    for name in files:
+        try:
+            sizes[str(name)] = os.path.getsize(name)
+        except OSError:
+            sizes[str(name)] = None
+    return {"names": [movie.name for movie in pairs], "pairs": [len(movie) for movie in pairs],
+            "frame_shapes": [list(movie.low.shape[1:]) for movie in pairs], "first_pair_sha1": digests,
+            "file_sizes": sizes, "summaries": [movie.summary() for movie in pairs]}

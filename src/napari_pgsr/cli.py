@@ -1,0 +1,238 @@
+"""Console scripts: napari-pgsr-train and napari-pgsr-predict (also `python -m napari_pgsr.cli train|predict`,
+which is what torchrun launches for several GPUs or nodes)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+
+EXIT_BAD_INPUT = 2
+
+
+class BadInput(Exception):
+    """Raised for user errors: reported as one line, exit code 2."""
+
+
+def _field_type(annotation) -> type:
+    """int / float / str / bool from a dataclass annotation such as 'int | None'."""
+    text = str(annotation)
+    for name, kind in (("bool", bool), ("int", int), ("float", float)):
+        if name in text:
+            return kind
+    return str
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (default None: only flags given override the config file)."""
+    from .training.config import TrainConfig
+
+    group = parser.add_argument_group("training settings (defaults: the config file, then these)")
+    for spec in fields(TrainConfig):
+        if spec.name == "low_first":
+            continue  # --low-first / --high-first below
+        flag = "--" + spec.name.replace("_", "-")
+        kind = _field_type(spec.type)
+        help_text = f"{spec.metadata.get('help', '')} [default: {spec.default}]"
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, type=kind, default=None, help=help_text, metavar=spec.name.upper())
+    phase = group.add_mutually_exclusive_group()
+    phase.add_argument("--low-first", dest="low_first", action="store_const", const=True, default=None,
+                       help="alternating movies start with the low exposure [default: detect]")
+    phase.add_argument("--high-first", dest="low_first", action="store_const", const=False,
+                       help="alternating movies start with the high exposure")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """Arguments of napari-pgsr-train."""
+    parser = argparse.ArgumentParser(
+        prog="napari-pgsr-train", description="Train a restoration model on low/high exposure pairs. Under "
+        "`torchrun --nproc_per_node N -m napari_pgsr.cli train ...` it trains with DistributedDataParallel.")
+    parser.add_argument("movies", nargs="*", type=Path, help="alternating-exposure movies (TIFF)")
+    parser.add_argument("--low", type=Path, nargs="+", default=[], help="low-exposure stacks (with --high)")
+    parser.add_argument("--high", type=Path, nargs="+", default=[], help="matching high-exposure stacks")
+    parser.add_argument("--val", type=Path, nargs="+", default=[], help="alternating movies kept for validation")
+    parser.add_argument("--out", type=Path, required=True, help="model file to write (.pgsr)")
+    parser.add_argument("--config", type=Path, help="YAML or JSON training config")
+    parser.add_argument("--write-config", type=Path, help="also save the effective config here")
+    parser.add_argument("--resume", type=Path, help="continue exactly from this checkpoint (.pgsr)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(parser)
+    return parser
+
+
+def build_config(args: argparse.Namespace):
+    """Config file values, overridden by the flags given."""
+    from .training.config import TrainConfig
+
+    values = TrainConfig.load(args.config).to_dict() if args.config else {}
+    for spec in fields(TrainConfig):
+        given = getattr(args, spec.name, None)
+        if given is not None:
+            values[spec.name] = given
+    return TrainConfig.from_dict(values)
+
+
+def load_training_pairs(args: argparse.Namespace, low_first):
+    """Pairs from alternating movies, or from --low/--high stacks; validation pairs from --val."""
+    from .io import read_movie
+    from .pairs import pair_stacks, split_alternating
+
+    if not args.movies and not args.low:
+        raise BadInput("give alternating-exposure movies, or --low and --high stacks")
+    if len(args.low) != len(args.high):
+        raise BadInput(f"--low has {len(args.low)} files but --high has {len(args.high)}; give them in pairs")
+    pairs = [split_alternating(read_movie(p), low_first=low_first) for p in args.movies]
+    for low, high in zip(args.low, args.high):
+        pairs.append(pair_stacks(read_movie(low).data, read_movie(high).data, name=f"{low.name}+{high.name}"))
+    validation = [split_alternating(read_movie(p), low_first=low_first) for p in args.val]
+    return pairs, validation, [str(p) for p in [*args.movies, *args.low, *args.high, *args.val]]
+
+
+def _progress_bar(quiet: bool):
+    """A tqdm bar fed by training events (rank 0 only)."""
+    from tqdm import tqdm
+
+    from .training.events import EventKind
+
+    if quiet or int(os.environ.get("RANK", "0")) != 0:
+        return lambda event: None, lambda: None
+    bars = []
+
+    def update(event) -> None:
+        if event.kind is EventKind.STARTED:  # the bar appears once the data have been checked
+            bars.append(tqdm(total=event.total_steps, initial=event.step, unit="step", dynamic_ncols=True))
+        bar = bars[0]
+        if event.kind is EventKind.STARTED:
+            bar.write(f"training on {event.values['device']} (x{event.values['world_size']}): "
+                      f"{event.values['train_pairs']} training pairs, {event.values['validation_pairs']} "
+                      "validation pairs" + (f", resumed from {event.values['resumed_from']}"
+                                            if event.values["resumed_from"] else ""))
+        elif event.kind is EventKind.STEP:
+            bar.update(event.step - bar.n)
+            bar.set_postfix(loss=f"{event.values['loss']:.4f}", patches_s=f"{event.values['patches_per_s']:.0f}")
+        elif event.kind is EventKind.VALIDATION:
+            bar.write(f"step {event.step}: validation loss {event.values['loss']:.4f}, PSNR "
+                      f"{event.values['psnr']:.2f} dB, SSIM {event.values['ssim']:.3f}")
+        elif event.kind is EventKind.FINISHED:
+            bar.write(f"{event.values['reason']} at step {event.step}: model written to {event.values['path']}")
+
+    return update, lambda: [bar.close() for bar in bars]
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """napari-pgsr-train."""
+    args = train_parser().parse_args(argv)
+    try:
+        config = build_config(args)
+        if args.out.exists() and not args.overwrite and args.resume is None:
+            raise BadInput(f"{args.out} exists; pass --overwrite to replace it, or --resume {args.out}")
+        pairs, validation, files = load_training_pairs(args, config.low_first)
+        if args.write_config:
+            config.save(args.write_config)
+        from .training.loop import train
+
+        update, close = _progress_bar(args.quiet)
+        try:
+            train(config, pairs, args.out, validation=validation, resume=args.resume, progress=update,
+                  files=files)
+        finally:
+            close()
+    except (BadInput, ValueError, FileNotFoundError) as err:
+        print(f"napari-pgsr-train: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    """Arguments of napari-pgsr-predict."""
+    parser = argparse.ArgumentParser(prog="napari-pgsr-predict",
+                                     description="Restore a movie with a trained model and write a TIFF.")
+    parser.add_argument("model", type=Path, help="trained model file (.pgsr)")
+    parser.add_argument("movie", type=Path, help="movie to restore (TIFF)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="restored movie (.tif or .ome.tif)")
+    parser.add_argument("--frames", choices=("all", "low"), default="all",
+                        help="every frame, or only the low-exposure frames of an alternating movie")
+    phase = parser.add_mutually_exclusive_group()
+    phase.add_argument("--low-first", dest="low_first", action="store_const", const=True, default=None)
+    phase.add_argument("--high-first", dest="low_first", action="store_const", const=False)
+    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--tile", type=int, default=256, help="tile size in pixels")
+    parser.add_argument("--overlap", type=int, default=None, help="tile overlap [default: from receptive field]")
+    parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+class RestoredMovie:
+    """Array-like view whose frames are restored when indexed, so write_movie streams them to disk."""
+
+    def __init__(self, model, frames, indices, restorer, on_frame=None):
+        from .data import context_indices
+
+        self._context_indices = context_indices
+        self.model, self.frames, self.indices, self.restorer = model, frames, indices, restorer
+        self.shape = (len(indices), *frames.shape[1:])
+        self.ndim, self.size, self.dtype = 3, int(np.prod(self.shape)), np.dtype("float32")
+        self.on_frame = on_frame or (lambda: None)
+
+    def __getitem__(self, position: int) -> np.ndarray:
+        neighbours = self.indices[self._context_indices(int(position), len(self.indices), self.model.context)]
+        stack = np.stack([np.asarray(self.frames[int(i)]) for i in neighbours])
+        self.on_frame()
+        return self.restorer(stack)
+
+
+def predict_main(argv: list[str] | None = None) -> int:
+    """napari-pgsr-predict."""
+    args = predict_parser().parse_args(argv)
+    try:
+        from .inference import Restorer
+        from .io import read_movie, write_movie
+        from .modelfile import load_model
+        from .pairs import split_alternating
+
+        if args.output.exists() and not args.overwrite:
+            raise BadInput(f"{args.output} exists; pass --overwrite to replace it")
+        model = load_model(args.model)
+        movie = read_movie(args.movie)
+        indices = (split_alternating(movie, low_first=args.low_first).low_index if args.frames == "low"
+                   else np.arange(movie.shape[0]))
+        restorer = Restorer(model, args.tile, args.overlap, args.batch, args.device)
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(indices), unit="frame", disable=args.quiet)
+        lazy = RestoredMovie(model, movie.frames, indices, restorer, on_frame=lambda: bar.update(1))
+        try:
+            write_movie(args.output, lazy, pixel_size_um=movie.pixel_size_um, overwrite=args.overwrite,
+                        protected=(args.movie, args.model))
+        finally:
+            bar.close()
+    except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"napari-pgsr-predict: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not args.quiet:
+        print(f"restored {len(indices)} frames of {args.movie} with {args.model.name} -> {args.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m napari_pgsr.cli train|predict ...`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"train": train_main, "predict": predict_main}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m napari_pgsr.cli {train,predict} ... (see --help of each)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

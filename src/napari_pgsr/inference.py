@@ -1,0 +1,126 @@
+"""Apply a trained model to frames: normalise, tile with overlap, batch, blend, de-normalise.
+
+Tiles start on multiples of 2**depth (so the U-Net's pooling grid matches a whole-frame pass) and each
+tile's outer `margin` pixels, which see the tile's zero padding instead of real neighbours, get no weight;
+beyond that a linear ramp blends neighbouring tiles. With a margin of half the receptive field the tiled
+result equals the whole-frame result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .data import context_indices
+from .devices import autocast, pick_device
+from .modelfile import ModelFile
+
+
+def _starts(length: int, tile: int, stride: int, align: int) -> list[int]:
+    """Tile origins covering [0, length): multiples of `align`, the last one flush with the end."""
+    if tile >= length:
+        return [0]
+    starts = list(range(0, length - tile, stride)) + [length - tile]
+    return sorted({s - s % align for s in starts})
+
+
+def _weights(start: int, size: int, length: int, margin: int, ramp: int) -> np.ndarray:
+    """1-D blending weights of one tile: zero in the margins facing other tiles, then a linear ramp."""
+    position = np.arange(size, dtype=np.float32)
+    weight = np.ones(size, np.float32)
+    if start > 0:
+        weight = np.minimum(weight, np.clip((position - margin + 1) / (ramp + 1), 0, 1))
+    if start + size < length:
+        weight = np.minimum(weight, np.clip((size - position - margin) / (ramp + 1), 0, 1))
+    return weight
+
+
+class Restorer:
+    """A model ready to restore frames on a device: `restorer(frame_stack)` for one frame's C x Y x X input."""
+
+    def __init__(self, model: ModelFile, tile: int = 256, overlap: int | None = None, batch: int = 4,
+                 device: str = "auto"):
+        self.model, self.device = model, pick_device(device)
+        self.network = model.network.to(self.device).eval()
+        self.align = 2 ** getattr(self.network, "depth", 0)
+        self.margin = (getattr(self.network, "receptive_field", 1) - 1) // 2
+        overlap = 2 * self.margin + 16 if overlap is None else overlap
+        if overlap < 2 * self.margin:
+            raise ValueError(f"overlap {overlap} is smaller than the receptive field needs ({2 * self.margin}); "
+                             "tiles would show seams")
+        self.tile = max(self.align, tile - tile % self.align)
+        if self.tile <= overlap:
+            raise ValueError(f"tile {tile} must be larger than the overlap {overlap}")
+        self.overlap, self.batch = overlap, max(1, batch)
+
+    @torch.inference_mode()
+    def _run(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
+        x = torch.from_numpy(np.stack(tiles)).to(self.device)
+        with autocast(self.device, self.device.type != "cpu"):
+            out = self.network.activate(self.network(x).float())
+        return list(out.float().cpu().numpy()[:, 0])
+
+    def restore_normalised(self, image: np.ndarray) -> np.ndarray:
+        """C x Y x X normalised low-exposure input -> Y x X normalised restoration."""
+        channels, height, width = image.shape
+        pad_h, pad_w = -height % self.align, -width % self.align
+        if pad_h or pad_w:  # the same padding the network would apply to the whole frame
+            mode = "reflect" if pad_h < height and pad_w < width else "edge"
+            image = np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
+        full_h, full_w = image.shape[1:]
+        tile_h, tile_w = min(self.tile, full_h), min(self.tile, full_w)
+        stride_h, stride_w = tile_h - self.overlap, tile_w - self.overlap
+        ramp = self.overlap - 2 * self.margin
+        boxes = [(y, x) for y in _starts(full_h, tile_h, stride_h, self.align)
+                 for x in _starts(full_w, tile_w, stride_w, self.align)]
+        total = np.zeros((full_h, full_w), np.float32)
+        weight_sum = np.zeros((full_h, full_w), np.float32)
+        for first in range(0, len(boxes), self.batch):
+            chunk = boxes[first:first + self.batch]
+            outputs = self._run([image[:, y:y + tile_h, x:x + tile_w] for y, x in chunk])
+            for (y, x), out in zip(chunk, outputs):
+                weight = np.outer(_weights(y, tile_h, full_h, self.margin, ramp),
+                                  _weights(x, tile_w, full_w, self.margin, ramp))
+                total[y:y + tile_h, x:x + tile_w] += weight * out
+                weight_sum[y:y + tile_h, x:x + tile_w] += weight
+        return (total / np.maximum(weight_sum, 1e-12))[:height, :width]
+
+    def __call__(self, stack: np.ndarray) -> np.ndarray:
+        """C x Y x X raw low-exposure frames (centre frame plus context) -> Y x X in high-exposure units."""
+        normalised = self.model.normalization.low(np.asarray(stack, np.float32))
+        return self.model.normalization.high_inverse(self.restore_normalised(normalised))
+
+
+def _frame(frames, index: int) -> np.ndarray:
+    frame = frames[int(index)]
+    return np.asarray(frame.compute() if hasattr(frame, "compute") else frame)
+
+
+def iter_restore(model: ModelFile, frames, indices=None, tile: int = 256, overlap: int | None = None,
+                 batch: int = 4, device: str = "auto",
+                 progress: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
+    """Restore frames[indices] one at a time (T x Y x X input read lazily). With temporal context, the
+    neighbours of a frame are its neighbours within `indices` (e.g. the low frames of an alternating movie),
+    reflected at the ends."""
+    restorer = Restorer(model, tile, overlap, batch, device)
+    indices = np.arange(frames.shape[0]) if indices is None else np.asarray(indices)
+    for position in range(len(indices)):
+        neighbours = indices[context_indices(position, len(indices), model.context)]
+        yield restorer(np.stack([_frame(frames, i) for i in neighbours]))
+        if progress is not None:
+            progress(position + 1, len(indices))
+
+
+def restore(model: ModelFile, frames, tile: int = 256, overlap: int | None = None, batch: int = 4,
+            device: str = "auto", indices=None) -> np.ndarray:
+    """Restore a Y x X frame or a T x Y x X movie; float32 in the high exposure's intensity units."""
+    frames = np.asarray(frames) if not hasattr(frames, "shape") else frames
+    single = frames.ndim == 2
+    stack = frames[None] if single else frames
+    expected = 1 + 2 * model.context
+    if single and expected > 1:
+        raise ValueError(f"this model uses {model.context} neighbouring frames on each side; give a movie")
+    out = np.stack(list(iter_restore(model, stack, indices, tile, overlap, batch, device)))
+    return out[0] if single else out

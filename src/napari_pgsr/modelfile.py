@@ -1,0 +1,111 @@
+"""Self-describing, versioned model files (.pgsr): weights plus everything needed to use and resume them.
+
+A file is a torch zip archive holding only tensors, numbers and strings, so it loads with
+`torch.load(weights_only=True)`: nothing in it is executed. Metadata travels as one JSON string.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .data import Normalization
+from .models import build_model
+
+FORMAT = "napari-pgsr-model"
+FORMAT_VERSION = 1
+SUFFIX = ".pgsr"
+
+
+@dataclass
+class ModelFile:
+    """A trained restoration model with its description; `training_state` is present in checkpoints."""
+
+    network: nn.Module
+    normalization: Normalization
+    metadata: dict = field(default_factory=dict)  # architecture, config, history, provenance, versions...
+    training_state: dict | None = None  # optimizer, scheduler, step, split, RNG: what resume needs
+    path: Path | None = None
+
+    @property
+    def context(self) -> int:
+        """Neighbouring low frames on each side the network expects."""
+        return int(self.metadata.get("config", {}).get("context", 0))
+
+    def describe(self) -> str:
+        """One line for logs and the GUI."""
+        arch = self.metadata.get("architecture", {})
+        history = self.metadata.get("history", {})
+        return (f"{arch.get('name')} depth {arch.get('depth')} width {arch.get('width')}, loss "
+                f"{self.metadata.get('config', {}).get('loss')}, context {self.context}, {history.get('step', 0)} "
+                f"steps, trained on {', '.join(self.metadata.get('provenance', {}).get('names', [])) or '?'}")
+
+
+def versions() -> dict:
+    """Software versions recorded with every model."""
+    return {"napari_pgsr": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def save_model(path: str | os.PathLike, network: nn.Module, normalization: Normalization, metadata: dict,
+               training_state: dict | None = None) -> Path:
+    """Write atomically (temporary file beside the target, then rename)."""
+    path = Path(path)
+    network = getattr(network, "module", network)  # unwrap DistributedDataParallel
+    meta = {**metadata, "architecture": network.architecture, "normalization": normalization.to_dict(),
+            "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "versions": versions()}
+    archive: dict[str, Any] = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "metadata_json": json.dumps(meta),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()},
+    }
+    if training_state is not None:
+        archive["training_state"] = training_state
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        torch.save(archive, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelFile:
+    """Load a .pgsr file safely; unknown, newer or damaged files raise ValueError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        archive = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # zip errors, unpickling refusals, truncated files
+        raise ValueError(f"{path} is not a readable napari-pgsr model file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
+    if not isinstance(archive, dict) or archive.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a napari-pgsr model file (no '{FORMAT}' marker)")
+    version = archive.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{path} has model format version {version}, newer than this napari-pgsr reads "
+                         f"({FORMAT_VERSION}); upgrade napari-pgsr")
+    try:
+        metadata = json.loads(archive["metadata_json"])
+        network = build_model(metadata["architecture"])
+        network.load_state_dict(archive["state_dict"])
+        normalization = Normalization.from_dict(metadata["normalization"])
+    except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: damaged model file ({type(err).__name__}: {err})") from err
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    network.to(device).eval()
+    return ModelFile(network, normalization, metadata, archive.get("training_state"), path)

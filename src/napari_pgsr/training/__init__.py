@@ -1,0 +1,1 @@
+"""Training: typed config, losses, events and the loop (single process, or DDP under torchrun)."""

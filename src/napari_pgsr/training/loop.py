@@ -1,0 +1,222 @@
+"""The training loop: deterministic patches, Adam with a schedule, validation, atomic checkpoints, exact
+resume, and DistributedDataParallel when launched by torchrun (rank 0 alone writes)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from ..data import PatchDataset, data_provenance, fit_normalization, split_refs
+from ..devices import autocast, pick_device
+from ..modelfile import load_model, save_model
+from ..models import build_model
+from ..pairs import Pairs
+from .config import TrainConfig
+from .events import EventKind, TrainingEvent
+from .losses import pixel_loss
+
+
+@dataclass
+class TrainResult:
+    """Where the model went, how far it got, and why it ended ('done', 'stopped' or 'time')."""
+
+    path: Path
+    step: int
+    history: dict
+    reason: str
+
+
+def _distributed(device_type: str) -> tuple[int, int]:
+    """(rank, world size); joins the process group torchrun describes in the environment."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _any_rank(flag: bool, world: int) -> bool:
+    """True on every rank when it is true on one (so all ranks stop at the same step)."""
+    if world == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value)
+    return bool(value.item() > 0)
+
+
+def architecture_for(config: TrainConfig) -> dict:
+    """Network description from the config (BCE: sigmoid output, no residual)."""
+    return {"name": config.model, "in_channels": 1 + 2 * config.context, "depth": config.depth,
+            "width": config.width, "residual": config.loss != "bce",
+            "output_activation": "sigmoid" if config.loss == "bce" else "linear"}
+
+
+def _split(config: TrainConfig, pairs: list[Pairs], validation: list[Pairs]) -> tuple[list, list]:
+    if validation:  # separate validation movies: all of them validate, all training movies train
+        n = len(pairs)
+        return ([(m, p) for m in range(n) for p in range(len(pairs[m]))],
+                [(n + m, p) for m in range(len(validation)) for p in range(len(validation[m]))])
+    return split_refs(pairs, config.validation_fraction, config.block_pairs, gap=1 + config.context)
+
+
+def _fingerprint(provenance: dict) -> tuple:
+    return tuple(provenance["names"]), tuple(provenance["pairs"]), tuple(provenance["first_pair_sha1"])
+
+
+@torch.no_grad()
+def validate(network: torch.nn.Module, dataset: PatchDataset, loss_name: str, device: torch.device,
+             batch: int = 16) -> dict:
+    """Loss, PSNR and SSIM (normalised units, data range 1) over the fixed validation patches."""
+    network.eval()
+    losses, psnrs, ssims = [], [], []
+    for start in range(0, len(dataset), batch):
+        lows, highs = zip(*(dataset[i] for i in range(start, min(start + batch, len(dataset)))))
+        x, y = torch.stack(lows).to(device), torch.stack(highs).to(device)
+        raw = network(x).float()
+        prediction = network.activate(raw)
+        losses.append(pixel_loss(loss_name, raw, prediction, y).item() * len(lows))
+        for out, target in zip(prediction.cpu().numpy()[:, 0], y.cpu().numpy()[:, 0]):
+            psnrs.append(peak_signal_noise_ratio(target, out, data_range=1.0))
+            ssims.append(structural_similarity(target, out, data_range=1.0))
+    network.train()
+    return {"loss": float(sum(losses) / len(dataset)), "psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}
+
+
+def train(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.PathLike,
+          validation: Sequence[Pairs] = (), resume: str | os.PathLike | None = None,
+          progress: Callable[[TrainingEvent], None] | None = None, should_stop: Callable[[], bool] | None = None,
+          files: Sequence[str] = ()) -> TrainResult:
+    """Train a restoration model on low/high pairs and write it to `output` (a .pgsr model file).
+
+    `resume` continues a checkpoint exactly: weights, optimizer, schedule, step, RNG and the stored
+    train/validation split. `progress` receives TrainingEvents; `should_stop()` ends at the next step.
+    """
+    output, emit = Path(output), progress or (lambda event: None)
+    pairs, validation = list(pairs), list(validation)
+    everything = pairs + validation
+    device = pick_device(config.device)
+    rank, world = _distributed(device.type)
+    provenance = data_provenance(everything, files)
+    state, history = None, {"loss": [], "validation": [], "step": 0, "seconds": 0.0}
+    if resume is not None:
+        checkpoint = load_model(resume)
+        state = checkpoint.training_state
+        if state is None:
+            raise ValueError(f"{resume} holds no training state (a final model exported without it); "
+                             "resume from a checkpoint written during training")
+        stored = checkpoint.metadata["provenance"]
+        if _fingerprint(stored) != _fingerprint(provenance):
+            raise ValueError(f"{resume} was trained on {stored['names']} ({stored['pairs']} pairs); the data "
+                             f"given now differ ({provenance['names']}, {provenance['pairs']} pairs), so the "
+                             "stored train/validation split would not hold")
+        train_refs = [tuple(r) for r in state["train_refs"]]
+        val_refs = [tuple(r) for r in state["validation_refs"]]
+        normalization, history = checkpoint.normalization, checkpoint.metadata["history"]
+    else:
+        train_refs, val_refs = _split(config, pairs, validation)
+        normalization = fit_normalization(everything, train_refs, seed=config.seed)
+    common = {"patch_size": config.patch, "normalization": normalization, "seed": config.seed,
+              "context": config.context}
+    train_set = PatchDataset(everything, split="train", refs=train_refs, length=2**62,
+                             offset_max=config.offset_max if config.offset_enabled else 0, **common)
+    val_set = PatchDataset(everything, split="validation", refs=val_refs, length=config.validation_patches,
+                           **common) if val_refs else None
+
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    network = build_model(architecture_for(config)).to(device)
+    if device.type == "cuda":
+        network = network.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
+    schedule = config.lr_schedule if config.steps is not None or config.lr_schedule != "cosine" else "plateau"
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr / 50)
+                 if schedule == "cosine" else torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5,
+                                                                                         patience=5)
+                 if schedule == "plateau" else None)
+    step, elapsed_before = 0, 0.0
+    if state is not None:
+        network.load_state_dict(checkpoint.network.state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        step, elapsed_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
+        torch.set_rng_state(state["torch_rng"])
+    model = network
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def save(reason: str) -> Path:
+        training_state = {"step": step, "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                          "torch_rng": torch.get_rng_state(), "elapsed_s": elapsed_before + time.perf_counter() - t0,
+                          "train_refs": [list(r) for r in train_refs],
+                          "validation_refs": [list(r) for r in val_refs], "reason": reason}
+        history.update(step=step, seconds=training_state["elapsed_s"])
+        metadata = {"config": config.to_dict(), "history": history, "provenance": provenance,
+                    "device": str(device), "world_size": world}
+        return save_model(output, network, normalization, metadata, training_state)
+
+    total = config.steps
+    emit(TrainingEvent(EventKind.STARTED, step, total, {
+        "device": str(device), "world_size": world, "train_pairs": len(train_refs),
+        "validation_pairs": len(val_refs), "resumed_from": str(resume) if resume else None}))
+    t0 = time.perf_counter()
+    start_step, reason = step, "done"
+    deadline = None if config.minutes is None else t0 + 60 * config.minutes - elapsed_before
+    model.train()
+    while total is None or step < total:
+        stop = bool(should_stop and should_stop())
+        out_of_time = deadline is not None and time.perf_counter() >= deadline
+        if _any_rank(stop or out_of_time, world):
+            reason = "stopped" if _any_rank(stop, world) else "time"
+            break
+        first = (step * world + rank) * config.batch  # item indices fix each patch: resumable, rank-disjoint
+        lows, highs = zip(*(train_set[i] for i in range(first, first + config.batch)))
+        x, y = torch.stack(lows).to(device), torch.stack(highs).to(device)
+        if device.type == "cuda":
+            x = x.to(memory_format=torch.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, config.amp):
+            raw = model(x)
+        raw = raw.float()
+        loss = pixel_loss(config.loss, raw, network.activate(raw), y)
+        loss.backward()
+        optimizer.step()
+        if schedule == "cosine":
+            scheduler.step()
+        step += 1
+        history["loss"].append(float(loss.item()))
+        seconds = time.perf_counter() - t0
+        rate = (step - start_step) * config.batch * world / max(seconds, 1e-9)
+        eta = ((total - step) * config.batch * world / rate if total is not None
+               else max(0.0, deadline - time.perf_counter()))
+        emit(TrainingEvent(EventKind.STEP, step, total, {"loss": history["loss"][-1], "patches_per_s": rate,
+                                                          "eta_s": eta, "lr": optimizer.param_groups[0]["lr"]}))
+        if val_set is not None and (step % config.validation_every == 0 or step == total):
+            metrics = validate(network, val_set, config.loss, device)
+            history["validation"].append({"step": step, **metrics})
+            if schedule == "plateau":
+                scheduler.step(metrics["loss"])
+            emit(TrainingEvent(EventKind.VALIDATION, step, total, metrics))
+        if step % config.checkpoint_every == 0 and rank == 0 and step != total:
+            emit(TrainingEvent(EventKind.CHECKPOINT, step, total, {"path": str(save("checkpoint"))}))
+    path = save(reason) if rank == 0 else output
+    if world > 1:
+        dist.barrier()
+    emit(TrainingEvent(EventKind.FINISHED, step, total, {"path": str(path), "reason": reason}))
+    return TrainResult(path, step, history, reason)
+
+
+def throughput_note(result: TrainResult, batch: int) -> str:
+    """One line summary for logs."""
+    seconds = max(result.history.get("seconds", 0.0), 1e-9)
+    return f"{result.step} steps in {seconds:.0f} s ({result.step * batch / seconds:.0f} patches/s)"
+

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_pgsr.data import Normalization
+from napari_pgsr.inference import Restorer, restore
+from napari_pgsr.modelfile import ModelFile
+from napari_pgsr.models.unet import UNet
+
+
+def _model(context=0, depth=2):
+    torch.manual_seed(0)
+    net = UNet(in_channels=1 + 2 * context, depth=depth, width=4)
+    for p in net.parameters():  # far from identity, so seams would show
+        p.data += 0.2 * torch.randn_like(p)
+    return ModelFile(net.eval(), Normalization(100.0, 300.0, 100.0, 2100.0), {"config": {"context": context}})
+
+
+@pytest.mark.parametrize("shape", [(1, 150, 203), (1, 97, 61), (3, 64, 230)])
+def test_tiled_output_equals_whole_frame_output(shape):
+    model = _model(context=(shape[0] - 1) // 2)
+    image = np.random.default_rng(0).normal(0.3, 0.2, shape).astype(np.float32)
+    whole = Restorer(model, tile=1024).restore_normalised(image)
+    tiled = Restorer(model, tile=96 if model.network.depth == 2 else 48, batch=3).restore_normalised(image)
+    assert whole.shape == shape[1:]
+    np.testing.assert_allclose(tiled, whole, atol=1e-4)
+
+
+def test_restore_denormalises_to_high_exposure_units_and_keeps_shape():
+    model = _model()
+    torch.nn.init.zeros_(model.network.head.weight)
+    torch.nn.init.zeros_(model.network.head.bias)  # identity in normalised units
+    frames = np.full((3, 40, 50), 200.0, np.float32)  # normalised low = 0.5
+    out = restore(model, frames, tile=64)
+    assert out.shape == (3, 40, 50) and out.dtype == np.float32
+    np.testing.assert_allclose(out, 100 + 0.5 * 2000, rtol=1e-6)  # normalised 0.5 in high units
+    assert restore(model, frames[0]).shape == (40, 50)
+
+
+def test_context_model_uses_reflected_neighbours():
+    model = _model(context=1, depth=1)
+    frames = np.random.default_rng(1).normal(150, 30, (4, 24, 24)).astype(np.float32)
+    out = restore(model, frames)
+    first = Restorer(model)(frames[[1, 0, 1]])  # frame 0's neighbours reflect at the start
+    np.testing.assert_allclose(out[0], first, rtol=1e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="give a movie"):
+        restore(model, frames[0])
+
+
+def test_overlap_smaller_than_receptive_field_is_refused():
+    with pytest.raises(ValueError, match="smaller than the receptive field"):
+        Restorer(_model(), tile=64, overlap=8)

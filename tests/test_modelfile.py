@@ -1,0 +1,64 @@
+import zipfile
+
+import pytest
+import torch
+
+from napari_pgsr.data import Normalization
+from napari_pgsr.modelfile import FORMAT, load_model, save_model
+from napari_pgsr.models.unet import UNet
+
+NORM = Normalization(100.0, 250.0, 100.0, 900.0)
+
+
+def test_round_trip_keeps_weights_architecture_normalization_and_metadata(tmp_path):
+    net = UNet(in_channels=3, depth=1, width=4)
+    path = save_model(tmp_path / "m.pgsr", net, NORM, {"config": {"context": 1}, "history": {"step": 5}})
+    model = load_model(path)
+    assert model.network.architecture == net.architecture and model.context == 1
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(model.network.state_dict()[key], value)
+    assert model.normalization == NORM and model.metadata["history"]["step"] == 5
+    assert model.training_state is None and not model.network.training
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_file_loads_with_weights_only(tmp_path):
+    path = save_model(tmp_path / "m.pgsr", UNet(depth=1, width=2), NORM, {},
+                      training_state={"step": 3, "torch_rng": torch.get_rng_state(), "train_refs": [[0, 1]]})
+    archive = torch.load(path, weights_only=True)  # nothing but tensors, numbers and strings
+    assert archive["format"] == FORMAT and archive["training_state"]["step"] == 3
+
+
+def test_bad_files_are_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        load_model(tmp_path / "none.pgsr")
+    (tmp_path / "text.pgsr").write_text("not a model")
+    with pytest.raises(ValueError, match="text.pgsr is not a readable napari-pgsr model file"):
+        load_model(tmp_path / "text.pgsr")
+    good = save_model(tmp_path / "good.pgsr", UNet(depth=1, width=2), NORM, {})
+    (tmp_path / "cut.pgsr").write_bytes(good.read_bytes()[:300])
+    with pytest.raises(ValueError, match="cut.pgsr is not a readable"):
+        load_model(tmp_path / "cut.pgsr")
+    torch.save({"format": FORMAT, "format_version": 99, "metadata_json": "{}", "state_dict": {}},
+               tmp_path / "future.pgsr")
+    with pytest.raises(ValueError, match="format version 99, newer than this napari-pgsr reads"):
+        load_model(tmp_path / "future.pgsr")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a napari-pgsr model file"):
+        load_model(tmp_path / "other.pt")
+    torch.save({"format": FORMAT, "format_version": 1, "state_dict": {},
+                "metadata_json": '{"architecture": {"name": "progan"}, "normalization": {}}'},
+               tmp_path / "arch.pgsr")
+    with pytest.raises(ValueError, match="arch.pgsr: unknown model architecture 'progan'"):
+        load_model(tmp_path / "arch.pgsr")
+
+
+def test_pickled_code_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("executed!",))
+
+    torch.save({"format": FORMAT, "format_version": 1, "evil": Payload()}, tmp_path / "evil.pgsr")
+    with pytest.raises(ValueError, match="evil.pgsr is not a readable"):
+        load_model(tmp_path / "evil.pgsr")
+    assert zipfile.is_zipfile(tmp_path / "evil.pgsr")

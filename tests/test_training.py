@@ -1,0 +1,112 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_pgsr.modelfile import load_model
+from napari_pgsr.pairs import split_alternating
+from napari_pgsr.simulate import simulate_movie
+from napari_pgsr.training.config import TrainConfig
+from napari_pgsr.training.events import EventKind
+from napari_pgsr.training.loop import train
+from napari_pgsr.training.losses import pixel_loss
+
+TINY = dict(depth=1, width=4, patch=32, batch=4, validation_every=2, checkpoint_every=2, validation_patches=4,
+            device="cpu")
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return split_alternating(simulate_movie("ap2", 48, (64, 64), seed=0).movie, name="sim")
+
+
+def _weights(path):
+    return load_model(path).network.state_dict()
+
+
+def test_config_round_trips_through_yaml_and_json(tmp_path):
+    config = TrainConfig(loss="mse", steps=7, context=2, offset=False, low_first=False)
+    for name in ("c.yaml", "c.json"):
+        assert TrainConfig.load(config.save(tmp_path / name)) == config
+    (tmp_path / "bad.yaml").write_text("loss: mae\nwdith: 3\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown training config keys \['wdith'\]"):
+        TrainConfig.load(tmp_path / "bad.yaml")
+    with pytest.raises(ValueError, match="loss must be one of"):
+        TrainConfig(loss="l3")
+    with pytest.raises(ValueError, match="patch 30 must be a multiple of 2\\*\\*depth = 4"):
+        TrainConfig(patch=30)
+    assert TrainConfig().offset_enabled and not TrainConfig(loss="bce").offset_enabled
+
+
+def test_losses_against_hand_computed_values():
+    prediction = torch.tensor([0.0, 1.0, 3.0])
+    target = torch.tensor([1.0, 1.0, 1.0])
+    assert pixel_loss("mae", prediction, prediction, target).item() == pytest.approx(1.0)
+    assert pixel_loss("mse", prediction, prediction, target).item() == pytest.approx(5 / 3)
+    logits = torch.tensor([0.0])
+    assert pixel_loss("bce", logits, torch.sigmoid(logits), torch.tensor([2.0])).item() == pytest.approx(np.log(2))
+
+
+def test_training_emits_events_and_writes_a_self_describing_model(tmp_path, pairs):
+    events = []
+    result = train(TrainConfig(steps=4, **TINY), [pairs], tmp_path / "m.pgsr", progress=events.append)
+    kinds = [e.kind for e in events]
+    assert kinds[0] is EventKind.STARTED and kinds[-1] is EventKind.FINISHED
+    assert kinds.count(EventKind.STEP) == 4 and kinds.count(EventKind.VALIDATION) == 2
+    assert kinds.count(EventKind.CHECKPOINT) == 1  # at step 2; step 4 is the final save
+    step = next(e for e in events if e.kind is EventKind.STEP)
+    assert step.values["patches_per_s"] > 0 and step.values["eta_s"] >= 0 and step.values["loss"] > 0
+    model = load_model(result.path)
+    meta = model.metadata
+    assert meta["config"]["steps"] == 4 and meta["architecture"]["name"] == "unet"
+    assert meta["history"]["step"] == 4 and len(meta["history"]["loss"]) == 4
+    assert {"psnr", "ssim", "loss"} <= set(meta["history"]["validation"][-1])
+    assert meta["provenance"]["names"] == ["sim"] and len(meta["provenance"]["first_pair_sha1"][0]) == 16
+    assert meta["versions"]["torch"] == torch.__version__
+    assert model.normalization.low_hi > model.normalization.low_lo
+    json.dumps(meta)  # plain data only
+
+
+def test_resume_in_the_middle_gives_the_same_weights_as_straight_through(tmp_path, pairs):
+    config = TrainConfig(steps=6, **TINY)
+    straight = train(config, [pairs], tmp_path / "straight.pgsr")
+    seen = []
+    stopped = train(config, [pairs], tmp_path / "resumed.pgsr", progress=seen.append,
+                    should_stop=lambda: sum(e.kind is EventKind.STEP for e in seen) >= 3)
+    assert stopped.reason == "stopped" and stopped.step == 3
+    half = load_model(tmp_path / "resumed.pgsr")  # the stopped run left a usable model
+    assert half.training_state["step"] == 3
+    resumed = train(config, [pairs], tmp_path / "resumed.pgsr", resume=tmp_path / "resumed.pgsr")
+    assert resumed.step == 6 and resumed.reason == "done"
+    a, b = _weights(straight.path), _weights(resumed.path)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert load_model(resumed.path).metadata["history"]["loss"] == pytest.approx(straight.history["loss"])
+    assert load_model(resumed.path).training_state["validation_refs"] == half.training_state["validation_refs"]
+
+
+def test_resume_refuses_other_data(tmp_path, pairs):
+    train(TrainConfig(steps=2, **TINY), [pairs], tmp_path / "m.pgsr")
+    other = split_alternating(simulate_movie("ap2", 48, (64, 64), seed=9).movie, name="other")
+    with pytest.raises(ValueError, match=r"trained on \['sim'\].*differ"):
+        train(TrainConfig(steps=4, **TINY), [other], tmp_path / "m.pgsr", resume=tmp_path / "m.pgsr")
+
+
+def test_loss_decreases_on_a_learnable_problem(tmp_path, pairs):
+    config = TrainConfig(steps=60, lr=3e-3, offset=False, **{**TINY, "validation_every": 60, "width": 8})
+    result = train(config, [pairs], tmp_path / "m.pgsr")
+    losses = result.history["loss"]
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+
+
+def test_context_and_bce_models_train(tmp_path, pairs):
+    result = train(TrainConfig(steps=2, context=2, loss="bce", **TINY), [pairs], tmp_path / "c.pgsr")
+    model = load_model(result.path)
+    assert model.context == 2 and model.network.in_channels == 5
+    assert model.metadata["architecture"]["output_activation"] == "sigmoid"
+
+
+def test_minutes_budget_stops_by_time(tmp_path, pairs):
+    result = train(TrainConfig(steps=None, minutes=0.02, **TINY), [pairs], tmp_path / "t.pgsr")
+    assert result.reason == "time" and result.step > 0
