@@ -145,6 +145,10 @@ def train_main(argv: list[str] | None = None) -> int:
                   files=files)
         finally:
             close()
+            import torch.distributed as dist
+
+            if dist.is_initialized():  # launched by torchrun
+                dist.destroy_process_group()
     except (BadInput, ValueError, FileNotFoundError) as err:
         print(f"napari-pgsr-train: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -32,6 +32,7 @@ class TrainResult:
     step: int
     history: dict
     reason: str
+    network: torch.nn.Module | None = None  # the trained network (this rank's copy under torchrun)
 
 
 def _distributed(device_type: str) -> tuple[int, int]:
@@ -212,7 +213,7 @@ def train(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.PathLike
     if world > 1:
         dist.barrier()
     emit(TrainingEvent(EventKind.FINISHED, step, total, {"path": str(path), "reason": reason}))
-    return TrainResult(path, step, history, reason)
+    return TrainResult(path, step, history, reason, network)
 
 
 def throughput_note(result: TrainResult, batch: int) -> str:

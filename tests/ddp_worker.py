@@ -1,0 +1,21 @@
+"""Run by tests/test_ddp.py under torchrun: train, then save this rank's weights for comparison."""
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from napari_pgsr.io import read_movie
+from napari_pgsr.pairs import split_alternating
+from napari_pgsr.training.config import TrainConfig
+from napari_pgsr.training.loop import train
+
+if __name__ == "__main__":
+    movie, folder, batch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    config = TrainConfig(steps=4, batch=batch, depth=1, width=4, patch=32, validation_every=2,
+                         validation_patches=4, device="cpu", lr=1e-3)
+    result = train(config, [split_alternating(read_movie(movie))], folder / "ddp.pgsr")
+    rank = dist.get_rank()
+    torch.save(result.network.state_dict(), folder / f"rank{rank}.pt")
+    dist.destroy_process_group()

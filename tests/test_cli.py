@@ -1,0 +1,116 @@
+"""napari-pgsr-train and napari-pgsr-predict end to end on a small simulated movie."""
+
+import numpy as np
+import pytest
+
+from napari_pgsr import cli
+from napari_pgsr.io import read_movie, write_movie
+from napari_pgsr.modelfile import load_model
+from napari_pgsr.simulate import Acquisition, simulate_movie
+
+TINY = ["--steps", "4", "--depth", "1", "--width", "4", "--patch", "32", "--batch", "4", "--validation-every", "2",
+        "--validation-patches", "4", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def movie(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "movie.tif"
+    sim = simulate_movie("ap2", 48, (64, 64), seed=0)
+    write_movie(path, sim.movie, pixel_size_um=sim.pixel_size_um)
+    return path
+
+
+def test_train_then_predict_low_frames(tmp_path, movie, capsys):
+    model = tmp_path / "m.pgsr"
+    assert cli.train_main([str(movie), "--out", str(model), "--loss", "mse", "--write-config",
+                           str(tmp_path / "used.yaml"), *TINY]) == 0
+    loaded = load_model(model)
+    assert loaded.metadata["config"]["loss"] == "mse" and loaded.metadata["history"]["step"] == 4
+    assert str(movie) in loaded.metadata["provenance"]["file_sizes"]
+    assert "loss: mse" in (tmp_path / "used.yaml").read_text()
+    out = tmp_path / "restored.tif"
+    assert cli.predict_main([str(model), str(movie), "-o", str(out), "--frames", "low", "--device", "cpu"]) == 0
+    restored = read_movie(out)
+    assert restored.shape == (24, 64, 64) and restored.data.dtype == np.float32
+    assert restored.pixel_size_um == pytest.approx(0.16)
+    assert "restored 24 frames" in capsys.readouterr().out
+
+
+def test_config_file_is_read_and_flags_override_it(tmp_path, movie):
+    (tmp_path / "cfg.yaml").write_text("loss: bce\nsteps: 2\nwidth: 2\n")
+    model = tmp_path / "m.pgsr"
+    assert cli.train_main([str(movie), "--out", str(model), "--config", str(tmp_path / "cfg.yaml"),
+                           "--depth", "1", "--patch", "32", "--batch", "2", "--device", "cpu", "--quiet",
+                           "--width", "3"]) == 0
+    config = load_model(model).metadata["config"]
+    assert config["loss"] == "bce" and config["steps"] == 2 and config["width"] == 3
+
+
+def test_separate_low_and_high_stacks_and_validation_movie(tmp_path, movie):
+    sim = simulate_movie("beads", 20, (64, 64), seed=3)
+    write_movie(tmp_path / "low.tif", sim.movie[0::2])
+    write_movie(tmp_path / "high.tif", sim.movie[1::2])
+    model = tmp_path / "m.pgsr"
+    assert cli.train_main(["--low", str(tmp_path / "low.tif"), "--high", str(tmp_path / "high.tif"),
+                           "--val", str(movie), "--out", str(model), *TINY]) == 0
+    provenance = load_model(model).metadata["provenance"]
+    assert provenance["names"] == ["low.tif+high.tif", "movie.tif"]
+
+
+def test_resume_from_the_command_line(tmp_path, movie):
+    model = tmp_path / "m.pgsr"
+    assert cli.train_main([str(movie), "--out", str(model), *TINY]) == 0
+    args = [str(movie), "--out", str(model), *TINY]
+    args[args.index("--steps") + 1] = "6"
+    assert cli.train_main([*args, "--resume", str(model)]) == 0
+    assert load_model(model).metadata["history"]["step"] == 6
+
+
+@pytest.mark.parametrize("case, message", [
+    ("steady", "no alternating exposure detected"),
+    ("big patch", "smaller than the 128x128 patch size"),
+    ("few pairs", "too few to hold out validation pairs"),
+    ("no input", "give alternating-exposure movies"),
+    ("exists", "exists; pass --overwrite"),
+])
+def test_bad_training_input_exits_2_and_writes_nothing(tmp_path, movie, capsys, case, message):
+    steady = tmp_path / "steady.tif"
+    write_movie(steady, simulate_movie("ap2", 20, (64, 64), acquisition=Acquisition(low_exposure_s=0.1)).movie)
+    short = tmp_path / "short.tif"
+    write_movie(short, simulate_movie("ap2", 6, (64, 64)).movie)
+    model = tmp_path / "m.pgsr"
+    args = {"steady": [str(steady)], "big patch": [str(movie), "--patch", "128"], "few pairs": [str(short)],
+            "no input": [], "exists": [str(movie)]}[case]
+    if case == "exists":
+        model.write_bytes(b"keep me")
+    assert cli.train_main(["--out", str(model), *TINY, *args]) == 2
+    assert message in capsys.readouterr().err
+    assert (model.read_bytes() == b"keep me") if case == "exists" else not model.exists()
+
+
+def test_bad_prediction_input_exits_2_and_keeps_files(tmp_path, movie, capsys):
+    model = tmp_path / "m.pgsr"
+    cli.train_main([str(movie), "--out", str(model), *TINY])
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"user data")
+    assert cli.predict_main([str(model), str(movie), "-o", str(out)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err and out.read_bytes() == b"user data"
+    assert cli.predict_main([str(model), str(movie), "-o", str(movie), "--overwrite"]) == 2
+    assert "file the data was read from" in capsys.readouterr().err
+    (tmp_path / "junk.pgsr").write_text("junk")
+    assert cli.predict_main([str(tmp_path / "junk.pgsr"), str(movie), "-o", str(tmp_path / "x.tif")]) == 2
+    assert "not a readable napari-pgsr model file" in capsys.readouterr().err
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_help_documents_every_config_field(capsys):
+    from dataclasses import fields
+
+    from napari_pgsr.training.config import TrainConfig
+
+    with pytest.raises(SystemExit):
+        cli.train_main(["--help"])
+    text = capsys.readouterr().out
+    for spec in fields(TrainConfig):
+        flag = "--low-first" if spec.name == "low_first" else "--" + spec.name.replace("_", "-")
+        assert flag in text
