@@ -7,16 +7,19 @@ from napari_pgsr.io import read_movie
 
 
 def test_demo_core_steps_print_what_they_did(tmp_path, capsys):
-    args = ["--no-viewer", "--frames", "20", "--size", "64", "--output", str(tmp_path)]
+    args = ["--no-viewer", "--frames", "20", "--size", "64", "--output", str(tmp_path), "--steps", "2", "--width", "4"]
     assert demo.main(args) == 0
     out = capsys.readouterr().out
     assert "simulated ap2 movie: 20 frames of 64x64 px" in out
     assert "exposure pairs: low exposure first" in out and "10 pairs" in out
     assert read_movie(tmp_path / "ap2_sample.tif").shape == (20, 64, 64)
     assert (tmp_path / "ap2_sample_spots.csv").exists()
+    assert "training a U-Net (depth 2, width 4) for 2 steps" in out
+    assert read_movie(tmp_path / "ap2_sample_restored.tif").shape == (10, 64, 64)
     before = (tmp_path / "ap2_sample.tif").stat().st_mtime_ns
     assert demo.main(args) == 0  # a second run reuses the sample, never rewrites it
-    assert "using the sample movie already" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert "using the sample movie already" in again and "using the model already" in again
     assert (tmp_path / "ap2_sample.tif").stat().st_mtime_ns == before
 
 
@@ -24,7 +27,8 @@ def test_demo_headless_viewer_docks_widget_and_saves_screenshot(tmp_path, capsys
     monkeypatch.setenv("NAPARI_PGSR_SYNC", "1")
     shot = Path(tmp_path) / "shot.png"
     assert demo.main(["--headless", "--frames", "20", "--size", "64", "--output", str(tmp_path),
-                      "--screenshot", str(shot)]) == 0
+                      "--screenshot", str(shot), "--steps", "2", "--width", "4"]) == 0
     out = capsys.readouterr().out
-    assert "'ap2_sample low', 'ap2_sample high'" in out and "docked: Exposure pairs" in out
+    assert "'ap2_sample low', 'ap2_sample high', 'ap2_sample_restored'" in out
+    assert "docked: Exposure pairs" in out
     assert shot.stat().st_size > 10_000

@@ -9,7 +9,6 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 
 EXIT_BAD_INPUT = 2
 
@@ -176,55 +175,33 @@ def predict_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class RestoredMovie:
-    """Array-like view whose frames are restored when indexed, so write_movie streams them to disk."""
-
-    def __init__(self, model, frames, indices, restorer, on_frame=None):
-        from .data import context_indices
-
-        self._context_indices = context_indices
-        self.model, self.frames, self.indices, self.restorer = model, frames, indices, restorer
-        self.shape = (len(indices), *frames.shape[1:])
-        self.ndim, self.size, self.dtype = 3, int(np.prod(self.shape)), np.dtype("float32")
-        self.on_frame = on_frame or (lambda: None)
-
-    def __getitem__(self, position: int) -> np.ndarray:
-        neighbours = self.indices[self._context_indices(int(position), len(self.indices), self.model.context)]
-        stack = np.stack([np.asarray(self.frames[int(i)]) for i in neighbours])
-        self.on_frame()
-        return self.restorer(stack)
-
-
 def predict_main(argv: list[str] | None = None) -> int:
     """napari-pgsr-predict."""
     args = predict_parser().parse_args(argv)
     try:
-        from .inference import Restorer
-        from .io import read_movie, write_movie
+        from tqdm import tqdm
+
+        from .inference import Restorer, restore_to_file
+        from .io import read_movie
         from .modelfile import load_model
-        from .pairs import split_alternating
 
         if args.output.exists() and not args.overwrite:
             raise BadInput(f"{args.output} exists; pass --overwrite to replace it")
         model = load_model(args.model)
         movie = read_movie(args.movie)
-        indices = (split_alternating(movie, low_first=args.low_first).low_index if args.frames == "low"
-                   else np.arange(movie.shape[0]))
         restorer = Restorer(model, args.tile, args.overlap, args.batch, args.device)
-        from tqdm import tqdm
+        with tqdm(unit="frame", disable=args.quiet) as bar:
+            def show(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
 
-        bar = tqdm(total=len(indices), unit="frame", disable=args.quiet)
-        lazy = RestoredMovie(model, movie.frames, indices, restorer, on_frame=lambda: bar.update(1))
-        try:
-            write_movie(args.output, lazy, pixel_size_um=movie.pixel_size_um, overwrite=args.overwrite,
-                        protected=(args.movie, args.model))
-        finally:
-            bar.close()
+            restored = restore_to_file(restorer, movie, args.output, frames=args.frames, low_first=args.low_first,
+                                       overwrite=args.overwrite, protected=(args.model,), progress=show)
     except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"napari-pgsr-predict: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if not args.quiet:
-        print(f"restored {len(indices)} frames of {args.movie} with {args.model.name} -> {args.output}")
+        print(f"restored {restored} frames of {args.movie} with {args.model.name} -> {args.output}")
     return 0
 
 

@@ -15,6 +15,7 @@ import torch
 
 from .data import context_indices
 from .devices import autocast, pick_device
+from .io import Movie, write_movie
 from .modelfile import ModelFile
 
 
@@ -124,3 +125,37 @@ def restore(model: ModelFile, frames, tile: int = 256, overlap: int | None = Non
         raise ValueError(f"this model uses {model.context} neighbouring frames on each side; give a movie")
     out = np.stack(list(iter_restore(model, stack, indices, tile, overlap, batch, device)))
     return out[0] if single else out
+
+
+class RestoredFrames:
+    """Array-like view whose frames are restored when indexed, so write_movie streams them to disk."""
+
+    def __init__(self, restorer: Restorer, frames, indices: np.ndarray,
+                 progress: Callable[[int, int], None] | None = None):
+        self.restorer, self.frames, self.indices, self.progress = restorer, frames, np.asarray(indices), progress
+        self.shape = (len(self.indices), *frames.shape[1:])
+        self.ndim, self.size, self.dtype = 3, int(np.prod(self.shape)), np.dtype(np.float32)
+
+    def __getitem__(self, position: int) -> np.ndarray:
+        context = self.restorer.model.context
+        neighbours = self.indices[context_indices(int(position), len(self.indices), context)]
+        out = self.restorer(np.stack([_frame(self.frames, i) for i in neighbours]))
+        if self.progress is not None:
+            self.progress(int(position) + 1, len(self.indices))
+        return out
+
+
+def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all", low_first: bool | None = None,
+                    overwrite: bool = False, protected=(), progress: Callable[[int, int], None] | None = None) -> int:
+    """Restore every frame ('all') or the low-exposure frames ('low') of a movie into a TIFF, frame by frame,
+    keeping the pixel size; never writes over the movie itself. Returns the number of frames written."""
+    from .pairs import split_alternating
+
+    if frames not in ("all", "low"):
+        raise ValueError(f"frames must be 'all' or 'low', got {frames!r}")
+    indices = (split_alternating(movie, low_first=low_first).low_index if frames == "low"
+               else np.arange(movie.shape[0]))
+    lazy = RestoredFrames(restorer, movie.frames, indices, progress)
+    sources = tuple(p for p in (movie.path, *protected) if p is not None)
+    write_movie(output, lazy, pixel_size_um=movie.pixel_size_um, overwrite=overwrite, protected=sources)
+    return len(indices)

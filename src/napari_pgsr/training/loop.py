@@ -132,9 +132,8 @@ def train(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.PathLike
                            **common) if val_refs else None
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    network = build_model(architecture_for(config)).to(device)
-    if device.type == "cuda":
-        network = network.to(memory_format=torch.channels_last)
+    # channels_last: faster convolutions on GPUs and with oneDNN on CPUs (73 -> ~90 patches/s here)
+    network = build_model(architecture_for(config)).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
     schedule = config.lr_schedule if config.steps is not None or config.lr_schedule != "cosine" else "plateau"
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr / 50)
@@ -182,8 +181,7 @@ def train(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.PathLike
         first = (step * world + rank) * config.batch  # item indices fix each patch: resumable, rank-disjoint
         lows, highs = zip(*(train_set[i] for i in range(first, first + config.batch)))
         x, y = torch.stack(lows).to(device), torch.stack(highs).to(device)
-        if device.type == "cuda":
-            x = x.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, config.amp):
             raw = model(x)
