@@ -68,6 +68,12 @@ class EMCCD:
         return np.clip(adu, 0, top).astype(dtype)
 
 
+def pixel_fractions(pixels: np.ndarray, centre: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Fraction of a 1-D Gaussian (mean `centre`, sd `sigma_px`) falling in each pixel [p - 0.5, p + 0.5)."""
+    scale = np.sqrt(2.0) * sigma_px
+    return 0.5 * (erf((pixels + 0.5 - centre) / scale) - erf((pixels - 0.5 - centre) / scale))
+
+
 def render_spots(
     shape: tuple[int, int], y: np.ndarray, x: np.ndarray, photons: np.ndarray, sigma_px: float
 ) -> np.ndarray:
@@ -85,9 +91,8 @@ def render_spots(
     offsets = np.arange(-radius, radius + 1)
     rows = np.rint(y)[:, None].astype(np.int64) + offsets  # (n, w)
     cols = np.rint(x)[:, None].astype(np.int64) + offsets
-    scale = np.sqrt(2.0) * sigma_px
-    wy = 0.5 * (erf((rows + 0.5 - y[:, None]) / scale) - erf((rows - 0.5 - y[:, None]) / scale))
-    wx = 0.5 * (erf((cols + 0.5 - x[:, None]) / scale) - erf((cols - 0.5 - x[:, None]) / scale))
+    wy = pixel_fractions(rows, y[:, None], sigma_px)
+    wx = pixel_fractions(cols, x[:, None], sigma_px)
     weights = photons[:, None, None] * wy[:, :, None] * wx[:, None, :]
     inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
     flat = rows[:, :, None] * width + cols[:, None, :]
