@@ -114,3 +114,26 @@ def test_help_documents_every_config_field(capsys):
     for spec in fields(TrainConfig):
         flag = "--low-first" if spec.name == "low_first" else "--" + spec.name.replace("_", "-")
         assert flag in text
+
+
+def test_ctrl_c_stops_training_cleanly_and_leaves_a_resumable_model(tmp_path, movie):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = tmp_path / "m.pgsr"
+    args = [sys.executable, "-m", "napari_pgsr.cli", "train", str(movie), "--out", str(model), "--steps",
+            "100000", "--depth", "1", "--width", "4", "--patch", "32", "--batch", "4", "--device", "cpu",
+            "--validation-every", "1000", "--checkpoint-every", "5", "--quiet"]
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None and not model.exists():  # first checkpoint
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-2000:]
+    saved = load_model(model)
+    assert saved.training_state["reason"] == "stopped" and 5 <= saved.training_state["step"] < 100000
+    assert "stopping after this step" in err

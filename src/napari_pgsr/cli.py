@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -139,10 +140,19 @@ def train_main(argv: list[str] | None = None) -> int:
         from .training.loop import train
 
         update, close = _progress_bar(args.quiet)
+        interrupted = []
+
+        def on_interrupt(signum, frame) -> None:  # first Ctrl-C: stop after this step and save
+            interrupted.append(signum)
+            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
+            print("\nstopping after this step; the model will be saved (Ctrl-C again to abort)", file=sys.stderr)
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
         try:
             train(config, pairs, args.out, validation=validation, resume=args.resume, progress=update,
-                  files=files)
+                  should_stop=lambda: bool(interrupted), files=files)
         finally:
+            signal.signal(signal.SIGINT, previous)
             close()
             import torch.distributed as dist
 

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from napari_pgsr.analysis import compare_to_labels, fit_spot, suggest_spots
+from napari_pgsr.physics import render_spots
+
+
+@pytest.mark.parametrize("sigma", [0.8, 1.3, 2.0])
+def test_high_snr_fit_recovers_sigma_and_position(sigma):
+    rng = np.random.default_rng(1)
+    errors, sigmas = [], []
+    for y, x in rng.uniform(10, 22, (10, 2)):
+        image = rng.poisson(render_spots((32, 32), [y], [x], [2e5], sigma) + 20).astype(float)
+        fit = fit_spot(image, round(y), round(x), radius=int(np.ceil(3 * sigma)))
+        assert fit.flag == ""
+        errors.append(np.hypot(fit.y - y, fit.x - x))
+        sigmas.append(fit.sigma_px)
+    assert max(errors) < 0.05
+    assert np.mean(sigmas) == pytest.approx(sigma, rel=0.03)
+
+
+def test_fit_flags_spots_at_the_border_and_rejects_points_outside():
+    image = render_spots((20, 20), [1.0], [10.0], [1e4], 1.0) + 5
+    assert fit_spot(image, 1, 10).flag == "edge"
+    with pytest.raises(ValueError, match=r"point \(25.0, 3.0\) lies outside the 20x20 image"):
+        fit_spot(image, 25, 3)
+
+
+def test_suggestions_find_spots_and_nothing_in_pure_noise():
+    rng = np.random.default_rng(2)
+    truth = np.array([[12.2, 14.7], [40.5, 30.1], [25.0, 50.3]])
+    image = rng.poisson(render_spots((64, 64), truth[:, 0], truth[:, 1], [3000] * 3, 1.0) + 30).astype(float)
+    found = suggest_spots(image)
+    match = compare_to_labels(found, truth, tolerance_px=1.0)
+    assert match.f1 == 1.0
+    assert len(suggest_spots(rng.poisson(30.0, (64, 64)).astype(float))) <= 1
+    with pytest.raises(ValueError, match="one Y x X frame"):
+        suggest_spots(np.zeros((2, 8, 8)))
+
+
+def test_matching_scores_on_constructed_sets():
+    labels = np.array([[0, 0], [10, 10], [20, 20], [30, 30]], float)
+    detected = np.array([[0.5, 0], [10, 11.5], [50, 50], [29, 30]], float)
+    match = compare_to_labels(detected, labels, tolerance_px=2.0)
+    assert (match.true_positives, match.false_positives, match.false_negatives) == (3, 1, 1)
+    assert match.precision == 0.75 and match.recall == 0.75 and match.f1 == 0.75
+    assert match.rmse == pytest.approx(np.sqrt((0.25 + 2.25 + 1) / 3))
+    # one detection between two labels is matched once (Hungarian), to the nearer one
+    one = compare_to_labels([[5, 5.5]], [[5, 5], [5, 7]], tolerance_px=2.0)
+    assert one.true_positives == 1 and one.false_negatives == 1 and one.pairs.tolist() == [[0, 0]]
+    # a label marked as ignorable: finding it is not a false positive, missing it is no false negative
+    dim = compare_to_labels([[0, 0]], [[0, 0], [10, 10]], ignore=[True, True])
+    assert (dim.true_positives, dim.false_positives, dim.false_negatives) == (0, 0, 0) and dim.f1 == 1.0
+    empty = compare_to_labels(np.empty((0, 2)), labels)
+    assert empty.recall == 0.0 and np.isnan(empty.rmse)
