@@ -136,13 +136,35 @@ class RestoredFrames:
         self.shape = (len(self.indices), *frames.shape[1:])
         self.ndim, self.size, self.dtype = 3, int(np.prod(self.shape)), np.dtype(np.float32)
 
-    def __getitem__(self, position: int) -> np.ndarray:
+    def frame(self, position: int) -> np.ndarray:
+        """Restore one frame (its neighbours taken from `indices` when the model uses context)."""
         context = self.restorer.model.context
         neighbours = self.indices[context_indices(int(position), len(self.indices), context)]
         out = self.restorer(np.stack([_frame(self.frames, i) for i in neighbours]))
         if self.progress is not None:
             self.progress(int(position) + 1, len(self.indices))
         return out
+
+    def __getitem__(self, key) -> np.ndarray:
+        """`frames[t]`, or numpy-style (time, rows, cols) slicing as dask asks for chunks."""
+        key = key if isinstance(key, tuple) else (key,)
+        first, rest = key[0], key[1:]
+        if isinstance(first, (int, np.integer)):
+            return self.frame(int(first))[rest] if rest else self.frame(int(first))
+        positions = range(len(self.indices))[first]
+        stack = np.stack([self.frame(p) for p in positions]) if len(positions) else np.empty((0, *self.shape[1:]),
+                                                                                              np.float32)
+        return stack[(slice(None), *rest)]
+
+
+def restore_lazily(restorer: Restorer, frames, indices=None) -> "da.Array":
+    """A dask array of restored frames, each computed only when it is looked at (napari, dask, numpy)."""
+    import dask.array as da
+
+    indices = np.arange(frames.shape[0]) if indices is None else np.asarray(indices)
+    lazy = RestoredFrames(restorer, frames, indices)
+    return da.from_array(lazy, chunks=(1, *lazy.shape[1:]), asarray=True, lock=True,
+                         meta=np.empty((0, 0, 0), np.float32), name=False)
 
 
 def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all", low_first: bool | None = None,

@@ -217,3 +217,22 @@ def pair_stacks(low, high, name: str = "stacks") -> Pairs:
                          "were they swapped?")
     return Pairs(_as_dask(low), _as_dask(high), None, ratio, index, index.copy(), [], baseline,
                  frame_source(low), frame_source(high), name)
+
+
+def pairs_at(data, low_index, high_index, name: str | None = None, low_first: bool | None = None) -> Pairs:
+    """Pairs at known frame indices (e.g. stored in a layer's metadata by an earlier split)."""
+    if isinstance(data, Movie):
+        name = name or (data.path.name if data.path else None)
+        data = data.data
+    name = name or "movie"
+    low, high = np.asarray(low_index, int), np.asarray(high_index, int)
+    if low.shape != high.shape or low.size == 0:
+        raise ValueError(f"{name}: need as many low as high frame indices (got {low.size} and {high.size})")
+    if max(low.max(), high.max()) >= data.shape[0]:
+        raise ValueError(f"{name}: frame index {max(low.max(), high.max())} beyond the movie's "
+                         f"{data.shape[0]} frames")
+    means = frame_means(data, name)
+    baseline = estimate_baseline(data, means, low, high)
+    stack, source = _as_dask(data), frame_source(data)
+    return Pairs(stack[low], stack[high], low_first, exposure_ratio(means, low, high, baseline), low, high, [],
+                 baseline, source, source, name)

@@ -7,6 +7,7 @@ from torch import nn
 from .unet import UNet
 
 ARCHITECTURES = {"unet": UNet}
+DISPLAY_NAMES = {"unet": "U-Net"}  # what the GUI lists: one registry for the CLI, GUI and model files
 
 
 def build_model(architecture: dict) -> nn.Module:

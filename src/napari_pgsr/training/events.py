@@ -13,6 +13,7 @@ class EventKind(Enum):
     STEP = "step"  # values: loss, lr, patches_per_s, eta_s
     VALIDATION = "validation"  # values: loss, psnr, ssim
     CHECKPOINT = "checkpoint"  # values: path
+    PREVIEW = "preview"  # values: image (the current model's restoration of the preview frame)
     FINISHED = "finished"  # values: path, reason ('done', 'stopped', 'time')
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,13 +94,42 @@ def validate(network: torch.nn.Module, dataset: PatchDataset, loss_name: str, de
 def train(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.PathLike,
           validation: Sequence[Pairs] = (), resume: str | os.PathLike | None = None,
           progress: Callable[[TrainingEvent], None] | None = None, should_stop: Callable[[], bool] | None = None,
-          files: Sequence[str] = ()) -> TrainResult:
+          files: Sequence[str] = (), preview: np.ndarray | None = None, preview_every: int = 0) -> TrainResult:
     """Train a restoration model on low/high pairs and write it to `output` (a .pgsr model file).
 
     `resume` continues a checkpoint exactly: weights, optimizer, schedule, step, RNG and the stored
     train/validation split. `progress` receives TrainingEvents; `should_stop()` ends at the next step.
+    `preview` (raw low frames, C x Y x X with the context) is restored every `preview_every` steps.
     """
-    output, emit = Path(output), progress or (lambda event: None)
+    events = iter_training(config, pairs, output, validation, resume, should_stop, files, preview, preview_every)
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as finished:
+            return finished.value
+        if progress is not None:
+            progress(event)
+
+
+def _preview(network, normalization, config: TrainConfig, device, frames: np.ndarray) -> np.ndarray:
+    """The current network's restoration of `frames` (C x Y x X raw low), in high-exposure units."""
+    from ..inference import Restorer
+    from ..modelfile import ModelFile
+
+    model = ModelFile(network, normalization, {"config": config.to_dict()})
+    try:
+        return Restorer(model, tile=256, device=str(device))(frames)
+    finally:
+        network.train()
+
+
+def iter_training(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.PathLike,
+                  validation: Sequence[Pairs] = (), resume: str | os.PathLike | None = None,
+                  should_stop: Callable[[], bool] | None = None, files: Sequence[str] = (),
+                  preview: np.ndarray | None = None,
+                  preview_every: int = 0) -> Generator[TrainingEvent, None, TrainResult]:
+    """`train` as a generator of TrainingEvents that returns the TrainResult (for GUI workers)."""
+    output = Path(output)
     pairs, validation = list(pairs), list(validation)
     everything = pairs + validation
     device = pick_device(config.device)
@@ -165,9 +194,9 @@ def train(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.PathLike
         return save_model(output, network, normalization, metadata, training_state)
 
     total = config.steps
-    emit(TrainingEvent(EventKind.STARTED, step, total, {
+    yield TrainingEvent(EventKind.STARTED, step, total, {
         "device": str(device), "world_size": world, "train_pairs": len(train_refs),
-        "validation_pairs": len(val_refs), "resumed_from": str(resume) if resume else None}))
+        "validation_pairs": len(val_refs), "resumed_from": str(resume) if resume else None})
     t0 = time.perf_counter()
     start_step, reason = step, "done"
     deadline = None if config.minutes is None else t0 + 60 * config.minutes - elapsed_before
@@ -197,20 +226,23 @@ def train(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.PathLike
         rate = (step - start_step) * config.batch * world / max(seconds, 1e-9)
         eta = ((total - step) * config.batch * world / rate if total is not None
                else max(0.0, deadline - time.perf_counter()))
-        emit(TrainingEvent(EventKind.STEP, step, total, {"loss": history["loss"][-1], "patches_per_s": rate,
-                                                          "eta_s": eta, "lr": optimizer.param_groups[0]["lr"]}))
+        yield TrainingEvent(EventKind.STEP, step, total, {"loss": history["loss"][-1], "patches_per_s": rate,
+                                                         "eta_s": eta, "lr": optimizer.param_groups[0]["lr"]})
         if val_set is not None and (step % config.validation_every == 0 or step == total):
             metrics = validate(network, val_set, config.loss, device)
             history["validation"].append({"step": step, **metrics})
             if schedule == "plateau":
                 scheduler.step(metrics["loss"])
-            emit(TrainingEvent(EventKind.VALIDATION, step, total, metrics))
+            yield TrainingEvent(EventKind.VALIDATION, step, total, metrics)
+        if preview is not None and preview_every and step % preview_every == 0 and rank == 0:
+            image = _preview(network, normalization, config, device, preview)
+            yield TrainingEvent(EventKind.PREVIEW, step, total, {"image": image})
         if step % config.checkpoint_every == 0 and rank == 0 and step != total:
-            emit(TrainingEvent(EventKind.CHECKPOINT, step, total, {"path": str(save("checkpoint"))}))
+            yield TrainingEvent(EventKind.CHECKPOINT, step, total, {"path": str(save("checkpoint"))})
     path = save(reason) if rank == 0 else output
     if world > 1:
         dist.barrier()
-    emit(TrainingEvent(EventKind.FINISHED, step, total, {"path": str(path), "reason": reason}))
+    yield TrainingEvent(EventKind.FINISHED, step, total, {"path": str(path), "reason": reason})
     return TrainResult(path, step, history, reason, network)
 
 

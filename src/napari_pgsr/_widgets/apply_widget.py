@@ -1,0 +1,202 @@
+"""'Restore' dock widget: apply a trained model to a movie layer, lazily (frames restored when shown) or
+streamed to a file in a worker; and a one-click side-by-side view with linked contrast."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import napari
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox, create_widget
+from napari.utils.notifications import show_error, show_info
+
+from ..io import Movie, display_range, frame_source, read_movie
+from ._workers import start
+
+
+class Cancelled(Exception):
+    """Raised inside the worker when the user cancels."""
+
+
+def describe_model(model) -> str:
+    """Architecture, training data, date and last validation metrics, for the widget."""
+    meta = model.metadata
+    validation = (meta.get("history", {}).get("validation") or [{}])[-1]
+    metrics = (f"validation PSNR {validation['psnr']:.2f} dB, SSIM {validation['ssim']:.3f}"
+               if "psnr" in validation else "no validation")
+    return f"{model.describe()}; saved {meta.get('saved', '?')}; {metrics}"
+
+
+def restore_job(model_path: Path, layer_data, source_path: str | None, pixel_size, frames: str, output: Path,
+                device: str, batch: int, cancel: threading.Event, progress):
+    """Worker body (plain function): stream the restored movie to `output`; returns the output path."""
+    from ..inference import Restorer, restore_to_file
+    from ..modelfile import load_model
+
+    movie = Movie(layer_data, frame_source(layer_data), Path(source_path) if source_path else None, pixel_size)
+
+    def report(done: int, total: int) -> None:
+        if cancel.is_set():
+            raise Cancelled(f"cancelled after {done - 1} of {total} frames; nothing was written")
+        progress(done, total)
+
+    restore_to_file(Restorer(load_model(model_path), batch=batch, device=device), movie, output, frames=frames,
+                    progress=report)
+    return output
+
+
+def progress_job(function, *args):
+    """Run `function(*args, progress)` and yield its (done, total) progress: a generator for the worker."""
+    import queue
+
+    updates: queue.Queue = queue.Queue()
+    finished = object()
+    outcome = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = function(*args, lambda done, total: updates.put((done, total)))
+        except BaseException as err:  # handed to the worker's error handler below
+            outcome["error"] = err
+        finally:
+            updates.put(finished)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    while (item := updates.get()) is not finished:
+        yield item
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+class ApplyWidget(Container):
+    """Pick a model file and a movie layer; restore lazily or to a file; compare side by side."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self._viewer, self._worker, self._cancel = viewer, None, threading.Event()
+        self.model_file = FileEdit(label="Model file", mode="r", filter="*.pgsr")
+        self.about = Label(label="Model", value="-")
+        self.movie = create_widget(label="Movie", annotation="napari.layers.Image")
+        self.frames = ComboBox(label="Frames", choices=["all", "low"], value="all",
+                               tooltip="low: only the low-exposure frames of an alternating movie")
+        self.output = FileEdit(label="Save to", mode="w", filter="*.tif *.ome.tif",
+                               tooltip="empty: restore frames lazily as they are shown")
+        self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.batch = SpinBox(label="Tiles per batch", value=4, min=1, max=256)
+        self.run_button = PushButton(text="Restore")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="Frames", min=0, max=1, value=0)
+        self.compare_button = PushButton(text="Side by side: low | high | restored")
+        self.extend([self.model_file, self.about, self.movie, self.frames, self.output, self.device, self.batch,
+                     self.run_button, self.cancel_button, self.progress, self.compare_button])
+        self.model_file.changed.connect(self._show_model)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.compare_button.changed.connect(self.side_by_side)
+        self.restored_layer = None
+
+    def _model(self):
+        from ..modelfile import load_model
+
+        return load_model(self.model_file.value)
+
+    def _show_model(self, *_) -> None:
+        try:
+            self.about.value = describe_model(self._model())
+        except (ValueError, FileNotFoundError) as err:
+            self.about.value = "-"
+            show_error(f"Restore: {err}")
+
+    def _check(self):
+        layer = self.movie.value
+        if layer is None:
+            raise ValueError("choose a movie layer")
+        if layer.data.ndim not in (2, 3) or layer.rgb:
+            raise ValueError(f"layer '{layer.name}' has shape {tuple(layer.data.shape)}; expected T x Y x X")
+        return layer, self._model()
+
+    def run(self) -> None:
+        """Restore the chosen layer: lazily, or streamed to the chosen file in a worker."""
+        try:
+            layer, model = self._check()
+        except (ValueError, FileNotFoundError) as err:
+            show_error(f"Restore: {err}")
+            return
+        data = layer.data if layer.data.ndim == 3 else layer.data[None]
+        output = str(self.output.value)
+        if output in ("", "."):
+            self._add_lazy(layer, model, data)
+            return
+        self._cancel.clear()
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        pixel = float(layer.scale[-1]) if layer.metadata.get("pixel_size_um") else None
+        self._worker = start(progress_job, restore_job, Path(self.model_file.value), data,
+                             layer.metadata.get("source_path"), pixel, self.frames.value, Path(output),
+                             self.device.value, self.batch.value, self._cancel,
+                             on_yield=self._on_progress, on_return=lambda path: self._open_result(layer, path),
+                             on_finish=self._on_finish, context=f"Restore ({layer.name})")
+
+    def _add_lazy(self, layer, model, data) -> None:
+        from ..inference import Restorer, restore_lazily
+        from ..pairs import split_alternating
+
+        try:
+            indices = split_alternating(data, name=layer.name).low_index if self.frames.value == "low" else None
+            restorer = Restorer(model, batch=self.batch.value, device=self.device.value)
+        except ValueError as err:
+            show_error(f"Restore: {err}")
+            return
+        lazy = restore_lazily(restorer, frame_source(data), indices)
+        self._add_result(layer, lazy, f"{layer.name} restored")
+
+    def _open_result(self, layer, path: Path) -> None:
+        movie = read_movie(path)
+        self._add_result(layer, movie.data, path.stem.removesuffix(".ome"), {"source_path": str(path)})
+        show_info(f"Restore: {movie.shape[0]} frames written to {path}")
+
+    def _add_result(self, layer, data, name: str, metadata: dict | None = None) -> None:
+        scale = layer.scale if data.ndim == layer.data.ndim else layer.scale[-2:]
+        if name in self._viewer.layers:
+            self._viewer.layers.remove(name)
+        self.restored_layer = self._viewer.add_image(data, name=name, scale=scale, colormap="gray",
+                                                     contrast_limits=display_range(data, 1),
+                                                     metadata={**(metadata or {}), "model": str(self.model_file.value)})
+
+    def cancel(self) -> None:
+        """Stop after the current frame; the partial output is removed."""
+        self._cancel.set()
+
+    def _on_progress(self, value: tuple[int, int]) -> None:
+        self.progress.max, self.progress.value = value[1], value[0]
+
+    def _on_finish(self) -> None:
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+        self._worker = None
+
+    def side_by_side(self) -> None:
+        """Grid view of '<name> low', '<name> high' and the restored layer, contrast linked."""
+        from napari.experimental import link_layers
+
+        layers = self._viewer.layers
+        restored = self.restored_layer if self.restored_layer in layers else None
+        low = self.movie.value
+        base = low.name[:-4] if low is not None and low.name.endswith(" low") else None
+        high = layers[f"{base} high"] if base and f"{base} high" in layers else None
+        shown = [layer for layer in (low, high, restored) if layer is not None]
+        if len(shown) < 2:
+            show_error("Restore: restore a movie first (and split it with Exposure pairs for the high layer)")
+            return
+        for layer in layers:
+            layer.visible = layer in shown
+        for layer in shown:  # grid order, left to right
+            layers.move(layers.index(layer), len(layers))
+        if high is not None:
+            for layer in shown:
+                layer.contrast_limits = high.contrast_limits
+        link_layers(shown, ("contrast_limits",))
+        grid = self._viewer.canvas.grid if hasattr(self._viewer, "canvas") else self._viewer.grid
+        grid.shape, grid.enabled = (1, len(shown)), True
+        self._viewer.reset_view()

@@ -1,0 +1,227 @@
+"""'Train' dock widget: gather settings, run the core training loop in a worker, show progress, loss and a
+preview; Stop leaves a usable model file, Resume continues it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import napari
+import numpy as np
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar,
+                              PushButton, SpinBox, create_widget)
+from napari.utils.notifications import show_error, show_info
+from psygnal import evented
+
+from ..data import context_indices
+from ..io import read_movie
+from ..models import DISPLAY_NAMES
+from ..pairs import Pairs, pair_stacks, pairs_at, split_alternating
+from ..training.config import LOSSES, TrainConfig
+from ..training.events import EventKind, TrainingEvent
+from ._loss_plot import LossPlot
+from ._workers import start
+
+
+class RunState(Enum):
+    """Where a training run stands."""
+
+    IDLE = "idle"
+    TRAINING = "training"
+    STOPPING = "stopping"
+    DONE = "done"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@evented
+@dataclass
+class RunStatus:
+    """Observable state of the current run (the widget's views follow its events)."""
+
+    state: RunState = RunState.IDLE
+    step: int = 0
+    total: int = 0
+    message: str = ""
+    model_path: str = ""
+
+
+def pairs_from_layers(low_layer, high_layer) -> Pairs:
+    """Pairs from the Exposure pairs widget's layers: read straight from the movie file when it is known
+    (fast patch sampling), else from the layers' data."""
+    meta = low_layer.metadata
+    source = meta.get("source_path")
+    if "low_index" in meta and source and Path(source).exists():
+        return pairs_at(read_movie(source), meta["low_index"], meta["high_index"], low_first=meta.get("low_first"))
+    return pair_stacks(low_layer.data, high_layer.data, name=low_layer.name)
+
+
+def training_job(config: TrainConfig, pairs: list[Pairs], output: Path, resume: Path | None,
+                 stop: threading.Event, preview: np.ndarray | None, preview_every: int):
+    """Worker body: the core training generator, stopped cooperatively through `stop`."""
+    from ..training.loop import iter_training  # torch loads here, not when napari starts
+
+    result = yield from iter_training(config, pairs, output, resume=resume, should_stop=stop.is_set,
+                                      preview=preview, preview_every=preview_every)
+    _free_gpu_memory()
+    return result
+
+
+def _free_gpu_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _devices() -> list[str]:
+    from ..devices import available_devices  # imports torch: only when the widget is opened
+
+    return ["auto", *available_devices()]
+
+
+class TrainWidget(Container):
+    """Train a restoration model on exposure pairs (layers or movie files) without blocking napari."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self._viewer, self._worker, self._stop = viewer, None, threading.Event()
+        self.status = RunStatus()
+        defaults = TrainConfig()
+        self.low = create_widget(label="Low layer", annotation="napari.layers.Image")
+        self.high = create_widget(label="High layer", annotation="napari.layers.Image")
+        self.movies = FileEdit(label="or movie files", mode="rm", filter="*.tif *.tiff")
+        self.model = ComboBox(label="Model", choices=[(name, key) for key, name in DISPLAY_NAMES.items()])
+        self.loss = ComboBox(label="Loss", choices=list(LOSSES), value=defaults.loss)
+        self.offset = CheckBox(text="random offset 0..200 (MAE)", value=True)
+        self.channels = SpinBox(label="Width", value=defaults.width, min=4, max=256)
+        self.patch = SpinBox(label="Patch", value=defaults.patch, min=16, max=1024, step=16)
+        self.batch = SpinBox(label="Batch", value=defaults.batch, min=1, max=512)
+        self.steps = SpinBox(label="Steps", value=defaults.steps, min=1, max=10_000_000)
+        self.minutes = FloatSpinBox(label="or minutes", value=0.0, min=0.0, max=10_000.0,
+                                    tooltip="0: train for the number of steps")
+        self.context = SpinBox(label="Context frames", value=0, min=0, max=8)
+        self.device = ComboBox(label="Device", choices=_devices(), value="auto")
+        self.output = FileEdit(label="Model file", mode="w", filter="*.pgsr", value=Path.home() / "model.pgsr")
+        self.preview_every = SpinBox(label="Preview every", value=50, min=0, max=100_000,
+                                     tooltip="steps between previews of the first validation frame (0: none)")
+        self.train_button = PushButton(text="Train")
+        self.stop_button = PushButton(text="Stop", enabled=False)
+        self.resume_button = PushButton(text="Resume")
+        self.progress = ProgressBar(label="Progress", min=0, max=1, value=0)
+        self.info = Label(label="Status", value="idle")
+        self.plot = LossPlot()
+        self.extend([self.low, self.high, self.movies, self.model, self.loss, self.offset, self.channels, self.patch,
+                     self.batch, self.steps, self.minutes, self.context, self.device, self.output,
+                     self.preview_every, self.train_button, self.stop_button, self.resume_button, self.progress,
+                     self.info])
+        self.native.layout().addWidget(self.plot.canvas)
+        self.train_button.changed.connect(lambda: self.run(resume=False))
+        self.resume_button.changed.connect(lambda: self.run(resume=True))
+        self.stop_button.changed.connect(self.stop)
+        self.status.events.state.connect(self._on_state)
+        self._pick_pair_layers()
+        viewer.layers.events.inserted.connect(self._pick_pair_layers)
+
+    def _pick_pair_layers(self, *_):
+        """Default to the newest '<name> low' / '<name> high' layers of the Exposure pairs widget."""
+        for layer in reversed(self._viewer.layers):
+            if layer.name.endswith(" low") and layer.name[:-4] + " high" in self._viewer.layers:
+                self.low.reset_choices()
+                self.high.reset_choices()
+                self.low.value, self.high.value = layer, self._viewer.layers[layer.name[:-4] + " high"]
+                return
+
+    def config(self) -> TrainConfig:
+        """The settings shown, as the core's typed config."""
+        minutes = self.minutes.value or None
+        return TrainConfig(model=self.model.value, loss=self.loss.value, offset=self.offset.value,
+                           width=self.channels.value, patch=self.patch.value, batch=self.batch.value,
+                           steps=None if minutes else self.steps.value, minutes=minutes,
+                           context=self.context.value, device=self.device.value,
+                           validation_every=max(1, min(100, self.steps.value // 10)))
+
+    def training_pairs(self) -> list[Pairs]:
+        """Pairs from the chosen movie files, else from the chosen low/high layers."""
+        files = [Path(p) for p in (self.movies.value or []) if str(p) not in ("", ".")]
+        if files:
+            return [split_alternating(read_movie(p)) for p in files]
+        if self.low.value is None or self.high.value is None:
+            raise ValueError("choose a low and a high layer (Exposure pairs widget) or movie files")
+        return [pairs_from_layers(self.low.value, self.high.value)]
+
+    def run(self, resume: bool = False) -> None:
+        """Start (or resume) training in a worker."""
+        if self.status.state in (RunState.TRAINING, RunState.STOPPING):
+            return
+        output = Path(self.output.value)
+        try:
+            if resume and not output.exists():
+                raise ValueError(f"nothing to resume: {output} does not exist")
+            config, pairs = self.config(), self.training_pairs()
+        except (ValueError, FileNotFoundError) as err:
+            show_error(f"Train: {err}")
+            return
+        preview = None
+        if self.preview_every.value:  # the middle pair: inside the validation block of a single movie
+            movie = pairs[0]
+            middle = len(movie) // 2
+            rows = cols = slice(0, 256)
+            preview = np.stack([movie.read(int(i), rows, cols)[0] for i in
+                                context_indices(middle, len(movie), config.context)]).astype(np.float32)
+        self._stop.clear()
+        self.plot.clear()
+        self.status.step, self.status.total = 0, config.steps or 0
+        self.status.model_path = str(output)
+        self.status.state = RunState.TRAINING
+        self._worker = start(training_job, config, pairs, output, output if resume else None, self._stop, preview,
+                             self.preview_every.value, on_yield=self._on_event, on_return=self._on_result,
+                             on_finish=self._on_finish, context="Train")
+
+    def stop(self) -> None:
+        """Stop at the next step; the model is saved."""
+        if self.status.state is RunState.TRAINING:
+            self._stop.set()
+            self.status.state = RunState.STOPPING
+
+    def _on_event(self, event: TrainingEvent) -> None:
+        values = event.values
+        if event.kind is EventKind.STARTED:
+            self.progress.max = event.total_steps or 1
+            self.info.value = f"training on {values['device']}: {values['train_pairs']} pairs"
+        elif event.kind is EventKind.STEP:
+            self.status.step = event.step
+            self.progress.value = min(event.step, self.progress.max) if event.total_steps else 0
+            eta = time.strftime("%M:%S", time.gmtime(values["eta_s"]))
+            self.info.value = (f"step {event.step}: loss {values['loss']:.4f}, {values['patches_per_s']:.0f} "
+                               f"patches/s, ETA {eta}")
+            self.plot.add("training", event.step, values["loss"])
+        elif event.kind is EventKind.VALIDATION:
+            self.plot.add("validation", event.step, values["loss"])
+        elif event.kind is EventKind.PREVIEW:
+            name = "training preview"
+            if name in self._viewer.layers:
+                self._viewer.layers[name].data = values["image"]
+            else:
+                scale = self.low.value.scale[-2:] if self.low.value is not None else (1, 1)
+                self._viewer.add_image(values["image"], name=name, scale=scale, colormap="gray")
+
+    def _on_result(self, result) -> None:
+        self.status.state = RunState.STOPPED if result.reason == "stopped" else RunState.DONE
+        show_info(f"Train: {result.reason} at step {result.step}; model written to {result.path}")
+
+    def _on_finish(self) -> None:
+        self.plot.redraw()
+        if self.status.state in (RunState.TRAINING, RunState.STOPPING):  # ended without a result: an error
+            self.status.state = RunState.FAILED
+        self._worker = None
+
+    def _on_state(self, state: RunState) -> None:
+        running = state in (RunState.TRAINING, RunState.STOPPING)
+        self.train_button.enabled = self.resume_button.enabled = not running
+        self.stop_button.enabled = state is RunState.TRAINING
+        if not running:
+            self.info.value = f"{state.value} at step {self.status.step}"

@@ -1,0 +1,144 @@
+"""Train and Restore dock widgets driven in a real napari viewer."""
+
+import time
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QTimer
+
+from napari_pgsr._widgets import _workers, apply_widget, pairs_widget, train_widget
+from napari_pgsr._widgets.train_widget import RunState
+from napari_pgsr.io import read_movie, write_movie
+from napari_pgsr.modelfile import load_model
+from napari_pgsr.simulate import Acquisition, simulate_movie
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    shown = []
+    for module in (_workers, pairs_widget, train_widget, apply_widget):
+        monkeypatch.setattr(module, "show_error", shown.append)
+    return shown
+
+
+@pytest.fixture
+def viewer_with_pairs(make_napari_viewer, tmp_path, monkeypatch):
+    """A viewer with a small movie file opened and split by the Exposure pairs widget."""
+    sim = simulate_movie("ap2", 48, (64, 64), seed=0)
+    path = write_movie(tmp_path / "cells.tif", sim.movie, pixel_size_um=0.16)
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-pgsr")
+    monkeypatch.setenv("NAPARI_PGSR_SYNC", "1")
+    _, pairs = viewer.window.add_plugin_dock_widget("napari-pgsr", "Exposure pairs")
+    pairs.movie.value = viewer.layers["cells"]
+    pairs.run()
+    monkeypatch.delenv("NAPARI_PGSR_SYNC")
+    return viewer
+
+
+def _train_widget(viewer, tmp_path, steps):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Train")
+    widget.channels.value, widget.patch.value, widget.batch.value = 4, 32, 4
+    widget.steps.value, widget.preview_every.value, widget.device.value = steps, 5, "cpu"
+    widget.output.value = tmp_path / "gui.pgsr"
+    return widget
+
+
+def test_training_runs_in_a_worker_with_progress_plot_and_preview(viewer_with_pairs, qtbot, tmp_path):
+    viewer = viewer_with_pairs
+    widget = _train_widget(viewer, tmp_path, steps=30)
+    assert widget.low.value.name == "cells low" and widget.high.value.name == "cells high"
+    gaps, last = [], [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(50)
+    widget.train_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.status.state is RunState.DONE, timeout=120_000)
+    timer.stop()
+    assert max(gaps[1:]) < 0.25, f"the GUI thread waited {max(gaps):.3f} s"
+    assert len(gaps) > 5
+    assert widget.progress.value == 30 and widget.status.step == 30
+    assert len(widget.plot.points["training"][0]) == 30 and widget.plot.points["validation"][0]
+    assert viewer.layers["training preview"].data.shape == (64, 64)
+    model = load_model(tmp_path / "gui.pgsr")
+    assert model.metadata["history"]["step"] == 30 and widget.train_button.enabled
+
+
+def test_stop_leaves_a_usable_model_and_resume_continues(viewer_with_pairs, qtbot, tmp_path):
+    widget = _train_widget(viewer_with_pairs, tmp_path, steps=100_000)
+    widget.preview_every.value = 0
+    widget.train_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.status.step >= 3, timeout=60_000)
+    widget.stop_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.status.state is RunState.STOPPED, timeout=60_000)
+    stopped = load_model(tmp_path / "gui.pgsr").training_state["step"]
+    assert 3 <= stopped < 100_000
+    widget.steps.value = stopped + 4
+    widget.resume_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.status.state is RunState.DONE, timeout=60_000)
+    assert load_model(tmp_path / "gui.pgsr").metadata["history"]["step"] == stopped + 4
+
+
+def test_restore_widget_lazily_to_file_and_side_by_side(viewer_with_pairs, qtbot, tmp_path, monkeypatch):
+    from napari_pgsr.pairs import split_alternating
+    from napari_pgsr.training.config import TrainConfig
+    from napari_pgsr.training.loop import train
+
+    viewer = viewer_with_pairs
+    movie = read_movie(viewer.layers["cells"].metadata["source_path"])
+    train(TrainConfig(steps=2, depth=1, width=4, patch=32, batch=2, device="cpu"), [split_alternating(movie)],
+          tmp_path / "m.pgsr")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Restore")
+    widget.model_file.value = tmp_path / "m.pgsr"
+    assert "unet depth 1 width 4" in widget.about.value and "validation PSNR" in widget.about.value
+    widget.movie.value = viewer.layers["cells low"]
+    widget.run()  # no output file: frames are restored when shown
+    lazy = viewer.layers["cells low restored"]
+    assert lazy.data.shape == (24, 64, 64) and hasattr(lazy.data, "dask")
+    np.testing.assert_allclose(lazy.scale, viewer.layers["cells low"].scale)
+    assert np.isfinite(np.asarray(lazy.data[3])).all()
+    widget.movie.value = viewer.layers["cells"]
+    widget.frames.value = "low"
+    widget.output.value = tmp_path / "restored.tif"
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: "restored" in viewer.layers and widget.run_button.enabled, timeout=60_000)
+    on_disk = viewer.layers["restored"]
+    assert on_disk.data.shape == (24, 64, 64) and read_movie(tmp_path / "restored.tif").pixel_size_um == 0.16
+    np.testing.assert_allclose(np.asarray(on_disk.data[3]), np.asarray(lazy.data[3]), rtol=1e-5, atol=1e-3)
+    widget.movie.value = viewer.layers["cells low"]
+    widget.side_by_side()
+    visible = [layer.name for layer in viewer.layers if layer.visible]
+    assert visible == ["cells low", "cells high", "restored"]
+    viewer.layers["cells high"].contrast_limits = (100, 900)
+    assert tuple(viewer.layers["restored"].contrast_limits) == (100, 900)  # linked
+
+
+def test_bad_inputs_give_notifications_not_crashes(make_napari_viewer, tmp_path, errors, monkeypatch):
+    monkeypatch.setenv("NAPARI_PGSR_SYNC", "1")
+    viewer = make_napari_viewer()
+    steady = write_movie(tmp_path / "steady.tif",
+                         simulate_movie("ap2", 20, (64, 64), acquisition=Acquisition(low_exposure_s=0.1)).movie)
+    _, trainer = viewer.window.add_plugin_dock_widget("napari-pgsr", "Train")
+    trainer.movies.value = [steady]
+    trainer.output.value = tmp_path / "never.pgsr"
+    trainer.run()
+    assert "no alternating exposure detected" in errors[-1] and not (tmp_path / "never.pgsr").exists()
+    assert trainer.train_button.enabled
+    _, restorer = viewer.window.add_plugin_dock_widget("napari-pgsr", "Restore")
+    (tmp_path / "junk.pgsr").write_text("junk")
+    restorer.model_file.value = tmp_path / "junk.pgsr"
+    assert "not a readable napari-pgsr model file" in errors[-1]
+    restorer.movie.value = viewer.add_image(np.zeros((2, 3, 16, 16)), name="4d")
+    restorer.run()
+    assert "'4d' has shape (2, 3, 16, 16)" in errors[-1]
+    count = len(viewer.layers)
+    trainer.movies.value = []
+    trainer.low.value = trainer.high.value = viewer.layers["4d"]
+    trainer.run()
+    assert "expected a movie T x Y x X, got 4 dimensions" in errors[-1] and len(viewer.layers) == count
