@@ -137,3 +137,24 @@ def test_ctrl_c_stops_training_cleanly_and_leaves_a_resumable_model(tmp_path, mo
     saved = load_model(model)
     assert saved.training_state["reason"] == "stopped" and 5 <= saved.training_state["step"] < 100000
     assert "stopping after this step" in err
+
+
+def test_resume_takes_the_stored_settings_and_minutes_alone_lift_the_step_cap(tmp_path, movie):
+    model = tmp_path / "m.pgsr"
+    assert cli.train_main([str(movie), "--out", str(model), *TINY, "--context", "1"]) == 0
+    # only the new length is given: depth, width, context... come from the checkpoint
+    assert cli.train_main([str(movie), "--out", str(model), "--resume", str(model), "--steps", "6", "--quiet"]) == 0
+    saved = load_model(model)
+    assert saved.metadata["history"]["step"] == 6 and saved.context == 1
+    args = cli.train_parser().parse_args([str(movie), "--out", "x.pgsr", "--minutes", "3"])
+    config = cli.build_config(args)
+    assert config.steps is None and config.minutes == 3
+
+
+def test_context_model_refuses_alternating_movie_with_all_frames(tmp_path, movie, capsys):
+    model = tmp_path / "m.pgsr"
+    assert cli.train_main([str(movie), "--out", str(model), *TINY, "--context", "1"]) == 0
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "r.tif"), "--quiet"]) == 2
+    assert "alternates low and high exposures" in capsys.readouterr().err
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "r.tif"), "--frames", "low",
+                             "--quiet"]) == 0

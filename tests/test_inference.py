@@ -50,3 +50,25 @@ def test_context_model_uses_reflected_neighbours():
 def test_overlap_smaller_than_receptive_field_is_refused():
     with pytest.raises(ValueError, match="smaller than the receptive field"):
         Restorer(_model(), tile=64, overlap=8)
+
+
+def test_smallest_allowed_overlap_leaves_no_gaps():
+    model = _model()
+    margin = (model.network.receptive_field - 1) // 2
+    image = np.random.default_rng(3).normal(0.3, 0.2, (1, 230, 517)).astype(np.float32)
+    whole = Restorer(model, tile=4096).restore_normalised(image)
+    for overlap in (2 * margin, 2 * margin + 1, 2 * margin + 3):
+        tiled = Restorer(model, tile=96, overlap=overlap).restore_normalised(image)
+        np.testing.assert_allclose(tiled, whole, atol=1e-4)
+
+
+def test_restored_frames_index_like_a_sequence():
+    from napari_pgsr.inference import RestoredFrames
+
+    model = _model(depth=1)
+    frames = np.random.default_rng(1).normal(150, 30, (4, 24, 24)).astype(np.float32)
+    lazy = RestoredFrames(Restorer(model), frames, np.arange(4))
+    np.testing.assert_array_equal(lazy[-1], lazy[3])
+    assert lazy[1:3, 2:5, :4].shape == (2, 3, 4)
+    with pytest.raises(IndexError):
+        lazy[4]

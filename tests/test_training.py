@@ -110,3 +110,14 @@ def test_context_and_bce_models_train(tmp_path, pairs):
 def test_minutes_budget_stops_by_time(tmp_path, pairs):
     result = train(TrainConfig(steps=None, minutes=0.02, **TINY), [pairs], tmp_path / "t.pgsr")
     assert result.reason == "time" and result.step > 0
+
+
+def test_resume_refuses_changed_settings_and_extends_the_cosine_schedule(tmp_path, pairs):
+    train(TrainConfig(steps=4, **TINY), [pairs], tmp_path / "m.pgsr")
+    with pytest.raises(ValueError, match=r"m.pgsr was trained with other settings \(width: 4 -> 8\)"):
+        train(TrainConfig(steps=8, **{**TINY, "width": 8}), [pairs], tmp_path / "m.pgsr", resume=tmp_path / "m.pgsr")
+    events = []
+    train(TrainConfig(steps=8, **TINY), [pairs], tmp_path / "m.pgsr", resume=tmp_path / "m.pgsr",
+          progress=events.append)
+    rates = [e.values["lr"] for e in events if e.kind is EventKind.STEP]
+    assert len(rates) == 4 and all(a >= b for a, b in zip(rates, rates[1:]))  # still decaying, never back up

@@ -69,14 +69,22 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def build_config(args: argparse.Namespace):
-    """Config file values, overridden by the flags given."""
+    """The checkpoint's config when resuming, else the config file's, overridden by the flags given.
+    `--minutes` without `--steps` trains for that time alone."""
+    from .modelfile import load_model
     from .training.config import TrainConfig
 
-    values = TrainConfig.load(args.config).to_dict() if args.config else {}
+    values = {}
+    if args.resume is not None:
+        values = dict(load_model(args.resume).metadata.get("config", {}))
+    if args.config:
+        values.update(TrainConfig.load(args.config).to_dict())
     for spec in fields(TrainConfig):
         given = getattr(args, spec.name, None)
         if given is not None:
             values[spec.name] = given
+    if args.minutes is not None and args.steps is None:
+        values["steps"] = None
     return TrainConfig.from_dict(values)
 
 
@@ -132,14 +140,20 @@ def train_main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     try:
         config = build_config(args)
-        if args.out.exists() and not args.overwrite and args.resume is None:
+        resuming_in_place = args.resume is not None and args.resume.resolve() == args.out.resolve()
+        if args.out.exists() and not args.overwrite and not resuming_in_place:
             raise BadInput(f"{args.out} exists; pass --overwrite to replace it, or --resume {args.out}")
         pairs, validation, files = load_training_pairs(args, config.low_first)
-        if args.write_config:
-            config.save(args.write_config)
+        from .training.events import EventKind
         from .training.loop import train
 
-        update, close = _progress_bar(args.quiet)
+        show, close = _progress_bar(args.quiet)
+
+        def update(event) -> None:
+            if event.kind is EventKind.STARTED and args.write_config:  # the data passed their checks
+                config.save(args.write_config)
+            show(event)
+
         interrupted = []
 
         def on_interrupt(signum, frame) -> None:  # first Ctrl-C: stop after this step and save
@@ -158,7 +172,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
             if dist.is_initialized():  # launched by torchrun
                 dist.destroy_process_group()
-    except (BadInput, ValueError, FileNotFoundError) as err:
+    except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"napari-pgsr-train: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0

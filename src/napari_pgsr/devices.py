@@ -17,6 +17,8 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     device = torch.device(name)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():  # one GPU per torchrun rank
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but torch {torch.__version__} sees no CUDA GPU")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -32,12 +34,12 @@ def available_devices() -> list[str]:
     return found
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on GPUs that support it (fp16 otherwise); nothing on CPU."""
+def autocast(device: torch.device, enabled: bool = True, training: bool = False):
+    """bf16 autocast on GPUs that support it; fp16 only for inference (training in fp16 would need a
+    gradient scaler); nothing on CPU."""
     if not enabled or device.type not in ("cuda", "mps"):
         return contextlib.nullcontext()
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        dtype = torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if not bf16 and training:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if bf16 else torch.float16)

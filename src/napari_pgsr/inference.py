@@ -20,11 +20,12 @@ from .modelfile import ModelFile
 
 
 def _starts(length: int, tile: int, stride: int, align: int) -> list[int]:
-    """Tile origins covering [0, length): multiples of `align`, the last one flush with the end."""
+    """Tile origins covering [0, length): multiples of `align` (length and tile are), the last flush with
+    the end; the stride is rounded down to a multiple of `align`, so overlaps never shrink."""
     if tile >= length:
         return [0]
-    starts = list(range(0, length - tile, stride)) + [length - tile]
-    return sorted({s - s % align for s in starts})
+    stride = max(align, stride - stride % align)
+    return list(range(0, length - tile, stride)) + [length - tile]
 
 
 def _weights(start: int, size: int, length: int, margin: int, ramp: int) -> np.ndarray:
@@ -138,6 +139,10 @@ class RestoredFrames:
 
     def frame(self, position: int) -> np.ndarray:
         """Restore one frame (its neighbours taken from `indices` when the model uses context)."""
+        if position < 0:
+            position += len(self.indices)
+        if not 0 <= position < len(self.indices):
+            raise IndexError(f"frame {position} of {len(self.indices)}")
         context = self.restorer.model.context
         neighbours = self.indices[context_indices(int(position), len(self.indices), context)]
         out = self.restorer(np.stack([_frame(self.frames, i) for i in neighbours]))
@@ -167,6 +172,16 @@ def restore_lazily(restorer: Restorer, frames, indices=None) -> "da.Array":
                          meta=np.empty((0, 0, 0), np.float32), name=False)
 
 
+def _alternates(movie: Movie) -> bool:
+    from .pairs import split_alternating
+
+    try:
+        split_alternating(movie)
+    except ValueError:
+        return False
+    return True
+
+
 def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all", low_first: bool | None = None,
                     overwrite: bool = False, protected=(), progress: Callable[[int, int], None] | None = None) -> int:
     """Restore every frame ('all') or the low-exposure frames ('low') of a movie into a TIFF, frame by frame,
@@ -175,6 +190,10 @@ def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all
 
     if frames not in ("all", "low"):
         raise ValueError(f"frames must be 'all' or 'low', got {frames!r}")
+    if frames == "all" and restorer.model.context and _alternates(movie):
+        name = movie.path.name if movie.path else "the movie"
+        raise ValueError(f"{name} alternates low and high exposures, but this model takes {restorer.model.context} "
+                         "neighbouring low frames on each side: restore its low frames (frames='low', --frames low)")
     indices = (split_alternating(movie, low_first=low_first).low_index if frames == "low"
                else np.arange(movie.shape[0]))
     lazy = RestoredFrames(restorer, movie.frames, indices, progress)

@@ -35,22 +35,47 @@ class TrainResult:
     network: torch.nn.Module | None = None  # the trained network (this rank's copy under torchrun)
 
 
-def _distributed(device_type: str) -> tuple[int, int]:
+def _distributed(device: torch.device) -> tuple[int, int]:
     """(rank, world size); joins the process group torchrun describes in the environment."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
 
-def _any_rank(flag: bool, world: int) -> bool:
+def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
     """True on every rank when it is true on one (so all ranks stop at the same step)."""
     if world == 1:
         return flag
-    value = torch.tensor([1.0 if flag else 0.0])
+    value = torch.tensor([1.0 if flag else 0.0], device=device if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(value)
     return bool(value.item() > 0)
+
+
+def _from_rank_zero(value: float, world: int, device: torch.device) -> float:
+    """Rank 0's value on every rank (keeps plateau schedules in step)."""
+    if world == 1:
+        return value
+    tensor = torch.tensor([value], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.broadcast(tensor, 0)
+    return float(tensor.item())
+
+
+FIXED_ON_RESUME = ("model", "depth", "width", "loss", "offset", "offset_max", "context", "patch", "batch", "seed",
+                   "lr", "lr_schedule", "validation_fraction", "block_pairs")
+
+
+def check_resumable(stored: dict, config: TrainConfig, path) -> None:
+    """Resuming is exact only with the settings the checkpoint was trained with (steps, minutes and the
+    validation/checkpoint intervals may change)."""
+    changed = [f"{name}: {stored.get(name)!r} -> {getattr(config, name)!r}" for name in FIXED_ON_RESUME
+               if name in stored and stored[name] != getattr(config, name)]
+    if changed:
+        raise ValueError(f"{path} was trained with other settings ({'; '.join(changed)}); resume with the "
+                         "stored ones (the command line takes them from the checkpoint unless you override them)")
 
 
 def architecture_for(config: TrainConfig) -> dict:
@@ -133,7 +158,7 @@ def iter_training(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.
     pairs, validation = list(pairs), list(validation)
     everything = pairs + validation
     device = pick_device(config.device)
-    rank, world = _distributed(device.type)
+    rank, world = _distributed(device)
     provenance = data_provenance(everything, files)
     state, history = None, {"loss": [], "validation": [], "step": 0, "seconds": 0.0}
     if resume is not None:
@@ -147,6 +172,7 @@ def iter_training(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.
             raise ValueError(f"{resume} was trained on {stored['names']} ({stored['pairs']} pairs); the data "
                              f"given now differ ({provenance['names']}, {provenance['pairs']} pairs), so the "
                              "stored train/validation split would not hold")
+        check_resumable(checkpoint.metadata["config"], config, resume)
         train_refs = [tuple(r) for r in state["train_refs"]]
         val_refs = [tuple(r) for r in state["validation_refs"]]
         normalization, history = checkpoint.normalization, checkpoint.metadata["history"]
@@ -173,8 +199,10 @@ def iter_training(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.
     if state is not None:
         network.load_state_dict(checkpoint.network.state_dict())
         optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
+        if scheduler is not None and state.get("scheduler") and state.get("schedule", schedule) == schedule:
             scheduler.load_state_dict(state["scheduler"])
+            if schedule == "cosine":  # a resumed run may be longer: decay over the new number of steps
+                scheduler.T_max = config.steps
         step, elapsed_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
         torch.set_rng_state(state["torch_rng"])
     model = network
@@ -187,7 +215,7 @@ def iter_training(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.
                           "scheduler": scheduler.state_dict() if scheduler is not None else {},
                           "torch_rng": torch.get_rng_state(), "elapsed_s": elapsed_before + time.perf_counter() - t0,
                           "train_refs": [list(r) for r in train_refs],
-                          "validation_refs": [list(r) for r in val_refs], "reason": reason}
+                          "validation_refs": [list(r) for r in val_refs], "reason": reason, "schedule": schedule}
         history.update(step=step, seconds=training_state["elapsed_s"])
         metadata = {"config": config.to_dict(), "history": history, "provenance": provenance,
                     "device": str(device), "world_size": world}
@@ -204,15 +232,15 @@ def iter_training(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.
     while total is None or step < total:
         stop = bool(should_stop and should_stop())
         out_of_time = deadline is not None and time.perf_counter() >= deadline
-        if _any_rank(stop or out_of_time, world):
-            reason = "stopped" if _any_rank(stop, world) else "time"
+        if _any_rank(stop or out_of_time, world, device):
+            reason = "stopped" if _any_rank(stop, world, device) else "time"
             break
         first = (step * world + rank) * config.batch  # item indices fix each patch: resumable, rank-disjoint
         lows, highs = zip(*(train_set[i] for i in range(first, first + config.batch)))
         x, y = torch.stack(lows).to(device), torch.stack(highs).to(device)
         x = x.to(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device, config.amp):
+        with autocast(device, config.amp, training=True):
             raw = model(x)
         raw = raw.float()
         loss = pixel_loss(config.loss, raw, network.activate(raw), y)
@@ -232,7 +260,7 @@ def iter_training(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.
             metrics = validate(network, val_set, config.loss, device)
             history["validation"].append({"step": step, **metrics})
             if schedule == "plateau":
-                scheduler.step(metrics["loss"])
+                scheduler.step(_from_rank_zero(metrics["loss"], world, device))
             yield TrainingEvent(EventKind.VALIDATION, step, total, metrics)
         if preview is not None and preview_every and step % preview_every == 0 and rank == 0:
             image = _preview(network, normalization, config, device, preview)
