@@ -117,6 +117,9 @@ def test_restore_widget_lazily_to_file_and_side_by_side(viewer_with_pairs, qtbot
     assert visible == ["cells low", "cells high", "restored"]
     viewer.layers["cells high"].contrast_limits = (100, 900)
     assert tuple(viewer.layers["restored"].contrast_limits) == (100, 900)  # linked
+    low = viewer.layers["cells low"]
+    ratio, baseline = low.metadata["ratio"], low.metadata["baseline"]
+    np.testing.assert_allclose(low.contrast_limits, [baseline + (v - baseline) / ratio for v in (100, 900)])
 
 
 def test_bad_inputs_give_notifications_not_crashes(make_napari_viewer, tmp_path, errors, monkeypatch):

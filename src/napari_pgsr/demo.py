@@ -34,7 +34,7 @@ def prepare_sample(kind: str, n_frames: int, size: int, folder: Path) -> Path:
     return path
 
 
-def train_and_restore(movie, pairs, folder: Path, steps: int, width: int) -> Path:
+def train_and_restore(movie, pairs, folder: Path, steps: int, width: int) -> tuple[Path, Path]:
     """Train a U-Net on the sample's pairs (kept for re-runs) and restore the movie's low frames to a TIFF."""
     from .inference import Restorer, restore_to_file
     from .modelfile import load_model
@@ -66,39 +66,38 @@ def train_and_restore(movie, pairs, folder: Path, steps: int, width: int) -> Pat
     restored = folder / f"{pairs.name.removesuffix('.tif')}_restored.tif"
     if restored.exists():
         say(f"using the restored movie already in {restored}")
-        return restored
+        return model_path, restored
     start = time.perf_counter()
     count = restore_to_file(Restorer(load_model(model_path)), movie, restored, frames="low")
     say(f"restored {count} low-exposure frames -> {restored} ({time.perf_counter() - start:.1f} s)")
-    return restored
+    return model_path, restored
 
 
-def run_viewer(path: Path, restored: Path | None, folder: Path, headless: bool,
+def run_viewer(path: Path, restored: Path | None, model: Path | None, folder: Path, headless: bool,
                screenshot: Path | None = None) -> None:
-    """Open the movie in napari with the plugin's widgets docked and split it with the pairs widget."""
+    """Open the movie in napari with the plugin's widgets docked: split it into pairs, and show raw low,
+    raw high and restored side by side (the Restore widget's own view, contrast linked)."""
     if headless:
         os.environ["NAPARI_PGSR_SYNC"] = "1"  # no event loop will run: do the widget's work in this thread
     import napari
 
     viewer = napari.Viewer(show=not headless, title="napari-pgsr demo")
     viewer.window.resize(1500, 900)
-    viewer.open(str(path), plugin="napari-pgsr")
+    raw = viewer.open(str(path), plugin="napari-pgsr")[0]
     _, pairs_widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Exposure pairs")
-    raw = viewer.layers[0]
     pairs_widget.movie.value = raw
     pairs_widget.run()
+    _, train_widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Train", tabify=True)
+    _, restore_widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Restore", tabify=True)
+    low = viewer.layers[f"{raw.name} low"]
+    if model is not None:
+        train_widget.output.value = model
+        restore_widget.model_file.value = model
+    restore_widget.movie.value = low
     if restored is not None:
-        high = viewer.layers[f"{raw.name} high"]
-        layer = viewer.open(str(restored), plugin="napari-pgsr")[0]
-        layer.contrast_limits = high.contrast_limits
-        raw.visible = False
-        for moved in (high, layer):  # grid order, left to right: low | high | restored
-            viewer.layers.move(viewer.layers.index(moved), len(viewer.layers))
-    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid  # napari >= 0.9 moved it
-    shown = sum(layer.visible for layer in viewer.layers)
-    grid.shape, grid.enabled = (1, shown), True
-    viewer.reset_view()
-    say(f"napari: layers {[layer.name for layer in viewer.layers]}; docked: Exposure pairs")
+        restore_widget.restored_layer = viewer.open(str(restored), plugin="napari-pgsr")[0]
+        restore_widget.side_by_side()
+    say(f"napari: layers {[layer.name for layer in viewer.layers]}; docked: Exposure pairs, Train, Restore")
     if headless:
         shot = screenshot or folder / "napari_demo.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
@@ -136,13 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     info = pairs.summary()
     say(f"exposure pairs: {'low' if pairs.low_first else 'high'} exposure first, ratio {pairs.ratio:.2f}x, "
         f"{info['pairs']} pairs, frames left out: {info['dropped_frames'] or 'none'}")
-    restored = None if args.no_training else train_and_restore(movie, pairs, folder, args.steps, args.width)
+    model, restored = (None, None) if args.no_training else train_and_restore(movie, pairs, folder, args.steps,
+                                                                              args.width)
     if args.no_viewer:
         return 0
     if headless and not os.environ.get("DISPLAY"):
         say("no display and no virtual screen (Xvfb): skipped the viewer; run scripts/demo.sh as root to get one")
         return 0
-    run_viewer(path, restored, folder, headless, args.screenshot)
+    run_viewer(path, restored, model, folder, headless, args.screenshot)
     return 0
 
 

@@ -49,7 +49,7 @@ class ModelFile:
         history = self.metadata.get("history", {})
         return (f"{arch.get('name')} depth {arch.get('depth')} width {arch.get('width')}, loss "
                 f"{self.metadata.get('config', {}).get('loss')}, context {self.context}, {history.get('step', 0)} "
-                f"steps, trained on {', '.join(self.metadata.get('provenance', {}).get('names', [])) or '?'}")
+                f"steps; trained on {', '.join(self.metadata.get('provenance', {}).get('names', [])) or '?'}")
 
 
 def versions() -> dict:

@@ -24,7 +24,7 @@ def describe_model(model) -> str:
     validation = (meta.get("history", {}).get("validation") or [{}])[-1]
     metrics = (f"validation PSNR {validation['psnr']:.2f} dB, SSIM {validation['ssim']:.3f}"
                if "psnr" in validation else "no validation")
-    return f"{model.describe()}; saved {meta.get('saved', '?')}; {metrics}"
+    return f"{model.describe()}\nsaved {meta.get('saved', '?')}\n{metrics}"
 
 
 def restore_job(model_path: Path, layer_data, source_path: str | None, pixel_size, frames: str, output: Path,
@@ -79,6 +79,7 @@ class ApplyWidget(Container):
         self._viewer, self._worker, self._cancel = viewer, None, threading.Event()
         self.model_file = FileEdit(label="Model file", mode="r", filter="*.pgsr")
         self.about = Label(label="Model", value="-")
+        self.about.native.setWordWrap(True)  # long descriptions wrap instead of widening the dock
         self.movie = create_widget(label="Movie", annotation="napari.layers.Image")
         self.frames = ComboBox(label="Frames", choices=["all", "low"], value="all",
                                tooltip="low: only the low-exposure frames of an alternating movie")
@@ -177,7 +178,8 @@ class ApplyWidget(Container):
         self._worker = None
 
     def side_by_side(self) -> None:
-        """Grid view of '<name> low', '<name> high' and the restored layer, contrast linked."""
+        """Grid view of '<name> low', '<name> high' and the restored layer. High and restored share one
+        contrast range (linked); low follows it divided by the exposure ratio, so all three look alike."""
         from napari.experimental import link_layers
 
         layers = self._viewer.layers
@@ -193,10 +195,18 @@ class ApplyWidget(Container):
             layer.visible = layer in shown
         for layer in shown:  # grid order, left to right
             layers.move(layers.index(layer), len(layers))
-        if high is not None:
-            for layer in shown:
-                layer.contrast_limits = high.contrast_limits
-        link_layers(shown, ("contrast_limits",))
+        same_units = [layer for layer in (high, restored) if layer is not None]
+        if len(same_units) == 2:
+            restored.contrast_limits = high.contrast_limits
+            link_layers(same_units, ("contrast_limits",))
+        if high is not None and low is not None:
+            ratio, baseline = low.metadata.get("ratio"), low.metadata.get("baseline", 0.0)
+            if ratio:
+                def follow(*_):
+                    low.contrast_limits = tuple(baseline + (value - baseline) / ratio for value in high.contrast_limits)
+
+                follow()
+                high.events.contrast_limits.connect(follow)
         grid = self._viewer.canvas.grid if hasattr(self._viewer, "canvas") else self._viewer.grid
         grid.shape, grid.enabled = (1, len(shown)), True
         self._viewer.reset_view()
