@@ -4,12 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 run=(); [ -z "${DISPLAY:-}" ] && run=(xvfb-run -a -s "-screen 0 1600x1000x24")
-tmp=$(mktemp -d)
-"${run[@]}" .venv/bin/napari-pgsr-demo --headless --output "$tmp" --screenshot docs/images/exposure_pairs.png
+"${run[@]}" .venv/bin/python scripts/screenshots.py docs/images
 # palette PNGs keep the repository small
 .venv/bin/python -c "
 from PIL import Image; import sys
 for path in sys.argv[1:]:
     Image.open(path).convert('RGB').quantize(colors=128).save(path, optimize=True)
 " docs/images/*.png
-rm -rf "$tmp"

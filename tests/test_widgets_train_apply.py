@@ -48,20 +48,23 @@ def test_training_runs_in_a_worker_with_progress_plot_and_preview(viewer_with_pa
     viewer = viewer_with_pairs
     widget = _train_widget(viewer, tmp_path, steps=30)
     assert widget.low.value.name == "cells low" and widget.high.value.name == "cells high"
-    gaps, last = [], [time.perf_counter()]
+    gaps, last, start = [], [time.perf_counter()], time.perf_counter()
 
     def tick():
         now = time.perf_counter()
         gaps.append(now - last[0])
         last[0] = now
+        ticks.append(now - start)
 
+    ticks = []
     timer = QTimer()
     timer.timeout.connect(tick)
     timer.start(50)
     widget.train_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.status.state is RunState.DONE, timeout=120_000)
     timer.stop()
-    assert max(gaps[1:]) < 0.25, f"the GUI thread waited {max(gaps):.3f} s"
+    worst = int(np.argmax(gaps[1:])) + 1
+    assert gaps[worst] < 0.25, f"the GUI thread waited {gaps[worst]:.3f} s, {ticks[worst]:.2f} s after the start"
     assert len(gaps) > 5
     assert widget.progress.value == 30 and widget.status.step == 30
     assert len(widget.plot.points["training"][0]) == 30 and widget.plot.points["validation"][0]
@@ -145,3 +148,25 @@ def test_bad_inputs_give_notifications_not_crashes(make_napari_viewer, tmp_path,
     trainer.low.value = trainer.high.value = viewer.layers["4d"]
     trainer.run()
     assert "expected a movie T x Y x X, got 4 dimensions" in errors[-1] and len(viewer.layers) == count
+
+
+def test_streaming_restoration_can_be_cancelled_and_leaves_no_file(make_napari_viewer, qtbot, tmp_path, errors,
+                                                                   monkeypatch):
+    from napari_pgsr.data import Normalization
+    from napari_pgsr.modelfile import save_model
+    from napari_pgsr.models.unet import UNet
+
+    infos = []
+    monkeypatch.setattr(apply_widget, "show_info", infos.append)
+    model = save_model(tmp_path / "m.pgsr", UNet(depth=2, width=16), Normalization(0, 1, 0, 1), {})
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Restore")
+    widget.model_file.value = model
+    widget.movie.value = viewer.add_image(np.random.default_rng(0).random((400, 128, 128), np.float32), name="m")
+    widget.output.value = tmp_path / "out.tif"
+    widget.run()
+    qtbot.waitUntil(lambda: widget.progress.value >= 1, timeout=60_000)
+    widget.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
+    assert any("cancelled after" in message for message in infos) and not errors
+    assert not (tmp_path / "out.tif").exists() and not list(tmp_path.glob(".out.tif*"))

@@ -12,7 +12,9 @@ class LossPlot:
     """Training and validation loss against step, on a log scale, in napari's dark style."""
 
     def __init__(self, min_interval_s: float = 0.3):
-        self.figure = Figure(figsize=(4, 2.4), facecolor="#262930", layout="constrained")
+        # fixed margins: constrained layout re-solves the layout on every draw, too slow for the GUI thread
+        self.figure = Figure(figsize=(4, 2.4), facecolor="#262930")
+        self.figure.subplots_adjust(left=0.17, right=0.97, bottom=0.2, top=0.95)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
         self.axes = self.figure.add_subplot()

@@ -4,6 +4,7 @@ streamed to a file in a worker; and a one-click side-by-side view with linked co
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import napari
@@ -18,6 +19,13 @@ class Cancelled(Exception):
     """Raised inside the worker when the user cancels."""
 
 
+@dataclass(frozen=True)
+class CancelledRun:
+    """What the worker returns after a cancel (a returned exception would count as a worker error)."""
+
+    message: str
+
+
 def describe_model(model) -> str:
     """Architecture, training data, date and last validation metrics, for the widget."""
     meta = model.metadata
@@ -29,7 +37,8 @@ def describe_model(model) -> str:
 
 def restore_job(model_path: Path, layer_data, source_path: str | None, pixel_size, frames: str, output: Path,
                 device: str, batch: int, cancel: threading.Event, progress):
-    """Worker body (plain function): stream the restored movie to `output`; returns the output path."""
+    """Worker body (plain function): stream the restored movie to `output`; returns the output path, or the
+    Cancelled exception when the user cancelled (the partial file is removed)."""
     from ..inference import Restorer, restore_to_file
     from ..modelfile import load_model
 
@@ -40,8 +49,11 @@ def restore_job(model_path: Path, layer_data, source_path: str | None, pixel_siz
             raise Cancelled(f"cancelled after {done - 1} of {total} frames; nothing was written")
         progress(done, total)
 
-    restore_to_file(Restorer(load_model(model_path), batch=batch, device=device), movie, output, frames=frames,
-                    progress=report)
+    try:
+        restore_to_file(Restorer(load_model(model_path), batch=batch, device=device), movie, output,
+                        frames=frames, progress=report)
+    except Cancelled as cancelled:  # not an error: reported as information
+        return CancelledRun(str(cancelled))
     return output
 
 
@@ -137,7 +149,7 @@ class ApplyWidget(Container):
         self._worker = start(progress_job, restore_job, Path(self.model_file.value), data,
                              layer.metadata.get("source_path"), pixel, self.frames.value, Path(output),
                              self.device.value, self.batch.value, self._cancel,
-                             on_yield=self._on_progress, on_return=lambda path: self._open_result(layer, path),
+                             on_yield=self._on_progress, on_return=lambda result: self._finished(layer, result),
                              on_finish=self._on_finish, context=f"Restore ({layer.name})")
 
     def _add_lazy(self, layer, model, data) -> None:
@@ -152,6 +164,12 @@ class ApplyWidget(Container):
             return
         lazy = restore_lazily(restorer, frame_source(data), indices)
         self._add_result(layer, lazy, f"{layer.name} restored")
+
+    def _finished(self, layer, result) -> None:
+        if isinstance(result, CancelledRun):
+            show_info(f"Restore: {result.message}")
+        else:
+            self._open_result(layer, result)
 
     def _open_result(self, layer, path: Path) -> None:
         movie = read_movie(path)

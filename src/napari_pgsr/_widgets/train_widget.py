@@ -62,12 +62,19 @@ def pairs_from_layers(low_layer, high_layer) -> Pairs:
 def training_job(config: TrainConfig, pairs: list[Pairs], output: Path, resume: Path | None,
                  stop: threading.Event, preview: np.ndarray | None, preview_every: int):
     """Worker body: the core training generator, stopped cooperatively through `stop`."""
-    from ..training.loop import iter_training  # torch loads here, not when napari starts
+    import torch
 
-    result = yield from iter_training(config, pairs, output, resume=resume, should_stop=stop.is_set,
-                                      preview=preview, preview_every=preview_every)
-    _free_gpu_memory()
-    return result
+    from ..training.loop import iter_training
+
+    threads = torch.get_num_threads()
+    if threads > 1:  # leave a core to napari's drawing, or the viewer stutters on small machines
+        torch.set_num_threads(threads - 1)
+    try:
+        return (yield from iter_training(config, pairs, output, resume=resume, should_stop=stop.is_set,
+                                         preview=preview, preview_every=preview_every))
+    finally:
+        torch.set_num_threads(threads)
+        _free_gpu_memory()
 
 
 def _free_gpu_memory() -> None:
@@ -78,7 +85,13 @@ def _free_gpu_memory() -> None:
 
 
 def _devices() -> list[str]:
-    from ..devices import available_devices  # imports torch: only when the widget is opened
+    """Device choices. Imports torch and the training modules now, on the GUI thread when the widget opens
+    (not when napari starts): a first import inside the worker holds the interpreter for a moment and
+    would make the viewer stutter."""
+    import torch._dynamo  # noqa: F401 - torch.optim imports it on first use (about a second)
+
+    from ..devices import available_devices
+    from ..training import loop  # noqa: F401
 
     return ["auto", *available_devices()]
 
@@ -89,6 +102,7 @@ class TrainWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self._viewer, self._worker, self._stop = viewer, None, threading.Event()
+        self._preview_scaled = False
         self.status = RunStatus()
         defaults = TrainConfig()
         self.low = create_widget(label="Low layer", annotation="napari.layers.Image")
@@ -172,6 +186,9 @@ class TrainWidget(Container):
             rows = cols = slice(0, 256)
             preview = np.stack([movie.read(int(i), rows, cols)[0] for i in
                                 context_indices(middle, len(movie), config.context)]).astype(np.float32)
+        if preview is not None:  # created now, so preview events only swap its data (cheap on the GUI thread)
+            self._preview_layer(np.zeros(preview.shape[-2:], np.float32))
+            self._preview_scaled = False
         self._stop.clear()
         self.plot.clear()
         self.status.step, self.status.total = 0, config.steps or 0
@@ -202,12 +219,19 @@ class TrainWidget(Container):
         elif event.kind is EventKind.VALIDATION:
             self.plot.add("validation", event.step, values["loss"])
         elif event.kind is EventKind.PREVIEW:
-            name = "training preview"
-            if name in self._viewer.layers:
-                self._viewer.layers[name].data = values["image"]
-            else:
-                scale = self.low.value.scale[-2:] if self.low.value is not None else (1, 1)
-                self._viewer.add_image(values["image"], name=name, scale=scale, colormap="gray")
+            layer = self._preview_layer(values["image"])
+            if not self._preview_scaled:  # once: each contrast change costs a redraw
+                low, high = np.percentile(values["image"], (0.1, 99.9))
+                layer.contrast_limits = (float(low), float(max(high, low + 1e-6)))
+                self._preview_scaled = True
+
+    def _preview_layer(self, image: np.ndarray):
+        name = "training preview"
+        if name in self._viewer.layers:
+            self._viewer.layers[name].data = image
+            return self._viewer.layers[name]
+        scale = self.low.value.scale[-2:] if self.low.value is not None else (1, 1)
+        return self._viewer.add_image(image, name=name, scale=scale, colormap="gray")
 
     def _on_result(self, result) -> None:
         self.status.state = RunState.STOPPED if result.reason == "stopped" else RunState.DONE

@@ -1,0 +1,58 @@
+"""Take the README's screenshots from a real napari viewer (run under Xvfb by scripts/screenshots.sh).
+
+Each step drives the plugin's widgets as a user would: split the sample movie into pairs, train a small
+model in the Train widget, restore with the Restore widget and compare side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ["NAPARI_PGSR_SYNC"] = "1"  # run the widgets' work in this thread: no event loop here
+
+import napari  # noqa: E402
+
+from napari_pgsr.io import write_movie  # noqa: E402
+from napari_pgsr.simulate import simulate_movie  # noqa: E402
+
+
+def main(folder: Path) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp())
+    sim = simulate_movie("ap2", 100, (256, 256), seed=0)
+    movie = write_movie(work / "ap2_sample.tif", sim.movie, pixel_size_um=sim.pixel_size_um)
+    viewer = napari.Viewer(show=False, title="napari-pgsr")
+    viewer.window.resize(1400, 860)
+    raw = viewer.open(str(movie), plugin="napari-pgsr")[0]
+    _, pairs = viewer.window.add_plugin_dock_widget("napari-pgsr", "Exposure pairs")
+    pairs.movie.value = raw
+    pairs.run()
+    viewer.screenshot(str(folder / "exposure_pairs.png"), canvas_only=False)
+
+    _, trainer = viewer.window.add_plugin_dock_widget("napari-pgsr", "Train", tabify=True)
+    trainer.channels.value, trainer.steps.value, trainer.preview_every.value = 16, 120, 40
+    trainer.offset.value = False
+    trainer.output.value = work / "model.pgsr"
+    trainer.run()
+    trainer.plot.redraw()
+    for layer in viewer.layers:
+        layer.visible = layer.name in ("training preview",)
+    viewer.reset_view()
+    viewer.screenshot(str(folder / "train.png"), canvas_only=False)
+
+    _, restorer = viewer.window.add_plugin_dock_widget("napari-pgsr", "Restore", tabify=True)
+    restorer.model_file.value = work / "model.pgsr"
+    restorer.movie.value = viewer.layers["ap2_sample low"]
+    restorer.run()
+    restorer.side_by_side()
+    viewer.screenshot(str(folder / "restore.png"), canvas_only=False)
+    viewer.close()
+    print(f"screenshots in {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/images")))
