@@ -122,6 +122,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--test-frames", type=int, default=20)
     parser.add_argument("--out", type=Path, help="also write the table here (Markdown)")
+    parser.add_argument("--models", nargs="*", help="train only these (names as in the table)")
     args = parser.parse_args()
     print(f"PSF sigma of the simulation: {Microscope().sigma_nm:.0f} nm")
     training = [split_alternating(simulate_movie("ap2", args.frames, (args.size, args.size), seed=s).movie,
@@ -129,6 +130,8 @@ def main() -> int:
     sets = test_sets(args.test_frames, args.size)
     models = {"U-Net MAE (K=0)": {}, "U-Net MAE, no offset (K=0)": {"offset": False},
               "U-Net MAE (K=2)": {"context": 2}, "U-Net BCE (K=0)": {"loss": "bce"}}
+    if args.models:
+        models = {name: changes for name, changes in models.items() if name in args.models}
     trained = {}
     with tempfile.TemporaryDirectory() as folder:
         for name, changes in models.items():
