@@ -1,7 +1,7 @@
 """Take the README's screenshots from a real napari viewer (run under Xvfb by scripts/screenshots.sh).
 
-Each step drives the plugin's widgets as a user would: split the sample movie into pairs, train a small
-model in the Train widget, restore with the Restore widget and compare side by side.
+Each step drives the plugin's widgets as a user would: split the sample movie into pairs and train a small
+model in the Train widget. The Restore screenshot comes from command (1), napari-pgsr-demo.
 """
 
 from __future__ import annotations
@@ -43,12 +43,6 @@ def main(folder: Path) -> int:
     viewer.reset_view()
     viewer.screenshot(str(folder / "train.png"), canvas_only=False)
 
-    _, restorer = viewer.window.add_plugin_dock_widget("napari-pgsr", "Restore", tabify=True)
-    restorer.model_file.value = work / "model.pgsr"
-    restorer.movie.value = viewer.layers["ap2_sample low"]
-    restorer.run()
-    restorer.side_by_side()
-    viewer.screenshot(str(folder / "restore.png"), canvas_only=False)
     viewer.close()
     print(f"screenshots in {folder}")
     return 0

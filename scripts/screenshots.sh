@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 run=(); [ -z "${DISPLAY:-}" ] && run=(xvfb-run -a -s "-screen 0 1600x1000x24")
 "${run[@]}" .venv/bin/python scripts/screenshots.py docs/images
+"${run[@]}" .venv/bin/napari-pgsr-demo --headless --screenshot docs/images/restore.png
 # palette PNGs keep the repository small
 .venv/bin/python -c "
 from PIL import Image; import sys
