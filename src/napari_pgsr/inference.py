@@ -15,7 +15,7 @@ import torch
 
 from .data import context_indices
 from .devices import autocast, pick_device
-from .io import Movie, write_movie
+from .io import Movie, as_array, write_movie
 from .modelfile import ModelFile
 
 
@@ -96,8 +96,7 @@ class Restorer:
 
 
 def _frame(frames, index: int) -> np.ndarray:
-    frame = frames[int(index)]
-    return np.asarray(frame.compute() if hasattr(frame, "compute") else frame)
+    return as_array(frames[int(index)])
 
 
 def iter_restore(model: ModelFile, frames, indices=None, tile: int = 256, overlap: int | None = None,

@@ -206,10 +206,15 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
     return Movie(data, frames, path, pixel_size, movie_axes, metadata, handle)
 
 
+def as_array(data, dtype=None) -> np.ndarray:
+    """A numpy array from a numpy, memmap, zarr or dask slice (dask is computed)."""
+    return np.asarray(data.compute() if hasattr(data, "compute") else data, dtype=dtype)
+
+
 def display_range(data, n_frames: int = 2) -> tuple[float, float]:
     """Contrast limits from the first frames (one of each exposure), so a viewer never scans a lazy movie."""
     frames = data[:n_frames]
-    frames = np.asarray(frames.compute() if hasattr(frames, "compute") else frames, dtype=np.float64)
+    frames = as_array(frames, np.float64)
     low, high = np.percentile(frames, (0.1, 99.9))
     return float(low), float(max(high, low + 1))
 
@@ -218,7 +223,7 @@ def _frames(array) -> Any:
     """Iterate over frames without loading a lazy movie into memory."""
     for index in range(array.shape[0]):
         frame = array[index]
-        yield np.asarray(frame.compute() if hasattr(frame, "compute") else frame)
+        yield as_array(frame)
 
 
 def write_movie(

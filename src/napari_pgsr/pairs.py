@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 from scipy import ndimage
 
-from .io import Movie, frame_source, lazy_frames
+from .io import Movie, as_array, frame_source, lazy_frames
 
 MIN_RATIO = 1.3  # below this, low and high exposures cannot be told apart
 
@@ -47,7 +47,7 @@ class Pairs:
 
 def _read(source, index: int, rows: slice, cols: slice) -> np.ndarray:
     crop = source[index, rows, cols]
-    return np.asarray(crop.compute() if hasattr(crop, "compute") else crop)
+    return as_array(crop)
 
 
 def _as_dask(data) -> da.Array:
@@ -75,7 +75,7 @@ def iter_frame_means(data, out: np.ndarray, name: str = "movie",
     chunk = 64
     for start in range(0, n_frames, chunk):
         block = data[start:start + chunk, ::step, ::step]
-        block = np.asarray(block.compute() if hasattr(block, "compute") else block, dtype=np.float64)
+        block = as_array(block, np.float64)
         out[start:start + block.shape[0]] = block.mean(axis=(1, 2))
         yield min(start + chunk, n_frames), n_frames
     bad = np.flatnonzero(~np.isfinite(out))
@@ -95,7 +95,7 @@ def frame_means(data, name: str = "movie", progress: Callable[[int, int], None] 
 def _binned_mean(data, indices: np.ndarray, k: int = 4) -> np.ndarray:
     """Mean of the given frames, binned k x k (averages out shot and read noise)."""
     stack = data[np.sort(indices)]
-    stack = np.asarray(stack.compute() if hasattr(stack, "compute") else stack, dtype=np.float64).mean(axis=0)
+    stack = as_array(stack, np.float64).mean(axis=0)
     height, width = (n // k * k for n in stack.shape)
     if height == 0 or width == 0:
         return stack
