@@ -7,6 +7,8 @@ import uuid
 import warnings
 import weakref
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,14 +273,23 @@ def write_movie(
         kwargs.update(imagej=True, metadata={"axes": "TYX", "unit": "um"} if pixel_size_um else {"axes": "TYX"})
         if pixel_size_um:
             kwargs["resolution"] = (1.0 / pixel_size_um, 1.0 / pixel_size_um)
+    with atomic_path(path) as tmp:
+        frames = (f.astype(dtype, copy=False) for f in _frames(stack))
+        tifffile.imwrite(tmp, data=frames, **kwargs)
+    return path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; it replaces `path` when the block ends without error and
+    is removed otherwise, so a crash or Ctrl-C never leaves a half-written file under the real name."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a hidden name beside the target, created with the user's normal permissions (mkstemp would give 0600)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        frames = (f.astype(dtype, copy=False) for f in _frames(stack))
-        tifffile.imwrite(tmp, data=frames, **kwargs)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path

@@ -10,7 +10,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from torch import nn
 
 from . import __version__
 from .data import Normalization
+from .io import atomic_path
 from .models import build_model
 
 FORMAT = "napari-pgsr-model"
@@ -71,14 +71,8 @@ def save_model(path: str | os.PathLike, network: nn.Module, normalization: Norma
     }
     if training_state is not None:
         archive["training_state"] = training_state
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with atomic_path(path) as tmp:
         torch.save(archive, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -1,7 +1,13 @@
-"""Spot analysis with no GUI: sub-pixel PSF fits, spot suggestions, matching against labels."""
+"""Spot analysis with no GUI: sub-pixel PSF fits, SNR and precision, spot suggestions, matching against
+labels, and one table over raw and restored images."""
 
-from .detect import suggest_spots
+from .across import SpotReport, iter_measure_across, measure_across
+from .detect import snap_to_maximum, suggest_spots
 from .fit import SpotFit, fit_spot, fit_spots
 from .match import MatchResult, compare_to_labels
+from .measure import CameraCalibration, average_profile, measure_spots, mortensen_precision
+from .points_csv import read_points_csv, write_points_csv
 
-__all__ = ["MatchResult", "SpotFit", "compare_to_labels", "fit_spot", "fit_spots", "suggest_spots"]
+__all__ = ["CameraCalibration", "MatchResult", "SpotFit", "SpotReport", "average_profile", "compare_to_labels",
+           "fit_spot", "fit_spots", "iter_measure_across", "measure_across", "measure_spots",
+           "mortensen_precision", "read_points_csv", "snap_to_maximum", "suggest_spots", "write_points_csv"]

@@ -35,3 +35,20 @@ def suggest_spots(image: np.ndarray, sigma: float = 1.0, threshold: float = 10.0
     score = local_noise_units(response, noise_window)
     peaks = peak_local_max(score, min_distance=min_distance, threshold_abs=threshold, exclude_border=exclude_border)
     return peaks.astype(np.float64)
+
+
+def snap_to_maximum(image: np.ndarray, y: float, x: float, radius: float = 2.0, smooth: float = 0.7
+                    ) -> tuple[float, float]:
+    """The pixel of highest intensity within `radius` px of (y, x), after a slight Gaussian smoothing so a
+    single noisy pixel does not win; (y, x) itself when it lies outside the image."""
+    height, width = image.shape
+    if not (-0.5 <= y < height - 0.5 and -0.5 <= x < width - 0.5):
+        return float(y), float(x)
+    reach = int(np.ceil(radius)) + 3
+    top, left = max(int(round(y)) - reach, 0), max(int(round(x)) - reach, 0)
+    window = np.asarray(image[top:int(round(y)) + reach + 1, left:int(round(x)) + reach + 1], dtype=np.float64)
+    smoothed = ndimage.gaussian_filter(window, smooth) if smooth > 0 else window
+    rows, cols = np.mgrid[top:top + window.shape[0], left:left + window.shape[1]]
+    smoothed = np.where(np.hypot(rows - y, cols - x) <= radius, smoothed, -np.inf)
+    best = np.unravel_index(int(np.argmax(smoothed)), smoothed.shape)
+    return float(rows[best]), float(cols[best])

@@ -1,0 +1,111 @@
+"""The same hand-labelled spots measured on several images (raw low, raw high, restored): one table, a
+summary per image and the average spot profile per image."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..io import as_array
+from .detect import suggest_spots
+from .match import compare_to_labels
+from .measure import CameraCalibration, average_profile, locate_points, measure_spots
+
+
+@dataclass
+class SpotReport:
+    """`table`: one row per spot and image; `summary`: one row per image; `profiles`: image -> profile."""
+
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    profiles: dict[str, pd.DataFrame]
+    note: str = ""
+
+
+def check_same_shape(images: Mapping[str, object]) -> tuple[int, ...]:
+    """The common shape of `images`, or a ValueError naming the images that differ."""
+    if not images:
+        raise ValueError("choose at least one image to measure on")
+    shapes = {name: tuple(image.shape) for name, image in images.items()}
+    first, shape = next(iter(shapes.items()))
+    for name, other in shapes.items():
+        if other != shape:
+            raise ValueError(f"image '{name}' has shape {other} but '{first}' has {shape}: the same spots can "
+                             "only be measured on images of the same shape")
+    return shape
+
+
+def suggestion_scores(image, frames: np.ndarray, yx: np.ndarray, sigma: float, threshold: float,
+                      tolerance_px: float) -> dict:
+    """Suggested spots (`suggest_spots`) against the labels, frame by frame, counted inside the labels'
+    bounding box grown by `tolerance_px` (labels are assumed complete there, not over the whole frame)."""
+    tp = fp = fn = 0
+    squared_errors: list[float] = []
+    suggested = 0
+    for t in np.unique(frames):
+        labels = yx[frames == t]
+        plane = as_array(image if t < 0 else image[t], np.float64)
+        found = suggest_spots(plane, sigma=sigma, threshold=threshold)
+        low, high = labels.min(axis=0) - tolerance_px, labels.max(axis=0) + tolerance_px
+        found = found[np.all((found >= low) & (found <= high), axis=1)] if len(found) else found
+        match = compare_to_labels(found, labels, tolerance_px)
+        suggested += len(found)
+        tp, fp, fn = tp + match.true_positives, fp + match.false_positives, fn + match.false_negatives
+        squared_errors += list(match.distances**2)
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    return {"suggested": suggested, "suggested_f1": f1, "suggested_precision": tp / (tp + fp) if tp + fp else 1.0,
+            "suggested_recall": tp / (tp + fn) if tp + fn else 1.0,
+            "suggested_rmse_px": float(np.sqrt(np.mean(squared_errors))) if squared_errors else float("nan")}
+
+
+def summarise(name: str, table: pd.DataFrame) -> dict:
+    """Counts and medians over the usable fits of one image."""
+    good = table[table["flag"] == ""]
+    return {"image": name, "spots": len(table), "fitted": len(good), "flagged": len(table) - len(good),
+            "median_fwhm_nm": good["fwhm_nm"].median(), "median_fwhm_px": good["fwhm_px"].median(),
+            "median_snr": good["snr"].median(), "median_sbr": good["sbr"].median(),
+            "median_precision_nm": good["precision_nm"].median(), "median_photons": good["photons"].median()}
+
+
+def iter_measure_across(images: Mapping[str, object], points, pixel_size_nm: float | None = None, radius: int = 3,
+                        camera: CameraCalibration | None = None, frame: int | None = None,
+                        suggest_sigma: float = 1.0, suggest_threshold: float = 10.0, tolerance_px: float = 2.0,
+                        ) -> Generator[tuple[int, int, str], None, SpotReport]:
+    """Generator form of `measure_across`: yields (images done, total, next image name), returns the report."""
+    shape = check_same_shape(images)
+    frames, yx, note = locate_points(shape, points, frame)
+    tables, summaries, profiles = [], [], {}
+    for done, (name, image) in enumerate(images.items()):
+        yield done, len(images), name
+        table = measure_spots(image, points, pixel_size_nm, radius, camera, frame)
+        table.insert(0, "image", name)
+        tables.append(table)
+        inside = (yx[:, 0] >= -0.5) & (yx[:, 0] < shape[-2] - 0.5) & (yx[:, 1] >= -0.5) & (yx[:, 1] < shape[-1] - 0.5)
+        if len(shape) == 3:
+            inside &= (frames >= 0) & (frames < shape[0])
+        scores = suggestion_scores(image, frames[inside], yx[inside], suggest_sigma, suggest_threshold,
+                                   tolerance_px) if inside.any() else {}
+        summaries.append({**summarise(name, table), **scores})
+        profile = average_profile(image, table, radius)
+        profile["r_nm"] = profile["r_px"] * (pixel_size_nm or float("nan"))
+        profiles[name] = profile
+    yield len(images), len(images), ""
+    return SpotReport(pd.concat(tables, ignore_index=True), pd.DataFrame(summaries), profiles, note)
+
+
+def measure_across(images: Mapping[str, object], points, **options) -> SpotReport:
+    """Measure the same `points` on every image of `images` (name -> Y x X or T x Y x X array of one shape).
+
+    The table has an `image` column and the columns of `measure_spots`; the summary gives per image the
+    counts, median FWHM, SNR, SBR and precision of the usable fits, and the F1, precision and recall of
+    `suggest_spots` against the labels. Options are those of `iter_measure_across`.
+    """
+    generator = iter_measure_across(images, points, **options)
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value

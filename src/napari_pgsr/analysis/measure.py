@@ -1,0 +1,186 @@
+"""Per-spot measurements on one image: sub-pixel position, PSF width, two SNRs, localisation precision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..io import as_array
+from .fit import fit_spot
+
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+COLUMNS = ["point", "frame", "y", "x", "sigma_px", "fwhm_px", "sigma_nm", "fwhm_nm", "amplitude", "peak",
+           "background", "background_sd", "photons", "background_photons", "snr", "sbr", "precision_px",
+           "precision_nm", "flag"]
+
+
+@dataclass(frozen=True)
+class CameraCalibration:
+    """How image values turn into detected photons (photoelectrons), for photon counts and precision.
+
+    The defaults treat the image as photon counts already. For an EMCCD, `electrons_per_adu` is the
+    photoelectrons per grey level after EM gain (the camera's e-/ADU divided by the EM gain) and
+    `excess_noise` is 2, the EM register's excess-noise factor F^2; sCMOS and CCD cameras have 1.
+    """
+
+    baseline_adu: float = 0.0
+    electrons_per_adu: float = 1.0
+    excess_noise: float = 2.0
+
+    @classmethod
+    def from_emccd(cls, camera) -> CameraCalibration:
+        """The calibration of a `physics.EMCCD` (as used by the simulator)."""
+        return cls(camera.baseline_adu, camera.electrons_per_adu / camera.em_gain, 2.0)
+
+
+def locate_points(image_shape: tuple[int, ...], points, frame: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Frame index (-1 for a 2-D image) and (y, x) of each point, and a note on what was assumed.
+
+    2-D points on a movie and (frame, y, x) points on a single frame need `frame`: the points are then
+    measured on that frame of the movie, or only the points of that frame are kept. Points with more than
+    three coordinates use the last three.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    if points.size == 0:
+        raise ValueError("there are no points to measure: add spot labels first")
+    points = points.reshape(len(points), -1)
+    if points.shape[1] < 2:
+        raise ValueError(f"points need (y, x) coordinates, got {points.shape[1]} column(s)")
+    if len(image_shape) not in (2, 3):
+        raise ValueError(f"expected a Y x X image or a T x Y x X movie, got shape {tuple(image_shape)}")
+    yx = points[:, -2:]
+    has_frame = points.shape[1] >= 3
+    frames = np.rint(points[:, -3]).astype(int) if has_frame else None
+    note = ""
+    if len(image_shape) == 3 and frames is None:
+        if frame is None:
+            raise ValueError("the points are 2-D (y, x) but the image is a movie: choose the frame to measure")
+        frames = np.full(len(yx), int(frame))
+        note = f"2-D points measured on frame {frame} of the movie"
+    elif len(image_shape) == 2 and frames is not None:
+        if frame is None:
+            raise ValueError("the points carry a frame index (frame, y, x) but the image is a single frame: "
+                             "choose the frame whose points to measure")
+        keep = frames == int(frame)
+        yx, frames = yx[keep], np.full(int(keep.sum()), -1)
+        note = f"{int(keep.sum())} of {len(points)} points lie on frame {frame} and were measured on the 2-D image"
+        if not keep.any():
+            raise ValueError(f"none of the {len(points)} points lies on frame {frame}")
+    elif frames is None:
+        frames = np.full(len(yx), -1)
+    return frames, yx, note
+
+
+def mortensen_precision(sigma_px: float, photons: float, background_photons: float, excess_noise: float) -> float:
+    """Localisation precision (px) of a least-squares Gaussian fit, Mortensen et al. 2010 eq. 6 with
+    square pixels of side 1: var = F (sa^2/N) (16/9 + 8 pi sa^2 b^2 / N), sa^2 = s^2 + 1/12, b^2 the
+    background photons per pixel and F the excess-noise factor (2 for an EMCCD)."""
+    if not photons > 0:
+        return float("nan")
+    sa2 = sigma_px**2 + 1.0 / 12.0
+    variance = excess_noise * sa2 / photons * (16.0 / 9.0 + 8.0 * np.pi * sa2 * max(background_photons, 0.0) / photons)
+    return float(np.sqrt(variance))
+
+
+def background_sd(frame: np.ndarray, y: float, x: float, radius: int, others: np.ndarray) -> float:
+    """Robust standard deviation (1.4826 x MAD) of the ring of pixels between `radius` + 0.5 and
+    `radius` + 3.5 px from the spot, leaving out pixels within `radius` of other points."""
+    outer = radius + 3.5
+    top, left = max(int(np.floor(y - outer)), 0), max(int(np.floor(x - outer)), 0)
+    bottom, right = min(int(np.ceil(y + outer)) + 1, frame.shape[0]), min(int(np.ceil(x + outer)) + 1, frame.shape[1])
+    rows, cols = np.mgrid[top:bottom, left:right]
+    distance = np.hypot(rows - y, cols - x)
+    ring = (distance > radius + 0.5) & (distance <= outer)
+    for oy, ox in others:
+        ring &= np.hypot(rows - oy, cols - ox) > radius
+    values = np.asarray(frame[top:bottom, left:right], dtype=np.float64)[ring]
+    if values.size < 8:
+        return float("nan")
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def _measure_one(frame: np.ndarray, y: float, x: float, others: np.ndarray, radius: int,
+                 camera: CameraCalibration, sigma_guess: float) -> dict:
+    """One row of the table (without point, frame and nm columns)."""
+    try:
+        fit = fit_spot(frame, y, x, radius=radius, sigma_guess=sigma_guess)
+    except ValueError:
+        return {"y": y, "x": x, "flag": "outside image"}
+    flags = [fit.flag] if fit.flag else []
+    if len(others) and np.min(np.max(np.abs(others - [fit.y, fit.x]), axis=1)) <= radius:
+        flags.append("overlap")
+    peak = fit.amplitude / (2.0 * np.pi * fit.sigma_px**2)  # height of the fitted Gaussian
+    noise = background_sd(frame, fit.y, fit.x, radius, others)
+    above_baseline = fit.background - camera.baseline_adu
+    photons = fit.amplitude * camera.electrons_per_adu
+    background_photons = above_baseline * camera.electrons_per_adu
+    precision = mortensen_precision(fit.sigma_px, photons, background_photons, camera.excess_noise)
+    return {"y": fit.y, "x": fit.x, "sigma_px": fit.sigma_px, "fwhm_px": FWHM_PER_SIGMA * fit.sigma_px,
+            "amplitude": fit.amplitude, "peak": peak, "background": fit.background, "background_sd": noise,
+            "photons": photons, "background_photons": background_photons,
+            "snr": peak / noise if noise > 0 else float("nan"),
+            "sbr": peak / above_baseline if above_baseline > 0 else float("nan"),
+            "precision_px": precision, "flag": ", ".join(flags)}
+
+
+def measure_spots(image, points, pixel_size_nm: float | None = None, radius: int = 3,
+                  camera: CameraCalibration | None = None, frame: int | None = None,
+                  sigma_guess: float = 1.0) -> pd.DataFrame:
+    """Fit every point of `points` on `image` and return one row per point (columns `COLUMNS`).
+
+    `image` is a Y x X frame or a T x Y x X movie (numpy, memmap, zarr or dask: only the frames that hold
+    points are read); `points` are (y, x) or (frame, y, x) rows, see `locate_points`. The fit is a
+    pixel-integrated Gaussian plus flat background over the (2 radius + 1)^2 window (least squares).
+    SNR = peak / background_sd (fitted Gaussian height over the robust SD of a ring around the spot);
+    SBR = peak / (background - camera baseline), napari-psf-analysis's signal-to-background. `flag` is ''
+    for a usable fit, else 'outside image', 'no convergence', 'edge' and/or 'overlap' (another point in the
+    fit window). Without `pixel_size_nm` the nm columns are NaN.
+    """
+    camera = camera or CameraCalibration()
+    shape = tuple(image.shape)
+    frames, yx, _ = locate_points(shape, points, frame)
+    rows: list[dict] = []
+    for t in np.unique(frames):
+        in_frame = np.flatnonzero(frames == t)
+        if len(shape) == 3 and not 0 <= t < shape[0]:
+            rows += [{"point": i, "frame": t, "y": yx[i, 0], "x": yx[i, 1], "flag": "outside image"} for i in in_frame]
+            continue
+        plane = as_array(image if t < 0 else image[t], np.float64)
+        for i in in_frame:
+            others = yx[in_frame[in_frame != i]]
+            others = others[np.max(np.abs(others - yx[i]), axis=1) <= 2 * radius + 5]  # only neighbours matter
+            rows.append({"point": i, "frame": t, **_measure_one(plane, yx[i, 0], yx[i, 1], others, radius,
+                                                                camera, sigma_guess)})
+    table = pd.DataFrame(rows).reindex(columns=COLUMNS).sort_values("point", kind="stable").reset_index(drop=True)
+    table["flag"] = table["flag"].fillna("").astype(str)
+    scale = float(pixel_size_nm) if pixel_size_nm else float("nan")
+    for name in ("sigma", "fwhm", "precision"):
+        table[f"{name}_nm"] = table[f"{name}_px"] * scale
+    table["point"] = table["point"].astype(int)
+    table["frame"] = table["frame"].astype(int)
+    return table
+
+
+def average_profile(image, table: pd.DataFrame, radius: int = 3, bin_px: float = 0.25) -> pd.DataFrame:
+    """Mean radial profile of the usable spots of `table` (measured on `image`): pixel values minus the
+    fitted background, divided by the fitted peak, binned by distance to the fitted centre (px)."""
+    edges = np.arange(0.0, radius + 1.0 + bin_px, bin_px)
+    total, count = np.zeros(len(edges) - 1), np.zeros(len(edges) - 1)
+    good = table[(table["flag"] == "") & (table["peak"] > 0)]
+    for t, spots in good.groupby("frame"):
+        plane = as_array(image if t < 0 else image[t], np.float64)
+        for spot in spots.itertuples():
+            top, left = max(int(round(spot.y)) - radius - 1, 0), max(int(round(spot.x)) - radius - 1, 0)
+            window = plane[top:top + 2 * radius + 3, left:left + 2 * radius + 3]
+            rows, cols = np.mgrid[top:top + window.shape[0], left:left + window.shape[1]]
+            distance = np.hypot(rows - spot.y, cols - spot.x).ravel()
+            which = np.digitize(distance, edges) - 1
+            inside = which < len(total)
+            np.add.at(total, which[inside], ((window.ravel() - spot.background) / spot.peak)[inside])
+            np.add.at(count, which[inside], 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / count
+    return pd.DataFrame({"r_px": (edges[:-1] + edges[1:]) / 2, "profile": mean, "pixels": count.astype(int)})

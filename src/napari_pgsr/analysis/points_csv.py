@@ -1,0 +1,57 @@
+"""Spot labels as CSV: napari's points format (`index, axis-0, axis-1, ...`) and plain `y, x` tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io import atomic_path
+
+PLAIN_COLUMNS = (("frame", "y", "x"), ("t", "y", "x"), ("y", "x"))
+
+
+def read_points_csv(path: str | Path) -> np.ndarray:
+    """(N, D) coordinates from napari's points CSV (`axis-0`, `axis-1`, ...), a CSV with `y, x` (optionally
+    `frame` or `t` first) columns, or a headerless CSV of 2 or 3 numeric columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no points file at {path}")
+    table = pd.read_csv(path)
+    names = [str(c).strip().lower() for c in table.columns]
+    table.columns = names
+    axes = sorted((c for c in names if c.startswith("axis-")), key=lambda c: int(c.split("-")[1]))
+    if axes:
+        columns = axes
+    else:
+        columns = next((list(c) for c in PLAIN_COLUMNS if set(c) <= set(names)), None)
+        if columns is None:
+            try:  # no header: the first row is data
+                values = pd.read_csv(path, header=None).to_numpy(dtype=np.float64)
+            except ValueError:
+                values = None
+            if values is None or values.shape[1] not in (2, 3):
+                raise ValueError(f"{path}: expected napari points columns (axis-0, axis-1, ...), 'y,x' columns "
+                                 f"or two or three numeric columns; found columns {names}")
+            return values
+    try:
+        return table[columns].to_numpy(dtype=np.float64)
+    except ValueError as err:
+        raise ValueError(f"{path}: columns {columns} must hold numbers ({err})") from None
+
+
+def write_points_csv(path: str | Path, points: np.ndarray) -> Path:
+    """Write points in napari's CSV format (atomically: a temporary file renamed into place)."""
+    path = Path(path)
+    points = np.asarray(points, dtype=np.float64).reshape(len(points), -1) if len(points) else np.empty((0, 2))
+    table = pd.DataFrame(points, columns=[f"axis-{i}" for i in range(points.shape[1])])
+    table.insert(0, "index", np.arange(len(points)))
+    return write_table_atomically(table, path)
+
+
+def write_table_atomically(table: pd.DataFrame, path: str | Path) -> Path:
+    """`table.to_csv(path)` through a temporary file renamed into place, so a crash leaves no half file."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return Path(path)

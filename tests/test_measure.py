@@ -1,0 +1,144 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_pgsr.analysis import (CameraCalibration, average_profile, measure_across, measure_spots,
+                                  read_points_csv, snap_to_maximum, write_points_csv)
+from napari_pgsr.physics import EMCCD, Microscope, render_spots
+
+
+def spot_grid(rng, size=256, step=12):
+    """Spots on a jittered grid, far enough apart not to overlap."""
+    grid = np.stack(np.meshgrid(np.arange(8, size - 6, step), np.arange(8, size - 6, step)), -1).reshape(-1, 2)
+    return grid + rng.uniform(-0.5, 0.5, grid.shape)
+
+
+def test_position_error_at_low_exposure_matches_mortensen_with_emccd_excess_noise():
+    # the simulator's 10 ms frame of an AP2 pit: ~80 photons on 5 background photons per pixel
+    rng = np.random.default_rng(0)
+    camera, sigma = EMCCD(), Microscope().sigma_px
+    truth = spot_grid(rng)
+    frame = camera.expose(render_spots((256, 256), truth[:, 0], truth[:, 1], np.full(len(truth), 80.0), sigma) + 5,
+                          rng)
+    table = measure_spots(frame, np.rint(truth), pixel_size_nm=160, camera=CameraCalibration.from_emccd(camera))
+    good = table[table["flag"] == ""]
+    assert len(good) >= 0.95 * len(truth)
+    error_per_axis = np.sqrt(np.mean((good["y"] - truth[good["point"], 0]) ** 2
+                                     + (good["x"] - truth[good["point"], 1]) ** 2) / 2)
+    predicted = np.sqrt(np.mean(good["precision_px"] ** 2))
+    assert error_per_axis == pytest.approx(predicted, rel=0.3)
+    assert good["precision_nm"].median() == pytest.approx(160 * good["precision_px"].median())
+    # photons are photoelectrons: QE 0.9 of the 80 photons
+    assert good["photons"].median() == pytest.approx(72, rel=0.15)
+    # without the EMCCD excess noise the predicted precision is sqrt(2) better
+    plain = measure_spots(frame, np.rint(truth[:5]), camera=CameraCalibration(100.0, 0.1, excess_noise=1.0))
+    ratio = table["precision_px"][:5].to_numpy() / plain["precision_px"].to_numpy()
+    assert ratio == pytest.approx(np.full(5, np.sqrt(2)), rel=1e-6)
+
+
+def test_snr_and_sbr_follow_their_stated_formulas():
+    rng = np.random.default_rng(1)
+    amplitude, sigma, background, noise = 3000.0, 1.5, 100.0, 4.0
+    peak = amplitude / (2 * np.pi * sigma**2)
+    snrs, sbrs = [], []
+    for _ in range(20):
+        image = render_spots((41, 41), [20.3], [19.8], [amplitude], sigma) + background + rng.normal(0, noise, (41, 41))
+        row = measure_spots(image, [[20, 20]], radius=5).iloc[0]
+        snrs.append(row["snr"])
+        sbrs.append(row["sbr"])
+        assert row["flag"] == ""
+    assert np.median(snrs) == pytest.approx(peak / noise, rel=0.1)
+    assert np.median(sbrs) == pytest.approx(peak / background, rel=0.05)
+    # SBR is relative to the camera baseline when one is given
+    image = render_spots((41, 41), [20.0], [20.0], [amplitude], sigma) + background
+    row = measure_spots(image, [[20, 20]], radius=5, camera=CameraCalibration(baseline_adu=60.0)).iloc[0]
+    assert row["sbr"] == pytest.approx(peak / 40.0, rel=1e-3)
+    assert row["fwhm_px"] == pytest.approx(2.3548 * sigma, rel=1e-3)
+
+
+def test_border_overlapping_and_outside_points_are_flagged_not_crashed_on():
+    image = render_spots((40, 40), [1.0, 20.0, 21.5, 30.0], [20.0, 10.0, 11.0, 30.0], [5e3] * 4, 1.0) + 10
+    table = measure_spots(image, [[1, 20], [20, 10], [21.5, 11], [30, 30], [55, 3], [-2, 5]], pixel_size_nm=100)
+    assert table["flag"].tolist() == ["edge", "overlap", "overlap", "", "outside image", "outside image"]
+    assert table["point"].tolist() == list(range(6))
+    assert np.isnan(table.loc[4, "fwhm_nm"]) and table.loc[4, "y"] == 55
+    assert table.loc[3, "fwhm_nm"] == pytest.approx(235.5, rel=0.01)
+    assert np.isnan(measure_spots(image, [[30, 30]])["fwhm_nm"][0])  # no pixel size, no nm
+
+
+def test_points_and_frames_of_movies():
+    movie = np.full((3, 30, 30), 10.0)
+    movie[1] += render_spots((30, 30), [12.0], [15.0], [5e3], 1.0)
+    movie[2] += render_spots((30, 30), [20.0], [8.0], [5e3], 1.0)
+    # (frame, y, x) points on a movie: each measured on its own frame
+    table = measure_spots(movie, [[1, 12, 15], [2, 20, 8], [7, 5, 5]])
+    assert table["frame"].tolist() == [1, 2, 7]
+    assert table["y"][:2].to_numpy() == pytest.approx([12, 20], abs=1e-3)
+    assert table["flag"][2] == "outside image"
+    # 2-D points on a movie: the chosen frame, or a clear error
+    with pytest.raises(ValueError, match="points are 2-D .* the image is a movie"):
+        measure_spots(movie, [[12, 15]])
+    assert measure_spots(movie, [[12, 15]], frame=1)["frame"].tolist() == [1]
+    # 3-D points on a single frame: only the points of the chosen frame
+    with pytest.raises(ValueError, match="carry a frame index"):
+        measure_spots(movie[1], [[1, 12, 15]])
+    assert measure_spots(movie[1], [[1, 12, 15], [2, 20, 8]], frame=1)["y"].to_numpy() == pytest.approx([12], abs=1e-3)
+    with pytest.raises(ValueError, match="no points to measure"):
+        measure_spots(movie[1], np.empty((0, 2)))
+
+
+def test_measure_across_gives_one_table_and_a_summary_per_image():
+    rng = np.random.default_rng(3)
+    truth = spot_grid(rng, 96, 16)
+    expected = render_spots((96, 96), truth[:, 0], truth[:, 1], np.full(len(truth), 4000.0), 1.0) + 20
+    images = {"high": rng.poisson(expected).astype(np.float32),
+              "low": rng.poisson(expected / 10).astype(np.float32)}
+    report = measure_across(images, truth, pixel_size_nm=100)
+    assert report.table.shape[0] == 2 * len(truth)
+    assert report.table["image"].tolist() == ["high"] * len(truth) + ["low"] * len(truth)
+    summary = report.summary.set_index("image")
+    assert summary.loc["high", "spots"] == len(truth) and summary.loc["high", "fitted"] == len(truth)
+    assert summary.loc["high", "median_fwhm_nm"] == pytest.approx(235.5, rel=0.03)
+    assert summary.loc["high", "median_snr"] > 3 * summary.loc["low", "median_snr"]
+    assert summary.loc["high", "suggested_f1"] == 1.0
+    # the per-image call and the table rows agree
+    alone = measure_spots(images["low"], truth, pixel_size_nm=100)
+    pd.testing.assert_frame_equal(report.table[report.table["image"] == "low"].drop(columns="image")
+                                  .reset_index(drop=True), alone)
+    profile = report.profiles["high"]
+    assert profile["profile"][0] == pytest.approx(1.0, abs=0.1) and profile["profile"].iloc[-1] < 0.05
+    with pytest.raises(ValueError, match=r"image 'small' has shape \(50, 50\) but 'high' has \(96, 96\)"):
+        measure_across({"high": images["high"], "small": np.zeros((50, 50))}, truth)
+
+
+def test_average_profile_of_a_wider_psf_falls_more_slowly():
+    truth = np.array([[10.2, 10.7], [30.4, 29.9]])
+    narrow = render_spots((40, 40), truth[:, 0], truth[:, 1], [1e4, 1e4], 0.8) + 5
+    wide = render_spots((40, 40), truth[:, 0], truth[:, 1], [1e4, 1e4], 1.6) + 5
+    at_1px = [average_profile(im, measure_spots(im, truth, radius=5), radius=5).set_index("r_px")["profile"][1.125]
+              for im in (narrow, wide)]
+    assert at_1px[0] < at_1px[1]
+
+
+def test_points_csv_round_trip_in_napari_format_and_plain_tables(tmp_path):
+    from napari_builtins.io import csv_to_layer_data
+
+    points = np.array([[0, 12.5, 3.25], [2, 40.0, 7.0]])
+    path = write_points_csv(tmp_path / "labels.csv", points)
+    assert path.read_text().splitlines()[0] == "index,axis-0,axis-1,axis-2"
+    np.testing.assert_array_equal(read_points_csv(path), points)
+    np.testing.assert_array_equal(csv_to_layer_data(str(path))[0], points)  # napari reads it as a Points layer
+    (tmp_path / "yx.csv").write_text("x,y\n3,4\n5,6\n")
+    np.testing.assert_array_equal(read_points_csv(tmp_path / "yx.csv"), [[4, 3], [6, 5]])
+    (tmp_path / "bare.csv").write_text("4,3\n6,5\n")
+    np.testing.assert_array_equal(read_points_csv(tmp_path / "bare.csv"), [[4, 3], [6, 5]])
+    (tmp_path / "bad.csv").write_text("name,size\na,3\n")
+    with pytest.raises(ValueError, match=r"bad.csv: expected napari points columns .* found columns \['name', 'size'\]"):
+        read_points_csv(tmp_path / "bad.csv")
+
+
+def test_snap_goes_to_the_brightest_pixel_nearby():
+    image = render_spots((30, 30), [10.0], [12.0], [1e4], 1.0) + 5
+    assert snap_to_maximum(image, 11.2, 13.4) == (10.0, 12.0)
+    assert snap_to_maximum(image, 20.0, 20.0, radius=2) != (10.0, 12.0)  # too far: stays in its 2 px disc
+    assert snap_to_maximum(image, 40.0, 3.0) == (40.0, 3.0)
