@@ -158,3 +158,38 @@ def test_context_model_refuses_alternating_movie_with_all_frames(tmp_path, movie
     assert "alternates low and high exposures" in capsys.readouterr().err
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "r.tif"), "--frames", "low",
                              "--quiet"]) == 0
+
+
+def test_measure_writes_one_table_over_low_and_high_frames(tmp_path, capsys):
+    import pandas as pd
+
+    from napari_pgsr.analysis import CameraCalibration, measure_across, write_points_csv
+
+    sim = simulate_movie("beads", n_frames=2, shape=(64, 64), seed=3)
+    write_movie(tmp_path / "low.tif", sim.movie[:1], pixel_size_um=0.16)
+    write_movie(tmp_path / "high.tif", sim.movie[1:2], pixel_size_um=0.16)
+    truth = np.column_stack([sim.spots["y"], sim.spots["x"]])[sim.spots["frame"] == 1]
+    write_points_csv(tmp_path / "labels.csv", truth)
+    args = [str(tmp_path / "low.tif"), str(tmp_path / "high.tif"), "--points", str(tmp_path / "labels.csv"),
+            "-o", str(tmp_path / "table.csv"), "--baseline-adu", "100", "--electrons-per-adu", "0.1"]
+    assert cli.measure_main(args) == 0
+    table = pd.read_csv(tmp_path / "table.csv", keep_default_na=False, na_values=[""])
+    expected = measure_across({"low": sim.movie[0], "high": sim.movie[1]}, truth, pixel_size_nm=160.0,
+                              camera=CameraCalibration(100, 0.1))
+    assert table["image"].tolist() == expected.table["image"].tolist() and len(table) == 2 * len(truth)
+    np.testing.assert_allclose(table["fwhm_nm"], expected.table["fwhm_nm"], rtol=1e-9)
+    summary = pd.read_csv(tmp_path / "table_summary.csv")
+    assert summary["image"].tolist() == ["low", "high"]
+    out = capsys.readouterr().out
+    assert "median_fwhm_nm" in out and "table_summary.csv" in out
+    # existing output, output over an input, images of different shapes: exit 2, inputs untouched
+    assert cli.measure_main(args) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    over_input = args[:-5] + [str(tmp_path / "labels.csv"), "--overwrite"]
+    assert cli.measure_main(over_input) == 2
+    assert "is one of the inputs" in capsys.readouterr().err
+    write_movie(tmp_path / "small.tif", sim.movie[:1, :32, :32])
+    assert cli.measure_main([str(tmp_path / "low.tif"), str(tmp_path / "small.tif"), *args[2:4], "-o",
+                             str(tmp_path / "t2.csv")]) == 2
+    assert "image 'small' has shape (32, 32) but 'low' has (64, 64)" in capsys.readouterr().err
+    assert not (tmp_path / "t2.csv").exists()

@@ -83,6 +83,10 @@ def is_tiff_path(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(TIFF_SUFFIXES)
 
 
+class SingleFrameError(ValueError):
+    """The file holds one Y x X frame where a movie was expected."""
+
+
 def _describe_axes(axes: str, shape: tuple[int, ...]) -> str:
     return " x ".join(f"{a}={n} ({AXIS_NAMES.get(a, a)})" for a, n in zip(axes, shape))
 
@@ -97,7 +101,7 @@ def _movie_axes(path: Path, axes: str, shape: tuple[int, ...],
     sizes = tuple(n for _, n in kept)
     found = f"{path.name} has axes {axes} with shape {shape}: {_describe_axes(axes, shape)}"
     if len(names) == 2 and names == "YX":
-        raise ValueError(f"{found}. It is a single frame; a movie of alternating exposures needs at least "
+        raise SingleFrameError(f"{found}. It is a single frame; a movie of alternating exposures needs at least "
                          "2 frames (expected T x Y x X).")
     if "S" in names:
         raise ValueError(f"{found}. It is an RGB/colour image; expected a grey-scale movie T x Y x X.")
@@ -206,6 +210,16 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
     if pixel_size is None:
         metadata["note"] = "pixel size not recorded in the file; scale left at 1 pixel"
     return Movie(data, frames, path, pixel_size, movie_axes, metadata, handle)
+
+
+def read_image(path: str | os.PathLike) -> tuple[Any, float | None]:
+    """A lazy T x Y x X movie or a single Y x X frame (read into memory), with the pixel size in µm."""
+    try:
+        movie = read_movie(path)
+    except SingleFrameError:
+        with tifffile.TiffFile(path) as tif:
+            return np.squeeze(tif.asarray()), _pixel_size_um(tif)
+    return movie.data, movie.pixel_size_um
 
 
 def as_array(data, dtype=None) -> np.ndarray:

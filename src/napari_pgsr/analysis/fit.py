@@ -19,7 +19,7 @@ class SpotFit:
     sigma_px: float
     amplitude: float  # integrated intensity above background (image units x pixels)
     background: float
-    flag: str = ""  # 'edge', 'no convergence'
+    flag: str = ""  # 'edge', 'no convergence', 'width at limit'
 
     @property
     def fwhm_px(self) -> float:
@@ -57,6 +57,8 @@ def fit_spot(image: np.ndarray, y: float, x: float, radius: int = 3, sigma_guess
     flag = "" if result.success else "no convergence"
     if not flag and min(fy, fx, height - 1 - fy, width - 1 - fx) < radius:
         flag = "edge"
+    if not flag and sigma > 0.99 * upper[2]:  # wider than the window: no spot, or a blob
+        flag = "width at limit"
     return SpotFit(float(fy), float(fx), float(sigma), float(amp), float(bg), flag)
 
 
