@@ -247,6 +247,8 @@ def measure_parser() -> argparse.ArgumentParser:
     parser.add_argument("--electrons-per-adu", type=float, default=1.0,
                         help="photoelectrons per grey level after EM gain [1: image in photons]")
     parser.add_argument("--excess-noise", type=float, default=2.0, help="2 for an EMCCD, 1 for sCMOS/CCD [2]")
+    parser.add_argument("--plots", action="store_true", help="also write FWHM / SNR histograms and average spot "
+                                                             "profiles as <output>_plots.png")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
 
@@ -260,8 +262,9 @@ def measure_main(argv: list[str] | None = None) -> int:
         from .io import read_image
 
         summary_path = args.output.with_name(f"{args.output.stem}_summary.csv")
+        plots_path = args.output.with_name(f"{args.output.stem}_plots.png")
         inputs = {p.resolve() for p in [*args.images, args.points]}
-        for path in (args.output, summary_path):
+        for path in (args.output, summary_path) + ((plots_path,) if args.plots else ()):
             if path.resolve() in inputs:
                 raise BadInput(f"{path} is one of the inputs; choose another output name")
             if path.exists() and not args.overwrite:
@@ -277,6 +280,12 @@ def measure_main(argv: list[str] | None = None) -> int:
                                 radius=args.radius, camera=camera, frame=args.frame)
         write_table_atomically(report.table, args.output)
         write_table_atomically(report.summary, summary_path)
+        if args.plots:
+            from .analysis.plots import plot_report
+            from .io import atomic_path
+
+            with atomic_path(plots_path) as tmp:
+                plot_report(report).savefig(tmp, dpi=120, format="png")
     except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"napari-pgsr-measure: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -286,7 +295,7 @@ def measure_main(argv: list[str] | None = None) -> int:
         print("note: no pixel size in the file or on the command line: nm columns are empty (--pixel-size-nm)")
     columns = ["image", "spots", "fitted", "median_fwhm_nm", "median_snr", "median_sbr", "suggested_f1"]
     print(report.summary.reindex(columns=columns).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    print(f"wrote {args.output} ({len(report.table)} rows) and {summary_path}")
+    print(f"wrote {args.output} ({len(report.table)} rows), {summary_path}" + (f", {plots_path}" if args.plots else ""))
     return 0
 
 

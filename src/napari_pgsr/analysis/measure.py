@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.special import erf
 
 from ..io import as_array
 from .fit import fit_spot
@@ -166,7 +167,8 @@ def measure_spots(image, points, pixel_size_nm: float | None = None, radius: int
 
 def average_profile(image, table: pd.DataFrame, radius: int = 3, bin_px: float = 0.25) -> pd.DataFrame:
     """Mean radial profile of the usable spots of `table` (measured on `image`): pixel values minus the
-    fitted background, divided by the fitted peak, binned by distance to the fitted centre (px)."""
+    fitted background, divided by what a pixel centred on the spot holds by the fit (so 1 at the centre of
+    an undistorted spot), binned by distance to the fitted centre (px)."""
     edges = np.arange(0.0, radius + 1.0 + bin_px, bin_px)
     total, count = np.zeros(len(edges) - 1), np.zeros(len(edges) - 1)
     good = table[(table["flag"] == "") & (table["peak"] > 0)]
@@ -179,7 +181,9 @@ def average_profile(image, table: pd.DataFrame, radius: int = 3, bin_px: float =
             distance = np.hypot(rows - spot.y, cols - spot.x).ravel()
             which = np.digitize(distance, edges) - 1
             inside = which < len(total)
-            np.add.at(total, which[inside], ((window.ravel() - spot.background) / spot.peak)[inside])
+            # a pixel centred on the spot holds amplitude x erf(0.5 / (sqrt(2) sigma))^2: that value becomes 1
+            centre_pixel = spot.amplitude * erf(0.5 / (np.sqrt(2.0) * spot.sigma_px)) ** 2
+            np.add.at(total, which[inside], ((window.ravel() - spot.background) / centre_pixel)[inside])
             np.add.at(count, which[inside], 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / count

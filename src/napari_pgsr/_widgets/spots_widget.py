@@ -1,0 +1,291 @@
+"""'Spots' dock widget: hand-label spots (clicks snap to the local maximum), take suggestions, load and save
+labels as CSV, and measure PSF width, SNR and precision on several image layers in a worker."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import napari
+import numpy as np
+from magicgui.widgets import (CheckBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, Select, SpinBox,
+                              create_widget)
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from ..analysis import CameraCalibration, read_points_csv, snap_to_maximum, suggest_spots, write_points_csv
+from ..analysis.across import SpotReport, iter_measure_across
+from ..io import as_array
+from ._spot_results import SpotResults
+from ._workers import start
+
+LABELS_NAME, SUGGESTIONS_NAME = "spot labels", "suggested spots"
+
+
+def to_image_coordinates(points_layer, image_layer) -> np.ndarray:
+    """Points of `points_layer` with their last axes (up to the image's dimensions) in the data coordinates
+    of `image_layer` (scale and translate); a leading frame axis the image lacks stays as it is."""
+    data = np.asarray(points_layer.data, dtype=np.float64).reshape(len(points_layer.data), -1)
+    shared = min(data.shape[1], image_layer.ndim)
+    world = data[:, -shared:] * points_layer.scale[-shared:] + points_layer.translate[-shared:]
+    result = data.copy()
+    result[:, -shared:] = (world - image_layer.translate[-shared:]) / image_layer.scale[-shared:]
+    return result
+
+
+class SpotsWidget(Container):
+    """Labels layer and reference image; suggest / accept; CSV in and out; measure across image layers."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self._viewer, self._worker, self._snapping, self._shift_held = viewer, None, False, False
+        self.reference = create_widget(label="Snap / suggest on", annotation="napari.layers.Image")
+        self.labels = create_widget(label="Labels", annotation="napari.layers.Points")
+        self.new_labels_button = PushButton(text="New labels layer")
+        self.snap = CheckBox(text="Clicks snap to the brightest pixel within 2 px (hold Shift: exact)", value=True)
+        self.load_button, self.save_button = PushButton(text="Load labels CSV"), PushButton(text="Save labels CSV")
+        self.suggest_sigma = FloatSpinBox(label="Suggest: LoG sigma (px)", value=1.0, min=0.3, max=10, step=0.1)
+        self.suggest_threshold = FloatSpinBox(label="Suggest: threshold (noise SD)", value=10.0, min=1, max=100)
+        self.suggest_button = PushButton(text="Suggest spots on this frame")
+        self.accept_button = PushButton(text="Accept suggestions as labels")
+        self.images = Select(label="Measure on", choices=self._image_names, allow_multiple=True)
+        self.pixel_size = FloatSpinBox(label="Pixel size (nm, 0: unknown)", value=0.0, min=0, max=10_000, step=1)
+        self.radius = SpinBox(label="Fit radius (px)", value=3, min=2, max=15)
+        self.baseline = FloatSpinBox(label="Camera baseline", value=0.0, min=-1e6, max=1e6)
+        self.electrons = FloatSpinBox(label="Photoelectrons / grey level", value=1.0, min=1e-6, max=1e6, step=0.01)
+        self.emccd = CheckBox(text="EMCCD (excess noise 2)", value=True)
+        self.measure_button = PushButton(text="Measure")
+        self.progress = ProgressBar(label="Images", min=0, max=1, value=0)
+        self.note = Label(value="")
+        self.results = SpotResults(viewer)
+        self.extend([self.reference, self.labels, self.new_labels_button, self.snap, self.load_button,
+                     self.save_button, self.suggest_sigma, self.suggest_threshold, self.suggest_button,
+                     self.accept_button, self.images, self.pixel_size, self.radius, self.baseline, self.electrons,
+                     self.emccd, self.measure_button, self.progress, self.note])
+        self.native.layout().addWidget(self.results.native)
+        self.new_labels_button.changed.connect(self.new_labels)
+        self.load_button.changed.connect(lambda: self.load_labels())
+        self.save_button.changed.connect(lambda: self.save_labels())
+        self.suggest_button.changed.connect(self.suggest)
+        self.accept_button.changed.connect(self.accept_suggestions)
+        self.measure_button.changed.connect(self.measure)
+        self.reference.changed.connect(self._reference_changed)
+        self.labels.changed.connect(self._watch_labels)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self._refresh_images)
+        self._watched = None
+        self._reference_changed()
+        self._watch_labels()
+
+    # ---- layers ---------------------------------------------------------------------------------------
+    def _image_names(self, *_) -> list[str]:
+        return [layer.name for layer in self._viewer.layers if isinstance(layer, napari.layers.Image)]
+
+    def _refresh_images(self, *_) -> None:
+        self.images.reset_choices()
+        self._select_same_shape()
+
+    def _select_same_shape(self) -> None:
+        """Default selection: every image layer of the reference layer's shape."""
+        reference = self.reference.value
+        if reference is not None:
+            self.images.value = [layer.name for layer in self._viewer.layers
+                                 if isinstance(layer, napari.layers.Image) and layer.data.shape == reference.data.shape]
+
+    def _reference_changed(self, *_) -> None:
+        reference = self.reference.value
+        if reference is not None and reference.metadata.get("pixel_size_um"):
+            self.pixel_size.value = round(float(reference.metadata["pixel_size_um"]) * 1000, 3)
+        self._select_same_shape()
+
+    def new_labels(self) -> napari.layers.Points:
+        """Add an empty Points layer for labels (the reference image's dimensions and scale), in add mode."""
+        reference = self.reference.value
+        ndim = reference.ndim if reference is not None else 2
+        scale = reference.scale if reference is not None else None
+        layer = self._viewer.add_points(np.empty((0, ndim)), ndim=ndim, name=LABELS_NAME, scale=scale, size=4,
+                                        border_color="yellow", face_color="transparent", symbol="ring")
+        layer.mode = "add"
+        self.labels.value = layer
+        return layer
+
+    def _watch_labels(self, *_) -> None:
+        """Snap points added to the chosen labels layer; remember Shift from the click that adds them."""
+        if self._watched is not None:
+            self._watched.events.data.disconnect(self._on_points_changed)
+            if self._record_modifiers in self._watched.mouse_drag_callbacks:
+                self._watched.mouse_drag_callbacks.remove(self._record_modifiers)
+        self._watched = self.labels.value
+        if self._watched is not None:
+            self._watched.events.data.connect(self._on_points_changed)
+            self._watched.mouse_drag_callbacks.insert(0, self._record_modifiers)
+
+    def _record_modifiers(self, layer, event) -> None:
+        self._shift_held = "Shift" in event.modifiers
+
+    def _on_points_changed(self, event) -> None:
+        if self._snapping or not self.snap.value or self._shift_held or str(getattr(event, "action", "")) != "added":
+            return
+        layer, reference = self.labels.value, self.reference.value
+        indices = sorted(getattr(event, "data_indices", ()) or ())
+        if reference is None or layer is None or not indices:
+            return
+        indices = [i if i >= 0 else len(layer.data) + i for i in indices]
+        data = np.array(layer.data, dtype=np.float64)
+        for i in indices:
+            point = self._snap_one(layer, reference, data[i])
+            if point is not None:
+                data[i] = point
+        self._snapping = True
+        try:
+            layer.data = data
+        finally:
+            self._snapping = False
+
+    def _snap_one(self, layer, reference, point: np.ndarray) -> np.ndarray | None:
+        """`point` (in the labels layer's coordinates) moved to the reference image's local maximum."""
+        probe = napari.layers.Points(point[None], scale=layer.scale, translate=layer.translate)
+        at = to_image_coordinates(probe, reference)[0]
+        if reference.ndim == 3:
+            t = int(round(at[-3])) if len(at) >= 3 else self._current_frame()  # 2-D labels: the frame shown
+            if not 0 <= t < reference.data.shape[0]:
+                return None
+        frame = as_array(reference.data[t] if reference.ndim == 3 else reference.data, np.float64)
+        y, x = snap_to_maximum(frame, at[-2], at[-1])
+        world = np.array([y, x]) * reference.scale[-2:] + reference.translate[-2:]
+        moved = point.copy()
+        moved[-2:] = np.round((world - layer.translate[-2:]) / layer.scale[-2:], 9)  # no 14.000000000000002
+        return moved
+
+    # ---- CSV --------------------------------------------------------------------------------------------
+    def load_labels(self, path: str | Path | None = None) -> None:
+        """Read labels from a CSV (napari points, 'y,x' or 'frame,y,x') into a new labels layer."""
+        path = path or _file_dialog(self.native, "Load spot labels", save=False)
+        if not path:
+            return
+        try:
+            points = read_points_csv(path)
+        except (ValueError, FileNotFoundError) as err:
+            show_error(f"Spots: {err}")
+            return
+        reference = self.reference.value
+        scale = reference.scale[-points.shape[1]:] if reference is not None and reference.ndim >= points.shape[1] else None
+        layer = self._viewer.add_points(points, ndim=points.shape[1], name=Path(path).stem, scale=scale, size=4,
+                                        border_color="yellow", face_color="transparent", symbol="ring")
+        self.labels.value = layer
+        show_info(f"Spots: {len(points)} labels read from {path}")
+
+    def save_labels(self, path: str | Path | None = None) -> None:
+        """Write the chosen labels layer in napari's points CSV format."""
+        layer = self.labels.value
+        if layer is None:
+            show_error("Spots: choose or create a labels layer first")
+            return
+        path = path or _file_dialog(self.native, "Save spot labels", save=True)
+        if path:
+            write_points_csv(path, layer.data)
+            show_info(f"Spots: {len(layer.data)} labels written to {path}")
+
+    # ---- suggestions ------------------------------------------------------------------------------------
+    def _current_frame(self) -> int:
+        return int(self._viewer.dims.current_step[0]) if self._viewer.dims.ndim >= 3 else 0
+
+    def suggest(self) -> None:
+        """Fill the 'suggested spots' layer from `suggest_spots` on the reference image's current frame."""
+        reference = self.reference.value
+        if reference is None:
+            show_error("Spots: choose an image to suggest spots on")
+            return
+        frame = self._current_frame() if reference.ndim == 3 else None
+        plane = reference.data[frame] if frame is not None else reference.data
+
+        def job():
+            yield 0, 1
+            return suggest_spots(as_array(plane, np.float64), self.suggest_sigma.value, self.suggest_threshold.value)
+
+        def show(found: np.ndarray) -> None:
+            data = np.column_stack([np.full(len(found), frame), found]) if frame is not None else found
+            if SUGGESTIONS_NAME in self._viewer.layers:
+                self._viewer.layers.remove(SUGGESTIONS_NAME)
+            self._viewer.add_points(data.reshape(-1, reference.ndim), ndim=reference.ndim, name=SUGGESTIONS_NAME,
+                                    scale=reference.scale, size=4, border_color="cyan", face_color="transparent",
+                                    symbol="square")
+            show_info(f"Spots: {len(found)} suggestions on {reference.name}" + (f", frame {frame}" if frame is not None else ""))
+
+        start(job, on_yield=lambda _: None, on_return=show, on_finish=lambda: None, context="Suggest spots")
+
+    def accept_suggestions(self) -> None:
+        """Add the suggestions that are not already labelled (within 1 px) to the labels layer."""
+        if SUGGESTIONS_NAME not in self._viewer.layers:
+            show_error("Spots: there are no suggestions; press 'Suggest spots' first")
+            return
+        suggestions = self._viewer.layers[SUGGESTIONS_NAME]
+        layer = self.labels.value or self.new_labels()
+        new = to_image_coordinates(suggestions, layer) if len(suggestions.data) else np.empty((0, layer.ndim))
+        if new.shape[1] != layer.ndim:
+            show_error(f"Spots: suggestions have {new.shape[1]} coordinates, labels layer '{layer.name}' {layer.ndim}")
+            return
+        old = np.asarray(layer.data, dtype=np.float64)
+        if len(old) and len(new):
+            distance = np.linalg.norm(new[:, None, :] - old[None, :, :], axis=2).min(axis=1)
+            new = new[distance > 1.0]
+        self._snapping = True  # suggestions are already maxima
+        try:
+            layer.data = np.concatenate([old.reshape(-1, layer.ndim), new])
+        finally:
+            self._snapping = False
+        self._viewer.layers.remove(SUGGESTIONS_NAME)
+        show_info(f"Spots: {len(new)} suggestions added to '{layer.name}'")
+
+    # ---- measuring --------------------------------------------------------------------------------------
+    def measure(self) -> None:
+        """Measure the labels on every chosen image layer in a worker; show table, summary and plots."""
+        try:
+            images, points, frame = self._measure_inputs()
+        except ValueError as err:
+            show_error(f"Spots: {err}")
+            return
+        camera = CameraCalibration(self.baseline.value, self.electrons.value, 2.0 if self.emccd.value else 1.0)
+        options = {"pixel_size_nm": self.pixel_size.value or None, "radius": self.radius.value, "camera": camera,
+                   "frame": frame, "suggest_sigma": self.suggest_sigma.value,
+                   "suggest_threshold": self.suggest_threshold.value}
+        self.measure_button.enabled = False
+        self._worker = start(partial(iter_measure_across, **options), images, points, on_yield=self._on_progress,
+                             on_return=self._show_report, on_finish=self._on_finish, context="Measure spots")
+
+    def _measure_inputs(self) -> tuple[dict, np.ndarray, int | None]:
+        layer = self.labels.value
+        if layer is None:
+            raise ValueError("choose or create a labels layer")
+        if len(layer.data) == 0:
+            raise ValueError(f"labels layer '{layer.name}' is empty: click on spots to label them, or accept "
+                             "suggestions")
+        names = list(self.images.value)
+        if not names:
+            raise ValueError("choose at least one image layer to measure on")
+        layers = [self._viewer.layers[name] for name in names]
+        points = to_image_coordinates(layer, layers[0])
+        frame = None
+        if points.shape[1] != layers[0].ndim:
+            frame = self._current_frame()
+            show_warning(f"Spots: labels have {points.shape[1]} coordinates, '{layers[0].name}' has "
+                         f"{layers[0].ndim} dimensions: measuring frame {frame}")
+        return {lay.name: lay.data for lay in layers}, points, frame
+
+    def _on_progress(self, value: tuple[int, int, str]) -> None:
+        self.progress.max, self.progress.value = value[1], value[0]
+
+    def _show_report(self, report: SpotReport) -> None:
+        self.report = report
+        self.note.value = report.note
+        self.results.show(report)
+
+    def _on_finish(self) -> None:
+        self.measure_button.enabled = True
+        self._worker = None
+
+
+def _file_dialog(parent, title: str, save: bool) -> str:
+    from qtpy.QtWidgets import QFileDialog
+
+    ask = QFileDialog.getSaveFileName if save else QFileDialog.getOpenFileName
+    return ask(parent, title, "", "CSV (*.csv)")[0]

@@ -1,0 +1,157 @@
+"""The 'Spots' dock widget driven in a real napari viewer."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_pgsr._widgets import _workers, spots_widget
+from napari_pgsr._widgets.spots_widget import SpotsWidget
+from napari_pgsr.analysis import CameraCalibration, measure_across, read_points_csv
+from napari_pgsr.physics import render_spots
+
+TRUTH = np.array([[12.0, 14.0], [30.0, 40.0], [45.0, 20.0], [50.0, 52.0]])
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    shown = {"error": [], "warning": []}
+    monkeypatch.setenv("NAPARI_PGSR_SYNC", "1")
+    monkeypatch.setattr(spots_widget, "show_error", shown["error"].append)
+    monkeypatch.setattr(spots_widget, "show_warning", shown["warning"].append)
+    monkeypatch.setattr(_workers, "show_error", shown["error"].append)
+    return shown
+
+
+def _images(rng):
+    expected = render_spots((64, 64), TRUTH[:, 0], TRUTH[:, 1], np.full(len(TRUTH), 3000.0), 1.0) + 20
+    return {"high": rng.poisson(expected).astype(np.float32), "low": rng.poisson(expected / 10).astype(np.float32)}
+
+
+def _widget(viewer) -> SpotsWidget:
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Spots")
+    assert isinstance(widget, SpotsWidget)
+    return widget
+
+
+def _viewer_with_images(make_napari_viewer, rng):
+    viewer = make_napari_viewer()
+    images = _images(rng)
+    for name, image in images.items():
+        viewer.add_image(image, name=name, scale=(0.16, 0.16), metadata={"pixel_size_um": 0.16})
+    widget = _widget(viewer)
+    widget.reference.value = viewer.layers["high"]
+    return viewer, widget, images
+
+
+def test_labels_measured_across_two_layers_match_the_core_call(make_napari_viewer, rng, messages, qtbot,
+                                                               monkeypatch):
+    monkeypatch.delenv("NAPARI_PGSR_SYNC")  # the real thread worker
+    viewer, widget, images = _viewer_with_images(make_napari_viewer, rng)
+    assert widget.pixel_size.value == 160.0 and set(widget.images.value) == {"high", "low"}
+    labels = widget.new_labels()
+    assert labels.mode == "add" and labels.ndim == 2
+    for y, x in TRUTH + [1, -1]:  # clicks a pixel off the spots: they snap to the maxima
+        labels.add([y, x])
+    np.testing.assert_array_equal(labels.data, TRUTH)
+    widget.measure()
+    assert not widget.measure_button.enabled
+    qtbot.waitUntil(lambda: widget.measure_button.enabled, timeout=20_000)
+    assert messages["error"] == [] and widget.progress.value == 2
+    results = widget.results
+    assert results.spot_table.rowCount() == 2 * len(TRUTH) and results.summary_table.rowCount() == 2
+    core = measure_across(images, TRUTH, pixel_size_nm=160.0, camera=CameraCalibration(0.0, 1.0, 2.0))
+    pd.testing.assert_frame_equal(widget.report.table, core.table)
+    header = [results.summary_table.horizontalHeaderItem(c).text() for c in range(results.summary_table.columnCount())]
+    fwhm = results.summary_table.item(0, header.index("median_fwhm_nm")).data(0)
+    assert fwhm == pytest.approx(core.summary["median_fwhm_nm"][0], abs=1e-3)
+    assert 300 < fwhm < 450  # sigma 1 px of 160 nm: FWHM 377 nm
+    # sorting by FWHM is numeric
+    table = results.spot_table
+    column = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())].index("fwhm_nm")
+    table.sortItems(column)
+    values = [table.item(r, column).data(0) for r in range(table.rowCount())]
+    assert values == sorted(values)
+    # a click on a row centres the view on the spot
+    table.cellClicked.emit(0, 0)
+    y_row = table.item(0, [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())].index("y")).data(0)
+    assert viewer.camera.center[-2] == pytest.approx(y_row * 0.16, abs=1e-3)
+
+
+def test_shift_click_places_a_label_exactly(make_napari_viewer, rng, messages):
+    viewer, widget, _ = _viewer_with_images(make_napari_viewer, rng)
+    labels = widget.new_labels()
+
+    class Press:
+        modifiers = ("Shift",)
+
+    widget._record_modifiers(labels, Press())
+    labels.add([13.0, 13.0])
+    np.testing.assert_array_equal(labels.data, [[13.0, 13.0]])
+
+
+def test_suggest_accept_save_and_load(make_napari_viewer, rng, messages, tmp_path):
+    viewer, widget, _ = _viewer_with_images(make_napari_viewer, rng)
+    widget.accept_suggestions()
+    assert "no suggestions" in messages["error"][-1]
+    widget.suggest()
+    suggested = viewer.layers["suggested spots"].data
+    assert len(suggested) == len(TRUTH)
+    labels = widget.new_labels()
+    labels.add([30.0, 40.0])
+    widget.accept_suggestions()
+    assert "suggested spots" not in viewer.layers
+    assert len(labels.data) == len(TRUTH)  # the one already labelled is not duplicated
+    widget.save_labels(tmp_path / "labels.csv")
+    np.testing.assert_array_equal(read_points_csv(tmp_path / "labels.csv"), labels.data)
+    widget.load_labels(tmp_path / "labels.csv")
+    assert viewer.layers["labels"].data.tolist() == labels.data.tolist()
+    assert widget.labels.value is viewer.layers["labels"]
+    (tmp_path / "bad.csv").write_text("a,b,c,d\nx,y,z,w\n")
+    widget.load_labels(tmp_path / "bad.csv")
+    assert "bad.csv: expected napari points columns" in messages["error"][-1]
+    widget.measure()
+    paths = widget.results.export(tmp_path / "spots.csv")
+    assert [p.name for p in paths] == ["spots.csv", "spots_summary.csv", "spots_plots.png"]
+    assert len(pd.read_csv(paths[0])) == 2 * len(TRUTH) and paths[2].stat().st_size > 10_000
+
+
+def test_bad_input_gives_clear_messages(make_napari_viewer, rng, messages):
+    viewer, widget, images = _viewer_with_images(make_napari_viewer, rng)
+    widget.measure()
+    assert "choose or create a labels layer" in messages["error"][-1]
+    labels = widget.new_labels()
+    widget.measure()
+    assert "labels layer 'spot labels' is empty" in messages["error"][-1]
+    labels.add([30.0, 40.0])
+    viewer.add_image(np.zeros((32, 32)), name="small")
+    widget.images.value = ["high", "small"]
+    widget.measure()
+    assert "image 'small' has shape (32, 32) but 'high' has (64, 64)" in messages["error"][-1]
+    # 3-D labels of a movie on 2-D images: the points of the current frame are measured, and it is said
+    widget.images.value = ["high", "low"]
+    movie_labels = viewer.add_points([[0, 12, 14], [0, 30, 40], [1, 45, 20]], ndim=3, scale=(1, 0.16, 0.16))
+    widget.labels.value = movie_labels
+    viewer.dims.set_current_step(0, 0)
+    widget.measure()
+    assert "measuring frame 0" in messages["warning"][-1]
+    assert len(widget.report.table) == 4 and "2 of 3 points lie on frame 0" in widget.note.value
+    # points outside the image are flagged, not crashed on
+    labels.add([90.0, 5.0])
+    widget.labels.value = labels
+    widget.measure()
+    assert widget.report.table["flag"].tolist().count("outside image") == 2
+
+
+def test_movie_layers_measure_each_label_on_its_frame(make_napari_viewer, rng, messages):
+    viewer = make_napari_viewer()
+    frames = np.stack([_images(rng)["high"], np.roll(_images(rng)["high"], 3, axis=1)])
+    viewer.add_image(frames, name="movie")
+    widget = _widget(viewer)
+    widget.reference.value = viewer.layers["movie"]
+    labels = widget.new_labels()
+    assert labels.ndim == 3
+    viewer.dims.set_current_step(0, 1)
+    labels.add([1, 12.0, 16.0])  # snaps on frame 1, where the spot moved 3 px right
+    np.testing.assert_array_equal(labels.data, [[1, 12, 17]])
+    widget.measure()
+    assert widget.report.table["frame"].tolist() == [1] and widget.report.table["flag"][0] == ""
