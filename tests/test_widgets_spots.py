@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from napari_pgsr._widgets import _workers, spots_widget
+from napari_pgsr._widgets._spot_results import viewer_camera
 from napari_pgsr._widgets.spots_widget import SpotsWidget
 from napari_pgsr.analysis import CameraCalibration, measure_across, read_points_csv
 from napari_pgsr.physics import render_spots
@@ -74,7 +75,7 @@ def test_labels_measured_across_two_layers_match_the_core_call(make_napari_viewe
     # a click on a row centres the view on the spot
     table.cellClicked.emit(0, 0)
     y_row = table.item(0, [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())].index("y")).data(0)
-    assert viewer.camera.center[-2] == pytest.approx(y_row * 0.16, abs=1e-3)
+    assert viewer_camera(viewer).center[-2] == pytest.approx(y_row * 0.16, abs=1e-3)
 
 
 def test_shift_click_places_a_label_exactly(make_napari_viewer, rng, messages):
@@ -96,6 +97,10 @@ def test_suggest_accept_save_and_load(make_napari_viewer, rng, messages, tmp_pat
     widget.suggest()
     suggested = viewer.layers["suggested spots"].data
     assert len(suggested) == len(TRUTH)
+    widget.accept_suggestions()  # with no labels layer yet: a new one
+    assert len(viewer.layers["spot labels"].data) == len(TRUTH)
+    viewer.layers.remove("spot labels")
+    widget.suggest()
     labels = widget.new_labels()
     labels.add([30.0, 40.0])
     widget.accept_suggestions()
@@ -105,7 +110,7 @@ def test_suggest_accept_save_and_load(make_napari_viewer, rng, messages, tmp_pat
     np.testing.assert_array_equal(read_points_csv(tmp_path / "labels.csv"), labels.data)
     widget.load_labels(tmp_path / "labels.csv")
     assert viewer.layers["labels"].data.tolist() == labels.data.tolist()
-    assert widget.labels.value is viewer.layers["labels"]
+    assert widget.labels_layer.value is viewer.layers["labels"]
     (tmp_path / "bad.csv").write_text("a,b,c,d\nx,y,z,w\n")
     widget.load_labels(tmp_path / "bad.csv")
     assert "bad.csv: expected napari points columns" in messages["error"][-1]
@@ -130,14 +135,14 @@ def test_bad_input_gives_clear_messages(make_napari_viewer, rng, messages):
     # 3-D labels of a movie on 2-D images: the points of the current frame are measured, and it is said
     widget.images.value = ["high", "low"]
     movie_labels = viewer.add_points([[0, 12, 14], [0, 30, 40], [1, 45, 20]], ndim=3, scale=(1, 0.16, 0.16))
-    widget.labels.value = movie_labels
+    widget.labels_layer.value = movie_labels
     viewer.dims.set_current_step(0, 0)
     widget.measure()
     assert "measuring frame 0" in messages["warning"][-1]
     assert len(widget.report.table) == 4 and "2 of 3 points lie on frame 0" in widget.note.value
     # points outside the image are flagged, not crashed on
     labels.add([90.0, 5.0])
-    widget.labels.value = labels
+    widget.labels_layer.value = labels
     widget.measure()
     assert widget.report.table["flag"].tolist().count("outside image") == 2
 

@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .io import read_movie, write_movie
 from .pairs import split_alternating
 from .simulate import KINDS, simulate_movie, write_spots_csv
@@ -97,7 +99,8 @@ def run_viewer(path: Path, restored: Path | None, model: Path | None, folder: Pa
     if restored is not None:
         restore_widget.restored_layer = viewer.open(str(restored), plugin="napari-pgsr")[0]
         restore_widget.side_by_side()
-    say(f"napari: layers {[layer.name for layer in viewer.layers]}; docked: Exposure pairs, Train, Restore")
+    measure_suggested_spots(viewer, f"{raw.name} high")
+    say(f"napari: layers {[layer.name for layer in viewer.layers]}; docked: Exposure pairs, Train, Restore, Spots")
     if headless:
         shot = screenshot or folder / "napari_demo.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +109,26 @@ def run_viewer(path: Path, restored: Path | None, model: Path | None, folder: Pa
         viewer.close()
     else:
         napari.run()
+
+
+def measure_suggested_spots(viewer, reference: str) -> None:
+    """Dock the Spots widget, take the spots it suggests on the first high-exposure frame as labels and
+    measure them on raw low, raw high and restored (every layer of that shape)."""
+    _, spots = viewer.window.add_plugin_dock_widget("napari-pgsr", "Spots", tabify=True)
+    from .analysis import suggest_spots
+
+    high = viewer.layers[reference]
+    spots.reference.value = high
+    found = suggest_spots(np.asarray(high.data[0], dtype=np.float64))
+    spots.new_labels().data = np.column_stack([np.zeros(len(found)), found])  # frame 0
+    viewer.dims.set_current_step(0, 0)
+    spots.measure()  # in a worker when the viewer is shown
+    report = getattr(spots, "report", None)
+    if report is None:
+        return
+    for row in report.summary.itertuples():
+        say(f"  {row.image}: {row.fitted}/{row.spots} spots fitted, median FWHM {row.median_fwhm_nm:.0f} nm, "
+            f"median SNR {row.median_snr:.1f}, suggestions F1 {row.suggested_f1:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:

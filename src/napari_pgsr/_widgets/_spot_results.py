@@ -47,6 +47,12 @@ def fill_table(table: QTableWidget, frame: pd.DataFrame) -> None:
     table.resizeColumnsToContents()
 
 
+def viewer_camera(viewer):
+    """The viewer's camera (`viewer.scene.camera` from napari 0.9 on, `viewer.camera` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
 class SpotResults:
     """Tabs 'Summary', 'Spots', 'Plots' and an Export button; empty until `show` is called."""
 
@@ -89,7 +95,8 @@ class SpotResults:
         world = np.array([float(value["y"]), float(value["x"])]) * layer.scale[-2:] + layer.translate[-2:]
         if layer.ndim == 3 and int(value["frame"]) >= 0:
             self._viewer.dims.set_current_step(0, int(value["frame"]))
-        self._viewer.camera.center = (self._viewer.camera.center[0], *world)
+        camera = viewer_camera(self._viewer)
+        camera.center = (camera.center[0], *world)
 
     def export(self, path: str | Path | None = None) -> list[Path]:
         """Write the spot table to `path` (CSV), the summary to <stem>_summary.csv and the plots to

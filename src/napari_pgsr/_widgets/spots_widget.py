@@ -19,6 +19,8 @@ from ._spot_results import SpotResults
 from ._workers import start
 
 LABELS_NAME, SUGGESTIONS_NAME = "spot labels", "suggested spots"
+LABEL_STYLE = {"size": 6, "border_width": 0.12, "border_color": "yellow", "face_color": "transparent", "symbol": "disc"}
+SUGGESTION_STYLE = {**LABEL_STYLE, "border_color": "cyan", "symbol": "square"}
 
 
 def to_image_coordinates(points_layer, image_layer) -> np.ndarray:
@@ -39,29 +41,33 @@ class SpotsWidget(Container):
         super().__init__(labels=True)
         self._viewer, self._worker, self._snapping, self._shift_held = viewer, None, False, False
         self.reference = create_widget(label="Snap / suggest on", annotation="napari.layers.Image")
-        self.labels = create_widget(label="Labels", annotation="napari.layers.Points")
+        self.labels_layer = create_widget(label="Labels", annotation="napari.layers.Points")
         self.new_labels_button = PushButton(text="New labels layer")
         self.snap = CheckBox(text="Clicks snap to the brightest pixel within 2 px (hold Shift: exact)", value=True)
         self.load_button, self.save_button = PushButton(text="Load labels CSV"), PushButton(text="Save labels CSV")
-        self.suggest_sigma = FloatSpinBox(label="Suggest: LoG sigma (px)", value=1.0, min=0.3, max=10, step=0.1)
-        self.suggest_threshold = FloatSpinBox(label="Suggest: threshold (noise SD)", value=10.0, min=1, max=100)
+        self.suggest_sigma = FloatSpinBox(label="Spot sigma (px)", value=1.0, min=0.3, max=10, step=0.1,
+                                          tooltip="LoG scale of the suggestions")
+        self.suggest_threshold = FloatSpinBox(label="Threshold (SD)", value=10.0, min=1, max=100,
+                                              tooltip="suggest spots this many local noise SDs above background")
         self.suggest_button = PushButton(text="Suggest spots on this frame")
         self.accept_button = PushButton(text="Accept suggestions as labels")
         self.images = Select(label="Measure on", choices=self._image_names, allow_multiple=True)
-        self.pixel_size = FloatSpinBox(label="Pixel size (nm, 0: unknown)", value=0.0, min=0, max=10_000, step=1)
+        self.images.native.setMaximumHeight(100)
+        self.pixel_size = FloatSpinBox(label="Pixel size (nm)", value=0.0, min=0, max=10_000, step=1,
+                                       tooltip="0: unknown (nm columns stay empty)")
         self.radius = SpinBox(label="Fit radius (px)", value=3, min=2, max=15)
         self.baseline = FloatSpinBox(label="Camera baseline", value=0.0, min=-1e6, max=1e6)
-        self.electrons = FloatSpinBox(label="Photoelectrons / grey level", value=1.0, min=1e-6, max=1e6, step=0.01)
+        self.electrons = FloatSpinBox(label="e- per grey level", value=1.0, min=1e-6, max=1e6, step=0.01,
+                                      tooltip="photoelectrons per grey level after EM gain; 1: image in photons")
         self.emccd = CheckBox(text="EMCCD (excess noise 2)", value=True)
         self.measure_button = PushButton(text="Measure")
         self.progress = ProgressBar(label="Images", min=0, max=1, value=0)
         self.note = Label(value="")
         self.results = SpotResults(viewer)
-        self.extend([self.reference, self.labels, self.new_labels_button, self.snap, self.load_button,
+        self.extend([self.reference, self.labels_layer, self.new_labels_button, self.snap, self.load_button,
                      self.save_button, self.suggest_sigma, self.suggest_threshold, self.suggest_button,
                      self.accept_button, self.images, self.pixel_size, self.radius, self.baseline, self.electrons,
                      self.emccd, self.measure_button, self.progress, self.note])
-        self.native.layout().addWidget(self.results.native)
         self.new_labels_button.changed.connect(self.new_labels)
         self.load_button.changed.connect(lambda: self.load_labels())
         self.save_button.changed.connect(lambda: self.save_labels())
@@ -69,10 +75,10 @@ class SpotsWidget(Container):
         self.accept_button.changed.connect(self.accept_suggestions)
         self.measure_button.changed.connect(self.measure)
         self.reference.changed.connect(self._reference_changed)
-        self.labels.changed.connect(self._watch_labels)
+        self.labels_layer.changed.connect(self._watch_labels)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh_images)
-        self._watched = None
+        self._watched = self._results_dock = None
         self._reference_changed()
         self._watch_labels()
 
@@ -102,10 +108,9 @@ class SpotsWidget(Container):
         reference = self.reference.value
         ndim = reference.ndim if reference is not None else 2
         scale = reference.scale if reference is not None else None
-        layer = self._viewer.add_points(np.empty((0, ndim)), ndim=ndim, name=LABELS_NAME, scale=scale, size=4,
-                                        border_color="yellow", face_color="transparent", symbol="ring")
+        layer = self._viewer.add_points(np.empty((0, ndim)), ndim=ndim, name=LABELS_NAME, scale=scale, **LABEL_STYLE)
         layer.mode = "add"
-        self.labels.value = layer
+        self.labels_layer.value = layer
         return layer
 
     def _watch_labels(self, *_) -> None:
@@ -114,7 +119,7 @@ class SpotsWidget(Container):
             self._watched.events.data.disconnect(self._on_points_changed)
             if self._record_modifiers in self._watched.mouse_drag_callbacks:
                 self._watched.mouse_drag_callbacks.remove(self._record_modifiers)
-        self._watched = self.labels.value
+        self._watched = self.labels_layer.value
         if self._watched is not None:
             self._watched.events.data.connect(self._on_points_changed)
             self._watched.mouse_drag_callbacks.insert(0, self._record_modifiers)
@@ -125,7 +130,7 @@ class SpotsWidget(Container):
     def _on_points_changed(self, event) -> None:
         if self._snapping or not self.snap.value or self._shift_held or str(getattr(event, "action", "")) != "added":
             return
-        layer, reference = self.labels.value, self.reference.value
+        layer, reference = self.labels_layer.value, self.reference.value
         indices = sorted(getattr(event, "data_indices", ()) or ())
         if reference is None or layer is None or not indices:
             return
@@ -168,15 +173,16 @@ class SpotsWidget(Container):
             show_error(f"Spots: {err}")
             return
         reference = self.reference.value
-        scale = reference.scale[-points.shape[1]:] if reference is not None and reference.ndim >= points.shape[1] else None
-        layer = self._viewer.add_points(points, ndim=points.shape[1], name=Path(path).stem, scale=scale, size=4,
-                                        border_color="yellow", face_color="transparent", symbol="ring")
-        self.labels.value = layer
+        fits = reference is not None and reference.ndim >= points.shape[1]
+        scale = reference.scale[-points.shape[1]:] if fits else None
+        layer = self._viewer.add_points(points, ndim=points.shape[1], name=Path(path).stem, scale=scale,
+                                        **LABEL_STYLE)
+        self.labels_layer.value = layer
         show_info(f"Spots: {len(points)} labels read from {path}")
 
     def save_labels(self, path: str | Path | None = None) -> None:
         """Write the chosen labels layer in napari's points CSV format."""
-        layer = self.labels.value
+        layer = self.labels_layer.value
         if layer is None:
             show_error("Spots: choose or create a labels layer first")
             return
@@ -207,9 +213,9 @@ class SpotsWidget(Container):
             if SUGGESTIONS_NAME in self._viewer.layers:
                 self._viewer.layers.remove(SUGGESTIONS_NAME)
             self._viewer.add_points(data.reshape(-1, reference.ndim), ndim=reference.ndim, name=SUGGESTIONS_NAME,
-                                    scale=reference.scale, size=4, border_color="cyan", face_color="transparent",
-                                    symbol="square")
-            show_info(f"Spots: {len(found)} suggestions on {reference.name}" + (f", frame {frame}" if frame is not None else ""))
+                                    scale=reference.scale, **SUGGESTION_STYLE)
+            where = f", frame {frame}" if frame is not None else ""
+            show_info(f"Spots: {len(found)} suggestions on {reference.name}{where}")
 
         start(job, on_yield=lambda _: None, on_return=show, on_finish=lambda: None, context="Suggest spots")
 
@@ -219,7 +225,10 @@ class SpotsWidget(Container):
             show_error("Spots: there are no suggestions; press 'Suggest spots' first")
             return
         suggestions = self._viewer.layers[SUGGESTIONS_NAME]
-        layer = self.labels.value or self.new_labels()
+        layer = self.labels_layer.value
+        # the combo picks the suggestions when they are alone (compared by name: napari hands plugins proxies)
+        if layer is None or layer.name == SUGGESTIONS_NAME:
+            layer = self.new_labels()
         new = to_image_coordinates(suggestions, layer) if len(suggestions.data) else np.empty((0, layer.ndim))
         if new.shape[1] != layer.ndim:
             show_error(f"Spots: suggestions have {new.shape[1]} coordinates, labels layer '{layer.name}' {layer.ndim}")
@@ -253,7 +262,7 @@ class SpotsWidget(Container):
                              on_return=self._show_report, on_finish=self._on_finish, context="Measure spots")
 
     def _measure_inputs(self) -> tuple[dict, np.ndarray, int | None]:
-        layer = self.labels.value
+        layer = self.labels_layer.value
         if layer is None:
             raise ValueError("choose or create a labels layer")
         if len(layer.data) == 0:
@@ -278,6 +287,9 @@ class SpotsWidget(Container):
         self.report = report
         self.note.value = report.note
         self.results.show(report)
+        if self._results_dock is None:  # wide tables and plots get the viewer's full width, below the canvas
+            self._results_dock = self._viewer.window.add_dock_widget(self.results.native, name="Spot measurements",
+                                                                     area="bottom")
 
     def _on_finish(self) -> None:
         self.measure_button.enabled = True

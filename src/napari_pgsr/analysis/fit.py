@@ -57,7 +57,8 @@ def fit_spot(image: np.ndarray, y: float, x: float, radius: int = 3, sigma_guess
     flag = "" if result.success else "no convergence"
     if not flag and min(fy, fx, height - 1 - fy, width - 1 - fx) < radius:
         flag = "edge"
-    if not flag and sigma > 0.99 * upper[2]:  # wider than the window: no spot, or a blob
+    # at a bound the width is no measurement: a noise spike (narrower than any lens makes) or no spot at all
+    if not flag and not lower[2] * 1.01 < sigma < upper[2] * 0.99:
         flag = "width at limit"
     return SpotFit(float(fy), float(fx), float(sigma), float(amp), float(bg), flag)
 

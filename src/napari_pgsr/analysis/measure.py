@@ -137,8 +137,9 @@ def measure_spots(image, points, pixel_size_nm: float | None = None, radius: int
     pixel-integrated Gaussian plus flat background over the (2 radius + 1)^2 window (least squares).
     SNR = peak / background_sd (fitted Gaussian height over the robust SD of a ring around the spot);
     SBR = peak / (background - camera baseline), napari-psf-analysis's signal-to-background. `flag` is ''
-    for a usable fit, else 'outside image', 'no convergence', 'edge', 'width at limit' (sigma as wide as the
-    window: no spot, or a blob) and/or 'overlap' (another point in the fit window). Without `pixel_size_nm` the nm columns are NaN.
+    for a usable fit, else 'outside image', 'no convergence', 'edge', 'width at limit' (sigma at its bound, 0.15 px
+    or `radius`: a noise spike or no spot) and/or 'overlap' (another point in the fit window). Without `pixel_size_nm`
+    the nm columns are NaN.
     """
     camera = camera or CameraCalibration()
     shape = tuple(image.shape)
