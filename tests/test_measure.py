@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import erf
 
 from napari_pgsr.analysis import (CameraCalibration, average_profile, measure_across, measure_spots,
                                   read_points_csv, snap_to_maximum, write_points_csv)
@@ -40,7 +41,8 @@ def test_position_error_at_low_exposure_matches_mortensen_with_emccd_excess_nois
 def test_snr_and_sbr_follow_their_stated_formulas():
     rng = np.random.default_rng(1)
     amplitude, sigma, background, noise = 3000.0, 1.5, 100.0, 4.0
-    peak = amplitude / (2 * np.pi * sigma**2)
+    peak = amplitude * erf(0.5 / (np.sqrt(2) * sigma)) ** 2  # a pixel centred on the spot
+    assert peak == pytest.approx(amplitude / (2 * np.pi * sigma**2), rel=0.05)  # ~ the Gaussian's height
     snrs, sbrs = [], []
     for _ in range(20):
         image = render_spots((41, 41), [20.3], [19.8], [amplitude], sigma) + background + rng.normal(0, noise, (41, 41))
@@ -65,6 +67,18 @@ def test_border_overlapping_and_outside_points_are_flagged_not_crashed_on():
     assert np.isnan(table.loc[4, "fwhm_nm"]) and table.loc[4, "y"] == 55
     assert table.loc[3, "fwhm_nm"] == pytest.approx(235.5, rel=0.01)
     assert np.isnan(measure_spots(image, [[30, 30]])["fwhm_nm"][0])  # no pixel size, no nm
+    # a neighbour just outside the window still sends light into it; a blank image has no spot to measure
+    pair = render_spots((40, 40), [20.0, 20.0], [10.0, 14.5], [5e3] * 2, 1.0) + 10
+    assert measure_spots(pair, [[20, 10], [20, 14.5]])["flag"].tolist() == ["overlap", "overlap"]
+    assert measure_spots(np.zeros((20, 20)), [[10, 10]])["flag"][0] == "no signal"
+    # in pure noise most fits are flagged: they collapse onto a noise spike, spread out, or stay below SNR 3
+    flags = [measure_spots(np.random.default_rng(seed).normal(100, 3, (30, 30)), [[15, 15]])["flag"][0]
+             for seed in range(20)]
+    assert sum(flag != "" for flag in flags) >= 14 and any("no signal" in flag for flag in flags)
+    # inside pixel 0 is inside; NaN coordinates are refused by name
+    assert measure_spots(image, [[-0.3, 20]])["flag"][0] != "outside image"
+    with pytest.raises(ValueError, match=r"point 1 has a coordinate that is not a number"):
+        measure_spots(image, [[5, 5], [np.nan, 3]])
 
 
 def test_points_and_frames_of_movies():

@@ -1,8 +1,12 @@
 """The 'Spots' dock widget driven in a real napari viewer."""
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 import pytest
+from napari.utils._proxies import ReadOnlyWrapper
+from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 
 from napari_pgsr._widgets import _workers, spots_widget
 from napari_pgsr._widgets._spot_results import viewer_camera
@@ -78,16 +82,54 @@ def test_labels_measured_across_two_layers_match_the_core_call(make_napari_viewe
     assert viewer_camera(viewer).center[-2] == pytest.approx(y_row * 0.16, abs=1e-3)
 
 
-def test_shift_click_places_a_label_exactly(make_napari_viewer, rng, messages):
-    viewer, widget, _ = _viewer_with_images(make_napari_viewer, rng)
+@dataclass
+class MouseEvent:
+    """What napari's mouse callbacks read from a vispy event (as in napari's own Points tests)."""
+
+    type: str
+    position: tuple
+    modifiers: tuple = ()
+    is_dragging: bool = False
+    pos: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    view_direction: list | None = None
+    up_direction: list | None = None
+    dims_displayed: list = field(default_factory=lambda: [0, 1])
+
+
+def click(layer, world_position, modifiers=()):
+    """A press and release at the same place, through the layer's mouse callbacks (add mode adds a point)."""
+    for kind, callbacks in (("mouse_press", mouse_press_callbacks), ("mouse_release", mouse_release_callbacks)):
+        callbacks(layer, ReadOnlyWrapper(MouseEvent(kind, tuple(world_position), modifiers), exceptions=("handled",)))
+
+
+def test_clicks_snap_unless_shift_is_held_also_on_a_shifted_image(make_napari_viewer, rng, messages):
+    viewer = make_napari_viewer()
+    image = _images(rng)["high"]
+    viewer.add_image(image, name="high", scale=(0.16, 0.16), translate=(5.0, 5.0))
+    widget = _widget(viewer)
     labels = widget.new_labels()
+    np.testing.assert_allclose(labels.translate, [5, 5])
+    to_world = lambda yx: np.asarray(yx) * 0.16 + 5.0  # noqa: E731
+    click(labels, to_world([31.0, 41.0]))  # a pixel off the spot at (30, 40): snaps onto it
+    click(labels, to_world([13.0, 13.0]), modifiers=("Shift",))  # exactly where clicked
+    np.testing.assert_allclose(labels.data, [[30.0, 40.0], [13.0, 13.0]], atol=1e-6)
+    labels.data = labels.data[:1]
+    widget.measure()
+    row = widget.report.table.iloc[0]
+    assert row["flag"] == "" and row["y"] == pytest.approx(30.0, abs=0.1) and row["x"] == pytest.approx(40.0, abs=0.1)
 
-    class Press:
-        modifiers = ("Shift",)
 
-    widget._record_modifiers(labels, Press())
-    labels.add([13.0, 13.0])
-    np.testing.assert_array_equal(labels.data, [[13.0, 13.0]])
+def test_frame_y_x_csv_on_a_scaled_single_frame(make_napari_viewer, rng, messages, tmp_path):
+    viewer, widget, _ = _viewer_with_images(make_napari_viewer, rng)
+    (tmp_path / "movie_labels.csv").write_text("frame,y,x\n0,30,40\n0,45,20\n3,12,14\n")
+    widget.load_labels(tmp_path / "movie_labels.csv")
+    layer = viewer.layers["movie_labels"]
+    np.testing.assert_allclose(layer.scale, [1, 0.16, 0.16])
+    viewer.dims.set_current_step(0, 0)
+    widget.measure()
+    table = widget.report.table
+    assert len(table) == 4 and (table["flag"] == "").all()  # two frame-0 labels on two images
+    np.testing.assert_allclose(table["y"][:2], [30, 45], atol=0.1)
 
 
 def test_suggest_accept_save_and_load(make_napari_viewer, rng, messages, tmp_path):
@@ -145,6 +187,14 @@ def test_bad_input_gives_clear_messages(make_napari_viewer, rng, messages):
     widget.labels_layer.value = labels
     widget.measure()
     assert widget.report.table["flag"].tolist().count("outside image") == 2
+    # a renamed layer is offered under its new name; a closed results panel comes back
+    viewer.layers["low"].name = "raw low"
+    assert "raw low" in widget.images.choices and "low" not in widget.images.choices
+    viewer.window.remove_dock_widget(widget.results.native)
+    widget.images.value = ["high", "raw low"]
+    widget.measure()
+    assert "Spot measurements" in viewer.window.dock_widgets
+    assert set(widget.report.table["image"]) == {"high", "raw low"}
 
 
 def test_movie_layers_measure_each_label_on_its_frame(make_napari_viewer, rng, messages):

@@ -18,7 +18,7 @@ from ..io import as_array
 from ._spot_results import SpotResults
 from ._workers import start
 
-LABELS_NAME, SUGGESTIONS_NAME = "spot labels", "suggested spots"
+LABELS_NAME, SUGGESTIONS_NAME, RESULTS_NAME = "spot labels", "suggested spots", "Spot measurements"
 LABEL_STYLE = {"size": 6, "border_width": 0.12, "border_color": "yellow", "face_color": "transparent", "symbol": "disc"}
 SUGGESTION_STYLE = {**LABEL_STYLE, "border_color": "cyan", "symbol": "square"}
 
@@ -63,7 +63,7 @@ class SpotsWidget(Container):
         self.measure_button = PushButton(text="Measure")
         self.progress = ProgressBar(label="Images", min=0, max=1, value=0)
         self.note = Label(value="")
-        self.results = SpotResults(viewer)
+        self.results: SpotResults | None = None  # made with its dock on the first measurement
         self.extend([self.reference, self.labels_layer, self.new_labels_button, self.snap, self.load_button,
                      self.save_button, self.suggest_sigma, self.suggest_threshold, self.suggest_button,
                      self.accept_button, self.images, self.pixel_size, self.radius, self.baseline, self.electrons,
@@ -78,24 +78,31 @@ class SpotsWidget(Container):
         self.labels_layer.changed.connect(self._watch_labels)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh_images)
+        viewer.layers.events.inserted.connect(self._follow_renames)
+        for layer in viewer.layers:
+            layer.events.name.connect(self._refresh_images)
         self._watched = self._results_dock = None
         self._reference_changed()
         self._watch_labels()
 
     # ---- layers ---------------------------------------------------------------------------------------
     def _image_names(self, *_) -> list[str]:
-        return [layer.name for layer in self._viewer.layers if isinstance(layer, napari.layers.Image)]
+        return [layer.name for layer in self._viewer.layers
+                if isinstance(layer, napari.layers.Image) and not layer.rgb]
+
+    def _follow_renames(self, event) -> None:
+        event.value.events.name.connect(self._refresh_images)
 
     def _refresh_images(self, *_) -> None:
-        self.images.reset_choices()
         self._select_same_shape()
 
     def _select_same_shape(self) -> None:
-        """Default selection: every image layer of the reference layer's shape."""
+        """Default selection: every grey-scale image layer of the reference layer's shape."""
+        self.images.reset_choices()
         reference = self.reference.value
         if reference is not None:
-            self.images.value = [layer.name for layer in self._viewer.layers
-                                 if isinstance(layer, napari.layers.Image) and layer.data.shape == reference.data.shape]
+            self.images.value = [name for name in self._image_names()
+                                 if self._viewer.layers[name].data.shape == reference.data.shape]
 
     def _reference_changed(self, *_) -> None:
         reference = self.reference.value
@@ -107,8 +114,8 @@ class SpotsWidget(Container):
         """Add an empty Points layer for labels (the reference image's dimensions and scale), in add mode."""
         reference = self.reference.value
         ndim = reference.ndim if reference is not None else 2
-        scale = reference.scale if reference is not None else None
-        layer = self._viewer.add_points(np.empty((0, ndim)), ndim=ndim, name=LABELS_NAME, scale=scale, **LABEL_STYLE)
+        layer = self._viewer.add_points(np.empty((0, ndim)), ndim=ndim, name=LABELS_NAME,
+                                        **_placement(reference, ndim), **LABEL_STYLE)
         layer.mode = "add"
         self.labels_layer.value = layer
         return layer
@@ -172,11 +179,8 @@ class SpotsWidget(Container):
         except (ValueError, FileNotFoundError) as err:
             show_error(f"Spots: {err}")
             return
-        reference = self.reference.value
-        fits = reference is not None and reference.ndim >= points.shape[1]
-        scale = reference.scale[-points.shape[1]:] if fits else None
-        layer = self._viewer.add_points(points, ndim=points.shape[1], name=Path(path).stem, scale=scale,
-                                        **LABEL_STYLE)
+        layer = self._viewer.add_points(points, ndim=points.shape[1], name=Path(path).stem,
+                                        **_placement(self.reference.value, points.shape[1]), **LABEL_STYLE)
         self.labels_layer.value = layer
         show_info(f"Spots: {len(points)} labels read from {path}")
 
@@ -192,8 +196,12 @@ class SpotsWidget(Container):
             show_info(f"Spots: {len(layer.data)} labels written to {path}")
 
     # ---- suggestions ------------------------------------------------------------------------------------
-    def _current_frame(self) -> int:
-        return int(self._viewer.dims.current_step[0]) if self._viewer.dims.ndim >= 3 else 0
+    def _current_frame(self, layer=None) -> int:
+        """The frame shown, in `layer`'s data coordinates (the reference image's by default)."""
+        layer = layer or self.reference.value
+        if layer is None or layer.ndim < 3:
+            return int(self._viewer.dims.current_step[0]) if self._viewer.dims.ndim >= 3 else 0
+        return int(round(layer.world_to_data(self._viewer.dims.point)[-3]))
 
     def suggest(self) -> None:
         """Fill the 'suggested spots' layer from `suggest_spots` on the reference image's current frame."""
@@ -201,12 +209,13 @@ class SpotsWidget(Container):
         if reference is None:
             show_error("Spots: choose an image to suggest spots on")
             return
-        frame = self._current_frame() if reference.ndim == 3 else None
+        frame = self._current_frame(reference) if reference.ndim == 3 else None
         plane = reference.data[frame] if frame is not None else reference.data
+        sigma, threshold = self.suggest_sigma.value, self.suggest_threshold.value  # read here, not in the worker
 
         def job():
             yield 0, 1
-            return suggest_spots(as_array(plane, np.float64), self.suggest_sigma.value, self.suggest_threshold.value)
+            return suggest_spots(as_array(plane, np.float64), sigma, threshold)
 
         def show(found: np.ndarray) -> None:
             data = np.column_stack([np.full(len(found), frame), found]) if frame is not None else found
@@ -271,11 +280,14 @@ class SpotsWidget(Container):
         names = list(self.images.value)
         if not names:
             raise ValueError("choose at least one image layer to measure on")
+        missing = [name for name in names if name not in self._viewer.layers]
+        if missing:
+            raise ValueError(f"image layer(s) {missing} are gone; choose the images again")
         layers = [self._viewer.layers[name] for name in names]
         points = to_image_coordinates(layer, layers[0])
         frame = None
         if points.shape[1] != layers[0].ndim:
-            frame = self._current_frame()
+            frame = self._current_frame(layers[0] if layers[0].ndim == 3 else None)
             show_warning(f"Spots: labels have {points.shape[1]} coordinates, '{layers[0].name}' has "
                          f"{layers[0].ndim} dimensions: measuring frame {frame}")
         return {lay.name: lay.data for lay in layers}, points, frame
@@ -286,14 +298,28 @@ class SpotsWidget(Container):
     def _show_report(self, report: SpotReport) -> None:
         self.report = report
         self.note.value = report.note
-        self.results.show(report)
-        if self._results_dock is None:  # wide tables and plots get the viewer's full width, below the canvas
-            self._results_dock = self._viewer.window.add_dock_widget(self.results.native, name="Spot measurements",
+        docks = getattr(self._viewer.window, "dock_widgets", {})
+        if self._results_dock is None or RESULTS_NAME not in docks:  # first time, or the user closed it
+            self.results = SpotResults(self._viewer)
+            # wide tables and plots get the viewer's full width, below the canvas
+            self._results_dock = self._viewer.window.add_dock_widget(self.results.native, name=RESULTS_NAME,
                                                                      area="bottom")
+        self.results.show(report)
 
     def _on_finish(self) -> None:
         self.measure_button.enabled = True
         self._worker = None
+
+
+def _placement(reference, ndim: int) -> dict:
+    """Scale and translate for a points layer of `ndim` dimensions over `reference`: the image's own on the
+    axes they share, 1 and 0 on a leading frame axis the image lacks."""
+    if reference is None:
+        return {}
+    shared = min(ndim, reference.ndim)
+    lead = ndim - shared
+    return {"scale": (1.0,) * lead + tuple(reference.scale[-shared:]),
+            "translate": (0.0,) * lead + tuple(reference.translate[-shared:])}
 
 
 def _file_dialog(parent, title: str, save: bool) -> str:

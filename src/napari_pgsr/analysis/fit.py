@@ -36,7 +36,7 @@ def fit_spot(image: np.ndarray, y: float, x: float, radius: int = 3, sigma_guess
     """Fit the (2 radius + 1)^2 window around (y, x); the window is moved inside the image at borders and the
     fit flagged 'edge' when the spot centre is closer than `radius` to the border."""
     height, width = image.shape
-    if not (0 <= y < height and 0 <= x < width):
+    if not (-0.5 <= y < height - 0.5 and -0.5 <= x < width - 0.5):  # pixel i covers [i - 0.5, i + 0.5)
         raise ValueError(f"point ({y:.1f}, {x:.1f}) lies outside the {height}x{width} image")
     size = 2 * radius + 1
     if height < size or width < size:
@@ -58,7 +58,7 @@ def fit_spot(image: np.ndarray, y: float, x: float, radius: int = 3, sigma_guess
     if not flag and min(fy, fx, height - 1 - fy, width - 1 - fx) < radius:
         flag = "edge"
     # at a bound the width is no measurement: a noise spike (narrower than any lens makes) or no spot at all
-    if not flag and not lower[2] * 1.01 < sigma < upper[2] * 0.99:
+    if not flag and not lower[2] * 1.05 < sigma < upper[2] * 0.99:
         flag = "width at limit"
     return SpotFit(float(fy), float(fx), float(sigma), float(amp), float(bg), flag)
 

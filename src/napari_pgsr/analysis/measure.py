@@ -12,6 +12,7 @@ from ..io import as_array
 from .fit import fit_spot
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+NO_SIGNAL_SNR = 3.0  # a fitted peak below 3 background SDs is what noise alone gives in a 7 x 7 window
 
 COLUMNS = ["point", "frame", "y", "x", "sigma_px", "fwhm_px", "sigma_nm", "fwhm_nm", "amplitude", "peak",
            "background", "background_sd", "photons", "background_photons", "snr", "sbr", "precision_px",
@@ -50,6 +51,9 @@ def locate_points(image_shape: tuple[int, ...], points, frame: int | None = None
     points = points.reshape(len(points), -1)
     if points.shape[1] < 2:
         raise ValueError(f"points need (y, x) coordinates, got {points.shape[1]} column(s)")
+    bad = np.flatnonzero(~np.all(np.isfinite(points), axis=1))
+    if bad.size:
+        raise ValueError(f"point {bad[0]} has a coordinate that is not a number: {points[bad[0]].tolist()}")
     if len(image_shape) not in (2, 3):
         raise ValueError(f"expected a Y x X image or a T x Y x X movie, got shape {tuple(image_shape)}")
     yx = points[:, -2:]
@@ -73,6 +77,12 @@ def locate_points(image_shape: tuple[int, ...], points, frame: int | None = None
     elif frames is None:
         frames = np.full(len(yx), -1)
     return frames, yx, note
+
+
+def centre_fraction(sigma_px: float) -> float:
+    """Fraction of a pixel-integrated Gaussian spot that falls in a pixel centred on it: erf(1/(2 sqrt(2) s))^2.
+    About 1 / (2 pi s^2) for well-sampled spots, but finite when a fit collapses onto one pixel."""
+    return float(erf(0.5 / (np.sqrt(2.0) * sigma_px)) ** 2)
 
 
 def mortensen_precision(sigma_px: float, photons: float, background_photons: float, excess_noise: float) -> float:
@@ -106,15 +116,22 @@ def background_sd(frame: np.ndarray, y: float, x: float, radius: int, others: np
 def _measure_one(frame: np.ndarray, y: float, x: float, others: np.ndarray, radius: int,
                  camera: CameraCalibration, sigma_guess: float) -> dict:
     """One row of the table (without point, frame and nm columns)."""
+    height, width = frame.shape
+    if not (-0.5 <= y < height - 0.5 and -0.5 <= x < width - 0.5):
+        return {"y": y, "x": x, "flag": "outside image"}
     try:
         fit = fit_spot(frame, y, x, radius=radius, sigma_guess=sigma_guess)
-    except ValueError:
-        return {"y": y, "x": x, "flag": "outside image"}
+    except ValueError as err:  # e.g. NaN pixels, or an image smaller than the window
+        return {"y": y, "x": x, "flag": f"fit failed: {err}"}
     flags = [fit.flag] if fit.flag else []
-    if len(others) and np.min(np.max(np.abs(others - [fit.y, fit.x]), axis=1)) <= radius:
+    # a neighbour whose light reaches into the fit window (its centre within radius + 2 sigma) biases the fit
+    if len(others) and np.min(np.max(np.abs(others - [y, x]), axis=1)) <= radius + 2.0 * fit.sigma_px:
         flags.append("overlap")
-    peak = fit.amplitude / (2.0 * np.pi * fit.sigma_px**2)  # height of the fitted Gaussian
+    peak = fit.amplitude * centre_fraction(fit.sigma_px)
     noise = background_sd(frame, fit.y, fit.x, radius, others)
+    floor = max(NO_SIGNAL_SNR * noise if np.isfinite(noise) else 0.0, 1e-6 * max(1.0, abs(fit.background)))
+    if not peak > floor:
+        flags.append("no signal")  # nothing above the background noise: no width to measure
     above_baseline = fit.background - camera.baseline_adu
     photons = fit.amplitude * camera.electrons_per_adu
     background_photons = above_baseline * camera.electrons_per_adu
@@ -135,10 +152,13 @@ def measure_spots(image, points, pixel_size_nm: float | None = None, radius: int
     `image` is a Y x X frame or a T x Y x X movie (numpy, memmap, zarr or dask: only the frames that hold
     points are read); `points` are (y, x) or (frame, y, x) rows, see `locate_points`. The fit is a
     pixel-integrated Gaussian plus flat background over the (2 radius + 1)^2 window (least squares).
-    SNR = peak / background_sd (fitted Gaussian height over the robust SD of a ring around the spot);
+    `peak` is the fitted spot's value in a pixel centred on it (amplitude x `centre_fraction`: the Gaussian's
+    height for well-sampled spots, finite for undersampled ones);
+    SNR = peak / background_sd (over the robust SD of a ring of pixels around the spot);
     SBR = peak / (background - camera baseline), napari-psf-analysis's signal-to-background. `flag` is ''
     for a usable fit, else 'outside image', 'no convergence', 'edge', 'width at limit' (sigma at its bound, 0.15 px
-    or `radius`: a noise spike or no spot) and/or 'overlap' (another point in the fit window). Without `pixel_size_nm`
+    or `radius`: a noise spike or no spot), 'no signal' (SNR below 3), 'fit failed:
+    ...' and/or 'overlap' (another point within radius + 2 sigma). Without `pixel_size_nm`
     the nm columns are NaN.
     """
     camera = camera or CameraCalibration()
@@ -182,9 +202,7 @@ def average_profile(image, table: pd.DataFrame, radius: int = 3, bin_px: float =
             distance = np.hypot(rows - spot.y, cols - spot.x).ravel()
             which = np.digitize(distance, edges) - 1
             inside = which < len(total)
-            # a pixel centred on the spot holds amplitude x erf(0.5 / (sqrt(2) sigma))^2: that value becomes 1
-            centre_pixel = spot.amplitude * erf(0.5 / (np.sqrt(2.0) * spot.sigma_px)) ** 2
-            np.add.at(total, which[inside], ((window.ravel() - spot.background) / centre_pixel)[inside])
+            np.add.at(total, which[inside], ((window.ravel() - spot.background) / spot.peak)[inside])
             np.add.at(count, which[inside], 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / count

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from .across import SpotReport
 
@@ -50,6 +51,9 @@ def plot_report(report: SpotReport, figure: Figure | None = None, dark: bool = F
             profile_axes.plot(r, profile["profile"], marker=".", label=name)
     fwhm_axes.set(xlabel=f"FWHM ({unit})", ylabel="spots", title="PSF width")
     snr_axes.set(xlabel="SNR (peak / background SD)", ylabel="spots", title="Signal to noise", xscale="log")
+    snr_axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5, 10, 20, ... as plain numbers
+    snr_axes.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    snr_axes.xaxis.set_minor_formatter(NullFormatter())
     profile_axes.set(xlabel=f"distance from centre ({unit})", ylabel="(value - background) / peak",
                      title="Average spot profile")
     profile_axes.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
