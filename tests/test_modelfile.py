@@ -47,9 +47,9 @@ def test_bad_files_are_explained(tmp_path):
     with pytest.raises(ValueError, match="not a napari-pgsr model file"):
         load_model(tmp_path / "other.pt")
     torch.save({"format": FORMAT, "format_version": 1, "state_dict": {},
-                "metadata_json": '{"architecture": {"name": "progan"}, "normalization": {}}'},
+                "metadata_json": '{"architecture": {"name": "stylegan"}, "normalization": {}}'},
                tmp_path / "arch.pgsr")
-    with pytest.raises(ValueError, match="arch.pgsr: unknown model architecture 'progan'"):
+    with pytest.raises(ValueError, match="arch.pgsr: unknown model architecture 'stylegan'"):
         load_model(tmp_path / "arch.pgsr")
 
 

@@ -47,8 +47,8 @@ def test_receptive_field_matches_the_gradient_footprint(depth):
         seen = torch.nonzero(x.grad[0, 0].abs().sum(0) > 0).flatten()
         reach = max(reach, centre - int(seen.min()), int(seen.max()) - centre)
     assert net.receptive_field == 2 * reach + 1
-    with pytest.raises(ValueError, match="unknown model architecture 'progan'"):
-        build_model({"name": "progan"})
+    with pytest.raises(ValueError, match="unknown model architecture 'stylegan'"):
+        build_model({"name": "stylegan"})
     with pytest.raises(ValueError, match="depth, width and in_channels >= 1"):
         UNet(depth=0)
 

@@ -48,11 +48,14 @@ class Restorer:
         self.network = model.network.to(self.device).eval()
         self.align = 2 ** getattr(self.network, "depth", 0)
         self.margin = (getattr(self.network, "receptive_field", 1) - 1) // 2
+        chosen = overlap is None
         overlap = 2 * self.margin + 16 if overlap is None else overlap
         if overlap < 2 * self.margin:
             raise ValueError(f"overlap {overlap} is smaller than the receptive field needs ({2 * self.margin}); "
                              "tiles would show seams")
         self.tile = max(self.align, tile - tile % self.align)
+        if chosen and self.tile <= overlap:  # a deep network (a grown GAN) sees further than a default tile
+            self.tile = (overlap // self.align + 2) * self.align
         if self.tile <= overlap:
             raise ValueError(f"tile {tile} must be larger than the overlap {overlap}")
         self.overlap, self.batch = overlap, max(1, batch)

@@ -47,9 +47,16 @@ class ModelFile:
         """One line for logs and the GUI."""
         arch = self.metadata.get("architecture", {})
         history = self.metadata.get("history", {})
-        return (f"{arch.get('name')} depth {arch.get('depth')} width {arch.get('width')}, loss "
-                f"{self.metadata.get('config', {}).get('loss')}, context {self.context}, {history.get('step', 0)} "
-                f"steps; trained on {', '.join(self.metadata.get('provenance', {}).get('names', [])) or '?'}")
+        config = self.metadata.get("config", {})
+        if arch.get("name") == "progan":
+            fading = "" if arch.get("alpha", 1.0) >= 1 else " (fading in)"
+            network = (f"progan width {arch.get('width'):g}, {arch.get('resolution')} of "
+                       f"{arch.get('max_resolution')} px{fading}, {config.get('gan_mode')} loss")
+        else:
+            network = (f"{arch.get('name')} depth {arch.get('depth')} width {arch.get('width')}, "
+                       f"loss {config.get('loss')}")
+        return (f"{network}, context {self.context}, {history.get('step', 0)} steps; trained on "
+                f"{', '.join(self.metadata.get('provenance', {}).get('names', [])) or '?'}")
 
 
 def versions() -> dict:

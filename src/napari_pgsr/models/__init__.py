@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from .progan import ProGANGenerator
 from .unet import UNet
 
-ARCHITECTURES = {"unet": UNet}
-DISPLAY_NAMES = {"unet": "U-Net"}  # what the GUI lists: one registry for the CLI, GUI and model files
+ARCHITECTURES = {"unet": UNet, "progan": ProGANGenerator}
+# what the GUI lists: one registry for the CLI, GUI and model files
+DISPLAY_NAMES = {"unet": "U-Net", "progan": "ProGAN (conditional)"}
 
 
 def build_model(architecture: dict) -> nn.Module:

@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 
 LOSSES = ("mae", "mse", "bce")
+MODELS = ("unet", "progan")
+GAN_MODES = ("joint", "gan")
 SCHEDULES = ("cosine", "plateau", "constant")
 
 
@@ -16,15 +18,18 @@ SCHEDULES = ("cosine", "plateau", "constant")
 class TrainConfig:
     """Settings of one training run (defaults follow CARE where it has one)."""
 
-    model: str = field(default="unet", metadata={"help": "network architecture"})
+    model: str = field(default="unet", metadata={"help": "network architecture: unet or progan"})
     depth: int = field(default=2, metadata={"help": "U-Net depth (poolings)"})
-    width: int = field(default=32, metadata={"help": "channels of the first U-Net level"})
+    width: float | None = field(default=None, metadata={
+        "help": "U-Net: channels of the first level (default 32); ProGAN: multiplier of Karras's channels "
+                "(default 1.0: 512 at 4-32 px ... 64 at 256 px)"})
     loss: str = field(default="mae", metadata={"help": "mae, mse, or bce (targets scaled to [0, 1])"})
     offset: bool | None = field(default=None, metadata={
         "help": "add a random offset 0..offset_max to both images of a pair (default: on for mae)"})
     offset_max: int = field(default=200, metadata={"help": "largest random offset, in camera units"})
     context: int = field(default=0, metadata={"help": "neighbouring low frames on each side as extra inputs"})
-    patch: int = field(default=64, metadata={"help": "patch size in pixels"})
+    patch: int | None = field(default=None, metadata={
+        "help": "patch size in pixels (default 64; ProGAN: the final resolution, default 256)"})
     batch: int = field(default=16, metadata={"help": "patches per step (per process under torchrun)"})
     steps: int | None = field(default=2000, metadata={"help": "training steps"})
     minutes: float | None = field(default=None, metadata={"help": "stop after this many minutes instead"})
@@ -39,25 +44,87 @@ class TrainConfig:
     amp: bool = field(default=True, metadata={"help": "bf16/fp16 autocast on GPU"})
     low_first: bool | None = field(default=None, metadata={"help": "phase of alternating movies (default: detect)"})
     block_pairs: int = field(default=16, metadata={"help": "pairs per validation block within one movie"})
+    # ProGAN (Karras et al. 2018); ignored by the U-Net
+    gan_mode: str = field(default="joint", metadata={
+        "help": "ProGAN generator loss: joint (MAE + lambda_gan * adversarial, SRGAN) or gan (adversarial)"})
+    lambda_gan: float = field(default=1e-3, metadata={"help": "weight of the adversarial term in joint mode"})
+    gan_lr: float = field(default=1e-3, metadata={"help": "ProGAN Adam learning rate (betas 0, 0.99)"})
+    critic_steps: int = field(default=1, metadata={"help": "critic updates per generator update"})
+    start_resolution: int = field(default=4, metadata={"help": "ProGAN: first resolution trained (skip below)"})
+    phase_images: int = field(default=600_000, metadata={
+        "help": "ProGAN: images per fade-in and per stabilisation phase (Karras: 600k)"})
+    phase_scale: float = field(default=1.0, metadata={"help": "ProGAN: multiplies phase_images (e.g. 0.01)"})
+    resolution_batches: str = field(default="", metadata={
+        "help": "ProGAN: batch per resolution, e.g. '4:64,8:64,16:32' (others: batch)"})
+    ema_decay: float = field(default=0.999, metadata={"help": "ProGAN: decay of the generator's EMA copy"})
+    warmup_steps: int = field(default=0, metadata={
+        "help": "ProGAN: generator steps with MAE alone (U-Net-style warm-up) before the critic joins"})
 
     def __post_init__(self) -> None:
         problems = []
+        if self.model not in MODELS:
+            problems.append(f"model must be one of {MODELS}, got {self.model!r}")
+        progan = self.model == "progan"
+        if self.width is None:
+            self.width = 1.0 if progan else 32
+        if self.patch is None:
+            self.patch = 256 if progan else 64
+        if not progan:
+            if float(self.width) != int(self.width):
+                problems.append(f"U-Net width is a number of channels, got {self.width}")
+            self.width = int(self.width)
+        if self.gan_mode not in GAN_MODES:
+            problems.append(f"gan_mode must be one of {GAN_MODES}, got {self.gan_mode!r}")
+        if progan:
+            problems += self._progan_problems()
         if self.loss not in LOSSES:
             problems.append(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.lr_schedule not in SCHEDULES:
             problems.append(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
-        for name in ("depth", "width", "patch", "batch", "validation_every", "checkpoint_every",
-                     "validation_patches", "block_pairs"):
+        for name in ("depth", "patch", "batch", "validation_every", "checkpoint_every", "validation_patches",
+                     "block_pairs") + (() if progan else ("width",)):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.context < 0:
             problems.append(f"context must be >= 0, got {self.context}")
         if self.steps is None and self.minutes is None:
             problems.append("give steps or minutes")
-        if self.patch % 2**self.depth:
+        if not progan and self.patch % 2**self.depth:
             problems.append(f"patch {self.patch} must be a multiple of 2**depth = {2**self.depth}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
+
+    def _progan_problems(self) -> list[str]:
+        problems = []
+        powers = [2**k for k in range(2, 11)]
+        if self.patch not in powers[1:]:
+            problems.append(f"ProGAN patch (final resolution) must be a power of two from 8 to 1024, got {self.patch}")
+        if self.start_resolution not in powers or self.start_resolution > self.patch:
+            problems.append(f"start_resolution must be a power of two from 4 to patch {self.patch}, "
+                            f"got {self.start_resolution}")
+        if not self.width > 0:
+            problems.append(f"ProGAN width multiplier must be > 0, got {self.width}")
+        if self.loss != "mae":
+            problems.append("ProGAN's joint loss uses MAE: loss must be 'mae'")
+        try:
+            self.batch_at(4)
+        except ValueError as err:
+            problems.append(str(err))
+        for name in ("critic_steps", "phase_images"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        return problems
+
+    def batch_at(self, resolution: int) -> int:
+        """ProGAN batch size at `resolution` (from resolution_batches, else batch)."""
+        sizes = {}
+        for item in filter(None, (part.strip() for part in self.resolution_batches.split(","))):
+            try:
+                key, value = item.split(":")
+                sizes[int(key)] = int(value)
+            except ValueError:
+                raise ValueError(f"resolution_batches must look like '4:64,8:32', got {self.resolution_batches!r}")
+        return sizes.get(resolution, self.batch)
 
     @property
     def offset_enabled(self) -> bool:

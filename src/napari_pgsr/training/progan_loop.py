@@ -1,0 +1,236 @@
+"""Progressive-growing GAN training: the phase schedule (stabilise at the start resolution, then fade in
+and stabilise each larger one), WGAN-GP with drift, the generator's EMA copy, exact resume mid-fade, and
+several processes under torchrun (gradients averaged across ranks; rank 0 alone writes)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..devices import autocast
+from ..modelfile import save_model
+from ..models.progan import ProGANCritic, ProGANGenerator, resolutions
+from ..pairs import Pairs
+from .config import TrainConfig
+from .events import EventKind, TrainingEvent
+from .gan_losses import critic_loss, generator_loss
+from .loop import TrainResult, _any_rank, _preview, prepare_run, validate
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Where the schedule is after `images` GAN images: resolution, fading or stable, and alpha."""
+
+    resolution: int
+    fading: bool
+    alpha: float
+    index: int  # position in the schedule (changes at every phase boundary)
+
+
+def phase_schedule(config: TrainConfig) -> list[tuple[int, bool, int]]:
+    """(resolution, fading, images) phases: the start resolution stable, then each larger resolution
+    faded in and stabilised; training stays at the final resolution after the last phase."""
+    images = max(1, int(round(config.phase_images * config.phase_scale)))
+    levels = [r for r in resolutions(config.patch) if r >= config.start_resolution]
+    phases = [(levels[0], False, images)]
+    for resolution in levels[1:]:
+        phases += [(resolution, True, images), (resolution, False, images)]
+    return phases
+
+
+def phase_at(config: TrainConfig, images_seen: int) -> Phase:
+    """The phase after `images_seen` GAN images (alpha grows linearly through a fade)."""
+    start = 0
+    phases = phase_schedule(config)
+    for index, (resolution, fading, images) in enumerate(phases):
+        if images_seen < start + images:
+            alpha = (images_seen - start) / images if fading else 1.0
+            return Phase(resolution, fading, alpha, index)
+        start += images
+    return Phase(phases[-1][0], False, 1.0, len(phases))
+
+
+def downsample(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Average-pool square patches to `resolution` (the way the networks' own paths halve)."""
+    factor = images.shape[-1] // resolution
+    return F.avg_pool2d(images, factor) if factor > 1 else images
+
+
+def faded_real(images: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Real images during a fade: blend of the 2x2-pooled-and-upsampled images and the full ones."""
+    if alpha >= 1.0:
+        return images
+    coarse = F.interpolate(F.avg_pool2d(images, 2), scale_factor=2.0, mode="nearest")
+    return coarse + (images - coarse) * alpha
+
+
+def _optimizers(generator, critic, config: TrainConfig) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    def adam(module):
+        return torch.optim.Adam(module.parameters(), lr=config.gan_lr, betas=(0.0, 0.99), eps=1e-8)
+
+    return adam(generator), adam(critic)
+
+
+def _average_gradients(module: torch.nn.Module, world: int) -> None:
+    """Mean gradient over ranks (plain all-reduce: DDP's hooks do not mix with the gradient penalty's
+    double backward)."""
+    if world == 1:
+        return
+    for parameter in module.parameters():
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad)
+            parameter.grad /= world
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
+    for averaged, current in zip(ema.parameters(), model.parameters()):
+        averaged.lerp_(current, 1.0 - decay)
+
+
+def _set_phase(phase: Phase, *networks) -> None:
+    for network in networks:
+        network.resolution, network.alpha = phase.resolution, phase.alpha if phase.fading else 1.0
+
+
+def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.PathLike,
+                         validation: Sequence[Pairs] = (), resume: str | os.PathLike | None = None,
+                         should_stop: Callable[[], bool] | None = None, files: Sequence[str] = (),
+                         preview: np.ndarray | None = None,
+                         preview_every: int = 0) -> Generator[TrainingEvent, None, TrainResult]:
+    """Train the conditional ProGAN; events and result as `loop.iter_training`. The model file holds the
+    generator's EMA copy (used for inference); its training state holds both networks and the phase."""
+    output = Path(output)
+    setup = prepare_run(config, pairs, validation, resume, files)
+    device, rank, world, state, history = setup.device, setup.rank, setup.world, setup.state, setup.history
+    history.setdefault("phases", [])
+    torch.manual_seed(config.seed)
+    in_channels = 1 + 2 * config.context
+    generator = ProGANGenerator(in_channels, config.patch, config.width, resolution=config.start_resolution)
+    critic = ProGANCritic(in_channels + 1, config.patch, config.width, resolution=config.start_resolution)
+    generator, critic = generator.to(device), critic.to(device)
+    ema = copy.deepcopy(generator).requires_grad_(False)
+    step = images_seen = cursor = 0
+    elapsed_before = 0.0
+    phase = phase_at(config, 0)
+    g_opt, d_opt = _optimizers(generator, critic, config)
+    if state is not None:
+        generator.load_state_dict(state["generator"])
+        critic.load_state_dict(state["critic"])
+        ema.load_state_dict(setup.checkpoint.network.state_dict())
+        step, images_seen, cursor = int(state["step"]), int(state["images_seen"]), int(state["cursor"])
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        phase = phase_at(config, images_seen)
+        g_opt.load_state_dict(state["generator_optimizer"])
+        d_opt.load_state_dict(state["critic_optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+    _set_phase(phase, generator, critic, ema)
+    if device.type == "cuda":  # faster convolutions with bf16 on tensor cores
+        for network in (generator, critic, ema):
+            network.to(memory_format=torch.channels_last)
+
+    def save(reason: str) -> Path:
+        training_state = {
+            "step": step, "images_seen": images_seen, "cursor": cursor,
+            "phase": vars(phase_at(config, images_seen)).copy(),  # what the next step trains
+            "generator": generator.state_dict(), "critic": critic.state_dict(),
+            "generator_optimizer": g_opt.state_dict(), "critic_optimizer": d_opt.state_dict(),
+            "torch_rng": torch.get_rng_state(), "elapsed_s": elapsed_before + time.perf_counter() - t0,
+            "train_refs": [list(r) for r in setup.train_refs], "validation_refs": [list(r) for r in setup.val_refs],
+            "reason": reason}
+        history.update(step=step, seconds=training_state["elapsed_s"], images_seen=images_seen)
+        metadata = {"config": config.to_dict(), "history": history, "provenance": setup.provenance,
+                    "device": str(device), "world_size": world}
+        return save_model(output, ema, setup.normalization, metadata, training_state)
+
+    total = config.steps
+    yield TrainingEvent(EventKind.STARTED, step, total, {
+        "device": str(device), "world_size": world, "train_pairs": len(setup.train_refs),
+        "validation_pairs": len(setup.val_refs), "resumed_from": str(resume) if resume else None,
+        "resolution": phase.resolution})
+    t0 = time.perf_counter()
+    start_cursor, reason = cursor, "done"
+    deadline = None if config.minutes is None else t0 + 60 * config.minutes - elapsed_before
+    while total is None or step < total:
+        stop = bool(should_stop and should_stop())
+        out_of_time = deadline is not None and time.perf_counter() >= deadline
+        if _any_rank(stop or out_of_time, world, device):
+            reason = "stopped" if _any_rank(stop, world, device) else "time"
+            break
+        warming = step < config.warmup_steps
+        now = phase if warming else phase_at(config, images_seen)
+        if now.index != phase.index and now.resolution != phase.resolution:  # a new resolution: fresh Adam
+            g_opt, d_opt = _optimizers(generator, critic, config)
+            history["phases"].append({"step": step, "images_seen": images_seen, "resolution": now.resolution})
+        phase = now
+        _set_phase(phase, generator, critic, ema)
+        batch = config.batch_at(phase.resolution)
+        first = cursor * world + rank * batch  # disjoint patches per rank; the cursor makes resume exact
+        cursor += batch
+        lows, highs = zip(*(setup.train_set[i] for i in range(first, first + batch)))
+        low = downsample(torch.stack(lows).to(device), phase.resolution)
+        real = faded_real(downsample(torch.stack(highs).to(device), phase.resolution), generator.alpha)
+        values = {}
+        if not warming:
+            for _ in range(config.critic_steps):
+                with torch.no_grad(), autocast(device, config.amp, training=True):
+                    fake = generator(low)
+                d_opt.zero_grad(set_to_none=True)
+                loss, values = critic_loss(critic, low, real, fake.float())
+                loss.backward()
+                _average_gradients(critic, world)
+                d_opt.step()
+        g_opt.zero_grad(set_to_none=True)
+        with autocast(device, config.amp, training=True):
+            fake = generator(low)
+        fake = fake.float()
+        if warming:
+            loss = F.l1_loss(fake, real)
+            values["mae"] = float(loss.detach())
+        else:
+            critic.requires_grad_(False)
+            loss, more = generator_loss(critic, low, fake, real, config.gan_mode, config.lambda_gan)
+            critic.requires_grad_(True)
+            values.update(more)
+        loss.backward()
+        _average_gradients(generator, world)
+        g_opt.step()
+        update_ema(ema, generator, 0.0 if warming else config.ema_decay)  # the warm-up is copied as it is
+        step += 1
+        if not warming:
+            images_seen += batch * world
+        history["loss"].append(float(loss.detach()))
+        seconds = time.perf_counter() - t0
+        rate = (cursor - start_cursor) * world / max(seconds, 1e-9)  # image pairs per second, all ranks
+        eta = ((total - step) * batch * world / max(rate, 1e-9) if total is not None
+               else max(0.0, deadline - time.perf_counter()))
+        yield TrainingEvent(EventKind.STEP, step, total, {
+            "loss": history["loss"][-1], "patches_per_s": rate, "eta_s": eta, "lr": config.gan_lr,
+            "resolution": phase.resolution, "alpha": generator.alpha,
+            "fading": phase.fading, "images_seen": images_seen, **values})
+        if setup.val_set is not None and (step % config.validation_every == 0 or step == total):
+            metrics = validate(ema, setup.val_set, "mae", device,
+                               resize=lambda t, r=phase.resolution: downsample(t, r))
+            history["validation"].append({"step": step, "resolution": phase.resolution, **metrics})
+            yield TrainingEvent(EventKind.VALIDATION, step, total, metrics)
+        if preview is not None and preview_every and step % preview_every == 0 and rank == 0:
+            yield TrainingEvent(EventKind.PREVIEW, step, total,
+                                {"image": _preview(ema, setup.normalization, config, device, preview)})
+        if step % config.checkpoint_every == 0 and rank == 0 and step != total:
+            yield TrainingEvent(EventKind.CHECKPOINT, step, total, {"path": str(save("checkpoint"))})
+    path = save(reason) if rank == 0 else output
+    if world > 1:
+        dist.barrier()
+    yield TrainingEvent(EventKind.FINISHED, step, total, {"path": str(path), "reason": reason,
+                                                         "resolution": phase.resolution})
+    return TrainResult(path, step, history, reason, ema)

@@ -1,0 +1,198 @@
+"""Progressive-growing conditional GAN: components, schedule, losses, resume mid-fade, command line."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_pgsr import cli
+from napari_pgsr.io import write_movie
+from napari_pgsr.modelfile import load_model
+from napari_pgsr.models.progan import (EqualizedConv2d, EqualizedLinear, MinibatchStdDev, ProGANCritic,
+                                       ProGANGenerator, parameter_count)
+from napari_pgsr.pairs import split_alternating
+from napari_pgsr.simulate import simulate_movie
+from napari_pgsr.training.config import TrainConfig
+from napari_pgsr.training.gan_losses import critic_loss, generator_loss, gradient_penalty
+from napari_pgsr.training.loop import train
+from napari_pgsr.training.progan_loop import faded_real, phase_at, phase_schedule
+
+
+def test_equalized_layers_store_unit_normal_weights_and_keep_the_variance():
+    torch.manual_seed(0)
+    conv = EqualizedConv2d(256, 256, 3, padding=1, gain=1.0)
+    assert conv.weight.mean().abs() < 0.01 and conv.weight.std().item() == pytest.approx(1.0, abs=0.01)
+    x = torch.randn(8, 256, 16, 16)
+    with torch.no_grad():
+        assert conv(x)[..., 1:-1, 1:-1].var().item() == pytest.approx(1.0, rel=0.1)  # inside the zero padding
+        he = EqualizedConv2d(256, 256, 3, padding=1)  # gain sqrt(2): variance 2, which a ReLU halves again
+        assert he(x)[..., 1:-1, 1:-1].var().item() == pytest.approx(2.0, rel=0.1)
+        dense = EqualizedLinear(1024, 512, gain=1.0)
+        assert dense(torch.randn(64, 1024)).var().item() == pytest.approx(1.0, rel=0.1)
+    # the scale is applied at run time: the stored weights do not carry it
+    assert conv.scale == pytest.approx(1 / np.sqrt(256 * 9))
+
+
+def test_minibatch_stddev_appends_the_group_mean_std():
+    x = torch.arange(4.0).reshape(4, 1, 1, 1).expand(4, 3, 2, 2).clone()  # sample i is i everywhere
+    out = MinibatchStdDev(group_size=4)(x)
+    assert out.shape == (4, 4, 2, 2)
+    torch.testing.assert_close(out[:, :3], x)
+    torch.testing.assert_close(out[:, 3], torch.full((4, 2, 2), float(np.std([0, 1, 2, 3]))))
+    pairs = MinibatchStdDev(group_size=2)(x)  # groups {0, 2} and {1, 3}: std 1 each
+    torch.testing.assert_close(pairs[:, 3], torch.ones(4, 2, 2), atol=1e-4, rtol=0)
+
+
+def _grown(width=0.05, resolution=16, alpha=0.0):
+    torch.manual_seed(1)
+    return ProGANGenerator(1, 32, width, resolution=resolution, alpha=alpha)
+
+
+def test_fade_in_starts_from_the_previous_resolution_and_ends_with_the_new_block():
+    generator, x = _grown(), torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        faded = generator(x)
+        generator.resolution, generator.alpha = 8, 1.0
+        previous = generator(F.avg_pool2d(x, 2))
+        torch.testing.assert_close(faded, F.interpolate(previous, scale_factor=2.0, mode="nearest"), atol=0, rtol=0)
+        generator.resolution, generator.alpha = 16, 1.0
+        new = generator(x)
+        with torch.no_grad():  # at alpha 1 the previous resolution's input and output layers play no part
+            generator.from_gray["8"][0].weight.add_(1.0)
+            generator.to_gray["8"].weight.add_(1.0)
+        torch.testing.assert_close(generator(x), new)
+        generator.alpha = 0.25  # in between: a blend, neither end
+        middle = generator(x)
+        assert not torch.allclose(middle, new) and not torch.allclose(middle, faded)
+    critic, low, image = ProGANCritic(2, 32, 0.05, resolution=16, alpha=0.0), torch.randn(4, 1, 16, 16), x[:1].repeat(4, 1, 1, 1)
+    with torch.no_grad():
+        at_zero = critic(low, image)
+        critic.resolution, critic.alpha = 8, 1.0
+        torch.testing.assert_close(at_zero, critic(F.avg_pool2d(low, 2), F.avg_pool2d(image, 2)), atol=0, rtol=0)
+
+
+def test_growing_keeps_the_existing_weights_and_the_output():
+    generator, x = _grown(resolution=8, alpha=1.0), torch.randn(2, 1, 16, 16)
+    before = {name: value.clone() for name, value in generator.state_dict().items()}
+    with torch.no_grad():
+        small = generator(F.avg_pool2d(x, 2))
+        generator.resolution, generator.alpha = 16, 0.0
+        grown = generator(x)
+    assert all(torch.equal(before[name], value) for name, value in generator.state_dict().items())
+    torch.testing.assert_close(grown, F.interpolate(small, scale_factor=2.0, mode="nearest"), atol=0, rtol=0)
+    real = torch.randn(2, 1, 16, 16)  # real images fade the same way
+    torch.testing.assert_close(faded_real(real, 0.0), F.interpolate(F.avg_pool2d(real, 2), scale_factor=2.0))
+    torch.testing.assert_close(faded_real(real, 1.0), real)
+
+
+def test_gradient_penalty_and_drift_follow_their_formulas():
+    weights = torch.randn(1, 1, 8, 8)
+
+    def linear(low, image):  # D(x) = <w, x>: the gradient is w everywhere
+        return (image * weights).flatten(1).sum(1)
+
+    real, fake, low = torch.randn(5, 1, 8, 8), torch.randn(5, 1, 8, 8), torch.zeros(5, 1, 8, 8)
+    expected = 10.0 * (weights.norm() - 1.0) ** 2
+    torch.testing.assert_close(gradient_penalty(linear, low, real, fake), expected)
+
+    def constant(low, image):  # no gradient at all: penalty 10 * (0 - 1)^2, drift 1e-3 * 3^2
+        return torch.full((image.shape[0],), 3.0) + 0.0 * image.flatten(1).sum(1)
+
+    loss, values = critic_loss(constant, low, real, fake)
+    assert values["gradient_penalty"] == pytest.approx(10.0) and values["drift"] == pytest.approx(9e-3)
+    assert loss.item() == pytest.approx(10.009) and values["wasserstein"] == pytest.approx(0.0)
+    joint, parts = generator_loss(linear, low, fake, real, "joint", lambda_gan=0.5)
+    assert joint.item() == pytest.approx(F.l1_loss(fake, real).item() - 0.5 * linear(low, fake).mean().item(), rel=1e-5)
+    gan, _ = generator_loss(linear, low, fake, real, "gan")
+    assert gan.item() == pytest.approx(-linear(low, fake).mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="gan mode"):
+        generator_loss(linear, low, fake, real, "wgan")
+
+
+def test_generator_receptive_field_matches_the_gradient_footprint():
+    generator = ProGANGenerator(1, 16, 0.02, resolution=16, residual=False)
+    for p in generator.parameters():  # positive weights: every path contributes, so the footprint is exact
+        p.data.uniform_(0.1, 0.2)
+    size, reach = 96, 0
+    for centre in range(size // 2, size // 2 + 4):  # every phase of the pooling grid
+        x = torch.zeros(1, 1, size, size, requires_grad=True)
+        generator(x + 1.0)[0, 0, centre, centre].backward()
+        seen = torch.nonzero(x.grad[0, 0].abs().sum(0) > 0).flatten()
+        reach = max(reach, centre - int(seen.min()), int(seen.max()) - centre)
+    assert generator.receptive_field == 2 * reach + 1
+
+
+def test_the_critic_at_width_one_has_karras_size():
+    critic = ProGANCritic(2, 256, 1.0, resolution=256)
+    assert parameter_count(critic) == pytest.approx(23e6, rel=0.1)
+
+
+def test_phase_schedule_fades_each_resolution_in_linearly():
+    config = TrainConfig(model="progan", patch=32, phase_images=100, phase_scale=0.5, steps=10)
+    assert phase_schedule(config) == [(4, False, 50), (8, True, 50), (8, False, 50), (16, True, 50),
+                                      (16, False, 50), (32, True, 50), (32, False, 50)]
+    assert (phase_at(config, 0).resolution, phase_at(config, 0).fading) == (4, False)
+    middle = phase_at(config, 50 + 20)
+    assert (middle.resolution, middle.fading, middle.alpha) == (8, True, pytest.approx(0.4))
+    assert phase_at(config, 10_000).resolution == 32 and phase_at(config, 10_000).alpha == 1.0
+    skip = TrainConfig(model="progan", patch=32, start_resolution=16, phase_images=10, steps=10)
+    assert [p[0] for p in phase_schedule(skip)] == [16, 32, 32]
+    with pytest.raises(ValueError, match="start_resolution"):
+        TrainConfig(model="progan", patch=32, start_resolution=64)
+    with pytest.raises(ValueError, match="resolution_batches"):
+        TrainConfig(model="progan", patch=32, resolution_batches="4-64")
+
+
+@pytest.fixture(scope="module")
+def small_pairs():
+    return split_alternating(simulate_movie("ap2", 40, (48, 48), seed=4).movie)
+
+
+def _config(**changes):
+    values = dict(model="progan", patch=16, width=1 / 32, batch=4, resolution_batches="4:8,8:6", steps=12,
+                  phase_images=16, validation_every=6, validation_patches=4, checkpoint_every=1000, device="cpu")
+    return TrainConfig(**{**values, **changes})
+
+
+def test_resume_in_the_middle_of_a_fade_is_exact(tmp_path, small_pairs):
+    straight = train(_config(), [small_pairs], tmp_path / "straight.pgsr")
+    assert straight.reason == "done" and np.all(np.isfinite(straight.history["loss"]))
+    half = train(_config(steps=4), [small_pairs], tmp_path / "half.pgsr")
+    state = load_model(tmp_path / "half.pgsr").training_state
+    # 2 steps of 8 images stabilise 4 px (16 images, the phase length); 2 steps of 6 go 12 images into the
+    # 16-image fade of 8 px: the checkpoint records the phase the next step trains, alpha 12 / 16
+    assert state["images_seen"] == 28
+    assert (state["phase"]["resolution"], state["phase"]["fading"], state["phase"]["alpha"]) == (8, True, 0.75)
+    resumed = train(_config(), [small_pairs], tmp_path / "half.pgsr", resume=tmp_path / "half.pgsr")
+    a, b = load_model(tmp_path / "straight.pgsr"), load_model(tmp_path / "half.pgsr")
+    assert resumed.step == straight.step == 12
+    for name, value in a.network.state_dict().items():
+        torch.testing.assert_close(b.network.state_dict()[name], value, atol=0, rtol=0)
+    for name, value in a.training_state["critic"].items():
+        torch.testing.assert_close(b.training_state["critic"][name], value, atol=0, rtol=0)
+    assert a.network.architecture == b.network.architecture
+    assert [p["resolution"] for p in a.metadata["history"]["phases"]] == [8, 16]
+
+
+def test_warm_up_then_gan_and_the_gan_mode(tmp_path, small_pairs):
+    result = train(_config(warmup_steps=4, gan_mode="gan", steps=8), [small_pairs], tmp_path / "gan.pgsr")
+    state = load_model(tmp_path / "gan.pgsr").training_state
+    # warm-up images do not count for the phases: 2 GAN steps of 8 at 4 px, then 2 of 6 in the 8 px fade
+    assert result.step == 8 and state["images_seen"] == 8 + 8 + 6 + 6
+    assert np.all(np.isfinite(result.history["loss"]))
+
+
+def test_train_and_predict_a_progan_from_the_command_line(tmp_path, capsys):
+    movie = tmp_path / "movie.tif"
+    write_movie(movie, simulate_movie("beads", 24, (40, 40), seed=2).movie, pixel_size_um=0.16)
+    args = [str(movie), "--out", str(tmp_path / "gan.pgsr"), "--model", "progan", "--width", "0.03",
+            "--patch", "16", "--batch", "4", "--steps", "6", "--phase-images", "8", "--lambda-gan", "0.01",
+            "--validation-patches", "4", "--validation-every", "3", "--device", "cpu", "--quiet"]
+    assert cli.train_main(args) == 0
+    model = load_model(tmp_path / "gan.pgsr")
+    assert model.network.architecture["name"] == "progan" and model.metadata["config"]["lambda_gan"] == 0.01
+    assert "progan width 0.03" in model.describe()
+    assert cli.predict_main([str(tmp_path / "gan.pgsr"), str(movie), "-o", str(tmp_path / "out.tif"), "--quiet"]) == 0
+    assert (tmp_path / "out.tif").exists()
+    assert cli.train_main([*args, "--overwrite", "--start-resolution", "64"]) == 2
+    assert "start_resolution" in capsys.readouterr().err
