@@ -13,8 +13,11 @@ from napari_pgsr.training.loop import train
 
 if __name__ == "__main__":
     movie, folder, batch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-    config = TrainConfig(steps=4, batch=batch, depth=1, width=4, patch=32, validation_every=2,
-                         validation_patches=4, device="cpu", lr=1e-3)
+    model = sys.argv[4] if len(sys.argv) > 4 else "unet"
+    config = (TrainConfig(steps=4, batch=batch, depth=1, width=4, patch=32, validation_every=2,
+                          validation_patches=4, device="cpu", lr=1e-3) if model == "unet" else
+              TrainConfig(model="progan", steps=4, batch=batch, width=0.03, patch=16, phase_images=8,
+                          validation_every=2, validation_patches=4, device="cpu"))
     result = train(config, [split_alternating(read_movie(movie))], folder / "ddp.pgsr")
     rank = dist.get_rank()
     torch.save(result.network.state_dict(), folder / f"rank{rank}.pt")

@@ -55,3 +55,15 @@ def test_console_command_under_torchrun(tmp_path, movie):
     assert run.returncode == 0, run.stderr[-3000:]
     assert load_model(tmp_path / "m.pgsr").metadata["world_size"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pgsr"]  # one writer, no temporary files left
+
+
+def test_two_processes_train_one_progan(tmp_path, movie):
+    run = _torchrun(str(HERE / "ddp_worker.py"), str(movie), str(tmp_path), "2", "progan", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for key in rank0:  # gradients averaged across ranks: the generators (EMA) stay identical
+        torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0)
+    saved = load_model(tmp_path / "ddp.pgsr")
+    assert saved.metadata["world_size"] == 2 and saved.training_state["images_seen"] == 4 * 2 * 2
+
