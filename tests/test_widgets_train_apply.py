@@ -88,6 +88,22 @@ def test_stop_leaves_a_usable_model_and_resume_continues(viewer_with_pairs, qtbo
     assert load_model(tmp_path / "gui.pgsr").metadata["history"]["step"] == stopped + 4
 
 
+def test_progan_from_the_train_widget(viewer_with_pairs, qtbot, tmp_path):
+    widget = _train_widget(viewer_with_pairs, tmp_path, steps=6)
+    assert widget.gan_width.native.isHidden()  # (the viewer is not shown: ask what was hidden)
+    widget.model.value = "progan"
+    assert not widget.gan_width.native.isHidden() and widget.channels.native.isHidden()
+    assert widget.patch.label == "Final resolution"
+    widget.gan_width.value, widget.phase_images.value, widget.patch.value = 0.03, 8, 16
+    config = widget.config()
+    assert (config.model, config.width, config.patch, config.phase_images, config.gan_mode) == (
+        "progan", 0.03, 16, 8, "joint")
+    widget.train_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.status.state is RunState.DONE, timeout=60_000)
+    model = load_model(tmp_path / "gui.pgsr")
+    assert model.network.architecture["name"] == "progan" and model.training_state["images_seen"] == 24
+
+
 def test_restore_widget_lazily_to_file_and_side_by_side(viewer_with_pairs, qtbot, tmp_path, monkeypatch):
     from napari_pgsr.pairs import split_alternating
     from napari_pgsr.training.config import TrainConfig

@@ -20,7 +20,7 @@ from ..data import context_indices
 from ..io import read_movie
 from ..models import DISPLAY_NAMES
 from ..pairs import Pairs, pair_stacks, pairs_at, split_alternating
-from ..training.config import LOSSES, TrainConfig
+from ..training.config import GAN_MODES, LOSSES, TrainConfig
 from ..training.events import EventKind, TrainingEvent
 from ._loss_plot import LossPlot
 from ._workers import start
@@ -118,6 +118,17 @@ class TrainWidget(Container):
         self.minutes = FloatSpinBox(label="or minutes", value=0.0, min=0.0, max=10_000.0,
                                     tooltip="0: train for the number of steps")
         self.context = SpinBox(label="Context frames", value=0, min=0, max=8)
+        # ProGAN settings, shown when it is the chosen model
+        self.gan_width = FloatSpinBox(label="GAN width", value=0.25, min=0.01, max=4.0, step=0.05,
+                                      tooltip="multiplier of Karras's channels (1.0: 512 ... 64; critic 23M parameters)")
+        self.gan_mode = ComboBox(label="GAN loss", choices=list(GAN_MODES), value=defaults.gan_mode,
+                                 tooltip="joint: MAE + lambda * adversarial (SRGAN); gan: adversarial only")
+        self.lambda_gan = FloatSpinBox(label="lambda GAN", value=defaults.lambda_gan, min=0.0, max=10.0, step=1e-3)
+        self.start_resolution = ComboBox(label="Start resolution", choices=[4, 8, 16, 32, 64, 128, 256], value=4)
+        self.phase_images = SpinBox(label="Images per phase", value=20_000, min=1, max=10_000_000,
+                                    tooltip="images per fade-in and per stabilisation (Karras: 600,000)")
+        self._gan_widgets = [self.gan_width, self.gan_mode, self.lambda_gan, self.start_resolution,
+                             self.phase_images]
         self.device = ComboBox(label="Device", choices=_devices(), value="auto")
         self.output = FileEdit(label="Model file", mode="w", filter="*.pgsr", value=Path.home() / "model.pgsr")
         self.preview_every = SpinBox(label="Preview every", value=50, min=0, max=100_000,
@@ -128,14 +139,17 @@ class TrainWidget(Container):
         self.progress = ProgressBar(label="Progress", min=0, max=1, value=0)
         self.info = Label(label="Status", value="idle")
         self.plot = LossPlot()
-        self.extend([self.low, self.high, self.movies, self.model, self.loss, self.offset, self.channels, self.patch,
-                     self.batch, self.steps, self.minutes, self.context, self.device, self.output,
+        self.extend([self.low, self.high, self.movies, self.model, self.loss, self.offset, self.channels,
+                     *self._gan_widgets, self.patch, self.batch, self.steps, self.minutes, self.context, self.device,
+                     self.output,
                      self.preview_every, self.train_button, self.stop_button, self.resume_button, self.progress,
                      self.info])
         self.native.layout().addWidget(self.plot.canvas)
         self.train_button.changed.connect(lambda: self.run(resume=False))
         self.resume_button.changed.connect(lambda: self.run(resume=True))
         self.stop_button.changed.connect(self.stop)
+        self.model.changed.connect(self._show_model_settings)
+        self._show_model_settings()
         self.status.events.state.connect(self._on_state)
         self._pick_pair_layers()
         viewer.layers.events.inserted.connect(self._pick_pair_layers)
@@ -149,14 +163,28 @@ class TrainWidget(Container):
                 self.low.value, self.high.value = layer, self._viewer.layers[layer.name[:-4] + " high"]
                 return
 
+    def _show_model_settings(self, *_) -> None:
+        """U-Net: loss and channel width; ProGAN: width multiplier, GAN loss, schedule; patch = final size."""
+        progan = self.model.value == "progan"
+        for widget in self._gan_widgets:
+            widget.visible = progan
+        self.channels.visible = self.loss.visible = not progan
+        self.patch.label = "Final resolution" if progan else "Patch"
+        if progan and self.patch.value & (self.patch.value - 1):
+            self.patch.value = 64  # a power of two
+
     def config(self) -> TrainConfig:
         """The settings shown, as the core's typed config."""
         minutes = self.minutes.value or None
-        return TrainConfig(model=self.model.value, loss=self.loss.value, offset=self.offset.value,
-                           width=self.channels.value, patch=self.patch.value, batch=self.batch.value,
-                           steps=None if minutes else self.steps.value, minutes=minutes,
-                           context=self.context.value, device=self.device.value,
-                           validation_every=max(1, min(100, self.steps.value // 10)))
+        progan = self.model.value == "progan"
+        gan = {"gan_mode": self.gan_mode.value, "lambda_gan": self.lambda_gan.value,
+               "start_resolution": self.start_resolution.value, "phase_images": self.phase_images.value,
+               "width": self.gan_width.value, "loss": "mae"} if progan else {}
+        return TrainConfig(**{"model": self.model.value, "loss": self.loss.value, "offset": self.offset.value,
+                              "width": self.channels.value, "patch": self.patch.value, "batch": self.batch.value,
+                              "steps": None if minutes else self.steps.value, "minutes": minutes,
+                              "context": self.context.value, "device": self.device.value,
+                              "validation_every": max(1, min(100, self.steps.value // 10)), **gan})
 
     def training_pairs(self) -> list[Pairs]:
         """Pairs from the chosen movie files, else from the chosen low/high layers."""

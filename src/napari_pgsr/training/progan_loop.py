@@ -98,6 +98,38 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         averaged.lerp_(current, 1.0 - decay)
 
 
+def gan_step(generator, critic, g_opt, d_opt, low: torch.Tensor, real: torch.Tensor, config: TrainConfig,
+             device: torch.device, world: int = 1, warming: bool = False) -> tuple[torch.Tensor, dict]:
+    """One training step: `critic_steps` critic updates (WGAN-GP + drift), then one generator update
+    (`gan_mode` loss; MAE alone while `warming`). Returns the generator's loss and all loss terms."""
+    values = {}
+    if not warming:
+        for _ in range(config.critic_steps):
+            with torch.no_grad(), autocast(device, config.amp, training=True):
+                fake = generator(low)
+            d_opt.zero_grad(set_to_none=True)
+            loss, values = critic_loss(critic, low, real, fake.float())  # fp32: the penalty's double backward
+            loss.backward()
+            _average_gradients(critic, world)
+            d_opt.step()
+    g_opt.zero_grad(set_to_none=True)
+    with autocast(device, config.amp, training=True):
+        fake = generator(low)
+    fake = fake.float()
+    if warming:
+        loss = F.l1_loss(fake, real)
+        values["mae"] = float(loss.detach())
+    else:
+        critic.requires_grad_(False)  # the generator's step needs no critic gradients
+        loss, more = generator_loss(critic, low, fake, real, config.gan_mode, config.lambda_gan)
+        critic.requires_grad_(True)
+        values.update(more)
+    loss.backward()
+    _average_gradients(generator, world)
+    g_opt.step()
+    return loss, values
+
+
 def _set_phase(phase: Phase, *networks) -> None:
     for network in networks:
         network.resolution, network.alpha = phase.resolution, phase.alpha if phase.fading else 1.0
@@ -180,31 +212,7 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         lows, highs = zip(*(setup.train_set[i] for i in range(first, first + batch)))
         low = downsample(torch.stack(lows).to(device), phase.resolution)
         real = faded_real(downsample(torch.stack(highs).to(device), phase.resolution), generator.alpha)
-        values = {}
-        if not warming:
-            for _ in range(config.critic_steps):
-                with torch.no_grad(), autocast(device, config.amp, training=True):
-                    fake = generator(low)
-                d_opt.zero_grad(set_to_none=True)
-                loss, values = critic_loss(critic, low, real, fake.float())
-                loss.backward()
-                _average_gradients(critic, world)
-                d_opt.step()
-        g_opt.zero_grad(set_to_none=True)
-        with autocast(device, config.amp, training=True):
-            fake = generator(low)
-        fake = fake.float()
-        if warming:
-            loss = F.l1_loss(fake, real)
-            values["mae"] = float(loss.detach())
-        else:
-            critic.requires_grad_(False)
-            loss, more = generator_loss(critic, low, fake, real, config.gan_mode, config.lambda_gan)
-            critic.requires_grad_(True)
-            values.update(more)
-        loss.backward()
-        _average_gradients(generator, world)
-        g_opt.step()
+        loss, values = gan_step(generator, critic, g_opt, d_opt, low, real, config, device, world, warming)
         update_ema(ema, generator, 0.0 if warming else config.ema_decay)  # the warm-up is copied as it is
         step += 1
         if not warming:
