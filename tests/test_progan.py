@@ -172,6 +172,12 @@ def test_resume_in_the_middle_of_a_fade_is_exact(tmp_path, small_pairs):
         torch.testing.assert_close(b.training_state["critic"][name], value, atol=0, rtol=0)
     assert a.network.architecture == b.network.architecture
     assert [p["resolution"] for p in a.metadata["history"]["phases"]] == [8, 16]
+    # a checkpoint on a phase boundary (4 px done after 2 steps): the resumed run restarts Adam at 8 px too
+    train(_config(steps=2), [small_pairs], tmp_path / "edge.pgsr")
+    train(_config(), [small_pairs], tmp_path / "edge.pgsr", resume=tmp_path / "edge.pgsr")
+    edge = load_model(tmp_path / "edge.pgsr")
+    for name, value in a.network.state_dict().items():
+        torch.testing.assert_close(edge.network.state_dict()[name], value, atol=0, rtol=0)
 
 
 def test_warm_up_then_gan_and_the_gan_mode(tmp_path, small_pairs):

@@ -155,6 +155,7 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
     step = images_seen = cursor = 0
     elapsed_before = 0.0
     phase = phase_at(config, 0)
+    optimizer_resolution = phase.resolution  # the resolution the Adam states belong to
     g_opt, d_opt = _optimizers(generator, critic, config)
     if state is not None:
         generator.load_state_dict(state["generator"])
@@ -163,6 +164,7 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         step, images_seen, cursor = int(state["step"]), int(state["images_seen"]), int(state["cursor"])
         elapsed_before = float(state.get("elapsed_s", 0.0))
         phase = phase_at(config, images_seen)
+        optimizer_resolution = int(state["optimizer_resolution"])
         g_opt.load_state_dict(state["generator_optimizer"])
         d_opt.load_state_dict(state["critic_optimizer"])
         torch.set_rng_state(state["torch_rng"])
@@ -175,6 +177,7 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         training_state = {
             "step": step, "images_seen": images_seen, "cursor": cursor,
             "phase": vars(phase_at(config, images_seen)).copy(),  # what the next step trains
+            "optimizer_resolution": optimizer_resolution,
             "generator": generator.state_dict(), "critic": critic.state_dict(),
             "generator_optimizer": g_opt.state_dict(), "critic_optimizer": d_opt.state_dict(),
             "torch_rng": torch.get_rng_state(), "elapsed_s": elapsed_before + time.perf_counter() - t0,
@@ -201,8 +204,9 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
             break
         warming = step < config.warmup_steps
         now = phase if warming else phase_at(config, images_seen)
-        if now.index != phase.index and now.resolution != phase.resolution:  # a new resolution: fresh Adam
+        if now.resolution != optimizer_resolution:  # a new resolution: fresh Adam states
             g_opt, d_opt = _optimizers(generator, critic, config)
+            optimizer_resolution = now.resolution
             history["phases"].append({"step": step, "images_seen": images_seen, "resolution": now.resolution})
         phase = now
         _set_phase(phase, generator, critic, ema)
