@@ -64,7 +64,8 @@ def test_fade_in_starts_from_the_previous_resolution_and_ends_with_the_new_block
         generator.alpha = 0.25  # in between: a blend, neither end
         middle = generator(x)
         assert not torch.allclose(middle, new) and not torch.allclose(middle, faded)
-    critic, low, image = ProGANCritic(2, 32, 0.05, resolution=16, alpha=0.0), torch.randn(4, 1, 16, 16), x[:1].repeat(4, 1, 1, 1)
+    critic = ProGANCritic(2, 32, 0.05, resolution=16, alpha=0.0)
+    low, image = torch.randn(4, 1, 16, 16), x[:1].repeat(4, 1, 1, 1)
     with torch.no_grad():
         at_zero = critic(low, image)
         critic.resolution, critic.alpha = 8, 1.0

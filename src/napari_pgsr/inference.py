@@ -46,6 +46,15 @@ class Restorer:
                  device: str = "auto"):
         self.model, self.device = model, pick_device(device)
         self.network = model.network.to(self.device).eval()
+        expected = 1 + 2 * model.context
+        channels = getattr(self.network, "in_channels", expected)
+        if channels != expected:
+            raise ValueError(f"the model file does not hold together: its network takes {channels} input "
+                             f"channel(s) but the model file says {expected} (context {model.context})")
+        norm = model.normalization
+        if not (np.isfinite([norm.low_lo, norm.low_hi, norm.high_lo, norm.high_hi]).all()
+                and norm.low_hi > norm.low_lo and norm.high_hi > norm.high_lo):
+            raise ValueError(f"the model file's normalisation is unusable ({norm}): each range needs hi > lo")
         self.align = 2 ** getattr(self.network, "depth", 0)
         self.margin = (getattr(self.network, "receptive_field", 1) - 1) // 2
         chosen = overlap is None
@@ -91,6 +100,21 @@ class Restorer:
                 total[y:y + tile_h, x:x + tile_w] += weight * out
                 weight_sum[y:y + tile_h, x:x + tile_w] += weight
         return (total / np.maximum(weight_sum, 1e-12))[:height, :width]
+
+    def restore_many(self, stacks: list[np.ndarray]) -> list[np.ndarray]:
+        """Several C x Y x X inputs at once: frames that fit in one tile share one forward pass (small frames
+        alone would leave a GPU or the CPU's cores idle); larger ones are tiled one by one."""
+        height, width = stacks[0].shape[-2:]
+        padded_h, padded_w = height + -height % self.align, width + -width % self.align
+        if padded_h > self.tile or padded_w > self.tile or len(stacks) == 1:
+            return [self(stack) for stack in stacks]
+        normalised = [self.model.normalization.low(np.asarray(stack, np.float32)) for stack in stacks]
+        if (padded_h, padded_w) != (height, width):
+            mode = "reflect" if padded_h - height < height and padded_w - width < width else "edge"
+            normalised = [np.pad(x, ((0, 0), (0, padded_h - height), (0, padded_w - width)), mode=mode)
+                          for x in normalised]
+        outputs = self._run(normalised)
+        return [self.model.normalization.high_inverse(out[:height, :width]) for out in outputs]
 
     def __call__(self, stack: np.ndarray) -> np.ndarray:
         """C x Y x X raw low-exposure frames (centre frame plus context) -> Y x X in high-exposure units."""
@@ -185,10 +209,15 @@ def _alternates(movie: Movie) -> bool:
 
 
 def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all", low_first: bool | None = None,
-                    overwrite: bool = False, protected=(), progress: Callable[[int, int], None] | None = None) -> int:
-    """Restore every frame ('all') or the low-exposure frames ('low') of a movie into a TIFF, frame by frame,
-    keeping the pixel size; never writes over the movie itself. Returns the number of frames written."""
+                    overwrite: bool = False, protected=(), progress: Callable[[int, int], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None, resume: bool = False, rank: int = 0,
+                    world: int = 1, barrier: Callable[[], None] = lambda: None) -> int:
+    """Restore every frame ('all') or the low-exposure frames ('low') of a movie, streamed to a TIFF or (names
+    ending .zarr) an OME-Zarr store that `resume` can continue and torchrun ranks can share; keeps the pixel
+    size and never writes over the movie itself. Returns the number of frames this process wrote."""
+    from .modelfile import FORMAT_VERSION
     from .pairs import split_alternating
+    from .streaming import is_zarr_path, restore_to_zarr, stream_to_tiff
 
     if frames not in ("all", "low"):
         raise ValueError(f"frames must be 'all' or 'low', got {frames!r}")
@@ -198,7 +227,16 @@ def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all
                          "neighbouring low frames on each side: restore its low frames (frames='low', --frames low)")
     indices = (split_alternating(movie, low_first=low_first).low_index if frames == "low"
                else np.arange(movie.shape[0]))
-    lazy = RestoredFrames(restorer, movie.frames, indices, progress)
     sources = tuple(p for p in (movie.path, *protected) if p is not None)
-    write_movie(output, lazy, pixel_size_um=movie.pixel_size_um, overwrite=overwrite, protected=sources)
-    return len(indices)
+    if is_zarr_path(output):
+        model_path = restorer.model.path
+        attributes = {"model": model_path.name if model_path else None, "model_format_version": FORMAT_VERSION,
+                      "model_description": restorer.model.describe(), "frames": frames,
+                      "source": str(movie.path) if movie.path else None}
+        written, _ = restore_to_zarr(restorer, movie.frames, indices, output, movie.pixel_size_um, attributes,
+                                     overwrite, resume, sources, progress, should_stop, rank, world, barrier)
+        return written
+    if world > 1:
+        raise ValueError("several processes can only share an OME-Zarr output (a name ending .zarr)")
+    return stream_to_tiff(restorer, movie.frames, indices, output, movie.pixel_size_um, overwrite, sources,
+                          progress, should_stop)

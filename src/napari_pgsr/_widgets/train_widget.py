@@ -120,7 +120,7 @@ class TrainWidget(Container):
         self.context = SpinBox(label="Context frames", value=0, min=0, max=8)
         # ProGAN settings, shown when it is the chosen model
         self.gan_width = FloatSpinBox(label="GAN width", value=0.25, min=0.01, max=4.0, step=0.05,
-                                      tooltip="multiplier of Karras's channels (1.0: 512 ... 64; critic 23M parameters)")
+                                      tooltip="multiplier of Karras's channels (1.0: 512 ... 64; critic 23 M)")
         self.gan_mode = ComboBox(label="GAN loss", choices=list(GAN_MODES), value=defaults.gan_mode,
                                  tooltip="joint: MAE + lambda * adversarial (SRGAN); gan: adversarial only")
         self.lambda_gan = FloatSpinBox(label="lambda GAN", value=defaults.lambda_gan, min=0.0, max=10.0, step=1e-3)

@@ -1,0 +1,152 @@
+"""Restoration speed and memory for the default U-Net (depth 2, width 32): seconds per 256² and 1200² frame,
+megapixels/s, the ratio of achieved convolution FLOP/s to this machine's own measured limit (a large 3x3
+convolution timed in the same run), the speed-up over a plain whole-frame `model(x)` call per frame, and
+peak RSS while streaming movies of two lengths to OME-Zarr (it must not grow with the length).
+
+    python benchmarks/bench_restore.py [--frames 8] [--long 20 60] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_pgsr.data import Normalization
+from napari_pgsr.devices import pick_device
+from napari_pgsr.inference import Restorer
+from napari_pgsr.modelfile import ModelFile
+from napari_pgsr.models import build_model
+
+
+def unet_model() -> ModelFile:
+    torch.manual_seed(0)
+    network = build_model({"name": "unet", "in_channels": 1, "depth": 2, "width": 32})
+    return ModelFile(network, Normalization(100.0, 400.0, 100.0, 4000.0), {"config": {"context": 0}})
+
+
+def conv_flops_per_pixel(network: nn.Module, size: int = 256) -> float:
+    """Multiply-adds x 2 of every convolution for one size x size frame, per input pixel (hooks count them)."""
+    total = [0.0]
+
+    def count(module, inputs, output):
+        kernel = module.kernel_size[0] * module.kernel_size[1]
+        total[0] += 2.0 * module.in_channels * module.out_channels * kernel * output.shape[-2] * output.shape[-1]
+
+    hooks = [m.register_forward_hook(count) for m in network.modules() if isinstance(m, nn.Conv2d)]
+    with torch.inference_mode():
+        network(torch.zeros(1, 1, size, size))
+    for hook in hooks:
+        hook.remove()
+    return total[0] / size**2
+
+
+def machine_conv_limit(device, channels: int = 64, size: int = 512, repeats: int = 5) -> float:
+    """FLOP/s of a large 3x3 convolution (channels -> channels, channels-last) on this device."""
+    conv = nn.Conv2d(channels, channels, 3, padding=1).to(device).to(memory_format=torch.channels_last).eval()
+    x = torch.randn(1, channels, size, size, device=device).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        conv(x)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            conv(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / repeats
+    return 2.0 * channels * channels * 9 * size * size / seconds
+
+
+def frames_per_second(restorer: Restorer, frames: list[np.ndarray], batch: int) -> float:
+    restorer.restore_many([frames[0][None]])
+    start = time.perf_counter()
+    for first in range(0, len(frames), batch):
+        restorer.restore_many([f[None] for f in frames[first:first + batch]])
+    return len(frames) / (time.perf_counter() - start)
+
+
+def plain_frames_per_second(network: nn.Module, frames: list[np.ndarray]) -> float:
+    """The naive way: one whole-frame `model(x)` per frame, default autograd mode, NCHW."""
+    network = network.float().to(memory_format=torch.contiguous_format).train(False)
+    network(torch.from_numpy(frames[0][None, None]))
+    start = time.perf_counter()
+    for frame in frames:
+        network(torch.from_numpy(frame[None, None])).detach()
+    return len(frames) / (time.perf_counter() - start)
+
+
+def peak_rss_child(frames: int, size: int) -> dict:
+    """Stream a movie of `frames` size² frames to OME-Zarr in a fresh process; its peak RSS in MiB."""
+    code = f"""
+import json, resource, tempfile, time
+from pathlib import Path
+import numpy as np
+from napari_pgsr.io import read_movie, write_movie
+from napari_pgsr.inference import Restorer, restore_to_file
+import benchmarks.bench_restore as bench
+folder = Path(tempfile.mkdtemp())
+rng = np.random.default_rng(0)
+def frames():
+    for _ in range({frames}):
+        yield rng.poisson(150.0, ({size}, {size})).astype(np.uint16)
+class Lazy:
+    shape, ndim, dtype = ({frames}, {size}, {size}), 3, np.dtype(np.uint16)
+    size = {frames} * {size} * {size}
+    def __init__(self): self.it = frames()
+    def __getitem__(self, i): return next(self.it)
+movie = write_movie(folder / "long.tif", Lazy(), pixel_size_um=0.16)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+start = time.perf_counter()
+restore_to_file(Restorer(bench.unet_model(), device="cpu"), read_movie(movie), folder / "out.zarr")
+print(json.dumps({{"frames": {frames}, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "rss_before_mib": before, "seconds": time.perf_counter() - start}}))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    if run.returncode:
+        raise RuntimeError(run.stderr[-2000:])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=8, help="frames timed per size")
+    parser.add_argument("--long", type=int, nargs="*", default=[20, 60], help="movie lengths for peak RSS")
+    parser.add_argument("--rss-size", type=int, default=1200)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    model = unet_model()
+    flops_per_pixel = conv_flops_per_pixel(model.network)
+    limit = machine_conv_limit(device)
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"U-Net depth 2 width 32: {flops_per_pixel / 1e3:.1f} kFLOP per pixel; "
+          f"machine limit (3x3 conv 64->64, 512², channels-last): {limit / 1e9:.1f} GFLOP/s")
+    rng = np.random.default_rng(0)
+    print("| frame | restorer frames/s | s/frame | MP/s | achieved GFLOP/s | of limit | plain model(x) frames/s "
+          "| speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size, batch in ((256, 4), (1200, 1)):
+        frames = [rng.poisson(150.0, (size, size)).astype(np.float32) for _ in range(args.frames)]
+        restorer = Restorer(unet_model(), tile=1024 if size > 256 else 256, batch=batch, device=str(device))
+        fps = frames_per_second(restorer, frames, batch)
+        plain = (plain_frames_per_second(unet_model().network.to(device), frames) if device.type == "cpu"
+                 else float("nan"))
+        achieved = fps * size * size * flops_per_pixel
+        print(f"| {size}² | {fps:.2f} | {1 / fps:.3f} | {fps * size * size / 1e6:.2f} | {achieved / 1e9:.1f} | "
+              f"{100 * achieved / limit:.0f}% | {plain:.2f} | {fps / plain:.2f}x |", flush=True)
+    for length in args.long:
+        result = peak_rss_child(length, args.rss_size)
+        print(f"streaming {length} frames of {args.rss_size}² to OME-Zarr: peak RSS {result['peak_rss_mib']:.0f} MiB "
+              f"(after setup {result['rss_before_mib']:.0f} MiB), {result['seconds']:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

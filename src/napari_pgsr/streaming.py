@@ -1,0 +1,248 @@
+"""Restore movies of any length with bounded memory: input frames are read ahead in a background thread,
+batched through the model and written as they finish, to an OME-Zarr store (one chunk per frame: resumable,
+and several torchrun ranks can write disjoint frames at once) or to a TIFF."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .data import context_indices
+from .io import as_array
+
+DONE_FOLDER = ".napari_pgsr_done"  # per-rank lists of frames written, so a resumed run redoes no frame
+
+
+def is_zarr_path(path) -> bool:
+    """Outputs named *.zarr are OME-Zarr stores."""
+    return str(path).rstrip("/").lower().endswith(".zarr")
+
+
+class ZarrMovieWriter:
+    """A T x Y x X float32 OME-Zarr (NGFF 0.4) image, one chunk per frame; unwritten frames read as NaN."""
+
+    def __init__(self, path, shape: tuple[int, int, int], pixel_size_um: float | None = None,
+                 attributes: dict | None = None, create: bool = True, rank: int = 0):
+        import zarr
+
+        self.path, self.rank = Path(path), rank
+        if create:
+            group = zarr.open_group(str(self.path), mode="w-", zarr_format=2)
+            group.create_array("0", shape=shape, chunks=(1, *shape[1:]), dtype="f4", fill_value=np.nan)
+            scale = pixel_size_um or 1.0
+            group.attrs.update({"multiscales": [{
+                "version": "0.4", "name": self.path.stem,
+                "axes": [{"name": "t", "type": "time"}, {"name": "y", "type": "space", "unit": "micrometer"},
+                         {"name": "x", "type": "space", "unit": "micrometer"}],
+                "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale",
+                                                                          "scale": [1.0, scale, scale]}]}]}],
+                "napari_pgsr": {**(attributes or {}), "complete": False, "pixel_size_um": pixel_size_um}})
+        self.group = zarr.open_group(str(self.path), mode="r+", zarr_format=2)
+        self.array = self.group["0"]
+        if tuple(self.array.shape) != tuple(shape):
+            raise ValueError(f"{self.path} holds a movie of shape {tuple(self.array.shape)}, not {tuple(shape)}: "
+                             "it is the output of another movie or model")
+        (self.path / DONE_FOLDER).mkdir(exist_ok=True)
+        self._log = open(self.path / DONE_FOLDER / f"rank{rank}.txt", "a")  # noqa: SIM115 - closed in close()
+
+    @property
+    def attributes(self) -> dict:
+        """The napari_pgsr attributes (model, source, completeness)."""
+        return dict(self.group.attrs.get("napari_pgsr", {}))
+
+    def done(self) -> set[int]:
+        """Frames written by any rank of any earlier run."""
+        frames: set[int] = set()
+        for log in (self.path / DONE_FOLDER).glob("rank*.txt"):
+            frames.update(int(line) for line in log.read_text().split() if line.strip())
+        return frames
+
+    def write(self, position: int, frame: np.ndarray) -> None:
+        """Store one frame, then record it as done (a crash in between only means redoing it)."""
+        self.array[position] = np.asarray(frame, np.float32)
+        self._log.write(f"{position}\n")
+        self._log.flush()
+
+    def finish(self) -> bool:
+        """Mark the store complete when every frame is written; returns whether it is."""
+        complete = len(self.done()) == self.array.shape[0]
+        self.group.attrs["napari_pgsr"] = {**self.attributes, "complete": complete}
+        return complete
+
+    def close(self) -> None:
+        self._log.close()
+
+
+def _reader(frames, indices: np.ndarray, positions: Sequence[int], context: int, out: queue.Queue,
+            stop: threading.Event) -> None:
+    """Background thread: put (position, C x Y x X input stack) for each position, then None."""
+    try:
+        for position in positions:
+            if stop.is_set():
+                break
+            neighbours = indices[context_indices(int(position), len(indices), context)]
+            stack = np.stack([as_array(frames[int(i)], np.float32) for i in neighbours])
+            while not stop.is_set():
+                try:
+                    out.put((int(position), stack), timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+    except BaseException as err:  # handed to the consumer, which raises it
+        out.put(err)
+        return
+    out.put(None)
+
+
+def stream_restore(restorer, frames, write: Callable[[int, np.ndarray], None], indices=None,
+                   positions: Sequence[int] | None = None, prefetch: int = 4, frames_per_batch: int = 4,
+                   progress: Callable[[int, int], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> int:
+    """Restore frames[indices[p]] for every p in `positions` (default: all) and hand each result to
+    `write(p, frame)` as soon as it is ready. Reading runs `prefetch` frames ahead in a thread; frames that
+    fit in one tile go through the network `frames_per_batch` at a time. Memory stays that of a few frames,
+    whatever the movie's length. Stops after the current batch when `should_stop()`; returns frames written."""
+    indices = np.arange(frames.shape[0]) if indices is None else np.asarray(indices)
+    positions = list(range(len(indices)) if positions is None else positions)
+    loaded: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+    thread = threading.Thread(target=_reader, args=(frames, indices, positions, restorer.model.context, loaded, stop),
+                              daemon=True, name="napari-pgsr-prefetch")
+    thread.start()
+    written, finished = 0, False
+    try:
+        while not finished:
+            batch: list[tuple[int, np.ndarray]] = []
+            while len(batch) < max(1, frames_per_batch):
+                item = loaded.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    finished = True
+                    break
+                batch.append(item)
+            if not batch:
+                break
+            for (position, _), out in zip(batch, restorer.restore_many([stack for _, stack in batch])):
+                write(position, out)
+                written += 1
+                if progress is not None:
+                    progress(written, len(positions))
+            if should_stop is not None and should_stop():
+                break
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    return written
+
+
+class _InOrder:
+    """What write_movie reads frame by frame: frames a producer thread restores, taken in order, so a TIFF
+    is streamed to disk while restoration runs ahead."""
+
+    def __init__(self, shape: tuple[int, ...], produced: queue.Queue):
+        self.shape, self.ndim, self.dtype = shape, 3, np.dtype(np.float32)
+        self.size = int(np.prod(shape))
+        self._produced = produced
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        item = self._produced.get()
+        if isinstance(item, BaseException):
+            raise item
+        position, frame = item
+        if position != index:
+            raise RuntimeError(f"frame {position} arrived where frame {index} was expected")
+        return frame
+
+
+def stream_to_tiff(restorer, frames, indices: np.ndarray, output, pixel_size_um: float | None, overwrite: bool,
+                   protected: Sequence, progress: Callable[[int, int], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None, prefetch: int = 4, frames_per_batch: int = 4) -> int:
+    """Restore frames[indices] into a TIFF written frame by frame (atomically: a stopped or failed run leaves
+    no file; OME-Zarr outputs keep partial results)."""
+    from .io import write_movie
+
+    produced: queue.Queue = queue.Queue(maxsize=max(2, prefetch))
+    stopped = threading.Event()
+
+    class Stopped(Exception):
+        pass
+
+    def produce() -> None:
+        try:
+            def stop_requested() -> bool:
+                if should_stop is not None and should_stop():
+                    stopped.set()
+                return stopped.is_set()
+
+            stream_restore(restorer, frames, lambda p, f: produced.put((p, f)), indices, prefetch=prefetch,
+                           frames_per_batch=frames_per_batch, progress=progress, should_stop=stop_requested)
+            if stopped.is_set():
+                produced.put(Stopped(f"stopped; {output} was not written (TIFFs are written whole: restore to "
+                                     "a .zarr output to keep partial results and resume)"))
+        except BaseException as err:
+            produced.put(err)
+
+    shape = (len(indices), *frames.shape[1:])
+    thread = threading.Thread(target=produce, daemon=True, name="napari-pgsr-restore")
+    thread.start()
+    try:
+        write_movie(output, _InOrder(shape, produced), pixel_size_um=pixel_size_um, overwrite=overwrite,
+                    protected=tuple(protected))
+    except Stopped as err:
+        raise InterruptedError(str(err)) from None
+    finally:
+        stopped.set()
+        while thread.is_alive():  # let a producer blocked on a full queue finish
+            try:
+                produced.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
+    return len(indices)
+
+
+def restore_to_zarr(restorer, frames, indices: np.ndarray, output, pixel_size_um: float | None,
+                    attributes: dict, overwrite: bool = False, resume: bool = False, protected: Sequence = (),
+                    progress: Callable[[int, int], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None, rank: int = 0, world: int = 1,
+                    barrier: Callable[[], None] = lambda: None) -> tuple[int, bool | None]:
+    """Restore frames[indices] into an OME-Zarr store, rank `rank` of `world` taking every world-th frame.
+    `resume` continues a store where earlier runs stopped (same movie and model, checked). Returns frames
+    written by this rank and, on rank 0, whether the store is complete."""
+    import shutil
+
+    output = Path(output)
+    if output.resolve() in {Path(p).resolve() for p in protected}:
+        raise ValueError(f"refusing to write {output}: it is one of the inputs")
+    shape = (len(indices), *frames.shape[1:])
+    if rank == 0:
+        if output.exists() and not resume:
+            if not overwrite:
+                raise FileExistsError(f"{output} exists; pass --resume to continue it or --overwrite to replace it")
+            shutil.rmtree(output)
+        if resume and not output.exists():
+            raise FileNotFoundError(f"nothing to resume: {output} does not exist")
+        writer = ZarrMovieWriter(output, shape, pixel_size_um, attributes, create=not resume, rank=0)
+    barrier()
+    if rank != 0:
+        writer = ZarrMovieWriter(output, shape, rank=rank, create=False)
+    try:
+        if resume:
+            stored = writer.attributes
+            changed = [key for key in ("model", "source", "frames") if stored.get(key) != attributes.get(key)]
+            if changed:
+                raise ValueError(f"{output} was restored with other {', '.join(changed)} "
+                                 f"({', '.join(f'{k}={stored.get(k)!r}' for k in changed)}); resume with the same")
+        done = writer.done()
+        positions = [p for p in range(shape[0]) if p % world == rank and p not in done]
+        written = stream_restore(restorer, frames, writer.write, indices, positions, progress=progress,
+                                 should_stop=should_stop)
+    finally:
+        writer.close()
+    barrier()
+    return written, writer.finish() if rank == 0 else None

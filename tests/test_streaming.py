@@ -1,0 +1,135 @@
+"""Streaming restoration: OME-Zarr output, partial runs and resume, several processes, errors."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from napari_pgsr import cli
+from napari_pgsr.data import Normalization
+from napari_pgsr.inference import Restorer, restore, restore_to_file
+from napari_pgsr.io import read_movie, write_movie
+from napari_pgsr.modelfile import FORMAT_VERSION, ModelFile, load_model, save_model
+from napari_pgsr.models import build_model
+from napari_pgsr.simulate import simulate_movie
+from napari_pgsr.streaming import ZarrMovieWriter, stream_restore
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stream")
+    torch.manual_seed(0)
+    network = build_model({"name": "unet", "in_channels": 1, "depth": 1, "width": 4})
+    model = save_model(folder / "model.pgsr", network, Normalization(100.0, 400.0, 100.0, 4000.0),
+                       {"config": {"context": 0, "loss": "mae"}})
+    movie = write_movie(folder / "movie.tif", simulate_movie("beads", 12, (40, 36), seed=1).movie, pixel_size_um=0.16)
+    return model, movie
+
+
+def _expected(files):
+    model, movie = files
+    return restore(load_model(model), np.asarray(read_movie(movie).data), device="cpu")
+
+
+def test_zarr_output_is_ome_ngff_and_equals_the_in_memory_restoration(files, tmp_path):
+    model, movie = files
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "out.zarr"), "--quiet"]) == 0
+    group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    np.testing.assert_allclose(group["0"][:], _expected(files), rtol=1e-5, atol=1e-3)  # float32 batches
+    assert group["0"].chunks == (1, 40, 36)  # one chunk per frame: writers never collide
+    scale = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale == [1.0, 0.16, 0.16]
+    info = group.attrs["napari_pgsr"]
+    assert info["complete"] and info["model"] == "model.pgsr" and info["model_format_version"] == FORMAT_VERSION
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "out.zarr"), "--quiet"]) == 2
+
+
+def test_a_stopped_run_leaves_a_valid_partial_store_that_resume_completes(files, tmp_path):
+    model, movie = files
+    restorer, source = Restorer(load_model(model), device="cpu"), read_movie(movie)
+    calls = []
+    written = restore_to_file(restorer, source, tmp_path / "part.zarr",
+                              should_stop=lambda: calls.append(1) or len(calls) >= 2)
+    group = zarr.open_group(str(tmp_path / "part.zarr"), mode="r")
+    partial = group["0"][:]
+    assert written == 8 and not group.attrs["napari_pgsr"]["complete"]  # two batches of four frames
+    assert np.isfinite(partial[:8]).all() and np.isnan(partial[8:]).all()  # unwritten frames read as NaN
+    assert restore_to_file(restorer, source, tmp_path / "part.zarr", resume=True) == 4  # only the rest
+    group = zarr.open_group(str(tmp_path / "part.zarr"), mode="r")
+    assert group.attrs["napari_pgsr"]["complete"]
+    np.testing.assert_allclose(group["0"][:], _expected(files), rtol=1e-5, atol=1e-3)  # float32 batches
+    # resuming with another model (or movie) is refused
+    other = save_model(tmp_path / "other.pgsr", load_model(model).network, load_model(model).normalization,
+                       {"config": {"context": 0}})
+    with pytest.raises(ValueError, match="restored with other model"):
+        restore_to_file(Restorer(load_model(other), device="cpu"), source, tmp_path / "part.zarr", resume=True)
+
+
+def test_prefetching_hands_over_read_errors_and_keeps_order(files):
+    model, _ = files
+    restorer = Restorer(load_model(model), device="cpu")
+
+    class Broken:
+        shape = (6, 32, 32)
+
+        def __getitem__(self, index):
+            if index == 3:
+                raise OSError("read error on frame 3")
+            return np.full((32, 32), 100.0 + index, np.float32)
+
+    order = []
+    with pytest.raises(OSError, match="read error on frame 3"):
+        stream_restore(restorer, Broken(), lambda p, f: order.append(p), frames_per_batch=2)
+    assert order == [0, 1]
+
+
+def test_two_torchrun_processes_share_one_zarr_output(files, tmp_path):
+    model, movie = files
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "napari_pgsr.cli", "predict", str(model), str(movie), "-o", str(tmp_path / "two.zarr"),
+                          "--device", "cpu", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    group = zarr.open_group(str(tmp_path / "two.zarr"), mode="r")
+    assert group.attrs["napari_pgsr"]["complete"]
+    np.testing.assert_allclose(group["0"][:], _expected(files), rtol=1e-5, atol=1e-3)  # float32 batches
+    logs = sorted(p.name for p in (tmp_path / "two.zarr" / ".napari_pgsr_done").iterdir())
+    assert logs == ["rank0.txt", "rank1.txt"]
+
+
+def test_a_full_disk_and_bad_outputs_give_clear_errors(files, tmp_path, monkeypatch, capsys):
+    model, movie = files
+    before = movie.read_bytes()
+
+    def full(self, position, frame):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ZarrMovieWriter, "write", full)
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "full.zarr"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "could not write" in err and "No space left on device" in err
+    assert movie.read_bytes() == before
+    monkeypatch.undo()
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "x.tif"), "--resume", "--quiet"]) == 2
+    assert "--resume continues OME-Zarr outputs" in capsys.readouterr().err
+    assert cli.predict_main([str(model), str(movie), "-o", str(movie), "--overwrite", "--quiet"]) == 2
+    assert movie.read_bytes() == before
+
+
+def test_a_model_whose_parts_disagree_is_refused(files, tmp_path):
+    model, _ = files
+    loaded = load_model(model)
+    mismatched = ModelFile(loaded.network, loaded.normalization, {"config": {"context": 2}})
+    with pytest.raises(ValueError, match="network takes 1 input channel.* but the model file says 5"):
+        Restorer(mismatched, device="cpu")
+    flat = ModelFile(loaded.network, Normalization(100.0, 100.0, 100.0, 4000.0), {"config": {"context": 0}})
+    with pytest.raises(ValueError, match="normalisation"):
+        Restorer(flat, device="cpu")
+    assert json.dumps(loaded.normalization.to_dict())  # the stored one is plain data
