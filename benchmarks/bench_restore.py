@@ -82,34 +82,46 @@ def plain_frames_per_second(network: nn.Module, frames: list[np.ndarray]) -> flo
     return len(frames) / (time.perf_counter() - start)
 
 
-def peak_rss_child(frames: int, size: int) -> dict:
-    """Stream a movie of `frames` size² frames to OME-Zarr in a fresh process; its peak RSS in MiB."""
-    code = f"""
-import json, resource, tempfile, time
-from pathlib import Path
-import numpy as np
-from napari_pgsr.io import read_movie, write_movie
+def write_long_movie(path: Path, frames: int, size: int) -> Path:
+    """A movie of Poisson noise frames, written frame by frame (never whole in memory)."""
+    from napari_pgsr.io import write_movie
+
+    rng = np.random.default_rng(0)
+
+    side = size
+
+    class Frames:
+        shape, ndim, dtype = (frames, side, side), 3, np.dtype(np.uint16)
+
+        def __init__(self):
+            self.size = frames * side * side
+
+        def __getitem__(self, index):
+            return rng.poisson(150.0, (side, side)).astype(np.uint16)
+
+    return write_movie(path, Frames(), pixel_size_um=0.16)
+
+
+CHILD = """
+import json, resource, sys, time
 from napari_pgsr.inference import Restorer, restore_to_file
-import benchmarks.bench_restore as bench
-folder = Path(tempfile.mkdtemp())
-rng = np.random.default_rng(0)
-def frames():
-    for _ in range({frames}):
-        yield rng.poisson(150.0, ({size}, {size})).astype(np.uint16)
-class Lazy:
-    shape, ndim, dtype = ({frames}, {size}, {size}), 3, np.dtype(np.uint16)
-    size = {frames} * {size} * {size}
-    def __init__(self): self.it = frames()
-    def __getitem__(self, i): return next(self.it)
-movie = write_movie(folder / "long.tif", Lazy(), pixel_size_um=0.16)
+from napari_pgsr.io import read_movie
+sys.path.insert(0, {here!r})
+from bench_restore import unet_model
+movie = read_movie({movie!r})
+restorer = Restorer(unet_model(), device="cpu")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 start = time.perf_counter()
-restore_to_file(Restorer(bench.unet_model(), device="cpu"), read_movie(movie), folder / "out.zarr")
-print(json.dumps({{"frames": {frames}, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+restore_to_file(restorer, movie, {output!r})
+print(json.dumps({{"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "rss_before_mib": before, "seconds": time.perf_counter() - start}}))
 """
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1])
+
+
+def peak_rss_child(movie: Path, output: Path) -> dict:
+    """Stream `movie` to an OME-Zarr store in a fresh process; its peak RSS (MiB) before and during."""
+    code = CHILD.format(here=str(Path(__file__).resolve().parent), movie=str(movie), output=str(output))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if run.returncode:
         raise RuntimeError(run.stderr[-2000:])
     return json.loads(run.stdout.strip().splitlines()[-1])
@@ -130,20 +142,24 @@ def main() -> None:
     print(f"U-Net depth 2 width 32: {flops_per_pixel / 1e3:.1f} kFLOP per pixel; "
           f"machine limit (3x3 conv 64->64, 512², channels-last): {limit / 1e9:.1f} GFLOP/s")
     rng = np.random.default_rng(0)
-    print("| frame | restorer frames/s | s/frame | MP/s | achieved GFLOP/s | of limit | plain model(x) frames/s "
-          "| speed-up |")
-    print("|---|---|---|---|---|---|---|---|")
-    for size, batch in ((256, 4), (1200, 1)):
+    print("| frame | precision | restorer frames/s | s/frame | MP/s | achieved GFLOP/s | of the fp32 limit "
+          "| plain model(x) frames/s | speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size in (256, 1200):
         frames = [rng.poisson(150.0, (size, size)).astype(np.float32) for _ in range(args.frames)]
-        restorer = Restorer(unet_model(), tile=1024 if size > 256 else 256, batch=batch, device=str(device))
-        fps = frames_per_second(restorer, frames, batch)
         plain = (plain_frames_per_second(unet_model().network.to(device), frames) if device.type == "cpu"
                  else float("nan"))
-        achieved = fps * size * size * flops_per_pixel
-        print(f"| {size}² | {fps:.2f} | {1 / fps:.3f} | {fps * size * size / 1e6:.2f} | {achieved / 1e9:.1f} | "
-              f"{100 * achieved / limit:.0f}% | {plain:.2f} | {fps / plain:.2f}x |", flush=True)
+        for precision in ("auto", "bf16"):
+            restorer = Restorer(unet_model(), device=str(device), precision=precision)
+            fps = frames_per_second(restorer, frames, restorer.frames_per_batch)
+            achieved = fps * size * size * flops_per_pixel
+            print(f"| {size}² | {precision} | {fps:.2f} | {1 / fps:.3f} | {fps * size * size / 1e6:.2f} | "
+                  f"{achieved / 1e9:.1f} | {100 * achieved / limit:.0f}% | {plain:.2f} | {fps / plain:.2f}x |",
+                  flush=True)
+    folder = Path(tempfile.mkdtemp())
     for length in args.long:
-        result = peak_rss_child(length, args.rss_size)
+        movie = write_long_movie(folder / f"long{length}.tif", length, args.rss_size)
+        result = peak_rss_child(movie, folder / f"out{length}.zarr")
         print(f"streaming {length} frames of {args.rss_size}² to OME-Zarr: peak RSS {result['peak_rss_mib']:.0f} MiB "
               f"(after setup {result['rss_before_mib']:.0f} MiB), {result['seconds']:.1f} s", flush=True)
 

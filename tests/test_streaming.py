@@ -58,9 +58,9 @@ def test_a_stopped_run_leaves_a_valid_partial_store_that_resume_completes(files,
                               should_stop=lambda: calls.append(1) or len(calls) >= 2)
     group = zarr.open_group(str(tmp_path / "part.zarr"), mode="r")
     partial = group["0"][:]
-    assert written == 8 and not group.attrs["napari_pgsr"]["complete"]  # two batches of four frames
-    assert np.isfinite(partial[:8]).all() and np.isnan(partial[8:]).all()  # unwritten frames read as NaN
-    assert restore_to_file(restorer, source, tmp_path / "part.zarr", resume=True) == 4  # only the rest
+    assert written == 2 and not group.attrs["napari_pgsr"]["complete"]  # two batches of one frame (CPU)
+    assert np.isfinite(partial[:2]).all() and np.isnan(partial[2:]).all()  # unwritten frames read as NaN
+    assert restore_to_file(restorer, source, tmp_path / "part.zarr", resume=True) == 10  # only the rest
     group = zarr.open_group(str(tmp_path / "part.zarr"), mode="r")
     assert group.attrs["napari_pgsr"]["complete"]
     np.testing.assert_allclose(group["0"][:], _expected(files), rtol=1e-5, atol=1e-3)  # float32 batches
@@ -133,3 +133,16 @@ def test_a_model_whose_parts_disagree_is_refused(files, tmp_path):
     with pytest.raises(ValueError, match="normalisation"):
         Restorer(flat, device="cpu")
     assert json.dumps(loaded.normalization.to_dict())  # the stored one is plain data
+
+
+def test_tiles_default_to_whole_frames_and_bf16_is_a_choice(files):
+    model, movie = files
+    restorer = Restorer(load_model(model), device="cpu")
+    assert restorer.tile_for(1200, 1200) >= 1200 and restorer.frames_per_batch == 1
+    assert Restorer(load_model(model), tile=128, device="cpu").tile_for(1200, 1200) == 128
+    frame = np.asarray(read_movie(movie).data[3], np.float32)[None]
+    exact = restorer(frame)
+    reduced = Restorer(load_model(model), device="cpu", precision="bf16")(frame)
+    assert np.abs(reduced - exact).max() < 0.02 * np.ptp(exact)  # bf16 keeps about three digits
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Restorer(load_model(model), device="cpu", precision="fp8")

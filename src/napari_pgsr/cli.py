@@ -194,7 +194,10 @@ def predict_parser() -> argparse.ArgumentParser:
     phase.add_argument("--low-first", dest="low_first", action="store_const", const=True, default=None)
     phase.add_argument("--high-first", dest="low_first", action="store_const", const=False)
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--tile", type=int, default=256, help="tile size in pixels")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="tile size in pixels [default: whole frames when they fit in memory, else 512]")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bf16 on GPUs, fp32 on CPUs; bf16 on a CPU with AMX is several times faster")
     parser.add_argument("--overlap", type=int, default=None, help="tile overlap [default: from receptive field]")
     parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -240,7 +243,7 @@ def predict_main(argv: list[str] | None = None) -> int:
         rank, world, barrier = _process_group()
         model = load_model(args.model)
         movie = read_movie(args.movie)
-        restorer = Restorer(model, args.tile, args.overlap, args.batch, args.device)
+        restorer = Restorer(model, args.tile, args.overlap, args.batch, args.device, args.precision)
         with tqdm(unit="frame", disable=args.quiet or rank > 0) as bar:
             def show(done: int, total: int) -> None:
                 bar.total = total

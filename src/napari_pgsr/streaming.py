@@ -99,13 +99,15 @@ def _reader(frames, indices: np.ndarray, positions: Sequence[int], context: int,
 
 
 def stream_restore(restorer, frames, write: Callable[[int, np.ndarray], None], indices=None,
-                   positions: Sequence[int] | None = None, prefetch: int = 4, frames_per_batch: int = 4,
+                   positions: Sequence[int] | None = None, prefetch: int = 4, frames_per_batch: int | None = None,
                    progress: Callable[[int, int], None] | None = None,
                    should_stop: Callable[[], bool] | None = None) -> int:
     """Restore frames[indices[p]] for every p in `positions` (default: all) and hand each result to
     `write(p, frame)` as soon as it is ready. Reading runs `prefetch` frames ahead in a thread; frames that
     fit in one tile go through the network `frames_per_batch` at a time. Memory stays that of a few frames,
-    whatever the movie's length. Stops after the current batch when `should_stop()`; returns frames written."""
+    whatever the movie's length. Stops after the current batch when `should_stop()`; returns frames written.
+    `frames_per_batch` defaults to the restorer's choice for its device."""
+    frames_per_batch = frames_per_batch or restorer.frames_per_batch
     indices = np.arange(frames.shape[0]) if indices is None else np.asarray(indices)
     positions = list(range(len(indices)) if positions is None else positions)
     loaded: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
@@ -161,7 +163,8 @@ class _InOrder:
 
 def stream_to_tiff(restorer, frames, indices: np.ndarray, output, pixel_size_um: float | None, overwrite: bool,
                    protected: Sequence, progress: Callable[[int, int], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None, prefetch: int = 4, frames_per_batch: int = 4) -> int:
+                   should_stop: Callable[[], bool] | None = None, prefetch: int = 4,
+                   frames_per_batch: int | None = None) -> int:
     """Restore frames[indices] into a TIFF written frame by frame (atomically: a stopped or failed run leaves
     no file; OME-Zarr outputs keep partial results)."""
     from .io import write_movie
