@@ -64,6 +64,16 @@ def _from_rank_zero(value: float, world: int, device: torch.device) -> float:
     return float(tensor.item())
 
 
+def stop_reason(should_stop: Callable[[], bool] | None, deadline: float | None, world: int,
+                device: torch.device) -> str | None:
+    """'stopped' (asked to), 'time' (past the deadline) or None, agreed by every rank."""
+    stop = bool(should_stop and should_stop())
+    out_of_time = deadline is not None and time.perf_counter() >= deadline
+    if not _any_rank(stop or out_of_time, world, device):
+        return None
+    return "stopped" if _any_rank(stop, world, device) else "time"
+
+
 FIXED_ON_RESUME = ("model", "depth", "width", "loss", "offset", "offset_max", "context", "patch", "batch", "seed",
                    "lr", "lr_schedule", "validation_fraction", "block_pairs", "gan_mode", "lambda_gan", "gan_lr",
                    "critic_steps", "start_resolution", "phase_images", "phase_scale", "resolution_batches",
@@ -274,10 +284,8 @@ def iter_training(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.
     deadline = None if config.minutes is None else t0 + 60 * config.minutes - elapsed_before
     model.train()
     while total is None or step < total:
-        stop = bool(should_stop and should_stop())
-        out_of_time = deadline is not None and time.perf_counter() >= deadline
-        if _any_rank(stop or out_of_time, world, device):
-            reason = "stopped" if _any_rank(stop, world, device) else "time"
+        reason = stop_reason(should_stop, deadline, world, device) or "done"
+        if reason != "done":
             break
         first = (step * world + rank) * config.batch  # item indices fix each patch: resumable, rank-disjoint
         lows, highs = zip(*(train_set[i] for i in range(first, first + config.batch)))

@@ -23,7 +23,7 @@ from ..pairs import Pairs
 from .config import TrainConfig
 from .events import EventKind, TrainingEvent
 from .gan_losses import critic_loss, generator_loss
-from .loop import TrainResult, _any_rank, _preview, prepare_run, validate
+from .loop import TrainResult, _preview, prepare_run, stop_reason, validate
 
 
 @dataclass(frozen=True)
@@ -197,10 +197,8 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
     start_cursor, reason = cursor, "done"
     deadline = None if config.minutes is None else t0 + 60 * config.minutes - elapsed_before
     while total is None or step < total:
-        stop = bool(should_stop and should_stop())
-        out_of_time = deadline is not None and time.perf_counter() >= deadline
-        if _any_rank(stop or out_of_time, world, device):
-            reason = "stopped" if _any_rank(stop, world, device) else "time"
+        reason = stop_reason(should_stop, deadline, world, device) or "done"
+        if reason != "done":
             break
         warming = step < config.warmup_steps
         now = phase if warming else phase_at(config, images_seen)
