@@ -138,7 +138,11 @@ def test_a_model_whose_parts_disagree_is_refused(files, tmp_path):
 def test_tiles_default_to_whole_frames_and_bf16_is_a_choice(files):
     model, movie = files
     restorer = Restorer(load_model(model), device="cpu")
-    assert restorer.tile_for(1200, 1200) >= 1200 and restorer.frames_per_batch == 1
+    assert restorer.tile_for(1200, 1200) == 1200 and restorer.batch == 1  # whole, when it fits; one per pass
+    budget = 700**2 * restorer._bytes_per_pixel()
+    restorer._memory_budget = lambda: budget  # too little memory: the fewest tiles that fit (here 2 x 2)
+    tile = restorer.tile_for(1200, 1200)
+    assert tile**2 * restorer._bytes_per_pixel() <= budget and 2 * tile - restorer.overlap >= 1200
     assert Restorer(load_model(model), tile=128, device="cpu").tile_for(1200, 1200) == 128
     frame = np.asarray(read_movie(movie).data[3], np.float32)[None]
     exact = restorer(frame)

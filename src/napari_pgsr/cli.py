@@ -199,7 +199,8 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="auto: bf16 on GPUs, fp32 on CPUs; bf16 on a CPU with AMX is several times faster")
     parser.add_argument("--overlap", type=int, default=None, help="tile overlap [default: from receptive field]")
-    parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="tiles (or small whole frames) per forward pass [default: 1 on CPUs, 4 on GPUs]")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--resume", action="store_true", help="continue a partial .zarr output where it stopped")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
