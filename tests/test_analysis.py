@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_pgsr.analysis import compare_to_labels, fit_spot, suggest_spots
+from napari_pgsr.analysis import compare_to_labels, fit_spot, new_points, suggest_spots
 from napari_pgsr.physics import render_spots
 
 
@@ -53,3 +53,10 @@ def test_matching_scores_on_constructed_sets():
     assert (dim.true_positives, dim.false_positives, dim.false_negatives) == (0, 0, 0) and dim.f1 == 1.0
     empty = compare_to_labels(np.empty((0, 2)), labels)
     assert empty.recall == 0.0 and np.isnan(empty.rmse)
+
+
+def test_new_points_leave_out_candidates_already_labelled():
+    labels = np.array([[0, 10, 10], [0, 20, 20]], float)
+    candidates = np.array([[0, 10.5, 10.2], [0, 30, 30], [1, 10, 10]], float)  # frame 1 is another spot
+    np.testing.assert_array_equal(new_points(labels, candidates, 1.0), [[0, 30, 30], [1, 10, 10]])
+    np.testing.assert_array_equal(new_points(np.empty((0, 3)), candidates), candidates)

@@ -12,7 +12,8 @@ from magicgui.widgets import (CheckBox, Container, FloatSpinBox, Label, Progress
                               create_widget)
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..analysis import CameraCalibration, read_points_csv, snap_to_maximum, suggest_spots, write_points_csv
+from ..analysis import (CameraCalibration, new_points, read_points_csv, snap_to_maximum, suggest_spots,
+                        write_points_csv)
 from ..analysis.across import SpotReport, iter_measure_across
 from ..io import as_array
 from ._spot_results import SpotResults
@@ -242,13 +243,11 @@ class SpotsWidget(Container):
         if new.shape[1] != layer.ndim:
             show_error(f"Spots: suggestions have {new.shape[1]} coordinates, labels layer '{layer.name}' {layer.ndim}")
             return
-        old = np.asarray(layer.data, dtype=np.float64)
-        if len(old) and len(new):
-            distance = np.linalg.norm(new[:, None, :] - old[None, :, :], axis=2).min(axis=1)
-            new = new[distance > 1.0]
+        old = np.asarray(layer.data, dtype=np.float64).reshape(-1, layer.ndim)
+        new = new_points(old, new, min_distance=1.0)
         self._snapping = True  # suggestions are already maxima
         try:
-            layer.data = np.concatenate([old.reshape(-1, layer.ndim), new])
+            layer.data = np.concatenate([old, new])
         finally:
             self._snapping = False
         self._viewer.layers.remove(SUGGESTIONS_NAME)

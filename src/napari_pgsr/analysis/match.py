@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
 
@@ -67,3 +68,16 @@ def compare_to_labels(detected: np.ndarray, labels: np.ndarray, tolerance_px: fl
     pairs = np.column_stack([rows[counted], cols[counted]]) if tp else np.empty((0, 2), int)
     distances = np.hypot(*(detected[pairs[:, 0]] - labels[pairs[:, 1]]).T) if tp else np.empty(0)
     return MatchResult(tp, fp, fn, pairs, distances)
+
+
+def new_points(existing: np.ndarray, candidates: np.ndarray, min_distance: float = 1.0) -> np.ndarray:
+    """The candidates farther than `min_distance` from every existing point in the same frame (to add
+    suggestions to labels without labelling a spot twice); leading columns, if any, are frame indices."""
+    candidates = np.asarray(candidates, dtype=np.float64)
+    existing = np.asarray(existing, dtype=np.float64).reshape(-1, candidates.shape[1] if candidates.ndim == 2 else 2)
+    if not len(existing) or not len(candidates):
+        return candidates
+    apart = np.ones(candidates.shape[1])
+    apart[:-2] = 1e6  # points of other frames are never the same spot
+    distance, _ = cKDTree(existing * apart).query(candidates * apart, k=1)
+    return candidates[distance > min_distance]
