@@ -1,5 +1,6 @@
 """The 'Spots' dock widget driven in a real napari viewer."""
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -210,3 +211,24 @@ def test_movie_layers_measure_each_label_on_its_frame(make_napari_viewer, rng, m
     np.testing.assert_array_equal(labels.data, [[1, 12, 17]])
     widget.measure()
     assert widget.report.table["frame"].tolist() == [1] and widget.report.table["flag"][0] == ""
+
+
+def test_measuring_can_be_cancelled(make_napari_viewer, rng, messages, qtbot, monkeypatch):
+    monkeypatch.delenv("NAPARI_PGSR_SYNC")
+    viewer, widget, _ = _viewer_with_images(make_napari_viewer, rng)
+    widget.new_labels().add([30.0, 40.0])
+
+    def endless(images, points, **options):  # a measurement that would never end by itself
+        done = 0
+        while True:
+            time.sleep(0.01)
+            yield done, 10**9, "high"
+            done += 1
+
+    monkeypatch.setattr(spots_widget, "iter_measure_across", endless)
+    widget.measure()
+    assert widget.cancel_button.enabled and not widget.measure_button.enabled
+    qtbot.waitUntil(lambda: widget.progress.value > 2, timeout=10_000)
+    widget.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.measure_button.enabled, timeout=10_000)
+    assert not widget.cancel_button.enabled and not hasattr(widget, "report") and messages["error"] == []

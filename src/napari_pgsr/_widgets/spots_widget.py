@@ -62,19 +62,21 @@ class SpotsWidget(Container):
                                       tooltip="photoelectrons per grey level after EM gain; 1: image in photons")
         self.emccd = CheckBox(text="EMCCD (excess noise 2)", value=True)
         self.measure_button = PushButton(text="Measure")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Images", min=0, max=1, value=0)
         self.note = Label(value="")
         self.results: SpotResults | None = None  # made with its dock on the first measurement
         self.extend([self.reference, self.labels_layer, self.new_labels_button, self.snap, self.load_button,
                      self.save_button, self.suggest_sigma, self.suggest_threshold, self.suggest_button,
                      self.accept_button, self.images, self.pixel_size, self.radius, self.baseline, self.electrons,
-                     self.emccd, self.measure_button, self.progress, self.note])
+                     self.emccd, self.measure_button, self.cancel_button, self.progress, self.note])
         self.new_labels_button.changed.connect(self.new_labels)
         self.load_button.changed.connect(lambda: self.load_labels())
         self.save_button.changed.connect(lambda: self.save_labels())
         self.suggest_button.changed.connect(self.suggest)
         self.accept_button.changed.connect(self.accept_suggestions)
         self.measure_button.changed.connect(self.measure)
+        self.cancel_button.changed.connect(self.cancel)
         self.reference.changed.connect(self._reference_changed)
         self.labels_layer.changed.connect(self._watch_labels)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
@@ -265,7 +267,7 @@ class SpotsWidget(Container):
         options = {"pixel_size_nm": self.pixel_size.value or None, "radius": self.radius.value, "camera": camera,
                    "frame": frame, "suggest_sigma": self.suggest_sigma.value,
                    "suggest_threshold": self.suggest_threshold.value}
-        self.measure_button.enabled = False
+        self.measure_button.enabled, self.cancel_button.enabled = False, True
         self._worker = start(partial(iter_measure_across, **options), images, points, on_yield=self._on_progress,
                              on_return=self._show_report, on_finish=self._on_finish, context="Measure spots")
 
@@ -305,8 +307,14 @@ class SpotsWidget(Container):
                                                                      area="bottom")
         self.results.show(report)
 
+    def cancel(self) -> None:
+        """Stop measuring before the next image (the worker ends at its next progress step)."""
+        if self._worker is not None:
+            self._worker.quit()
+            show_info("Spots: measuring cancelled; nothing was shown")
+
     def _on_finish(self) -> None:
-        self.measure_button.enabled = True
+        self.measure_button.enabled, self.cancel_button.enabled = True, False
         self._worker = None
 
 

@@ -10,4 +10,5 @@ from .points_csv import read_points_csv, write_points_csv
 
 __all__ = ["CameraCalibration", "MatchResult", "SpotFit", "SpotReport", "average_profile", "compare_to_labels",
            "fit_spot", "fit_spots", "iter_measure_across", "measure_across", "measure_spots",
-           "mortensen_precision", "new_points", "read_points_csv", "snap_to_maximum", "suggest_spots", "write_points_csv"]
+           "mortensen_precision", "new_points", "read_points_csv", "snap_to_maximum", "suggest_spots",
+           "write_points_csv"]
