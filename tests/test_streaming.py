@@ -150,3 +150,30 @@ def test_tiles_default_to_whole_frames_and_bf16_is_a_choice(files):
     assert np.abs(reduced - exact).max() < 0.02 * np.ptp(exact)  # bf16 keeps about three digits
     with pytest.raises(ValueError, match="precision must be one of"):
         Restorer(load_model(model), device="cpu", precision="fp8")
+
+
+def _resident_file_mib() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
+def test_streaming_reads_frames_without_keeping_them_resident(files, tmp_path):
+    from napari_pgsr.streaming import FileFrames
+
+    model, small = files
+    restorer = Restorer(load_model(model), device="cpu")
+    restore_to_file(restorer, read_movie(small), tmp_path / "warm.zarr")  # libraries paged in once
+    frames = np.random.default_rng(0).poisson(150.0, (80, 384, 384)).astype(np.uint16)  # 23.6 MiB
+    movie = read_movie(write_movie(tmp_path / "long.tif", frames, pixel_size_um=0.16))
+    assert isinstance(movie.frames, np.memmap)
+    reader = FileFrames.wrap(movie.frames)
+    np.testing.assert_array_equal(reader[5], frames[5])
+    np.testing.assert_array_equal(reader[-1], frames[-1])
+    reader.close()
+    before = _resident_file_mib()
+    restore_to_file(restorer, movie, tmp_path / "long.zarr")
+    # a memory map would keep every frame read resident: the whole movie, 23.6 MiB
+    assert _resident_file_mib() - before < 8
+    stored = zarr.open_group(str(tmp_path / "long.zarr"), mode="r")["0"]
+    np.testing.assert_allclose(stored[40], restorer(frames[40][None].astype(np.float32)), rtol=1e-5, atol=1e-3)
