@@ -177,3 +177,14 @@ def test_streaming_reads_frames_without_keeping_them_resident(files, tmp_path):
     assert _resident_file_mib() - before < 8
     stored = zarr.open_group(str(tmp_path / "long.zarr"), mode="r")["0"]
     np.testing.assert_allclose(stored[40], restorer(frames[40][None].astype(np.float32)), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["restored.tif", "restored.ome.tif"])
+def test_tiff_outputs_record_the_model_and_keep_the_pixel_size(files, tmp_path, name):
+    model, movie = files
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / name), "--quiet"]) == 0
+    restored = read_movie(tmp_path / name)
+    assert restored.pixel_size_um == pytest.approx(0.16)
+    info = json.loads(restored.metadata["description"])["napari_pgsr"]
+    assert info["model"] == "model.pgsr" and info["model_format_version"] == FORMAT_VERSION
+    assert info["source"] == str(movie) and info["frames"] == "all" and info["model_description"].startswith("unet depth 1")

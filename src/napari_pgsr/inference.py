@@ -8,6 +8,7 @@ result equals the whole-frame result.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 
@@ -286,15 +287,15 @@ def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all
     indices = (split_alternating(movie, low_first=low_first).low_index if frames == "low"
                else np.arange(movie.shape[0]))
     sources = tuple(p for p in (movie.path, *protected) if p is not None)
+    model_path = restorer.model.path
+    attributes = {"model": model_path.name if model_path else None, "model_format_version": FORMAT_VERSION,
+                  "model_description": restorer.model.describe(), "frames": frames,
+                  "source": str(movie.path) if movie.path else None}
     if is_zarr_path(output):
-        model_path = restorer.model.path
-        attributes = {"model": model_path.name if model_path else None, "model_format_version": FORMAT_VERSION,
-                      "model_description": restorer.model.describe(), "frames": frames,
-                      "source": str(movie.path) if movie.path else None}
         written, _ = restore_to_zarr(restorer, movie.frames, indices, output, movie.pixel_size_um, attributes,
                                      overwrite, resume, sources, progress, should_stop, rank, world, barrier)
         return written
     if world > 1:
         raise ValueError("several processes can only share an OME-Zarr output (a name ending .zarr)")
     return stream_to_tiff(restorer, movie.frames, indices, output, movie.pixel_size_um, overwrite, sources,
-                          progress, should_stop)
+                          progress, should_stop, description=json.dumps({"napari_pgsr": attributes}))

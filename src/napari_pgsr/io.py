@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import uuid
 import warnings
 import weakref
@@ -139,6 +141,14 @@ def _pixel_size_um(tif: tifffile.TiffFile) -> float | None:
     return None if scale is None else scale / per_unit
 
 
+def _description(tif: tifffile.TiffFile) -> str | None:
+    """What wrote the data, as write_movie records it: ImageJ's Info or the OME image's Description."""
+    if tif.is_ome and tif.ome_metadata:
+        found = re.search(r"<Description>(.*?)</Description>", tif.ome_metadata, re.S)
+        return html.unescape(found.group(1)) if found else None
+    return (tif.imagej_metadata or {}).get("Info") if tif.is_imagej else None
+
+
 def _open_tiff(path: Path) -> tifffile.TiffFile:
     """Open a TIFF; frames appended one by one (one 2-D series each) are opened as one image sequence."""
     try:
@@ -193,6 +203,7 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
         data = frames if isinstance(frames, da.Array) else lazy_frames(
             frames, f"movie-{path.name}-{stat.st_mtime_ns}-{stat.st_size}")
         pixel_size = _pixel_size_um(tif)
+        description = _description(tif)
     except ValueError:
         tif.close()
         raise
@@ -205,6 +216,8 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
     else:
         handle = tif  # the zarr store reads through this open file
     metadata = {"source_path": str(path.resolve()), "file_axes": series.axes, "pixel_size_um": pixel_size}
+    if description:
+        metadata["description"] = description
     if z_is_time:
         metadata["axes_note"] = "ImageJ stack of slices without frames or z-spacing: slices read as time points"
     if pixel_size is None:
@@ -248,12 +261,13 @@ def write_movie(
     pixel_size_um: float | None = None,
     overwrite: bool = False,
     protected: tuple[str | os.PathLike, ...] = (),
+    description: str | None = None,
 ) -> Path:
     """Write a T x Y x X (or Y x X) array as ImageJ TIFF, or OME-TIFF for names ending .ome.tif, atomically.
 
     Frames are written one by one (lazy arrays are never loaded whole). Existing files are kept unless
     `overwrite`; files in `protected` (the movie being shown, say) and the memory-mapped source of `array`
-    are never written to.
+    are never written to. `description` (how the data was made) goes to ImageJ's Info or OME's Description.
     """
     path = Path(path)
     if not is_tiff_path(path):
@@ -282,9 +296,14 @@ def write_movie(
         if pixel_size_um:
             meta.update(PhysicalSizeX=pixel_size_um, PhysicalSizeY=pixel_size_um,
                         PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm")
+        if description:
+            meta["Description"] = description
         kwargs.update(ome=True, metadata=meta, bigtiff=stack.size * dtype.itemsize > 2**31)
     else:
-        kwargs.update(imagej=True, metadata={"axes": "TYX", "unit": "um"} if pixel_size_um else {"axes": "TYX"})
+        meta = {"axes": "TYX", "unit": "um"} if pixel_size_um else {"axes": "TYX"}
+        if description:
+            meta["Info"] = description  # shown by Fiji's Image > Show Info
+        kwargs.update(imagej=True, metadata=meta)
         if pixel_size_um:
             kwargs["resolution"] = (1.0 / pixel_size_um, 1.0 / pixel_size_um)
     with atomic_path(path) as tmp:

@@ -210,9 +210,9 @@ class _InOrder:
 def stream_to_tiff(restorer, frames, indices: np.ndarray, output, pixel_size_um: float | None, overwrite: bool,
                    protected: Sequence, progress: Callable[[int, int], None] | None = None,
                    should_stop: Callable[[], bool] | None = None, prefetch: int = 4,
-                   frames_per_batch: int | None = None) -> int:
+                   frames_per_batch: int | None = None, description: str | None = None) -> int:
     """Restore frames[indices] into a TIFF written frame by frame (atomically: a stopped or failed run leaves
-    no file; OME-Zarr outputs keep partial results)."""
+    no file; OME-Zarr outputs keep partial results); `description` is stored in its metadata."""
     from .io import write_movie
 
     produced: queue.Queue = queue.Queue(maxsize=max(2, prefetch))
@@ -241,7 +241,7 @@ def stream_to_tiff(restorer, frames, indices: np.ndarray, output, pixel_size_um:
     thread.start()
     try:
         write_movie(output, _InOrder(shape, produced), pixel_size_um=pixel_size_um, overwrite=overwrite,
-                    protected=tuple(protected))
+                    protected=tuple(protected), description=description)
     except Stopped as err:
         raise InterruptedError(str(err)) from None
     finally:
