@@ -188,3 +188,25 @@ def test_tiff_outputs_record_the_model_and_keep_the_pixel_size(files, tmp_path, 
     info = json.loads(restored.metadata["description"])["napari_pgsr"]
     assert info["model"] == "model.pgsr" and info["model_format_version"] == FORMAT_VERSION
     assert info["source"] == str(movie) and info["frames"] == "all" and info["model_description"].startswith("unet depth 1")
+
+
+def test_a_compiled_model_restores_the_same_and_a_failed_compile_falls_back(files, tmp_path, monkeypatch):
+    import shutil
+
+    model, movie = files
+    frame = np.asarray(read_movie(movie).data[2], np.float32)[None]
+    exact = Restorer(load_model(model), device="cpu")(frame)
+    if shutil.which("c++") or shutil.which("g++"):
+        compiled = Restorer(load_model(model), device="cpu", compile=True)
+        np.testing.assert_allclose(compiled(frame), exact, rtol=1e-4, atol=1e-2)
+        assert not compiled.forward.failed
+    broken = Restorer(load_model(model), device="cpu", compile=True)
+
+    def fail(x):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(broken.forward, "compiled", fail)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C\\+\\+ compiler.*uncompiled"):
+        np.testing.assert_allclose(broken(frame), exact, rtol=1e-5, atol=1e-3)
+    assert broken.forward.failed
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "c.tif"), "--compile", "--quiet"]) == 0

@@ -201,6 +201,9 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overlap", type=int, default=None, help="tile overlap [default: from receptive field]")
     parser.add_argument("--batch", type=int, default=None,
                         help="tiles (or small whole frames) per forward pass [default: 1 on CPUs, 4 on GPUs]")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model: 1.2-1.5x faster after some seconds of compiling (needs a "
+                             "C++ compiler on CPUs; falls back with a warning)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--resume", action="store_true", help="continue a partial .zarr output where it stopped")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -244,7 +247,8 @@ def predict_main(argv: list[str] | None = None) -> int:
         rank, world, barrier = _process_group()
         model = load_model(args.model)
         movie = read_movie(args.movie)
-        restorer = Restorer(model, args.tile, args.overlap, args.batch, args.device, args.precision)
+        restorer = Restorer(model, args.tile, args.overlap, args.batch, args.device, args.precision,
+                            compile=args.compile)
         with tqdm(unit="frame", disable=args.quiet or rank > 0) as bar:
             def show(done: int, total: int) -> None:
                 bar.total = total

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 import torch
 
@@ -43,3 +44,26 @@ def autocast(device: torch.device, enabled: bool = True, training: bool = False)
     if not bf16 and training:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if bf16 else torch.float16)
+
+
+class CompiledForward:
+    """A network's forward pass through torch.compile, with the weights frozen into the graph (on CPUs oneDNN
+    then packs them once: 1.2-1.5x faster convolutions here). Each new input shape compiles once (seconds);
+    where compiling fails (no C++ compiler, say) it warns and runs the network as it is."""
+
+    def __init__(self, network: torch.nn.Module):
+        self.network, self.failed = network, False
+        self.compiled = torch.compile(network, dynamic=False)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.failed:
+            from torch._inductor import config as inductor_config
+
+            try:
+                with inductor_config.patch(freezing=True):  # compiling happens on calls; freeze weights there
+                    return self.compiled(x)
+            except Exception as err:  # noqa: BLE001 - any compiler failure: fall back, say so
+                self.failed = True
+                warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:300]}); running the "
+                              "model uncompiled", RuntimeWarning, stacklevel=2)
+        return self.network(x)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .data import context_indices
-from .devices import autocast, pick_device
+from .devices import CompiledForward, autocast, pick_device
 from .io import Movie, as_array, write_movie
 from .modelfile import ModelFile
 
@@ -48,13 +48,15 @@ class Restorer:
     """A model ready to restore frames on a device: `restorer(frame_stack)` for one frame's C x Y x X input."""
 
     def __init__(self, model: ModelFile, tile: int | None = None, overlap: int | None = None,
-                 batch: int | None = None, device: str = "auto", precision: str = "auto"):
+                 batch: int | None = None, device: str = "auto", precision: str = "auto", compile: bool = False):
         self.model, self.device = model, pick_device(device)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
         # channels-last: oneDNN and cuDNN run 3x3 convolutions much faster on it (1.7x on this CPU)
         self.network = model.network.to(self.device).eval().to(memory_format=torch.channels_last)
+        # compiled: ~1.2-1.5x faster, worth its seconds of compiling on long movies
+        self.forward = CompiledForward(self.network) if compile else self.network
         # tiles and small frames share forward passes on a GPU; on a CPU one at a time keeps the caches warm
         # (batches of four 256² frames ran slower per frame) and the peak memory low
         batch = batch or (1 if self.device.type == "cpu" else 4)
@@ -124,7 +126,7 @@ class Restorer:
     def _run(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
         x = torch.from_numpy(np.stack(tiles)).to(self.device).to(memory_format=torch.channels_last)
         with self._precision():
-            out = self.network.activate(self.network(x).float())
+            out = self.network.activate(self.forward(x).float())
         return list(out.float().cpu().numpy()[:, 0])
 
     def restore_normalised(self, image: np.ndarray) -> np.ndarray:
