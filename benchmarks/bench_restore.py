@@ -1,15 +1,18 @@
 """Restoration speed and memory for the default U-Net (depth 2, width 32): seconds per 256² and 1200² frame,
-megapixels/s, the ratio of achieved convolution FLOP/s to this machine's own measured limit (a large 3x3
-convolution timed in the same run), the speed-up over a plain whole-frame `model(x)` call per frame, and
-peak RSS while streaming movies of two lengths to OME-Zarr (it must not grow with the length).
+megapixels/s, the ratio of achieved convolution FLOP/s to this machine's own measured limit (large 3x3
+convolutions timed in the same run, fp32 and bf16), the speed-up over a plain whole-frame `model(x)` call
+per frame, for fp32 and bf16, eager and torch.compile'd; and peak RSS while streaming movies of several
+lengths to OME-Zarr (it must not grow with the length).
 
-    python benchmarks/bench_restore.py [--frames 8] [--long 20 60] [--device auto]
+    python benchmarks/bench_restore.py [--frames 4] [--sizes 256 1200] [--long 20 60]
+        [--rss-precision fp32|bf16] [--rss-compile] [--device auto]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,37 +52,56 @@ def conv_flops_per_pixel(network: nn.Module, size: int = 256) -> float:
     return total[0] / size**2
 
 
-def machine_conv_limit(device, channels: int = 64, size: int = 512, repeats: int = 5) -> float:
-    """FLOP/s of a large 3x3 convolution (channels -> channels, channels-last) on this device."""
-    conv = nn.Conv2d(channels, channels, 3, padding=1).to(device).to(memory_format=torch.channels_last).eval()
-    x = torch.randn(1, channels, size, size, device=device).to(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        conv(x)
-        start = time.perf_counter()
-        for _ in range(repeats):
+def machine_conv_limit(device, bf16: bool = False, seconds: float = 1.0) -> float:
+    """This device's convolution limit: the best FLOP/s of three large 3x3 convolutions (19 GFLOP each:
+    64 channels at 512², 128 at 256², 256 at 128²; channels-last), fp32 or bf16. Where the tensors fit in
+    the caches they run much faster than a 64-channel 512² one, so one shape alone understates the limit."""
+    best = 0.0
+    for channels, size in ((64, 512), (128, 256), (256, 128)):
+        conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(device).eval()
+        conv = conv.to(memory_format=torch.channels_last)
+        x = torch.randn(1, channels, size, size, device=device).to(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             conv(x)
+            best = max(best, 2.0 * channels * channels * 9 * size * size / _best_seconds(lambda: conv(x), device,
+                                                                                        seconds))
+    return best
+
+
+def _best_seconds(call, device, seconds: float) -> float:
+    """The fastest of repeated calls over about `seconds` (this machine's timings vary by ~10% run to run)."""
+    best, spent = float("inf"), 0.0
+    while spent < seconds or best == float("inf"):
+        start = time.perf_counter()
+        call()
         if device.type == "cuda":
             torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / repeats
-    return 2.0 * channels * channels * 9 * size * size / seconds
+        elapsed = time.perf_counter() - start
+        best, spent = min(best, elapsed), spent + elapsed
+    return best
 
 
 def frames_per_second(restorer: Restorer, frames: list[np.ndarray], batch: int) -> float:
-    restorer.restore_many([frames[0][None]])
-    start = time.perf_counter()
-    for first in range(0, len(frames), batch):
-        restorer.restore_many([f[None] for f in frames[first:first + batch]])
-    return len(frames) / (time.perf_counter() - start)
+    """Frames/s of the restorer over `frames`, batched as it would be while streaming; the best of two passes."""
+    restorer.restore_many([frames[0][None]])  # first call: allocations, compiling
+
+    def one_pass():
+        for first in range(0, len(frames), batch):
+            restorer.restore_many([f[None] for f in frames[first:first + batch]])
+
+    return len(frames) / _best_seconds(one_pass, restorer.device, 0.0 if len(frames) > 4 else 1.0)
 
 
 def plain_frames_per_second(network: nn.Module, frames: list[np.ndarray]) -> float:
     """The naive way: one whole-frame `model(x)` per frame, default autograd mode, NCHW."""
     network = network.float().to(memory_format=torch.contiguous_format).train(False)
     network(torch.from_numpy(frames[0][None, None]))
-    start = time.perf_counter()
-    for frame in frames:
-        network(torch.from_numpy(frame[None, None])).detach()
-    return len(frames) / (time.perf_counter() - start)
+
+    def one_pass():
+        for frame in frames:
+            network(torch.from_numpy(frame[None, None])).detach()
+
+    return len(frames) / _best_seconds(one_pass, torch.device("cpu"), 1.0)
 
 
 def write_long_movie(path: Path, frames: int, size: int) -> Path:
@@ -115,7 +137,7 @@ from napari_pgsr.io import read_movie
 sys.path.insert(0, {here!r})
 from bench_restore import unet_model
 movie = read_movie({movie!r})
-restorer = Restorer(unet_model(), device="cpu")
+restorer = Restorer(unet_model(), device="cpu", precision={precision!r}, compile={compiled!r})
 before = peak_mib()
 start = time.perf_counter()
 restore_to_file(restorer, movie, {output!r})
@@ -124,50 +146,62 @@ print(json.dumps({{"peak_rss_mib": peak_mib(),
 """
 
 
-def peak_rss_child(movie: Path, output: Path) -> dict:
+def peak_rss_child(movie: Path, output: Path, precision: str = "fp32", compiled: bool = False) -> dict:
     """Stream `movie` to an OME-Zarr store in a fresh process; its peak RSS (MiB) before and during."""
-    code = CHILD.format(here=str(Path(__file__).resolve().parent), movie=str(movie), output=str(output))
+    code = CHILD.format(here=str(Path(__file__).resolve().parent), movie=str(movie), output=str(output),
+                        precision=precision, compiled=compiled)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if run.returncode:
         raise RuntimeError(run.stderr[-2000:])
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+VARIANTS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=8, help="frames timed per size")
+    parser.add_argument("--frames", type=int, default=4, help="frames timed per size")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[256, 1200])
     parser.add_argument("--long", type=int, nargs="*", default=[20, 60], help="movie lengths for peak RSS")
     parser.add_argument("--rss-size", type=int, default=1200)
+    parser.add_argument("--rss-precision", default="fp32", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--rss-compile", action="store_true")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = pick_device(args.device)
     model = unet_model()
     flops_per_pixel = conv_flops_per_pixel(model.network)
-    limit = machine_conv_limit(device)
+    limits = {"fp32": machine_conv_limit(device), "bf16": machine_conv_limit(device, bf16=True)}
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"U-Net depth 2 width 32: {flops_per_pixel / 1e3:.1f} kFLOP per pixel; "
-          f"machine limit (3x3 conv 64->64, 512², channels-last): {limit / 1e9:.1f} GFLOP/s")
+    print(f"U-Net depth 2 width 32: {flops_per_pixel / 1e3:.1f} kFLOP per pixel; machine limit (best of three "
+          f"large 3x3 convolutions, channels-last): fp32 {limits['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {limits['bf16'] / 1e9:.0f} GFLOP/s")
     rng = np.random.default_rng(0)
-    print("| frame | precision | restorer frames/s | s/frame | MP/s | achieved GFLOP/s | of the fp32 limit "
-          "| plain model(x) frames/s | speed-up |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for size in (256, 1200):
+    print("| frame | precision | compiled | tile | restorer frames/s | s/frame | MP/s | achieved GFLOP/s "
+          "| of the limit (same precision) | plain model(x) frames/s | speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for size in args.sizes:
         frames = [rng.poisson(150.0, (size, size)).astype(np.float32) for _ in range(args.frames)]
         plain = (plain_frames_per_second(unet_model().network.to(device), frames) if device.type == "cpu"
                  else float("nan"))
-        for precision in ("auto", "bf16"):
-            restorer = Restorer(unet_model(), device=str(device), precision=precision)
+        for precision, compiled in VARIANTS:
+            restorer = Restorer(unet_model(), device=str(device), precision=precision, compile=compiled)
             fps = frames_per_second(restorer, frames, restorer.frames_per_batch)
             achieved = fps * size * size * flops_per_pixel
-            print(f"| {size}² | {precision} | {fps:.2f} | {1 / fps:.3f} | {fps * size * size / 1e6:.2f} | "
-                  f"{achieved / 1e9:.1f} | {100 * achieved / limit:.0f}% | {plain:.2f} | {fps / plain:.2f}x |",
-                  flush=True)
+            print(f"| {size}² | {precision} | {'yes' if compiled else 'no'} | {restorer.tile_for(size, size)} "
+                  f"| {fps:.2f} | {1 / fps:.3f} | {fps * size * size / 1e6:.2f} | {achieved / 1e9:.0f} "
+                  f"| {100 * achieved / limits[precision]:.0f}% | {plain:.2f} | {fps / plain:.2f}x |", flush=True)
     folder = Path(tempfile.mkdtemp())
     for length in args.long:
         movie = write_long_movie(folder / f"long{length}.tif", length, args.rss_size)
-        result = peak_rss_child(movie, folder / f"out{length}.zarr")
-        print(f"streaming {length} frames of {args.rss_size}² to OME-Zarr: peak RSS {result['peak_rss_mib']:.0f} MiB "
-              f"(after setup {result['rss_before_mib']:.0f} MiB), {result['seconds']:.1f} s", flush=True)
+        result = peak_rss_child(movie, folder / f"out{length}.zarr", args.rss_precision, args.rss_compile)
+        print(f"streaming {length} frames of {args.rss_size}² to OME-Zarr ({args.rss_precision}"
+              f"{', compiled' if args.rss_compile else ''}): peak RSS {result['peak_rss_mib']:.0f} MiB "
+              f"(after setup {result['rss_before_mib']:.0f} MiB), {result['seconds']:.1f} s, "
+              f"{length / result['seconds']:.2f} frames/s", flush=True)
+        movie.unlink()
+        shutil.rmtree(folder / f"out{length}.zarr")
 
 
 if __name__ == "__main__":

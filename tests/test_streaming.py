@@ -210,3 +210,29 @@ def test_a_compiled_model_restores_the_same_and_a_failed_compile_falls_back(file
         np.testing.assert_allclose(broken(frame), exact, rtol=1e-5, atol=1e-3)
     assert broken.forward.failed
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "c.tif"), "--compile", "--quiet"]) == 0
+
+
+def test_restored_ome_zarr_opens_as_a_movie_for_napari_and_measuring(files, tmp_path):
+    from napari_pgsr._reader import get_reader
+    from napari_pgsr.io import SingleFrameError
+
+    model, movie = files
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "out.zarr"), "--quiet"]) == 0
+    restored = read_movie(tmp_path / "out.zarr")
+    assert restored.shape == (12, 40, 36) and restored.pixel_size_um == pytest.approx(0.16)
+    assert restored.metadata["napari_pgsr"]["model"] == "model.pgsr"
+    np.testing.assert_allclose(np.asarray(restored.data[4]), _expected(files)[4], rtol=1e-5, atol=1e-3)
+    data, kwargs, kind = get_reader(str(tmp_path / "out.zarr"))(str(tmp_path / "out.zarr"))[0]
+    assert kind == "image" and kwargs["name"] == "out" and kwargs["scale"] == (1.0, 0.16, 0.16)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("frame,y,x\n4,20,18\n")
+    assert cli.measure_main([str(tmp_path / "out.zarr"), "--points", str(labels), "-o", str(tmp_path / "t.csv")]) == 0
+    group = zarr.open_group(str(tmp_path / "frame.zarr"), mode="w", zarr_format=2)
+    group.create_array("0", shape=(1, 8, 8), dtype="f4")
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "t"}, {"name": "y"}, {"name": "x"}],
+                                   "datasets": [{"path": "0"}]}]
+    with pytest.raises(SingleFrameError, match="frame.zarr holds axes tyx of shape \\(1, 8, 8\\): a single frame"):
+        read_movie(tmp_path / "frame.zarr")
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w", zarr_format=2)
+    with pytest.raises(ValueError, match="plain.zarr is not an OME-Zarr image"):
+        read_movie(tmp_path / "plain.zarr")

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .io import Movie, display_range, is_tiff_path, read_movie
+from .zarr_movie import is_zarr_path
 
 
 def get_reader(path: str | list[str]) -> Callable | None:
-    """Return the movie reader when every path is a TIFF file, else None (napari tries other readers)."""
+    """Return the movie reader when every path is a TIFF file or an OME-Zarr store, else None (napari tries
+    other readers)."""
     paths = path if isinstance(path, list) else [path]
-    if not paths or not all(is_tiff_path(p) for p in paths):
+    if not paths or not all(is_tiff_path(p) or is_zarr_path(p) for p in paths):
         return None
     return read_movies
 
@@ -20,7 +22,7 @@ def movie_layer_data(movie: Movie, name: str | None = None) -> tuple:
     pixel = movie.pixel_size_um
     scale = (1.0, pixel, pixel) if pixel else (1.0, 1.0, 1.0)
     stem = movie.path.name if movie.path else "movie"
-    for suffix in (".tiff", ".tif", ".ome"):
+    for suffix in (".tiff", ".tif", ".zarr", ".ome"):
         stem = stem.removesuffix(suffix)
     kwargs = {"name": name or stem, "scale": scale, "metadata": dict(movie.metadata),
               "contrast_limits": display_range(movie.data)}

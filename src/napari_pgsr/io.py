@@ -171,10 +171,14 @@ def _imagej_plain_stack(tif: tifffile.TiffFile) -> bool:
 
 
 def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
-    """Open a T x Y x X movie lazily; only the frames that are indexed are read from disk."""
+    """Open a T x Y x X movie (TIFF, or an OME-Zarr store) lazily; only frames that are indexed are read."""
+    from .zarr_movie import is_zarr_path, read_zarr_movie
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"movie file not found: {path}")
+    if is_zarr_path(path):
+        return read_zarr_movie(path)
     tif = _open_tiff(path)
     try:
         if not tif.series or not tif.pages:
@@ -230,6 +234,8 @@ def read_image(path: str | os.PathLike) -> tuple[Any, float | None]:
     try:
         movie = read_movie(path)
     except SingleFrameError:
+        if str(path).rstrip("/").lower().endswith(".zarr"):
+            raise
         with tifffile.TiffFile(path) as tif:
             return np.squeeze(tif.asarray()), _pixel_size_um(tif)
     return movie.data, movie.pixel_size_um
