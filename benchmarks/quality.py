@@ -121,6 +121,8 @@ def test_sets(frames: int, size: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="training time per model")
+    parser.add_argument("--steps", type=int, help="train each model this many steps instead of --minutes "
+                        "(comparisons that do not depend on how busy the machine is)")
     parser.add_argument("--frames", type=int, default=100, help="frames per training movie (3 seeds)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--test-frames", type=int, default=20)
@@ -147,8 +149,8 @@ def main() -> int:
     trained = {}
     with tempfile.TemporaryDirectory() as folder:
         for name, changes in models.items():
-            config = TrainConfig(steps=None, minutes=args.minutes, validation_every=500, checkpoint_every=10**9,
-                                 **changes)
+            config = TrainConfig(steps=args.steps, minutes=None if args.steps else args.minutes,
+                                 validation_every=500, checkpoint_every=10**9, **changes)
             start = time.perf_counter()
             result = train(config, training, Path(folder) / "m.pgsr")
             trained[name] = load_model(result.path)
@@ -165,7 +167,8 @@ def main() -> int:
             # each result is judged against the scene at the instant its input was taken
             images, spots = data["high_truth"] if name == "raw high" else data["low_truth"]
             rows.append({"kind": kind, **evaluate(name, frames, images, spots)})
-    lines = [f"Training: {args.minutes:g} min per model on 2 CPU cores, 3 AP2 movies of {args.frames} frames "
+    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
+    lines = [f"Training: {budget} per model on 2 CPU cores, 3 AP2 movies of {args.frames} frames "
              f"({args.size}x{args.size}); test: {args.test_frames} frames per kind, held out. True PSF sigma "
              f"{Microscope().sigma_nm:.0f} nm.", "",
              "| sample | method | PSNR (dB) | SSIM | spot F1 (threshold) | spot precision | localisation RMSE (nm) "

@@ -15,7 +15,8 @@ from napari_pgsr.simulate import simulate_movie
 from napari_pgsr.training.config import TrainConfig
 from napari_pgsr.training.gan_losses import critic_loss, generator_loss, gradient_penalty
 from napari_pgsr.training.loop import train
-from napari_pgsr.training.progan_loop import faded_real, phase_at, phase_schedule
+from napari_pgsr.training.progan_loop import (_optimizers, ema_decay_at, faded_real, phase_at,
+                                              phase_schedule)
 
 
 def test_equalized_layers_store_unit_normal_weights_and_keep_the_variance():
@@ -187,6 +188,16 @@ def test_warm_up_then_gan_and_the_gan_mode(tmp_path, small_pairs):
     # warm-up images do not count for the phases: 2 GAN steps of 8 at 4 px, then 2 of 6 in the 8 px fade
     assert result.step == 8 and state["images_seen"] == 8 + 8 + 6 + 6
     assert np.all(np.isfinite(result.history["loss"]))
+    # the warm-up trains the generator like the U-Net; the GAN phase uses Karras's Adam, freshly started
+    config = _config(warmup_steps=4)
+    warm, _ = _optimizers(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), config, warming=True)
+    gan, critic = _optimizers(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), config)
+    assert warm.defaults["betas"] == (0.9, 0.999) and warm.defaults["lr"] == config.lr
+    assert gan.defaults["betas"] == critic.defaults["betas"] == (0.0, 0.99) and gan.defaults["lr"] == config.gan_lr
+    assert not state["optimizer_warming"] and len(state["generator_optimizer"]["state"]) > 0
+    # the EMA copies the warm-up, then ramps its decay up: 0.1 after the first GAN step, capped at ema_decay
+    assert [ema_decay_at(config, s) for s in (0, 3, 4, 5)] == pytest.approx([0.0, 0.0, 0.1, 2 / 11])
+    assert ema_decay_at(config, 10**7) == config.ema_decay
 
 
 def test_train_and_predict_a_progan_from_the_command_line(tmp_path, capsys):

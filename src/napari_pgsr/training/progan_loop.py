@@ -73,11 +73,21 @@ def faded_real(images: torch.Tensor, alpha: float) -> torch.Tensor:
     return coarse + (images - coarse) * alpha
 
 
-def _optimizers(generator, critic, config: TrainConfig) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+def _optimizers(generator, critic, config: TrainConfig,
+                warming: bool = False) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """Karras's Adam (lr 1e-3, betas 0 and 0.99) for both networks; during the MAE warm-up the generator
+    trains like the U-Net (Adam at `lr`, default betas: without momentum MAE alone converged far slower)."""
     def adam(module):
         return torch.optim.Adam(module.parameters(), lr=config.gan_lr, betas=(0.0, 0.99), eps=1e-8)
 
-    return adam(generator), adam(critic)
+    return (torch.optim.Adam(generator.parameters(), lr=config.lr) if warming else adam(generator)), adam(critic)
+
+
+def ema_decay_at(config: TrainConfig, step: int) -> float:
+    """The EMA's decay: 0 during the warm-up (copied as it is), then ramped up from 0.1 towards
+    `ema_decay` as (1 + n) / (10 + n) after n GAN steps, so a short run's EMA is not mostly its warm-up."""
+    gan_steps = step - config.warmup_steps
+    return 0.0 if gan_steps < 0 else min(config.ema_decay, (1.0 + gan_steps) / (10.0 + gan_steps))
 
 
 def _average_gradients(module: torch.nn.Module, world: int) -> None:
@@ -156,7 +166,8 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
     elapsed_before = 0.0
     phase = phase_at(config, 0)
     optimizer_resolution = phase.resolution  # the resolution the Adam states belong to
-    g_opt, d_opt = _optimizers(generator, critic, config)
+    optimizer_warming = config.warmup_steps > 0  # and whether they are the warm-up's
+    g_opt, d_opt = _optimizers(generator, critic, config, optimizer_warming)
     if state is not None:
         generator.load_state_dict(state["generator"])
         critic.load_state_dict(state["critic"])
@@ -165,6 +176,8 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         elapsed_before = float(state.get("elapsed_s", 0.0))
         phase = phase_at(config, images_seen)
         optimizer_resolution = int(state["optimizer_resolution"])
+        optimizer_warming = bool(state.get("optimizer_warming", False))
+        g_opt, d_opt = _optimizers(generator, critic, config, optimizer_warming)
         g_opt.load_state_dict(state["generator_optimizer"])
         d_opt.load_state_dict(state["critic_optimizer"])
         torch.set_rng_state(state["torch_rng"])
@@ -177,7 +190,7 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         training_state = {
             "step": step, "images_seen": images_seen, "cursor": cursor,
             "phase": vars(phase_at(config, images_seen)).copy(),  # what the next step trains
-            "optimizer_resolution": optimizer_resolution,
+            "optimizer_resolution": optimizer_resolution, "optimizer_warming": optimizer_warming,
             "generator": generator.state_dict(), "critic": critic.state_dict(),
             "generator_optimizer": g_opt.state_dict(), "critic_optimizer": d_opt.state_dict(),
             "torch_rng": torch.get_rng_state(), "elapsed_s": elapsed_before + time.perf_counter() - t0,
@@ -202,10 +215,11 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
             break
         warming = step < config.warmup_steps
         now = phase if warming else phase_at(config, images_seen)
-        if now.resolution != optimizer_resolution:  # a new resolution: fresh Adam states
-            g_opt, d_opt = _optimizers(generator, critic, config)
-            optimizer_resolution = now.resolution
-            history["phases"].append({"step": step, "images_seen": images_seen, "resolution": now.resolution})
+        if now.resolution != optimizer_resolution or warming != optimizer_warming:  # fresh Adam states
+            g_opt, d_opt = _optimizers(generator, critic, config, warming)
+            if now.resolution != optimizer_resolution:
+                history["phases"].append({"step": step, "images_seen": images_seen, "resolution": now.resolution})
+            optimizer_resolution, optimizer_warming = now.resolution, warming
         phase = now
         _set_phase(phase, generator, critic, ema)
         batch = config.batch_at(phase.resolution)
@@ -215,7 +229,7 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         low = downsample(torch.stack(lows).to(device), phase.resolution)
         real = faded_real(downsample(torch.stack(highs).to(device), phase.resolution), generator.alpha)
         loss, values = gan_step(generator, critic, g_opt, d_opt, low, real, config, device, world, warming)
-        update_ema(ema, generator, 0.0 if warming else config.ema_decay)  # the warm-up is copied as it is
+        update_ema(ema, generator, ema_decay_at(config, step))
         step += 1
         if not warming:
             images_seen += batch * world
