@@ -198,6 +198,16 @@ def test_warm_up_then_gan_and_the_gan_mode(tmp_path, small_pairs):
     # the EMA copies the warm-up, then ramps its decay up: 0.1 after the first GAN step, capped at ema_decay
     assert [ema_decay_at(config, s) for s in (0, 3, 4, 5)] == pytest.approx([0.0, 0.0, 0.1, 2 / 11])
     assert ema_decay_at(config, 10**7) == config.ema_decay
+    # resuming inside the warm-up and exactly at its end gives the uninterrupted run's weights
+    for stop in (2, 4):
+        train(_config(warmup_steps=4, gan_mode="gan", steps=stop), [small_pairs], tmp_path / f"r{stop}.pgsr")
+        resumed = train(_config(warmup_steps=4, gan_mode="gan", steps=8), [small_pairs], tmp_path / f"r{stop}.pgsr",
+                        resume=tmp_path / f"r{stop}.pgsr")
+        for name, value in result.network.state_dict().items():
+            torch.testing.assert_close(resumed.network.state_dict()[name], value, atol=0, rtol=0)
+        critic = load_model(tmp_path / f"r{stop}.pgsr").training_state["critic"]
+        for name, value in state["critic"].items():
+            torch.testing.assert_close(critic[name], value, atol=0, rtol=0)
 
 
 def test_train_and_predict_a_progan_from_the_command_line(tmp_path, capsys):

@@ -236,3 +236,11 @@ def test_restored_ome_zarr_opens_as_a_movie_for_napari_and_measuring(files, tmp_
     zarr.open_group(str(tmp_path / "plain.zarr"), mode="w", zarr_format=2)
     with pytest.raises(ValueError, match="plain.zarr is not an OME-Zarr image"):
         read_movie(tmp_path / "plain.zarr")
+    stack = zarr.open_group(str(tmp_path / "stack.zarr"), mode="w", zarr_format=2)
+    stack.create_array("0", shape=(5, 8, 8), dtype="u2")
+    stack.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "z"}, {"name": "y"}, {"name": "x"}],
+                                   "datasets": [{"path": "0"}]}]
+    with pytest.raises(ValueError, match="stack.zarr holds axes zyx .*expected a movie T x Y x X"):
+        read_movie(tmp_path / "stack.zarr")
+    # napari's other readers get what is not a movie: plain groups, z-stacks
+    assert get_reader(str(tmp_path / "plain.zarr")) is None and get_reader(str(tmp_path / "stack.zarr")) is None

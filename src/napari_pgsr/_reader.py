@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .io import Movie, display_range, is_tiff_path, read_movie
-from .zarr_movie import is_zarr_path
+from .zarr_movie import is_zarr_movie
 
 
 def get_reader(path: str | list[str]) -> Callable | None:
-    """Return the movie reader when every path is a TIFF file or an OME-Zarr store, else None (napari tries
-    other readers)."""
+    """Return the movie reader when every path is a TIFF file or an OME-Zarr movie (with a time axis), else
+    None (napari tries other readers: plates, labels, z-stacks...)."""
     paths = path if isinstance(path, list) else [path]
-    if not paths or not all(is_tiff_path(p) or is_zarr_path(p) for p in paths):
+    if not paths or not all(is_tiff_path(p) or is_zarr_movie(p) for p in paths):
         return None
     return read_movies
 

@@ -202,7 +202,7 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=None,
                         help="tiles (or small whole frames) per forward pass [default: 1 on CPUs, 4 on GPUs]")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model: 1.2-1.5x faster after some seconds of compiling (needs a "
+                        help="torch.compile the model: 1.1-1.6x faster after some seconds of compiling (needs a "
                              "C++ compiler on CPUs; falls back with a warning)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--resume", action="store_true", help="continue a partial .zarr output where it stopped")

@@ -48,7 +48,7 @@ def autocast(device: torch.device, enabled: bool = True, training: bool = False)
 
 class CompiledForward:
     """A network's forward pass through torch.compile, with the weights frozen into the graph (on CPUs oneDNN
-    then packs them once: 1.2-1.5x faster convolutions here). Each new input shape compiles once (seconds);
+    then packs them once: 1.1-1.6x faster here). Each new input shape compiles once (seconds);
     where compiling fails (no C++ compiler, say) it warns and runs the network as it is."""
 
     def __init__(self, network: torch.nn.Module):

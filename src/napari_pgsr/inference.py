@@ -55,7 +55,7 @@ class Restorer:
         self.precision = precision
         # channels-last: oneDNN and cuDNN run 3x3 convolutions much faster on it (1.7x on this CPU)
         self.network = model.network.to(self.device).eval().to(memory_format=torch.channels_last)
-        # compiled: ~1.2-1.5x faster, worth its seconds of compiling on long movies
+        # compiled: 1.1-1.6x faster, worth its seconds of compiling on long movies
         self.forward = CompiledForward(self.network) if compile else self.network
         # tiles and small frames share forward passes on a GPU; on a CPU one at a time keeps the caches warm
         # (batches of four 256² frames ran slower per frame) and the peak memory low

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import html
 import os
-import re
 import uuid
 import warnings
 import weakref
@@ -144,8 +142,13 @@ def _pixel_size_um(tif: tifffile.TiffFile) -> float | None:
 def _description(tif: tifffile.TiffFile) -> str | None:
     """What wrote the data, as write_movie records it: ImageJ's Info or the OME image's Description."""
     if tif.is_ome and tif.ome_metadata:
-        found = re.search(r"<Description>(.*?)</Description>", tif.ome_metadata, re.S)
-        return html.unescape(found.group(1)) if found else None
+        try:
+            root = ET.fromstring(tif.ome_metadata)
+        except ET.ParseError:
+            return None
+        image = next((e for e in root if e.tag.endswith("Image")), None)
+        found = None if image is None else next((e for e in image if e.tag.endswith("Description")), None)
+        return found.text if found is not None else None
     return (tif.imagej_metadata or {}).get("Info") if tif.is_imagej else None
 
 
@@ -250,7 +253,9 @@ def display_range(data, n_frames: int = 2) -> tuple[float, float]:
     """Contrast limits from the first frames (one of each exposure), so a viewer never scans a lazy movie."""
     frames = data[:n_frames]
     frames = as_array(frames, np.float64)
-    low, high = np.percentile(frames, (0.1, 99.9))
+    if not np.isfinite(frames).any():  # frames not yet restored (NaN in a partial OME-Zarr)
+        return 0.0, 1.0
+    low, high = np.nanpercentile(frames, (0.1, 99.9))
     return float(low), float(max(high, low + 1))
 
 

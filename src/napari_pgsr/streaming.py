@@ -5,7 +5,6 @@ and several torchrun ranks can write disjoint frames at once) or to a TIFF."""
 from __future__ import annotations
 
 import mmap
-import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -76,7 +75,7 @@ class ZarrMovieWriter:
 
 
 class FileFrames:
-    """The frames of a memory-mapped movie, read with plain positional file reads. Every page of a memory map
+    """The frames of a memory-mapped movie, read with plain file reads. Every page of a memory map
     that is touched stays in the process's resident memory, so streaming a 5,000-frame 1200² movie through
     one would count 14 GB; file reads go through the page cache, which the kernel frees as it needs."""
 
@@ -86,7 +85,8 @@ class FileFrames:
         self.offset = start + (frames.ctypes.data - mapped.ctypes.data)
         self.shape, self.dtype, self.ndim = tuple(frames.shape), frames.dtype, frames.ndim
         self.frame_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
-        self._file = open(frames.filename, "rb")  # noqa: SIM115 - closed in close()
+        self._file = open(frames.filename, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._lock = threading.Lock()
 
     @classmethod
     def wrap(cls, frames):
@@ -105,15 +105,27 @@ class FileFrames:
             raise IndexError(f"frame {index} of {self.shape[0]}")
         out = np.empty(self.shape[1:], self.dtype)
         view, done = memoryview(out).cast("B"), 0
-        while done < self.frame_bytes:
-            read = os.preadv(self._file.fileno(), [view[done:]], self.offset + index * self.frame_bytes + done)
-            if read == 0:
-                raise OSError(f"{self._file.name} ends before frame {index}: the file was truncated")
-            done += read
+        with self._lock:  # seek + read: portable (os.pread is not on Windows)
+            self._file.seek(self.offset + index * self.frame_bytes)
+            while done < self.frame_bytes:
+                read = self._file.readinto(view[done:])
+                if not read:
+                    raise OSError(f"{self._file.name} ends inside frame {index}: the file was truncated")
+                done += read
         return out
 
     def close(self) -> None:
         self._file.close()
+
+
+def _put(out: queue.Queue, item, stop: threading.Event) -> None:
+    """Hand `item` to the consumer, giving up once it has stopped (it no longer empties the queue)."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
 
 
 def _reader(frames, indices: np.ndarray, positions: Sequence[int], context: int, out: queue.Queue,
@@ -122,19 +134,13 @@ def _reader(frames, indices: np.ndarray, positions: Sequence[int], context: int,
     try:
         for position in positions:
             if stop.is_set():
-                break
+                return
             neighbours = indices[context_indices(int(position), len(indices), context)]
-            stack = np.stack([as_array(frames[int(i)], np.float32) for i in neighbours])
-            while not stop.is_set():
-                try:
-                    out.put((int(position), stack), timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            _put(out, (int(position), np.stack([as_array(frames[int(i)], np.float32) for i in neighbours])), stop)
     except BaseException as err:  # handed to the consumer, which raises it
-        out.put(err)
+        _put(out, err, stop)
         return
-    out.put(None)
+    _put(out, None, stop)
 
 
 def stream_restore(restorer, frames, write: Callable[[int, np.ndarray], None], indices=None,

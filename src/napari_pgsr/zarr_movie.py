@@ -14,6 +14,33 @@ def is_zarr_path(path) -> bool:
     return str(path).rstrip("/").lower().endswith(".zarr")
 
 
+def _multiscale(group) -> dict:
+    """The first multiscale image of a group: NGFF 0.4 keeps it in the attributes, 0.5 under 'ome'."""
+    attributes = group.attrs.get("ome", group.attrs)
+    return attributes["multiscales"][0]
+
+
+def _axis_names(multiscale: dict, ndim: int) -> list[str]:
+    """Axis names in lower case; stores older than NGFF 0.3 name none (then t, c, z, y, x from the end)."""
+    names = [str(a.get("name", "") if isinstance(a, dict) else a).lower() for a in multiscale.get("axes", [])]
+    return names if len(names) == ndim else list("tczyx"[5 - ndim:])
+
+
+def is_zarr_movie(path) -> bool:
+    """Whether `path` is an OME-Zarr image with a time axis (what read_movie opens), read cheaply."""
+    import zarr
+
+    if not is_zarr_path(path):
+        return False
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        multiscale = _multiscale(group)
+        names = _axis_names(multiscale, group[multiscale["datasets"][0]["path"]].ndim)
+    except Exception:  # noqa: BLE001 - not a store, not an image: not ours to open
+        return False
+    return "t" in names
+
+
 def read_zarr_movie(path: Path):
     """A Movie from the full-resolution level of an OME-Zarr image; frames not yet written read as NaN."""
     import dask.array as da
@@ -23,20 +50,19 @@ def read_zarr_movie(path: Path):
 
     try:
         group = zarr.open_group(str(path), mode="r")
-        multiscale = group.attrs["multiscales"][0]
+        multiscale = _multiscale(group)
         dataset = multiscale["datasets"][0]
         array = group[dataset["path"]]
     except Exception as err:  # zarr raises several kinds for a folder that is not a store
         raise ValueError(f"{path} is not an OME-Zarr image ({type(err).__name__}: {err}); expected a .zarr store "
                          "with NGFF 'multiscales' metadata, as napari-pgsr-predict writes") from err
-    names = [axis["name"] if isinstance(axis, dict) else str(axis) for axis in multiscale.get("axes", [])]
-    names = names if len(names) == array.ndim else ["tczyx"[i - array.ndim + 5] for i in range(array.ndim)]
+    names = _axis_names(multiscale, array.ndim)
     kept = [i for i, n in enumerate(array.shape) if n > 1 or names[i] in ("y", "x")]
     found = f"{path.name} holds axes {''.join(names)} of shape {tuple(array.shape)}"
     if [names[i] for i in kept] == ["y", "x"]:
         raise SingleFrameError(f"{found}: a single frame; expected a movie T x Y x X")
-    if len(kept) != 3 or [names[i] for i in kept][1:] != ["y", "x"]:
-        raise ValueError(f"{found}; expected a movie T x Y x X (other axes of length 1)")
+    if [names[i] for i in kept] != ["t", "y", "x"]:
+        raise ValueError(f"{found}; expected a movie T x Y x X (time, height, width; other axes of length 1)")
     shape = tuple(array.shape[i] for i in kept)
     frames = array if len(kept) == array.ndim else da.from_zarr(array).reshape(shape)
     if np.dtype(frames.dtype).kind not in "uif":
@@ -45,7 +71,7 @@ def read_zarr_movie(path: Path):
     for transform in dataset.get("coordinateTransformations", []):
         if transform.get("type") == "scale":
             axis = next((a for a in multiscale.get("axes", []) if isinstance(a, dict) and a.get("name") == "x"), {})
-            factor = _UNIT_TO_UM.get(axis.get("unit", "micrometer"))
+            factor = _UNIT_TO_UM.get(axis.get("unit", ""))  # no unit: the scale is not a physical size
             pixel_size = float(transform["scale"][-1]) * factor if factor else None
     written = dict(group.attrs.get("napari_pgsr", {}))
     if "pixel_size_um" in written:  # ours: None where the source had none (the scale then says 1.0)
@@ -55,5 +81,8 @@ def read_zarr_movie(path: Path):
         metadata["napari_pgsr"] = written
     if pixel_size is None:
         metadata["note"] = "pixel size not recorded in the store; scale left at 1 pixel"
+    if written.get("complete") is False:
+        metadata["incomplete"] = ("the restoration was stopped before every frame was written: the missing "
+                                  "frames read as NaN (napari-pgsr-predict --resume completes it)")
     data = frames if isinstance(frames, da.Array) else lazy_frames(frames, f"zarr-{path.name}")
     return Movie(data, frames, Path(path), pixel_size, "TYX", metadata)

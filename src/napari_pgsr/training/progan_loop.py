@@ -239,7 +239,8 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         eta = ((total - step) * batch * world / max(rate, 1e-9) if total is not None
                else max(0.0, deadline - time.perf_counter()))
         yield TrainingEvent(EventKind.STEP, step, total, {
-            "loss": history["loss"][-1], "patches_per_s": rate, "eta_s": eta, "lr": config.gan_lr,
+            "loss": history["loss"][-1], "patches_per_s": rate, "eta_s": eta,
+            "lr": g_opt.param_groups[0]["lr"],
             "resolution": phase.resolution, "alpha": generator.alpha,
             "fading": phase.fading, "images_seen": images_seen, **values})
         if setup.val_set is not None and (step % config.validation_every == 0 or step == total):
