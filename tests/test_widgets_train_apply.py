@@ -166,8 +166,8 @@ def test_bad_inputs_give_notifications_not_crashes(make_napari_viewer, tmp_path,
     assert "expected a movie T x Y x X, got 4 dimensions" in errors[-1] and len(viewer.layers) == count
 
 
-def test_streaming_restoration_can_be_cancelled_and_leaves_no_file(make_napari_viewer, qtbot, tmp_path, errors,
-                                                                   monkeypatch):
+@pytest.mark.parametrize("name", ["out.tif", "out.zarr"])
+def test_streaming_restoration_can_be_cancelled(make_napari_viewer, qtbot, tmp_path, errors, monkeypatch, name):
     from napari_pgsr.data import Normalization
     from napari_pgsr.modelfile import save_model
     from napari_pgsr.models.unet import UNet
@@ -179,10 +179,18 @@ def test_streaming_restoration_can_be_cancelled_and_leaves_no_file(make_napari_v
     _, widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Restore")
     widget.model_file.value = model
     widget.movie.value = viewer.add_image(np.random.default_rng(0).random((400, 128, 128), np.float32), name="m")
-    widget.output.value = tmp_path / "out.tif"
+    widget.output.value = tmp_path / name
+    widget.precision.value = "bf16"
     widget.run()
     qtbot.waitUntil(lambda: widget.progress.value >= 1, timeout=60_000)
     widget.cancel_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
-    assert any("cancelled after" in message for message in infos) and not errors
-    assert not (tmp_path / "out.tif").exists() and not list(tmp_path.glob(".out.tif*"))
+    assert not errors and len(infos) == 1 and infos[0].startswith("Restore: cancelled after")
+    if name.endswith(".tif"):  # a TIFF is written whole: nothing is left
+        assert "was not written" in infos[0]
+        assert not (tmp_path / name).exists() and not list(tmp_path.glob(".out.tif*"))
+    else:  # an OME-Zarr store keeps the frames restored so far
+        kept = int(infos[0].split()[3])
+        partial = read_movie(tmp_path / name)
+        assert 1 <= kept < 400 and "incomplete" in partial.metadata
+        assert np.isfinite(np.asarray(partial.data[0])).all() and np.isnan(np.asarray(partial.data[-1])).all()
