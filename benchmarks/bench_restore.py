@@ -5,7 +5,7 @@ per frame, for fp32 and bf16, eager and torch.compile'd; and peak RSS while stre
 lengths to OME-Zarr (it must not grow with the length).
 
     python benchmarks/bench_restore.py [--frames 4] [--sizes 256 1200] [--long 20 60]
-        [--rss-precision fp32|bf16] [--rss-compile] [--device auto]
+        [--rounds 3] [--rss-precision fp32|bf16] [--rss-compile] [--device auto]
 """
 
 from __future__ import annotations
@@ -163,6 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=4, help="frames timed per size")
     parser.add_argument("--sizes", type=int, nargs="*", default=[256, 1200])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of baseline and variants (medians reported)")
     parser.add_argument("--long", type=int, nargs="*", default=[20, 60], help="movie lengths for peak RSS")
     parser.add_argument("--rss-size", type=int, default=1200)
     parser.add_argument("--rss-precision", default="fp32", choices=("auto", "fp32", "bf16"))
@@ -179,19 +180,28 @@ def main() -> None:
           f"bf16 {limits['bf16'] / 1e9:.0f} GFLOP/s")
     rng = np.random.default_rng(0)
     print("| frame | precision | compiled | tile | restorer frames/s | s/frame | MP/s | achieved GFLOP/s "
-          "| of the limit (same precision) | plain model(x) frames/s | speed-up |")
+          "| of the limit (same precision) | plain model(x) frames/s | speed-up (median of rounds) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         frames = [rng.poisson(150.0, (size, size)).astype(np.float32) for _ in range(args.frames)]
-        plain = (plain_frames_per_second(unet_model().network.to(device), frames) if device.type == "cpu"
-                 else float("nan"))
-        for precision, compiled in VARIANTS:
-            restorer = Restorer(unet_model(), device=str(device), precision=precision, compile=compiled)
-            fps = frames_per_second(restorer, frames, restorer.frames_per_batch)
-            achieved = fps * size * size * flops_per_pixel
+        plain_network = unet_model().network.to(device)
+        restorers = [Restorer(unet_model(), device=str(device), precision=precision, compile=compiled)
+                     for precision, compiled in VARIANTS]
+        # rounds of the baseline and every variant in turn: each speed-up compares timings taken minutes
+        # apart at most, so the machine's drift cancels
+        plain, fps = [], [[] for _ in VARIANTS]
+        for _ in range(args.rounds):
+            plain.append(plain_frames_per_second(plain_network, frames) if device.type == "cpu" else float("nan"))
+            for timings, restorer in zip(fps, restorers):
+                timings.append(frames_per_second(restorer, frames, restorer.frames_per_batch))
+        for (precision, compiled), restorer, timings in zip(VARIANTS, restorers, fps):
+            rate = float(np.median(timings))
+            speedup = float(np.median(np.array(timings) / np.array(plain)))
+            achieved = rate * size * size * flops_per_pixel
             print(f"| {size}² | {precision} | {'yes' if compiled else 'no'} | {restorer.tile_for(size, size)} "
-                  f"| {fps:.2f} | {1 / fps:.3f} | {fps * size * size / 1e6:.2f} | {achieved / 1e9:.0f} "
-                  f"| {100 * achieved / limits[precision]:.0f}% | {plain:.2f} | {fps / plain:.2f}x |", flush=True)
+                  f"| {rate:.2f} | {1 / rate:.3f} | {rate * size * size / 1e6:.2f} | {achieved / 1e9:.0f} "
+                  f"| {100 * achieved / limits[precision]:.0f}% | {np.median(plain):.2f} | {speedup:.2f}x |",
+                  flush=True)
     folder = Path(tempfile.mkdtemp())
     for length in args.long:
         movie = write_long_movie(folder / f"long{length}.tif", length, args.rss_size)

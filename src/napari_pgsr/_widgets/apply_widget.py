@@ -45,10 +45,10 @@ def restore_job(model_path: Path, layer_data, source_path: str | None, pixel_siz
     from ..modelfile import load_model
 
     movie = Movie(layer_data, frame_source(layer_data), Path(source_path) if source_path else None, pixel_size)
-    done = [0]
+    done = [0, -1]  # frames written, of how many
 
     def report(count: int, total: int) -> None:
-        done[0] = count
+        done[:] = count, total
         progress(count, total)
 
     restorer = Restorer(load_model(model_path), batch=batch, device=device, precision=precision)
@@ -57,7 +57,7 @@ def restore_job(model_path: Path, layer_data, source_path: str | None, pixel_siz
     except InterruptedError:  # not an error: reported as information
         return CancelledRun(f"cancelled after {done[0]} frames; {output.name} was not written (a TIFF is written "
                             "whole; save to a .zarr name to keep what was restored)")
-    if cancel.is_set():
+    if cancel.is_set() and done[0] != done[1]:  # a cancel after the last frame changes nothing
         return CancelledRun(f"cancelled after {done[0]} frames; they are kept in {output} (unwritten frames read "
                             "as NaN; napari-pgsr-predict --resume completes it)")
     return output
