@@ -212,6 +212,13 @@ def test_a_compiled_model_restores_the_same_and_a_failed_compile_falls_back(file
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "c.tif"), "--compile", "--quiet"]) == 0
 
 
+def _ome_zarr(path, axes: str, shape: tuple[int, ...]) -> None:
+    """A minimal NGFF 0.4 image with the named axes."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.create_array("0", shape=shape, dtype="f4")
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a} for a in axes], "datasets": [{"path": "0"}]}]
+
+
 def test_restored_ome_zarr_opens_as_a_movie_for_napari_and_measuring(files, tmp_path):
     from napari_pgsr._reader import get_reader
     from napari_pgsr.io import SingleFrameError
@@ -227,19 +234,13 @@ def test_restored_ome_zarr_opens_as_a_movie_for_napari_and_measuring(files, tmp_
     labels = tmp_path / "labels.csv"
     labels.write_text("frame,y,x\n4,20,18\n")
     assert cli.measure_main([str(tmp_path / "out.zarr"), "--points", str(labels), "-o", str(tmp_path / "t.csv")]) == 0
-    group = zarr.open_group(str(tmp_path / "frame.zarr"), mode="w", zarr_format=2)
-    group.create_array("0", shape=(1, 8, 8), dtype="f4")
-    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "t"}, {"name": "y"}, {"name": "x"}],
-                                   "datasets": [{"path": "0"}]}]
+    _ome_zarr(tmp_path / "frame.zarr", "tyx", (1, 8, 8))
     with pytest.raises(SingleFrameError, match="frame.zarr holds axes tyx of shape \\(1, 8, 8\\): a single frame"):
         read_movie(tmp_path / "frame.zarr")
     zarr.open_group(str(tmp_path / "plain.zarr"), mode="w", zarr_format=2)
     with pytest.raises(ValueError, match="plain.zarr is not an OME-Zarr image"):
         read_movie(tmp_path / "plain.zarr")
-    stack = zarr.open_group(str(tmp_path / "stack.zarr"), mode="w", zarr_format=2)
-    stack.create_array("0", shape=(5, 8, 8), dtype="u2")
-    stack.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "z"}, {"name": "y"}, {"name": "x"}],
-                                   "datasets": [{"path": "0"}]}]
+    _ome_zarr(tmp_path / "stack.zarr", "zyx", (5, 8, 8))
     with pytest.raises(ValueError, match="stack.zarr holds axes zyx .*expected a movie T x Y x X"):
         read_movie(tmp_path / "stack.zarr")
     # napari's other readers get what is not a movie: plain groups, z-stacks
