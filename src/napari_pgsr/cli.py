@@ -237,7 +237,7 @@ def predict_main(argv: list[str] | None = None) -> int:
         from .inference import Restorer, restore_to_file
         from .io import read_movie
         from .modelfile import load_model
-        from .streaming import is_zarr_path
+        from .zarr_movie import is_zarr_path
 
         if args.resume and not is_zarr_path(args.output):
             raise BadInput("--resume continues OME-Zarr outputs (names ending .zarr); TIFFs are written whole")

@@ -278,7 +278,8 @@ def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all
     size and never writes over the movie itself. Returns the number of frames this process wrote."""
     from .modelfile import FORMAT_VERSION
     from .pairs import split_alternating
-    from .streaming import is_zarr_path, restore_to_zarr, stream_to_tiff
+    from .streaming import restore_to_zarr, stream_to_tiff
+    from .zarr_movie import is_zarr_path
 
     if frames not in ("all", "low"):
         raise ValueError(f"frames must be 'all' or 'low', got {frames!r}")

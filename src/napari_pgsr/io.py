@@ -237,7 +237,9 @@ def read_image(path: str | os.PathLike) -> tuple[Any, float | None]:
     try:
         movie = read_movie(path)
     except SingleFrameError:
-        if str(path).rstrip("/").lower().endswith(".zarr"):
+        from .zarr_movie import is_zarr_path
+
+        if is_zarr_path(path):  # a single-frame store: read_movie's message says what it holds
             raise
         with tifffile.TiffFile(path) as tif:
             return np.squeeze(tif.asarray()), _pixel_size_um(tif)

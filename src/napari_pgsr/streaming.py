@@ -14,7 +14,6 @@ import numpy as np
 
 from .data import context_indices
 from .io import as_array
-from .zarr_movie import is_zarr_path  # noqa: F401 - where callers find it
 
 DONE_FOLDER = ".napari_pgsr_done"  # per-rank lists of frames written, so a resumed run redoes no frame
 
