@@ -17,6 +17,7 @@ import torch
 
 from .data import context_indices
 from .devices import CompiledForward, autocast, pick_device
+from .heap import reusing_freed_memory
 from .io import Movie, as_array, write_movie
 from .modelfile import ModelFile
 
@@ -195,11 +196,12 @@ def iter_restore(model: ModelFile, frames, indices=None, tile: int | None = None
     reflected at the ends."""
     restorer = Restorer(model, tile, overlap, batch, device)
     indices = np.arange(frames.shape[0]) if indices is None else np.asarray(indices)
-    for position in range(len(indices)):
-        neighbours = indices[context_indices(position, len(indices), model.context)]
-        yield restorer(np.stack([_frame(frames, i) for i in neighbours]))
-        if progress is not None:
-            progress(position + 1, len(indices))
+    with reusing_freed_memory(restorer.device.type == "cpu"):  # no page faults on every forward pass
+        for position in range(len(indices)):
+            neighbours = indices[context_indices(position, len(indices), model.context)]
+            yield restorer(np.stack([_frame(frames, i) for i in neighbours]))
+            if progress is not None:
+                progress(position + 1, len(indices))
 
 
 def restore(model: ModelFile, frames, tile: int | None = None, overlap: int | None = None, batch: int = 4,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import context_indices
+from .heap import reusing_freed_memory
 from .io import as_array
 
 DONE_FOLDER = ".napari_pgsr_done"  # per-rank lists of frames written, so a resumed run redoes no frame
@@ -162,25 +163,27 @@ def stream_restore(restorer, frames, write: Callable[[int, np.ndarray], None], i
     thread.start()
     written, finished = 0, False
     try:
-        while not finished:
-            batch: list[tuple[int, np.ndarray]] = []
-            while len(batch) < max(1, frames_per_batch):
-                item = loaded.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if item is None:
-                    finished = True
+        # kept allocations: no page faults for every forward pass on a CPU (see heap.py)
+        with reusing_freed_memory(restorer.device.type == "cpu"):
+            while not finished:
+                batch: list[tuple[int, np.ndarray]] = []
+                while len(batch) < max(1, frames_per_batch):
+                    item = loaded.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    if item is None:
+                        finished = True
+                        break
+                    batch.append(item)
+                if not batch:
                     break
-                batch.append(item)
-            if not batch:
-                break
-            for (position, _), out in zip(batch, restorer.restore_many([stack for _, stack in batch])):
-                write(position, out)
-                written += 1
-                if progress is not None:
-                    progress(written, len(positions))
-            if should_stop is not None and should_stop():
-                break
+                for (position, _), out in zip(batch, restorer.restore_many([stack for _, stack in batch])):
+                    write(position, out)
+                    written += 1
+                    if progress is not None:
+                        progress(written, len(positions))
+                if should_stop is not None and should_stop():
+                    break
     finally:
         stop.set()
         thread.join(timeout=10)

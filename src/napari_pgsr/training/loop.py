@@ -16,6 +16,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from ..data import PatchDataset, data_provenance, fit_normalization, split_refs
 from ..devices import autocast, pick_device
+from ..heap import reusing_freed_memory
 from ..modelfile import load_model, save_model
 from ..models import build_model
 from ..pairs import Pairs
@@ -228,11 +229,20 @@ def iter_training(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.
                   preview: np.ndarray | None = None,
                   preview_every: int = 0) -> Generator[TrainingEvent, None, TrainResult]:
     """`train` as a generator of TrainingEvents that returns the TrainResult (for GUI workers)."""
-    if config.model == "progan":
-        from .progan_loop import iter_progan_training
+    arguments = (config, pairs, output, validation, resume, should_stop, files, preview, preview_every)
+    # kept allocations: no page faults for every step on a CPU (U-Net steps ~7% faster; see heap.py)
+    with reusing_freed_memory(pick_device(config.device).type == "cpu"):
+        if config.model == "progan":
+            from .progan_loop import iter_progan_training
 
-        return (yield from iter_progan_training(config, pairs, output, validation, resume, should_stop, files,
-                                                preview, preview_every))
+            return (yield from iter_progan_training(*arguments))
+        return (yield from _iter_unet_training(*arguments))
+
+
+def _iter_unet_training(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.PathLike,
+                        validation: Sequence[Pairs], resume: str | os.PathLike | None,
+                        should_stop: Callable[[], bool] | None, files: Sequence[str], preview: np.ndarray | None,
+                        preview_every: int) -> Generator[TrainingEvent, None, TrainResult]:
     output = Path(output)
     setup = prepare_run(config, pairs, validation, resume, files)
     device, rank, world = setup.device, setup.rank, setup.world
