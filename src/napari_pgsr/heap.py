@@ -7,6 +7,10 @@ slower than with the memory kept. While at least one job is inside `reusing_free
 from the heap and stay there when freed; when the last job ends the defaults return and the freed memory is
 handed back to the system (`malloc_trim`), so a long napari session does not keep a job's peak.
 Elsewhere (macOS, Windows, musl) it does nothing.
+
+Only the main arena keeps its memory: glibc gives other threads arenas made of 64 MiB heaps, unmapped
+whenever they empty. So from the first job on, threads started later share the main arena
+(`share_one_arena`; napari's workers call it before starting); threads that existed before keep theirs.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ import ctypes
 import sys
 import threading
 
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # mallopt parameters (malloc.h)
 DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 KEEP_TRIM_THRESHOLD = 2**31 - 1  # an int; larger freed tops than this are still returned
 
 _lock = threading.Lock()
 _jobs = 0
+_one_arena = False
 
 
 def _load_glibc():
@@ -45,6 +50,14 @@ def active() -> bool:
     return _jobs > 0 and _glibc is not None
 
 
+def share_one_arena() -> None:
+    """Threads started from now on allocate from the main arena (the one that keeps freed memory); fewer
+    arenas also fragment less, which is why servers often set MALLOC_ARENA_MAX."""
+    global _one_arena
+    if _glibc is not None and not _one_arena:
+        _one_arena = bool(_glibc.mallopt(M_ARENA_MAX, 1))
+
+
 @contextlib.contextmanager
 def reusing_freed_memory(enabled: bool = True):
     """Within this block (any thread, nestable) large blocks come from the heap and freed memory is kept;
@@ -53,6 +66,7 @@ def reusing_freed_memory(enabled: bool = True):
     if not enabled or _glibc is None:
         yield
         return
+    share_one_arena()  # the threads this job starts (prefetch, writers) too
     with _lock:
         _jobs += 1
         if _jobs == 1:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import context_indices
-from .heap import reusing_freed_memory
+from .heap import reusing_freed_memory, share_one_arena
 from .io import as_array
 
 DONE_FOLDER = ".napari_pgsr_done"  # per-rank lists of frames written, so a resumed run redoes no frame
@@ -241,6 +241,7 @@ def stream_to_tiff(restorer, frames, indices: np.ndarray, output, pixel_size_um:
             produced.put(err)
 
     shape = (len(indices), *frames.shape[1:])
+    share_one_arena()  # the restoring thread can then keep freed memory (heap.py)
     thread = threading.Thread(target=produce, daemon=True, name="napari-pgsr-restore")
     thread.start()
     try:

@@ -9,6 +9,8 @@ from typing import Any
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error
 
+from ..heap import share_one_arena
+
 
 class SyncJob:
     """What `start` returns in synchronous mode: already finished, nothing to quit."""
@@ -36,6 +38,7 @@ def start(job: Callable[..., Generator], *args: Any, on_yield: Callable, on_retu
         finally:
             on_finish()
         return SyncJob()
+    share_one_arena()  # the worker's thread then keeps freed memory during CPU jobs (heap.py)
     worker = create_worker(job, *args, _start_thread=False)
     worker.yielded.connect(on_yield)
     worker.returned.connect(on_return)
