@@ -1,28 +1,32 @@
 """Keep freed memory for reuse while a CPU job runs (glibc only).
 
 A forward pass on the CPU allocates and frees tens of large activation tensors. glibc serves every block
-over 32 MiB (its largest mmap threshold) with a fresh mmap and unmaps it on free, so each pass page-faults
+over its mmap threshold (32 MiB at most) with a fresh mmap and unmaps it on free, so each pass page-faults
 its whole working set again: 670 MiB per pass for a 632² tile of the default U-Net, which made it run ~30%
 slower than with the memory kept. While at least one job is inside `reusing_freed_memory()`, blocks come
-from the heap and stay there when freed; when the last job ends the defaults return and the freed memory is
-handed back to the system (`malloc_trim`), so a long napari session does not keep a job's peak.
-Elsewhere (macOS, Windows, musl) it does nothing.
+from the heap and stay there when freed. When the last job ends, glibc gets the thresholds it settles on by
+itself after large blocks (mmap above 32 MiB, trim above 64 MiB) and the freed memory goes back to the
+system (`malloc_trim`), so a long napari session does not keep a job's peak. Nothing changes where a user
+tuned malloc (MALLOC_*_ or GLIBC_TUNABLES), nor off glibc (macOS, Windows, musl).
 
-Only the main arena keeps its memory: glibc gives other threads arenas made of 64 MiB heaps, unmapped
-whenever they empty. So from the first job on, threads started later share the main arena
-(`share_one_arena`; napari's workers call it before starting); threads that existed before keep theirs.
+Fully effective in glibc's main arena only: the other threads' arenas still map blocks over 64 MiB afresh.
+`share_one_arena()` (called for CPU jobs) makes threads started afterwards share the main arena, best-effort:
+a thread that has an arena keeps it, and a new thread may take over one that an ended thread left.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import sys
 import threading
 
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # mallopt parameters (malloc.h)
-DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
-KEEP_TRIM_THRESHOLD = 2**31 - 1  # an int; larger freed tops than this are still returned
+# mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -3, -4, -8
+SETTLED = {M_MMAP_MAX: 65536, M_MMAP_THRESHOLD: 32 * 2**20, M_TRIM_THRESHOLD: 64 * 2**20, M_TOP_PAD: 128 * 1024}
+KEEP = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1,  # an int: only larger freed tops are still returned
+        M_TOP_PAD: 64 * 2**20}  # other arenas keep their emptied 64 MiB heaps instead of unmapping them
 
 _lock = threading.Lock()
 _jobs = 0
@@ -30,11 +34,12 @@ _one_arena = False
 
 
 def _load_glibc():
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
         return None
+    if "GLIBC_TUNABLES" in os.environ or any(name.startswith("MALLOC_") for name in os.environ):
+        return None  # the user's own malloc settings win
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.gnu_get_libc_version  # glibc, not musl: the parameters above are glibc's
         libc.mallopt.argtypes, libc.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
         libc.malloc_trim.argtypes, libc.malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
     except (OSError, AttributeError):
@@ -51,11 +56,16 @@ def active() -> bool:
 
 
 def share_one_arena() -> None:
-    """Threads started from now on allocate from the main arena (the one that keeps freed memory); fewer
-    arenas also fragment less, which is why servers often set MALLOC_ARENA_MAX."""
+    """Threads started from now on allocate from the main arena where they can (see the module's note);
+    fewer arenas also fragment less, which is why servers often set MALLOC_ARENA_MAX."""
     global _one_arena
     if _glibc is not None and not _one_arena:
         _one_arena = bool(_glibc.mallopt(M_ARENA_MAX, 1))
+
+
+def _set(values: dict) -> None:
+    for parameter, value in values.items():
+        _glibc.mallopt(parameter, value)
 
 
 @contextlib.contextmanager
@@ -66,18 +76,17 @@ def reusing_freed_memory(enabled: bool = True):
     if not enabled or _glibc is None:
         yield
         return
-    share_one_arena()  # the threads this job starts (prefetch, writers) too
     with _lock:
         _jobs += 1
         if _jobs == 1:
-            _glibc.mallopt(M_MMAP_MAX, 0)
-            _glibc.mallopt(M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD)
+            _set(KEEP)
     try:
         yield
     finally:
         with _lock:
             _jobs -= 1
-            if _jobs == 0:
-                _glibc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-                _glibc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
-                _glibc.malloc_trim(0)
+            last = _jobs == 0
+            if last:
+                _set(SETTLED)
+        if last:
+            _glibc.malloc_trim(0)

@@ -158,13 +158,16 @@ def stream_restore(restorer, frames, write: Callable[[int, np.ndarray], None], i
     loaded: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
     frames = FileFrames.wrap(frames)
+    cpu = getattr(restorer, "device", None) is not None and restorer.device.type == "cpu"
+    if cpu:
+        share_one_arena()  # for the prefetch thread's frames (heap.py)
     thread = threading.Thread(target=_reader, args=(frames, indices, positions, restorer.model.context, loaded, stop),
                               daemon=True, name="napari-pgsr-prefetch")
     thread.start()
     written, finished = 0, False
     try:
         # kept allocations: no page faults for every forward pass on a CPU (see heap.py)
-        with reusing_freed_memory(restorer.device.type == "cpu"):
+        with reusing_freed_memory(cpu):
             while not finished:
                 batch: list[tuple[int, np.ndarray]] = []
                 while len(batch) < max(1, frames_per_batch):
@@ -241,7 +244,8 @@ def stream_to_tiff(restorer, frames, indices: np.ndarray, output, pixel_size_um:
             produced.put(err)
 
     shape = (len(indices), *frames.shape[1:])
-    share_one_arena()  # the restoring thread can then keep freed memory (heap.py)
+    if getattr(restorer, "device", None) is not None and restorer.device.type == "cpu":
+        share_one_arena()  # the restoring thread can then keep freed memory (heap.py)
     thread = threading.Thread(target=produce, daemon=True, name="napari-pgsr-restore")
     thread.start()
     try:

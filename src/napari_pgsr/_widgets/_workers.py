@@ -20,8 +20,10 @@ class SyncJob:
 
 
 def start(job: Callable[..., Generator], *args: Any, on_yield: Callable, on_return: Callable,
-          on_finish: Callable[[], None], context: str) -> GeneratorWorker | SyncJob:
-    """Start `job(*args)`; progress goes to on_yield, the result to on_return, errors to a notification."""
+          on_finish: Callable[[], None], context: str, computes: bool = False) -> GeneratorWorker | SyncJob:
+    """Start `job(*args)`; progress goes to on_yield, the result to on_return, errors to a notification.
+    `computes`: a training or restoration, whose thread should share the arena that keeps freed memory
+    during CPU jobs (heap.py)."""
 
     def on_error(err: Exception) -> None:
         show_error(f"{context}: {err}")
@@ -38,7 +40,8 @@ def start(job: Callable[..., Generator], *args: Any, on_yield: Callable, on_retu
         finally:
             on_finish()
         return SyncJob()
-    share_one_arena()  # the worker's thread then keeps freed memory during CPU jobs (heap.py)
+    if computes:
+        share_one_arena()
     worker = create_worker(job, *args, _start_thread=False)
     worker.yielded.connect(on_yield)
     worker.returned.connect(on_return)

@@ -162,7 +162,7 @@ class ApplyWidget(Container):
                              layer.metadata.get("source_path"), pixel, self.frames.value, Path(output),
                              self.device.value, self.batch.value or None, self.precision.value, self._cancel,
                              on_yield=self._on_progress, on_return=lambda result: self._finished(layer, result),
-                             on_finish=self._on_finish, context=f"Restore ({layer.name})")
+                             on_finish=self._on_finish, context=f"Restore ({layer.name})", computes=True)
 
     def _add_lazy(self, layer, model, data) -> None:
         from ..inference import Restorer, restore_lazily

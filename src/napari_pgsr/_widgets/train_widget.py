@@ -224,7 +224,7 @@ class TrainWidget(Container):
         self.status.state = RunState.TRAINING
         self._worker = start(training_job, config, pairs, output, output if resume else None, self._stop, preview,
                              self.preview_every.value, on_yield=self._on_event, on_return=self._on_result,
-                             on_finish=self._on_finish, context="Train")
+                             on_finish=self._on_finish, context="Train", computes=True)
 
     def stop(self) -> None:
         """Stop at the next step; the model is saved."""
