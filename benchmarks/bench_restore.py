@@ -95,8 +95,8 @@ def frames_per_second(restorer: Restorer, frames: list[np.ndarray], batch: int) 
 
 
 def plain_frames_per_second(network: nn.Module, frames: list[np.ndarray]) -> float:
-    """The naive way: one whole-frame `model(x)` per frame, default autograd mode, NCHW, glibc's default
-    memory handling."""
+    """The naive way: one whole-frame `model(x)` per frame, default autograd mode, NCHW, and glibc's memory
+    handling as it settles by itself (blocks over 32 MiB mapped afresh; heap.py restores that after a job)."""
     network = network.float().to(memory_format=torch.contiguous_format).train(False)
     network(torch.from_numpy(frames[0][None, None]))
 
