@@ -94,17 +94,33 @@ def frames_per_second(restorer: Restorer, frames: list[np.ndarray], batch: int) 
         return len(frames) / _best_seconds(one_pass, restorer.device, 0.0 if len(frames) > 4 else 1.0)
 
 
-def plain_frames_per_second(network: nn.Module, frames: list[np.ndarray]) -> float:
-    """The naive way: one whole-frame `model(x)` per frame, default autograd mode, NCHW, and glibc's memory
-    handling as it settles by itself (blocks over 32 MiB mapped afresh; heap.py restores that after a job)."""
-    network = network.float().to(memory_format=torch.contiguous_format).train(False)
-    network(torch.from_numpy(frames[0][None, None]))
+PLAIN = """
+import sys
+import numpy as np
+import torch
+sys.path.insert(0, {here!r})
+from bench_restore import _best_seconds, unet_model
+network = unet_model().network.float().to(memory_format=torch.contiguous_format).train(False)
+rng = np.random.default_rng(0)
+frames = [rng.poisson(150.0, ({size}, {size})).astype(np.float32) for _ in range({count})]
+network(torch.from_numpy(frames[0][None, None]))
 
-    def one_pass():
-        for frame in frames:
-            network(torch.from_numpy(frame[None, None])).detach()
+def one_pass():
+    for frame in frames:
+        network(torch.from_numpy(frame[None, None])).detach()
 
-    return len(frames) / _best_seconds(one_pass, torch.device("cpu"), 1.0)
+print(len(frames) / _best_seconds(one_pass, torch.device("cpu"), 1.0))
+"""
+
+
+def plain_frames_per_second(size: int, count: int) -> float:
+    """The naive way: one whole-frame `model(x)` per frame, default autograd mode, NCHW, in a fresh process
+    (glibc's memory handling untouched by heap.py's settings for our jobs)."""
+    code = PLAIN.format(here=str(Path(__file__).resolve().parent), size=size, count=count)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if run.returncode:
+        raise RuntimeError(run.stderr[-2000:])
+    return float(run.stdout.strip().splitlines()[-1])
 
 
 def write_long_movie(path: Path, frames: int, size: int) -> Path:
@@ -187,14 +203,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         frames = [rng.poisson(150.0, (size, size)).astype(np.float32) for _ in range(args.frames)]
-        plain_network = unet_model().network.to(device)
         restorers = [Restorer(unet_model(), device=str(device), precision=precision, compile=compiled)
                      for precision, compiled in VARIANTS]
         # rounds of the baseline and every variant in turn: each speed-up compares timings taken minutes
         # apart at most, so the machine's drift cancels
         plain, fps = [], [[] for _ in VARIANTS]
         for _ in range(args.rounds):
-            plain.append(plain_frames_per_second(plain_network, frames) if device.type == "cpu" else float("nan"))
+            plain.append(plain_frames_per_second(size, len(frames)) if device.type == "cpu" else float("nan"))
             for timings, restorer in zip(fps, restorers):
                 timings.append(frames_per_second(restorer, frames, restorer.frames_per_batch))
         for (precision, compiled), restorer, timings in zip(VARIANTS, restorers, fps):
