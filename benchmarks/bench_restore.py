@@ -192,14 +192,12 @@ def main() -> None:
     device = pick_device(args.device)
     model = unet_model()
     flops_per_pixel = conv_flops_per_pixel(model.network)
-    limits = {"fp32": machine_conv_limit(device), "bf16": machine_conv_limit(device, bf16=True)}
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"U-Net depth 2 width 32: {flops_per_pixel / 1e3:.1f} kFLOP per pixel; machine limit (best of three "
-          f"large 3x3 convolutions, channels-last): fp32 {limits['fp32'] / 1e9:.0f} GFLOP/s, "
-          f"bf16 {limits['bf16'] / 1e9:.0f} GFLOP/s")
+    print(f"U-Net depth 2 width 32: {flops_per_pixel / 1e3:.1f} kFLOP per pixel; machine limit: best of three "
+          "large 3x3 convolutions, channels-last, timed in every round (the machine's speed drifts)")
     rng = np.random.default_rng(0)
     print("| frame | precision | compiled | tile | restorer frames/s | s/frame | MP/s | achieved GFLOP/s "
-          "| of the limit (same precision) | plain model(x) frames/s | speed-up (median of rounds) |")
+          "| of the limit (same precision, median of rounds) | plain model(x) frames/s | speed-up (median of rounds) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         frames = [rng.poisson(150.0, (size, size)).astype(np.float32) for _ in range(args.frames)]
@@ -207,19 +205,23 @@ def main() -> None:
                      for precision, compiled in VARIANTS]
         # rounds of the baseline and every variant in turn: each speed-up compares timings taken minutes
         # apart at most, so the machine's drift cancels
-        plain, fps = [], [[] for _ in VARIANTS]
+        plain, fps, limits = [], [[] for _ in VARIANTS], {"fp32": [], "bf16": []}
         for _ in range(args.rounds):
             plain.append(plain_frames_per_second(size, len(frames)) if device.type == "cpu" else float("nan"))
+            for precision in limits:
+                limits[precision].append(machine_conv_limit(device, bf16=precision == "bf16"))
             for timings, restorer in zip(fps, restorers):
                 timings.append(frames_per_second(restorer, frames, restorer.frames_per_batch))
+        print(f"| {size}² limits (median of rounds) | fp32 {np.median(limits['fp32']) / 1e9:.0f} GFLOP/s | bf16 "
+              f"{np.median(limits['bf16']) / 1e9:.0f} GFLOP/s | | | | | | | | |")
         for (precision, compiled), restorer, timings in zip(VARIANTS, restorers, fps):
             rate = float(np.median(timings))
             speedup = float(np.median(np.array(timings) / np.array(plain)))
             achieved = rate * size * size * flops_per_pixel
+            share = float(np.median(np.array(timings) * size * size * flops_per_pixel / np.array(limits[precision])))
             print(f"| {size}² | {precision} | {'yes' if compiled else 'no'} | {restorer.tile_for(size, size)} "
                   f"| {rate:.2f} | {1 / rate:.3f} | {rate * size * size / 1e6:.2f} | {achieved / 1e9:.0f} "
-                  f"| {100 * achieved / limits[precision]:.0f}% | {np.median(plain):.2f} | {speedup:.2f}x |",
-                  flush=True)
+                  f"| {100 * share:.0f}% | {np.median(plain):.2f} | {speedup:.2f}x |", flush=True)
     folder = Path(tempfile.mkdtemp())
     for length in args.long:
         movie = write_long_movie(folder / f"long{length}.tif", length, args.rss_size)
