@@ -10,8 +10,9 @@ system (`malloc_trim`), so a long napari session does not keep a job's peak. Not
 tuned malloc (MALLOC_*_ or GLIBC_TUNABLES), nor off glibc (macOS, Windows, musl).
 
 Fully effective in glibc's main arena only: the other threads' arenas still map blocks over 64 MiB afresh.
-`share_one_arena()` (called for CPU jobs) makes threads started afterwards share the main arena, best-effort:
-a thread that has an arena keeps it, and a new thread may take over one that an ended thread left.
+`share_one_arena()` (called before trainings and restorations start their threads) makes threads started
+afterwards share the main arena, best-effort: a thread that has an arena keeps it, and a new thread may take
+over one that an ended thread left.
 """
 
 from __future__ import annotations
