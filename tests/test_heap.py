@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from napari_pgsr import heap
+from napari_pgsr.data import Normalization
+from napari_pgsr.inference import RestoredFrames, Restorer, restore
+from napari_pgsr.modelfile import ModelFile
 from napari_pgsr.models.unet import UNet
+from napari_pgsr.streaming import stream_restore
 
 pytestmark = pytest.mark.skipif(heap._glibc is None, reason="glibc's mallopt only (and no user malloc settings)")
 
@@ -92,3 +96,18 @@ def test_kept_memory_is_returned_when_the_job_ends():
         kept = rss_mib()
         assert kept > held - 100, (held, kept)  # freed but kept for the next pass
     assert rss_mib() < kept - 200, (kept, rss_mib())
+
+
+def test_restorations_run_inside_the_block():
+    torch.manual_seed(0)
+    model = ModelFile(UNet(depth=1, width=4).eval(), Normalization(100.0, 300.0, 100.0, 2100.0),
+                      {"config": {"context": 0}})
+    restorer, seen = Restorer(model, device="cpu"), []
+    forward = restorer.restore_normalised
+    restorer.restore_normalised = lambda image: (seen.append(heap.active()), forward(image))[1]
+    movie = torch.randint(100, 400, (3, 24, 24), dtype=torch.int32).numpy().astype("uint16")
+    RestoredFrames(restorer, movie, [0, 1, 2]).frame(1)  # a lazy layer's frame
+    stream_restore(restorer, movie, lambda position, frame: None)  # what files are written from
+    assert seen == [True] * 4 and not heap.active()
+    restore(model, movie)  # the in-memory path
+    assert not heap.active()

@@ -234,7 +234,10 @@ class RestoredFrames:
             raise IndexError(f"frame {position} of {len(self.indices)}")
         context = self.restorer.model.context
         neighbours = self.indices[context_indices(int(position), len(self.indices), context)]
-        out = self.restorer(np.stack([_frame(self.frames, i) for i in neighbours]))
+        # the frame's tiles reuse one another's memory; it is handed back after the frame (a lazy layer
+        # may sit in napari for hours between frames)
+        with reusing_freed_memory(self.restorer.device.type == "cpu"):
+            out = self.restorer(np.stack([_frame(self.frames, i) for i in neighbours]))
         if self.progress is not None:
             self.progress(int(position) + 1, len(self.indices))
         return out
