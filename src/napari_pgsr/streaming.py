@@ -143,6 +143,11 @@ def _reader(frames, indices: np.ndarray, positions: Sequence[int], context: int,
     _put(out, None, stop)
 
 
+def _on_cpu(restorer) -> bool:
+    device = getattr(restorer, "device", None)
+    return device is not None and device.type == "cpu"
+
+
 def stream_restore(restorer, frames, write: Callable[[int, np.ndarray], None], indices=None,
                    positions: Sequence[int] | None = None, prefetch: int = 4, frames_per_batch: int | None = None,
                    progress: Callable[[int, int], None] | None = None,
@@ -158,7 +163,7 @@ def stream_restore(restorer, frames, write: Callable[[int, np.ndarray], None], i
     loaded: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
     frames = FileFrames.wrap(frames)
-    cpu = getattr(restorer, "device", None) is not None and restorer.device.type == "cpu"
+    cpu = _on_cpu(restorer)
     if cpu:
         share_one_arena()  # for the prefetch thread's frames (heap.py)
     thread = threading.Thread(target=_reader, args=(frames, indices, positions, restorer.model.context, loaded, stop),
@@ -244,7 +249,7 @@ def stream_to_tiff(restorer, frames, indices: np.ndarray, output, pixel_size_um:
             produced.put(err)
 
     shape = (len(indices), *frames.shape[1:])
-    if getattr(restorer, "device", None) is not None and restorer.device.type == "cpu":
+    if _on_cpu(restorer):
         share_one_arena()  # the restoring thread can then keep freed memory (heap.py)
     thread = threading.Thread(target=produce, daemon=True, name="napari-pgsr-restore")
     thread.start()
