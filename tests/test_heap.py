@@ -1,6 +1,9 @@
 """Freed memory kept for reuse during CPU jobs (glibc), and handed back when the last job ends."""
 
+import inspect
 import resource
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -49,19 +52,34 @@ def test_forward_passes_reuse_their_memory_inside_and_refault_it_outside(network
     assert inside < 0.2 * outside and inside < 0.2 * after, (inside, outside, after)
 
 
-def test_threads_started_after_sharing_the_arena_reuse_memory_too(network_and_input):
-    heap.share_one_arena()
-    faults = []
+THREAD_JOB = """
+import resource, threading, torch
+from napari_pgsr import heap
+from napari_pgsr.models.unet import UNet
+torch.manual_seed(0)
+network, x, faults = UNet(depth=2, width=32).eval(), torch.rand(1, 1, 320, 320), []
+heap.share_one_arena()
 
-    def job():  # like a napari worker or the TIFF writer's restoring thread
-        with heap.reusing_freed_memory():
-            faults.append(faults_per_forward(*network_and_input, warmup=4))
+def job():  # like a napari worker or the TIFF writer's restoring thread
+    with heap.reusing_freed_memory():
+        faults.append(faults_per_forward(network, x, warmup=4))
 
-    outside = faults_per_forward(*network_and_input)
-    thread = threading.Thread(target=job)
-    thread.start()
-    thread.join()
-    assert faults[0] < 0.2 * outside, (faults, outside)  # its memory stayed mapped
+outside = faults_per_forward(network, x)
+thread = threading.Thread(target=job)
+thread.start()
+thread.join()
+print(faults[0], outside)
+"""
+
+
+def test_threads_started_after_sharing_the_arena_reuse_memory_too():
+    # A fresh process: in this one, earlier tests' ended threads left arenas that a new thread may take
+    # over (the module's best-effort note), which made the figure depend on the test order.
+    script = inspect.getsource(faults_per_forward) + THREAD_JOB
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    inside, outside = map(float, result.stdout.split())
+    assert inside < 0.2 * outside, (inside, outside)  # its memory stayed mapped
 
 
 def test_nested_and_threaded_jobs_keep_it_until_the_last_ends():
