@@ -192,7 +192,7 @@ def test_warm_up_then_gan_and_the_gan_mode(tmp_path, small_pairs):
     config = _config(warmup_steps=4)
     warm, _ = _optimizers(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), config, warming=True)
     gan, critic = _optimizers(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), config)
-    assert warm.defaults["betas"] == (0.9, 0.999) and warm.defaults["lr"] == config.lr
+    assert warm.defaults["betas"] == (0.9, 0.999) and warm.defaults["lr"] == config.warmup_lr != config.lr
     assert gan.defaults["betas"] == critic.defaults["betas"] == (0.0, 0.99) and gan.defaults["lr"] == config.gan_lr
     assert not state["optimizer_warming"] and len(state["generator_optimizer"]["state"]) > 0
     # the EMA copies the warm-up, then ramps its decay up: 0.1 after the first GAN step, capped at ema_decay

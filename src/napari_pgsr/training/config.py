@@ -59,6 +59,9 @@ class TrainConfig:
     ema_decay: float = field(default=0.999, metadata={"help": "ProGAN: decay of the generator's EMA copy"})
     warmup_steps: int = field(default=0, metadata={
         "help": "ProGAN: generator steps with MAE alone (U-Net-style warm-up) before the critic joins"})
+    warmup_lr: float = field(default=4e-3, metadata={
+        "help": "ProGAN: Adam learning rate of the MAE warm-up (equalized-LR weights are stored as N(0, 1), "
+                "so a step moves them ~10x less, relative to their size, than lr moves the U-Net's)"})
 
     def __post_init__(self) -> None:
         problems = []

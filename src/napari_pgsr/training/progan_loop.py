@@ -76,11 +76,11 @@ def faded_real(images: torch.Tensor, alpha: float) -> torch.Tensor:
 def _optimizers(generator, critic, config: TrainConfig,
                 warming: bool = False) -> tuple[torch.optim.Adam, torch.optim.Adam]:
     """Karras's Adam (lr 1e-3, betas 0 and 0.99) for both networks; during the MAE warm-up the generator
-    trains like the U-Net (Adam at `lr`, default betas: without momentum MAE alone converged far slower)."""
+    trains like the U-Net (default betas: without momentum MAE alone converged far slower) at `warmup_lr`."""
     def adam(module):
         return torch.optim.Adam(module.parameters(), lr=config.gan_lr, betas=(0.0, 0.99), eps=1e-8)
 
-    return (torch.optim.Adam(generator.parameters(), lr=config.lr) if warming else adam(generator)), adam(critic)
+    return (torch.optim.Adam(generator.parameters(), lr=config.warmup_lr) if warming else adam(generator)), adam(critic)
 
 
 def ema_decay_at(config: TrainConfig, step: int) -> float:
