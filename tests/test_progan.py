@@ -16,7 +16,7 @@ from napari_pgsr.training.config import TrainConfig
 from napari_pgsr.training.gan_losses import critic_loss, generator_loss, gradient_penalty
 from napari_pgsr.training.loop import train
 from napari_pgsr.training.progan_loop import (_optimizers, ema_decay_at, faded_real, phase_at,
-                                              phase_schedule)
+                                              phase_schedule, warmup_lr_at)
 
 
 def test_equalized_layers_store_unit_normal_weights_and_keep_the_variance():
@@ -194,6 +194,10 @@ def test_warm_up_then_gan_and_the_gan_mode(tmp_path, small_pairs):
     gan, critic = _optimizers(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), config)
     assert warm.defaults["betas"] == (0.9, 0.999) and warm.defaults["lr"] == config.warmup_lr != config.lr
     assert gan.defaults["betas"] == critic.defaults["betas"] == (0.0, 0.99) and gan.defaults["lr"] == config.gan_lr
+    # its learning rate decays like the U-Net's cosine schedule, to a 50th at the warm-up's end
+    assert [warmup_lr_at(config, s) for s in (0, 2, 4, 6)] == pytest.approx(
+        [config.warmup_lr, config.warmup_lr * 0.51, config.warmup_lr / 50, config.warmup_lr / 50])
+    assert warmup_lr_at(_config(warmup_steps=4, lr_schedule="constant"), 2) == config.warmup_lr
     assert not state["optimizer_warming"] and len(state["generator_optimizer"]["state"]) > 0
     # the EMA copies the warm-up, then ramps its decay up: 0.1 after the first GAN step, capped at ema_decay
     assert [ema_decay_at(config, s) for s in (0, 3, 4, 5)] == pytest.approx([0.0, 0.0, 0.1, 2 / 11])

@@ -5,6 +5,7 @@ several processes under torchrun (gradients averaged across ranks; rank 0 alone 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -81,6 +82,15 @@ def _optimizers(generator, critic, config: TrainConfig,
         return torch.optim.Adam(module.parameters(), lr=config.gan_lr, betas=(0.0, 0.99), eps=1e-8)
 
     return (torch.optim.Adam(generator.parameters(), lr=config.warmup_lr) if warming else adam(generator)), adam(critic)
+
+
+def warmup_lr_at(config: TrainConfig, step: int) -> float:
+    """The warm-up's learning rate: cosine from `warmup_lr` down to a 50th of it at the warm-up's end, as
+    the U-Net's (a function of the step, so resuming stays exact); constant for other schedules."""
+    if config.lr_schedule != "cosine" or config.warmup_steps <= 0:
+        return config.warmup_lr
+    low = config.warmup_lr / 50
+    return low + (config.warmup_lr - low) * (1 + math.cos(math.pi * min(step / config.warmup_steps, 1.0))) / 2
 
 
 def ema_decay_at(config: TrainConfig, step: int) -> float:
@@ -221,6 +231,9 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
                 history["phases"].append({"step": step, "images_seen": images_seen, "resolution": now.resolution})
             optimizer_resolution, optimizer_warming = now.resolution, warming
         phase = now
+        if warming:
+            for group in g_opt.param_groups:
+                group["lr"] = warmup_lr_at(config, step)
         _set_phase(phase, generator, critic, ema)
         batch = config.batch_at(phase.resolution)
         first = cursor * world + rank * batch  # disjoint patches per rank; the cursor makes resume exact
