@@ -81,7 +81,9 @@ def _optimizers(generator, critic, config: TrainConfig,
     def adam(module):
         return torch.optim.Adam(module.parameters(), lr=config.gan_lr, betas=(0.0, 0.99), eps=1e-8)
 
-    return (torch.optim.Adam(generator.parameters(), lr=config.warmup_lr) if warming else adam(generator)), adam(critic)
+    if warming:
+        return torch.optim.Adam(generator.parameters(), lr=config.warmup_lr), adam(critic)
+    return adam(generator), adam(critic)
 
 
 def warmup_lr_at(config: TrainConfig, step: int) -> float:
