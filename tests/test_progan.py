@@ -13,6 +13,7 @@ from napari_pgsr.models.progan import (EqualizedConv2d, EqualizedLinear, Minibat
 from napari_pgsr.pairs import split_alternating
 from napari_pgsr.simulate import simulate_movie
 from napari_pgsr.training.config import TrainConfig
+from napari_pgsr.training.events import EventKind
 from napari_pgsr.training.gan_losses import critic_loss, generator_loss, gradient_penalty
 from napari_pgsr.training.loop import train
 from napari_pgsr.training.progan_loop import (_optimizers, ema_decay_at, faded_real, phase_at,
@@ -183,8 +184,14 @@ def test_resume_in_the_middle_of_a_fade_is_exact(tmp_path, small_pairs):
 
 
 def test_warm_up_then_gan_and_the_gan_mode(tmp_path, small_pairs):
-    result = train(_config(warmup_steps=4, gan_mode="gan", steps=8), [small_pairs], tmp_path / "gan.pgsr")
+    events = []
+    result = train(_config(warmup_steps=4, gan_mode="gan", steps=8), [small_pairs], tmp_path / "gan.pgsr",
+                   progress=events.append)
     state = load_model(tmp_path / "gan.pgsr").training_state
+    # the loop steps with the warm-up's decaying rate, then with Karras's
+    rates = [event.values["lr"] for event in events if event.kind == EventKind.STEP]
+    warm_config = _config(warmup_steps=4)
+    assert rates == pytest.approx([warmup_lr_at(warm_config, s) for s in range(4)] + [warm_config.gan_lr] * 4)
     # warm-up images do not count for the phases: 2 GAN steps of 8 at 4 px, then 2 of 6 in the 8 px fade
     assert result.step == 8 and state["images_seen"] == 8 + 8 + 6 + 6
     assert np.all(np.isfinite(result.history["loss"]))
