@@ -125,6 +125,29 @@ def test_generator_receptive_field_matches_the_gradient_footprint():
     assert generator.receptive_field == 2 * reach + 1
 
 
+def test_the_rot180_average_cannot_shift_the_image():
+    torch.manual_seed(0)
+    plain = ProGANGenerator(1, 32, 0.05, resolution=32)
+    averaged = ProGANGenerator(1, 32, 0.05, resolution=32, rot180_average=True)
+    for p in plain.parameters():  # random weights, so the plain network's answer is not symmetric
+        p.data.normal_()
+    averaged.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 1, 32, 32)
+    turned = x.flip(-2, -1)
+    # it is the mean of the two answers, and turning the input turns the output
+    torch.testing.assert_close(averaged(x), (plain(x) + plain(turned).flip(-2, -1)) / 2)
+    torch.testing.assert_close(averaged(turned), averaged(x).flip(-2, -1), atol=1e-5, rtol=1e-5)
+    assert (plain(turned) - plain(x).flip(-2, -1)).abs().max() > 1e-2
+    # a spot centred on the patch stays centred: no shift survives the average
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    spot = torch.exp(-((yy - 15.5) ** 2 + (xx - 15.5) ** 2) / 8)[None, None]
+    out = averaged(spot)[0, 0].detach()
+    out = out - out.min()
+    assert float((out * yy).sum() / out.sum()) == pytest.approx(15.5, abs=1e-4)
+    assert float((out * xx).sum() / out.sum()) == pytest.approx(15.5, abs=1e-4)
+    assert averaged.architecture["rot180_average"] is True
+
+
 def test_the_critic_at_width_one_has_karras_size():
     critic = ProGANCritic(2, 256, 1.0, resolution=256)
     assert parameter_count(critic) == pytest.approx(23e6, rel=0.1)
@@ -226,10 +249,11 @@ def test_train_and_predict_a_progan_from_the_command_line(tmp_path, capsys):
     write_movie(movie, simulate_movie("beads", 24, (40, 40), seed=2).movie, pixel_size_um=0.16)
     args = [str(movie), "--out", str(tmp_path / "gan.pgsr"), "--model", "progan", "--width", "0.03",
             "--patch", "16", "--batch", "4", "--steps", "6", "--phase-images", "8", "--lambda-gan", "0.01",
-            "--validation-patches", "4", "--validation-every", "3", "--device", "cpu", "--quiet"]
+            "--rot180-average", "--validation-patches", "4", "--validation-every", "3", "--device", "cpu", "--quiet"]
     assert cli.train_main(args) == 0
     model = load_model(tmp_path / "gan.pgsr")
     assert model.network.architecture["name"] == "progan" and model.metadata["config"]["lambda_gan"] == 0.01
+    assert model.network.rot180_average  # the model file rebuilds the averaging generator
     assert "progan width 0.03" in model.describe()
     assert cli.predict_main([str(tmp_path / "gan.pgsr"), str(movie), "-o", str(tmp_path / "out.tif"), "--quiet"]) == 0
     assert (tmp_path / "out.tif").exists()

@@ -131,9 +131,10 @@ class ProGANGenerator(_Growing):
     """Low-exposure image (C channels at any size) -> restored image, at the current resolution."""
 
     def __init__(self, in_channels: int = 1, max_resolution: int = 256, width: float = 1.0,
-                 resolution: int | None = None, alpha: float = 1.0, residual: bool = True):
+                 resolution: int | None = None, alpha: float = 1.0, residual: bool = True,
+                 rot180_average: bool = False):
         super().__init__(max_resolution, width, resolution, alpha)
-        self.in_channels, self.residual = in_channels, residual
+        self.in_channels, self.residual, self.rot180_average = in_channels, residual, rot180_average
         ch = {r: channels(r, width) for r in self.levels}
         self.from_gray = nn.ModuleDict({str(r): _from_gray(in_channels, ch[r]) for r in self.levels})
         self.encode = nn.ModuleDict({str(r): _pair(ch[r], ch[r], ch[r // 2]) for r in self.levels[1:]})
@@ -145,7 +146,8 @@ class ProGANGenerator(_Growing):
     def architecture(self) -> dict:
         """Everything needed to rebuild this network (stored in model files)."""
         return {"name": "progan", "in_channels": self.in_channels, "max_resolution": self.max_resolution,
-                "width": self.width, "resolution": self.resolution, "alpha": self.alpha, "residual": self.residual}
+                "width": self.width, "resolution": self.resolution, "alpha": self.alpha, "residual": self.residual,
+                "rot180_average": self.rot180_average}
 
     @property
     def receptive_field(self) -> int:
@@ -160,6 +162,15 @@ class ProGANGenerator(_Growing):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.rot180_average:
+            return self._restore(x)
+        # The mean of G(x) and G's answer for the image turned by 180 degrees, turned back: a network that
+        # shifts its output by d has that shift cancel (d and -d blur instead), so training removes it.
+        both = self._restore(torch.cat([x, x.flip(-2, -1)]))
+        plain, turned = both.chunk(2)
+        return (plain + turned.flip(-2, -1)) / 2
+
+    def _restore(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         multiple = 2**self.depth
         pad_h, pad_w = -height % multiple, -width % multiple

@@ -59,6 +59,9 @@ class TrainConfig:
     ema_decay: float = field(default=0.999, metadata={"help": "ProGAN: decay of the generator's EMA copy"})
     warmup_steps: int = field(default=0, metadata={
         "help": "ProGAN: generator steps with MAE alone (U-Net-style warm-up) before the critic joins"})
+    rot180_average: bool = field(default=False, metadata={
+        "help": "ProGAN: average the generator's output with its answer for the input turned by 180 degrees "
+                "(turned back), so it cannot shift the image (2x generator cost)"})
     warmup_lr: float = field(default=4e-3, metadata={
         "help": "ProGAN: Adam learning rate of the MAE warm-up (equalized-LR weights are stored as N(0, 1), "
                 "so a step moves them ~10x less, relative to their size, than lr moves the U-Net's)"})

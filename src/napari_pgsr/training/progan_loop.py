@@ -170,7 +170,8 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
     history.setdefault("phases", [])
     torch.manual_seed(config.seed)
     in_channels = 1 + 2 * config.context
-    generator = ProGANGenerator(in_channels, config.patch, config.width, resolution=config.start_resolution)
+    generator = ProGANGenerator(in_channels, config.patch, config.width, resolution=config.start_resolution,
+                                rot180_average=config.rot180_average)
     critic = ProGANCritic(in_channels + 1, config.patch, config.width, resolution=config.start_resolution)
     generator, critic = generator.to(device), critic.to(device)
     ema = copy.deepcopy(generator).requires_grad_(False)
