@@ -6,6 +6,7 @@ lengths to OME-Zarr (it must not grow with the length).
 
     python benchmarks/bench_restore.py [--frames 4] [--sizes 256 1200] [--long 20 60]
         [--rounds 3] [--rss-precision fp32|bf16] [--rss-compile] [--device auto]
+        [--variants fp32 fp32-compiled bf16 bf16-compiled]
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ def peak_rss_child(movie: Path, output: Path, precision: str = "fp32", compiled:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-VARIANTS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
+VARIANTS = {"fp32": ("fp32", False), "fp32-compiled": ("fp32", True), "bf16": ("bf16", False),
+            "bf16-compiled": ("bf16", True)}
 
 
 def main() -> None:
@@ -188,8 +190,10 @@ def main() -> None:
     parser.add_argument("--rss-precision", default="fp32", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--rss-compile", action="store_true")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
     device = pick_device(args.device)
+    variants = [VARIANTS[name] for name in args.variants]
     model = unet_model()
     flops_per_pixel = conv_flops_per_pixel(model.network)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -202,10 +206,10 @@ def main() -> None:
     for size in args.sizes:
         frames = [rng.poisson(150.0, (size, size)).astype(np.float32) for _ in range(args.frames)]
         restorers = [Restorer(unet_model(), device=str(device), precision=precision, compile=compiled)
-                     for precision, compiled in VARIANTS]
+                     for precision, compiled in variants]
         # rounds of the baseline and every variant in turn: each speed-up compares timings taken minutes
         # apart at most, so the machine's drift cancels
-        plain, fps, limits = [], [[] for _ in VARIANTS], {"fp32": [], "bf16": []}
+        plain, fps, limits = [], [[] for _ in variants], {"fp32": [], "bf16": []}
         for _ in range(args.rounds):
             plain.append(plain_frames_per_second(size, len(frames)) if device.type == "cpu" else float("nan"))
             for precision in limits:
@@ -214,7 +218,7 @@ def main() -> None:
                 timings.append(frames_per_second(restorer, frames, restorer.frames_per_batch))
         print(f"| {size}² limits (median of rounds) | fp32 {np.median(limits['fp32']) / 1e9:.0f} GFLOP/s | bf16 "
               f"{np.median(limits['bf16']) / 1e9:.0f} GFLOP/s | | | | | | | | |")
-        for (precision, compiled), restorer, timings in zip(VARIANTS, restorers, fps):
+        for (precision, compiled), restorer, timings in zip(variants, restorers, fps):
             rate = float(np.median(timings))
             speedup = float(np.median(np.array(timings) / np.array(plain)))
             achieved = rate * size * size * flops_per_pixel

@@ -1,0 +1,155 @@
+"""The ProGAN's GAN phase, scored as it trains: a U-Net and the generator's MAE warm-up as references, then
+WGAN-GP with the joint loss from that warm-up, with and without the rot180-averaged generator, scored on
+held-out AP2 movies every `--every` steps (PSNR, SSIM, spot F1, precision, localisation RMSE, PSF sigma)
+and on beads for the mean signed offset of the found spots (a whole-image shift by the network).
+
+    python benchmarks/gan_phase.py --device cuda --warmup 2000 --gan-steps 600 --every 200 --lambdas 0.1 0.01
+    python benchmarks/gan_phase.py --device cpu --warmup 20 --gan-steps 4 --every 2 --frames 20  # smoke run
+
+Training as in quality.py's ProGAN rows: width 0.125 (--width), 64 px patches from the start (no growing),
+3 simulated AP2 movies; the run ends after `--minutes` even if variants are left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from quality import MIN_PHOTONS, PIXEL_NM, best_threshold, evaluate, test_sets  # noqa: E402
+
+from napari_pgsr.analysis import compare_to_labels, fit_spots, suggest_spots  # noqa: E402
+from napari_pgsr.inference import restore  # noqa: E402
+from napari_pgsr.modelfile import load_model  # noqa: E402
+from napari_pgsr.pairs import split_alternating  # noqa: E402
+from napari_pgsr.simulate import simulate_movie  # noqa: E402
+from napari_pgsr.training.config import TrainConfig  # noqa: E402
+from napari_pgsr.training.events import EventKind  # noqa: E402
+from napari_pgsr.training import loop  # noqa: E402
+from napari_pgsr.training.loop import iter_training, train  # noqa: E402
+
+_check_resumable = loop.check_resumable
+
+
+def _any_lambda_from_the_warm_up(stored: dict, config: TrainConfig, path) -> None:
+    """The warm-up is MAE alone, the same for every lambda_gan: each GAN run may continue it with its own."""
+    _check_resumable({**stored, "lambda_gan": config.lambda_gan}, config, path)
+
+
+loop.check_resumable = _any_lambda_from_the_warm_up
+
+
+def mean_offset_nm(frames: list[np.ndarray], truth_spots: list) -> tuple[float, float, int]:
+    """Mean signed (y, x) offset of matched spots from their true positions, and how many matched."""
+    threshold = best_threshold(frames, truth_spots)
+    offsets = []
+    for image, (yx, photons) in zip(frames, truth_spots):
+        found = suggest_spots(image, sigma=1.0, threshold=threshold, exclude_border=4)
+        fits = [f for f in fit_spots(image, found, radius=3, sigma_guess=1.0) if f.flag in ("", "width at limit")]
+        fitted = np.array([[f.y, f.x] for f in fits]).reshape(-1, 2)
+        match = compare_to_labels(fitted, yx, tolerance_px=2.0, ignore=photons < MIN_PHOTONS)
+        if len(match.pairs):
+            offsets.append(fitted[match.pairs[:, 0]] - yx[match.pairs[:, 1]])
+    offsets = np.concatenate(offsets) * PIXEL_NM if offsets else np.zeros((0, 2))
+    return float(offsets[:, 0].mean()), float(offsets[:, 1].mean()), len(offsets)
+
+
+_SETS: dict = {}
+
+
+def _load_test_sets(frames: int) -> None:
+    import torch
+
+    torch.set_num_threads(2)  # several scorers share the CPU while the trainer keeps the GPU busy
+    _SETS.update(test_sets(frames, 256))
+
+
+def score_row(label: str, path: str, extra: str) -> str:
+    """One table row: AP2 pixel and spot scores, and the beads' mean signed offset (restored on the CPU)."""
+    model = load_model(path)
+    ap2, beads = _SETS["ap2"], _SETS["beads"]
+    row = evaluate(label, list(restore(model, ap2["low"], device="cpu")), *ap2["low_truth"])
+    dy, dx, n = mean_offset_nm(list(restore(model, beads["low"], device="cpu")), beads["low_truth"][1])
+    return (f"| {label} | {extra} | {row['psnr']:.2f} | {row['ssim']:.3f} | {row['f1']:.3f} | {row['precision']:.3f} "
+            f"| {row['rmse_nm']:.1f} | {row['sigma_nm']:.1f} | {dy:+.1f} / {dx:+.1f} ({n}) |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--warmup", type=int, default=2000, help="MAE warm-up steps (and the U-Net's steps)")
+    parser.add_argument("--gan-steps", type=int, default=600)
+    parser.add_argument("--every", type=int, default=200, help="score every this many GAN steps")
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.01])
+    parser.add_argument("--critic-steps", type=int, default=5)
+    parser.add_argument("--variants", nargs="+", default=["rot180", "plain"], choices=("rot180", "plain"))
+    parser.add_argument("--frames", type=int, default=100, help="frames per training movie (3 seeds)")
+    parser.add_argument("--test-frames", type=int, default=20)
+    parser.add_argument("--scorers", type=int, default=4, help="processes scoring checkpoints while training goes on")
+    parser.add_argument("--minutes", type=float, default=60.0, help="start no new run after this long")
+    parser.add_argument("--no-unet", action="store_true")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    training = [split_alternating(simulate_movie("ap2", args.frames, (256, 256), seed=s).movie, name=f"ap2 seed {s}")
+                for s in range(3)]
+    pool = ProcessPoolExecutor(args.scorers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_load_test_sets, initargs=(args.test_frames,))
+    folder = Path(tempfile.mkdtemp())
+    rows = []
+
+    def score(label: str, path: str | Path, extra: str) -> None:
+        kept = folder / f"scored_{len(rows)}.pgsr"  # checkpoints are overwritten; the scorer reads its own copy
+        shutil.copy(path, kept)
+        rows.append(pool.submit(score_row, label, str(kept), extra))
+        rows[-1].add_done_callback(lambda done: print(f"scored: {done.result()}", flush=True)
+                                   if not done.exception() else None)
+        print(f"{time.perf_counter() - start:.0f} s: {label}, {extra}", flush=True)
+
+    common = dict(device=args.device, validation_every=10**9, checkpoint_every=10**9)
+    if not args.no_unet:
+        t = time.perf_counter()
+        result = train(TrainConfig(steps=args.warmup, **common), training, folder / "unet.pgsr")
+        score("U-Net MAE", result.path, f"{args.warmup} ({time.perf_counter() - t:.0f} s)")
+    gan = {variant: dict(model="progan", width=args.width, patch=64, start_resolution=64, warmup_steps=args.warmup,
+                         critic_steps=args.critic_steps, rot180_average=variant == "rot180", **common)
+           for variant in args.variants}
+    for variant, settings in gan.items():
+        t = time.perf_counter()
+        train(TrainConfig(steps=args.warmup, lambda_gan=args.lambdas[0], **settings), training,
+              folder / f"warm_{variant}.pgsr")
+        score(f"ProGAN warm-up, {variant}", folder / f"warm_{variant}.pgsr",
+              f"{args.warmup} ({time.perf_counter() - t:.0f} s)")
+    for lambda_gan in args.lambdas:
+        for variant, settings in gan.items():
+            if time.perf_counter() - start > 60 * args.minutes:
+                print(f"time budget spent: {variant} lambda {lambda_gan:g} not run", flush=True)
+                continue
+            run = folder / f"gan_{variant}_{lambda_gan:g}.pgsr"
+            shutil.copy(folder / f"warm_{variant}.pgsr", run)
+            end = args.warmup + args.gan_steps
+            config = TrainConfig(steps=end, lambda_gan=lambda_gan, **{**settings, "checkpoint_every": args.every})
+            t = time.perf_counter()
+            for event in iter_training(config, training, run, resume=run):
+                if (event.kind == EventKind.CHECKPOINT and event.step < end) or event.kind == EventKind.FINISHED:
+                    score(f"ProGAN joint λ {lambda_gan:g}, {variant}", event.values["path"],
+                          f"+{event.step - args.warmup} ({time.perf_counter() - t:.0f} s)")
+    print(f"training done at {time.perf_counter() - start:.0f} s; scores:\n")
+    print("| model | steps (s) | AP2 PSNR | SSIM | F1 | precision | RMSE (nm) | sigma (nm) | beads mean offset y / x (nm) |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+    for row in rows:
+        print(row.result(), flush=True)
+    print(f"total {time.perf_counter() - start:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
