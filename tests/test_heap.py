@@ -121,8 +121,8 @@ def test_restorations_run_inside_the_block():
     model = ModelFile(UNet(depth=1, width=4).eval(), Normalization(100.0, 300.0, 100.0, 2100.0),
                       {"config": {"context": 0}})
     restorer, seen = Restorer(model, device="cpu"), []
-    forward = restorer.restore_normalised
-    restorer.restore_normalised = lambda image: (seen.append(heap.active()), forward(image))[1]
+    forward = restorer._network_output  # every path, whole frames and tiles, runs the network through it
+    restorer._network_output = lambda x: (seen.append(heap.active()), forward(x))[1]
     movie = torch.randint(100, 400, (3, 24, 24), dtype=torch.int32).numpy().astype("uint16")
     RestoredFrames(restorer, movie, [0, 1, 2]).frame(1)  # a lazy layer's frame
     stream_restore(restorer, movie, lambda position, frame: None)  # what files are written from

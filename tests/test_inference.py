@@ -26,6 +26,25 @@ def test_tiled_output_equals_whole_frame_output(shape):
     np.testing.assert_allclose(tiled, whole, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(1, 150, 203), (3, 97, 61), (1, 2, 64)])
+def test_whole_frames_restored_on_the_device_match_the_tiling_path(shape):
+    # whole frames are normalised, padded and de-normalised by torch on the device; tiles by NumPy
+    model = _model(context=(shape[0] - 1) // 2)
+    norm = model.normalization
+    movie = np.random.default_rng(1).integers(100, 400, (4, *shape)).astype(np.uint16)
+    restorer = Restorer(model, tile=1024, batch=4)
+    assert restorer.fits_one_tile(*shape[1:])
+    expected = [norm.high_inverse(restorer.restore_normalised(norm.low(stack.astype(np.float32))))
+                for stack in movie]
+    together = restorer.restore_many(list(movie))
+    alone = restorer(movie[2])
+    for got, want in zip(together, expected):
+        assert got.shape == shape[1:] and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(alone, expected[2], rtol=1e-5, atol=1e-3)
+    assert together[0] is not together[1] and not np.shares_memory(alone, together[2])
+
+
 def test_restore_denormalises_to_high_exposure_units_and_keeps_shape():
     model = _model()
     torch.nn.init.zeros_(model.network.head.weight)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -86,6 +87,8 @@ class Restorer:
             raise ValueError(f"tile {tile} must be larger than the overlap {overlap}")
         self.overlap, self.batch = overlap, max(1, batch)
         self.frames_per_batch = self.batch
+        self._staged: torch.Tensor | None = None
+        self._staging_lock = threading.Lock()
 
     def _bytes_per_pixel(self) -> float:
         """Rough peak activation memory per input pixel: a few float tensors of the first level's width,
@@ -123,12 +126,15 @@ class Restorer:
                 return size
         return self.tile
 
+    def _network_output(self, x: torch.Tensor) -> torch.Tensor:
+        """N x C x Y x X normalised input on the device -> N x 1 x Y x X normalised output (float32)."""
+        with self._precision():
+            return self.network.activate(self.forward(x.to(memory_format=torch.channels_last)).float()).float()
+
     @torch.inference_mode()
     def _run(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
-        x = torch.from_numpy(np.stack(tiles)).to(self.device).to(memory_format=torch.channels_last)
-        with self._precision():
-            out = self.network.activate(self.forward(x).float())
-        return list(out.float().cpu().numpy()[:, 0])
+        x = torch.from_numpy(np.stack(tiles)).to(self.device)
+        return list(self._network_output(x).cpu().numpy()[:, 0])
 
     def restore_normalised(self, image: np.ndarray) -> np.ndarray:
         """C x Y x X normalised low-exposure input -> Y x X normalised restoration."""
@@ -163,23 +169,50 @@ class Restorer:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return autocast(self.device, self.precision == "auto" and self.device.type != "cpu")
 
+    def fits_one_tile(self, height: int, width: int) -> bool:
+        """Whether frames of this size go through the network whole (no tiles, nothing to blend)."""
+        return max(height + -height % self.align, width + -width % self.align) <= self.tile_for(height, width)
+
     def restore_many(self, stacks: list[np.ndarray]) -> list[np.ndarray]:
         """Several C x Y x X inputs at once: frames that fit in one tile share one forward pass (small frames
         alone would leave a GPU or the CPU's cores idle); larger ones are tiled one by one."""
-        height, width = stacks[0].shape[-2:]
-        padded_h, padded_w = height + -height % self.align, width + -width % self.align
-        if max(padded_h, padded_w) > self.tile_for(height, width) or len(stacks) == 1:
+        if not self.fits_one_tile(*stacks[0].shape[-2:]):
             return [self(stack) for stack in stacks]
-        normalised = [self.model.normalization.low(np.asarray(stack, np.float32)) for stack in stacks]
-        if (padded_h, padded_w) != (height, width):
-            mode = "reflect" if padded_h - height < height and padded_w - width < width else "edge"
-            normalised = [np.pad(x, ((0, 0), (0, padded_h - height), (0, padded_w - width)), mode=mode)
-                          for x in normalised]
-        outputs = self._run(normalised)
-        return [self.model.normalization.high_inverse(out[:height, :width]) for out in outputs]
+        return self._restore_whole(stacks)
+
+    def _staging(self, shape: tuple) -> torch.Tensor:
+        """A reused host buffer for the raw frames; page-locked for a GPU, so the copy runs at full speed."""
+        buffer = self._staged
+        if buffer is None or tuple(buffer.shape) != shape:
+            buffer = torch.empty(shape, dtype=torch.float32, pin_memory=self.device.type == "cuda")
+            self._staged = buffer
+        return buffer
+
+    @torch.inference_mode()
+    def _restore_whole(self, stacks: list[np.ndarray]) -> list[np.ndarray]:
+        """Whole frames in one batch; normalising, padding and de-normalising run on the device (on a GPU the
+        host's NumPy passes took ~8 ms per 1200² frame, eight times the network's share)."""
+        with self._staging_lock:  # one staging buffer: callers on other threads (napari workers) take turns
+            return self._restore_staged(stacks)
+
+    def _restore_staged(self, stacks: list[np.ndarray]) -> list[np.ndarray]:
+        height, width = stacks[0].shape[-2:]
+        staged = self._staging((len(stacks), *stacks[0].shape))
+        np.stack([np.asarray(stack) for stack in stacks], out=staged.numpy(), casting="unsafe")  # the one host pass (and cast)
+        norm = self.model.normalization
+        x = torch.sub(staged.to(self.device, non_blocking=True), norm.low_lo).div_(norm.low_hi - norm.low_lo)
+        pad_h, pad_w = -height % self.align, -width % self.align
+        if pad_h or pad_w:  # as the network would pad the whole frame
+            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+            x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        out = self._network_output(x)[:, 0, :height, :width]
+        out = out.mul(norm.high_hi - norm.high_lo).add_(norm.high_lo)
+        return list(out.cpu().numpy())
 
     def __call__(self, stack: np.ndarray) -> np.ndarray:
         """C x Y x X raw low-exposure frames (centre frame plus context) -> Y x X in high-exposure units."""
+        if self.fits_one_tile(*stack.shape[-2:]):
+            return self._restore_whole([stack])[0]
         normalised = self.model.normalization.low(np.asarray(stack, np.float32))
         return self.model.normalization.high_inverse(self.restore_normalised(normalised))
 
