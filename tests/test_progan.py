@@ -259,3 +259,19 @@ def test_train_and_predict_a_progan_from_the_command_line(tmp_path, capsys):
     assert (tmp_path / "out.tif").exists()
     assert cli.train_main([*args, "--overwrite", "--start-resolution", "64"]) == 2
     assert "start_resolution" in capsys.readouterr().err
+
+
+def test_checkpoints_from_before_a_setting_existed_resume_as_they_were_trained():
+    from napari_pgsr.training.config import as_trained
+    from napari_pgsr.training.loop import check_resumable
+
+    stored = TrainConfig(model="progan", lr=2e-4).to_dict()
+    del stored["warmup_lr"], stored["rot180_average"]  # written before these fields existed
+    values = as_trained(stored)
+    assert values["warmup_lr"] == 2e-4 and values["rot180_average"] is False  # the warm-up ran at lr then
+    with pytest.raises(ValueError, match=r"warmup_lr: 0.0002 -> 0.004"):
+        check_resumable(stored, TrainConfig(model="progan", lr=2e-4), "old.pgsr")
+    check_resumable(stored, TrainConfig(model="progan", lr=2e-4, warmup_lr=2e-4), "old.pgsr")
+    unet = TrainConfig().to_dict()
+    del unet["warmup_lr"]
+    check_resumable(unet, TrainConfig(), "unet.pgsr")  # a U-Net has no warm-up: nothing to refuse

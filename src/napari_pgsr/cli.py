@@ -72,11 +72,11 @@ def build_config(args: argparse.Namespace):
     """The checkpoint's config when resuming, else the config file's, overridden by the flags given.
     `--minutes` without `--steps` trains for that time alone."""
     from .modelfile import load_model
-    from .training.config import TrainConfig
+    from .training.config import TrainConfig, as_trained
 
     values = {}
     if args.resume is not None:
-        values = dict(load_model(args.resume).metadata.get("config", {}))
+        values = as_trained(load_model(args.resume).metadata.get("config", {}))
     if args.config:
         values.update(TrainConfig.load(args.config).to_dict())
     for spec in fields(TrainConfig):

@@ -14,6 +14,16 @@ GAN_MODES = ("joint", "gan")
 SCHEDULES = ("cosine", "plateau", "constant")
 
 
+def as_trained(stored: dict) -> dict:
+    """A config stored in a checkpoint, with the fields added since it was written set to what that run
+    actually used (so that resuming it continues the same training)."""
+    values = dict(stored)
+    if values.get("model") == "progan":
+        values.setdefault("warmup_lr", values.get("lr", 4e-4))  # before warmup_lr, the warm-up ran at lr
+        values.setdefault("rot180_average", False)
+    return values
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run (defaults follow CARE where it has one)."""
