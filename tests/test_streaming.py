@@ -209,6 +209,13 @@ def test_a_compiled_model_restores_the_same_and_a_failed_compile_falls_back(file
     with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C\\+\\+ compiler.*uncompiled"):
         np.testing.assert_allclose(broken(frame), exact, rtol=1e-5, atol=1e-3)
     assert broken.forward.failed
+    # a short last batch is filled up to the compiled batch shape, not compiled again
+    batched, shapes = Restorer(load_model(model), device="cpu", batch=4, compile=True), []
+    monkeypatch.setattr(batched.forward, "compiled", lambda x: (shapes.append(tuple(x.shape)), batched.network(x))[1])
+    frames = [np.asarray(read_movie(movie).data[i], np.float32)[None] for i in (2, 3, 4)]
+    outputs = batched.restore_many(frames)
+    assert len(outputs) == 3 and [shape[0] for shape in shapes] == [4]
+    np.testing.assert_allclose(outputs[0], exact, rtol=1e-5, atol=1e-3)
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "c.tif"), "--compile", "--quiet"]) == 0
 
 

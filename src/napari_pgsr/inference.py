@@ -197,15 +197,20 @@ class Restorer:
 
     def _restore_staged(self, stacks: list[np.ndarray]) -> list[np.ndarray]:
         height, width = stacks[0].shape[-2:]
-        staged = self._staging((len(stacks), *stacks[0].shape))
-        np.stack([np.asarray(stack) for stack in stacks], out=staged.numpy(), casting="unsafe")  # the one host pass (and cast)
+        count = len(stacks)
+        # a compiled graph fits one batch shape: a movie's short last batch is filled up instead of recompiled
+        rows = max(count, self.batch) if isinstance(self.forward, CompiledForward) else count
+        staged = self._staging((rows, *stacks[0].shape))
+        # the one host pass over the frames (and their cast to float32)
+        np.stack([np.asarray(stack) for stack in stacks], out=staged.numpy()[:count], casting="unsafe")
+        staged[count:] = staged[count - 1]
         norm = self.model.normalization
         x = torch.sub(staged.to(self.device, non_blocking=True), norm.low_lo).div_(norm.low_hi - norm.low_lo)
         pad_h, pad_w = -height % self.align, -width % self.align
         if pad_h or pad_w:  # as the network would pad the whole frame
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
             x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        out = self._network_output(x)[:, 0, :height, :width]
+        out = self._network_output(x)[:count, 0, :height, :width]
         out = out.mul(norm.high_hi - norm.high_lo).add_(norm.high_lo)
         return list(out.cpu().numpy())
 
