@@ -91,7 +91,10 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=200, help="score every this many GAN steps")
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.01])
     parser.add_argument("--critic-steps", type=int, default=5)
-    parser.add_argument("--variants", nargs="+", default=["rot180", "plain"], choices=("rot180", "plain"))
+    parser.add_argument("--variants", nargs="+", default=["rot180", "plain"],
+                        choices=("rot180", "plain", "noise", "rot180-noise"),
+                        help="rot180: rot180_average; noise: critic_noise (AmbientGAN)")
+    parser.add_argument("--no-offset", action="store_true", help="no random offset (critic_noise needs none)")
     parser.add_argument("--frames", type=int, default=100, help="frames per training movie (3 seeds)")
     parser.add_argument("--test-frames", type=int, default=20)
     parser.add_argument("--scorers", type=int, default=4, help="processes scoring checkpoints while training goes on")
@@ -114,13 +117,15 @@ def main() -> int:
                                    if not done.exception() else None)
         print(f"{time.perf_counter() - start:.0f} s: {label}, {extra}", flush=True)
 
-    common = dict(device=args.device, validation_every=10**9, checkpoint_every=10**9)
+    common = dict(device=args.device, validation_every=10**9, checkpoint_every=10**9,
+                  offset=False if args.no_offset else None)
     if not args.no_unet:
         t = time.perf_counter()
         result = train(TrainConfig(steps=args.warmup, **common), training, folder / "unet.pgsr")
         score("U-Net MAE", result.path, f"{args.warmup} ({time.perf_counter() - t:.0f} s)")
     gan = {variant: dict(model="progan", width=args.width, patch=64, start_resolution=64, warmup_steps=args.warmup,
-                         critic_steps=args.critic_steps, rot180_average=variant == "rot180", **common)
+                         critic_steps=args.critic_steps, rot180_average="rot180" in variant,
+                         critic_noise="noise" in variant, **common)
            for variant in args.variants}
     for variant, settings in gan.items():
         t = time.perf_counter()

@@ -21,6 +21,7 @@ def as_trained(stored: dict) -> dict:
     if values.get("model") == "progan":
         values.setdefault("warmup_lr", values.get("lr", 4e-4))  # before warmup_lr, the warm-up ran at lr
         values.setdefault("rot180_average", False)
+        values.setdefault("critic_noise", False)
     return values
 
 
@@ -72,6 +73,10 @@ class TrainConfig:
     rot180_average: bool = field(default=False, metadata={
         "help": "ProGAN: average the generator's output with its answer for the input turned by 180 degrees "
                 "(turned back), so it cannot shift the image (2x generator cost)"})
+    critic_noise: bool = field(default=False, metadata={
+        "help": "ProGAN: the critic sees the generator's output with the camera's noise added (fitted from "
+                "the training frames; AmbientGAN), so inventing noise earns the generator nothing (needs "
+                "--no-offset: the noise model holds for the camera's own levels)"})
     warmup_lr: float = field(default=4e-3, metadata={
         "help": "ProGAN: Adam learning rate of the MAE warm-up (equalized-LR weights are stored as N(0, 1), "
                 "so a step moves them ~10x less, relative to their size, than lr moves the U-Net's)"})
@@ -126,6 +131,9 @@ class TrainConfig:
             self.batch_at(4)
         except ValueError as err:
             problems.append(str(err))
+        if self.critic_noise and self.offset_enabled:
+            problems.append("critic_noise needs the camera's own levels: turn the random offset off (offset false, "
+                            "--no-offset)")
         for name in ("critic_steps", "phase_images"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -32,11 +32,12 @@ def critic_loss(critic, low: torch.Tensor, real: torch.Tensor, fake: torch.Tenso
 
 
 def generator_loss(critic, low: torch.Tensor, fake: torch.Tensor, real: torch.Tensor, mode: str = "joint",
-                   lambda_gan: float = 1e-3) -> tuple[torch.Tensor, dict]:
-    """`gan`: -D(low, G(low)); `joint` (SRGAN): MAE(G(low), high) + lambda_gan * (-D(low, G(low)))."""
+                   lambda_gan: float = 1e-3, seen: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """`gan`: -D(low, G(low)); `joint` (SRGAN): MAE(G(low), high) + lambda_gan * (-D(low, G(low))). The critic
+    judges `seen` where given (G(low) as the camera would record it), the MAE always G(low) itself."""
     if mode not in GAN_MODES:
         raise ValueError(f"gan mode must be one of {GAN_MODES}, got {mode!r}")
-    adversarial = -critic(low, fake).mean()
+    adversarial = -critic(low, fake if seen is None else seen).mean()
     if mode == "gan":
         return adversarial, {"generator": float(adversarial.detach()), "adversarial": float(adversarial.detach())}
     mae = F.l1_loss(fake, real)

@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from .config import TrainConfig
 from .events import EventKind, TrainingEvent
 from .gan_losses import critic_loss, generator_loss
 from .loop import TrainResult, _preview, prepare_run, stop_reason, validate
+from .noise import add_camera_noise, fit_noise_model, noise_frames
 
 
 @dataclass(frozen=True)
@@ -121,16 +123,20 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def gan_step(generator, critic, g_opt, d_opt, low: torch.Tensor, real: torch.Tensor, config: TrainConfig,
-             device: torch.device, world: int = 1, warming: bool = False) -> tuple[torch.Tensor, dict]:
+             device: torch.device, world: int = 1, warming: bool = False,
+             camera: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
     """One training step: `critic_steps` critic updates (WGAN-GP + drift), then one generator update
-    (`gan_mode` loss; MAE alone while `warming`). Returns the generator's loss and all loss terms."""
+    (`gan_mode` loss; MAE alone while `warming`). `camera` adds the camera's noise to what the critic sees of
+    the generator's output (`critic_noise`). Returns the generator's loss and all loss terms."""
     values = {}
+    seen = camera or (lambda image: image)
     if not warming:
         for _ in range(config.critic_steps):
             with torch.no_grad(), autocast(device, config.amp, training=True):
                 fake = generator(low)
             d_opt.zero_grad(set_to_none=True)
-            loss, values = critic_loss(critic, low, real, fake.float())  # fp32: the penalty's double backward
+            # fp32: the penalty's double backward
+            loss, values = critic_loss(critic, low, real, seen(fake.float()))
             loss.backward()
             _average_gradients(critic, world)
             d_opt.step()
@@ -143,7 +149,8 @@ def gan_step(generator, critic, g_opt, d_opt, low: torch.Tensor, real: torch.Ten
         values["mae"] = float(loss.detach())
     else:
         critic.requires_grad_(False)  # the generator's step needs no critic gradients
-        loss, more = generator_loss(critic, low, fake, real, config.gan_mode, config.lambda_gan)
+        loss, more = generator_loss(critic, low, fake, real, config.gan_mode, config.lambda_gan,
+                                    seen=None if camera is None else camera(fake))
         critic.requires_grad_(True)
         values.update(more)
     loss.backward()
@@ -174,6 +181,11 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
                                 rot180_average=config.rot180_average)
     critic = ProGANCritic(in_channels + 1, config.patch, config.width, resolution=config.start_resolution)
     generator, critic = generator.to(device), critic.to(device)
+    noise = None
+    if config.critic_noise:  # fitted again on resume: the same frames give the same line
+        model = fit_noise_model(noise_frames(list(pairs) + list(validation), setup.train_refs))
+        history["critic_noise"] = model.to_dict()
+        noise = model.normalised(setup.normalization.high_lo, setup.normalization.high_hi)
     ema = copy.deepcopy(generator).requires_grad_(False)
     step = images_seen = cursor = 0
     elapsed_before = 0.0
@@ -244,7 +256,9 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         lows, highs = zip(*(setup.train_set[i] for i in range(first, first + batch)))
         low = downsample(torch.stack(lows).to(device), phase.resolution)
         real = faded_real(downsample(torch.stack(highs).to(device), phase.resolution), generator.alpha)
-        loss, values = gan_step(generator, critic, g_opt, d_opt, low, real, config, device, world, warming)
+        camera = None if noise is None else partial(add_camera_noise, a=noise[0], b=noise[1],
+                                                    pooled=config.patch // phase.resolution)
+        loss, values = gan_step(generator, critic, g_opt, d_opt, low, real, config, device, world, warming, camera)
         update_ema(ema, generator, ema_decay_at(config, step))
         step += 1
         if not warming:

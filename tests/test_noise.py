@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_pgsr.modelfile import load_model
+from napari_pgsr.pairs import split_alternating
+from napari_pgsr.physics import EMCCD
+from napari_pgsr.simulate import simulate_movie
+from napari_pgsr.training.config import TrainConfig
+from napari_pgsr.training.loop import train
+from napari_pgsr.training.noise import NoiseModel, add_camera_noise, fit_noise_model
+
+
+def test_the_photon_transfer_line_is_recovered_from_noisy_frames():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:256, :256]
+    clean = 50.0 + 950.0 * (xx + yy) / 510.0  # a smooth ramp over the range of values
+    frames = [clean + rng.normal(0.0, np.sqrt(3.0 * clean - 100.0)) for _ in range(4)]
+    model = fit_noise_model(frames)
+    assert model.slope == pytest.approx(3.0, rel=0.05)
+    assert model.variance([100.0, 900.0]) == pytest.approx([200.0, 2600.0], rel=0.08)
+    with pytest.raises(ValueError, match="too narrow a range"):
+        fit_noise_model([np.full((64, 64), 100.0) + rng.normal(0, 1, (64, 64))])
+
+
+def test_the_simulated_emccd_noise_is_recovered_at_the_background_and_at_spots():
+    camera = EMCCD()
+    sim = simulate_movie("ap2", 8, (256, 256), seed=1)
+    highs = [sim.movie[i] for i in split_alternating(sim.movie).high_index]
+    model = fit_noise_model(highs)
+    gain = camera.em_gain / camera.electrons_per_adu  # ADU per photoelectron
+    for value in (140.0, 500.0):  # background and a spot's flank, in ADU
+        photons = (value - camera.baseline_adu) / gain / camera.quantum_efficiency
+        assert model.variance(value) == pytest.approx(camera.expected_variance_adu(photons), rel=0.15)
+
+
+def test_camera_noise_in_the_networks_units_has_the_modelled_variance_and_passes_gradients():
+    model = NoiseModel(slope=20.0, intercept=-1985.0)
+    a, b = model.normalised(lo=100.0, hi=1100.0)
+    y = torch.full((4, 1, 64, 64), 0.3, requires_grad=True)  # 400 ADU
+    torch.manual_seed(0)
+    noisy = add_camera_noise(y, a, b)
+    expected = model.variance(400.0) / 1000.0**2
+    assert float((noisy - y).detach().var()) == pytest.approx(expected, rel=0.05)
+    pooled = add_camera_noise(y, a, b, pooled=4)  # a 4 x 4 average holds a 16th of the variance
+    assert float((pooled - y).detach().var()) == pytest.approx(expected / 16, rel=0.05)
+    noisy.sum().backward()
+    assert torch.equal(y.grad, torch.ones_like(y))
+
+
+def test_training_with_critic_noise_records_the_noise_model_and_resumes_exactly(tmp_path):
+    with pytest.raises(ValueError, match="critic_noise needs the camera's own levels.*--no-offset"):
+        TrainConfig(model="progan", critic_noise=True)
+    pairs = split_alternating(simulate_movie("ap2", 24, (48, 48), seed=4).movie)
+    config = dict(model="progan", patch=16, width=1 / 32, batch=4, start_resolution=16, phase_images=16,
+                  validation_every=1000, validation_patches=4, checkpoint_every=1000, device="cpu",
+                  critic_noise=True, offset=False, lambda_gan=0.1)
+    straight = train(TrainConfig(steps=6, **config), [pairs], tmp_path / "straight.pgsr")
+    assert np.all(np.isfinite(straight.history["loss"]))
+    slope = straight.history["critic_noise"]["slope"]
+    assert 10 < slope < 40  # the simulated EMCCD's line: 20 ADU² per ADU
+    train(TrainConfig(steps=3, **config), [pairs], tmp_path / "half.pgsr")
+    train(TrainConfig(steps=6, **config), [pairs], tmp_path / "half.pgsr", resume=tmp_path / "half.pgsr")
+    a, b = load_model(tmp_path / "straight.pgsr"), load_model(tmp_path / "half.pgsr")
+    for name, value in a.network.state_dict().items():
+        torch.testing.assert_close(b.network.state_dict()[name], value, atol=0, rtol=0)
+    # without the camera's noise the critic sees other images: the run differs
+    plain = train(TrainConfig(steps=6, **{**config, "critic_noise": False}), [pairs], tmp_path / "plain.pgsr")
+    assert plain.history["loss"] != straight.history["loss"]
