@@ -7,7 +7,9 @@ and on beads for the mean signed offset of the found spots (a whole-image shift 
     python benchmarks/gan_phase.py --device cpu --warmup 20 --gan-steps 4 --every 2 --frames 20  # smoke run
 
 Training as in quality.py's ProGAN rows: width 0.125 (--width), 64 px patches from the start (no growing),
-3 simulated AP2 movies; the run ends after `--minutes` even if variants are left.
+3 simulated AP2 movies; the run ends after `--minutes` even if variants are left. Each variant's warm-up is
+trained once and every lambda_gan continues a copy of it: this script lets resume accept a changed
+lambda_gan (it replaces `loop.check_resumable` for its own process).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ from napari_pgsr.physics import EMCCD
 from napari_pgsr.simulate import simulate_movie
 from napari_pgsr.training.config import TrainConfig
 from napari_pgsr.training.loop import train
-from napari_pgsr.training.noise import NoiseModel, add_camera_noise, fit_noise_model
+from napari_pgsr.training.noise import NoiseModel, camera_noise, fit_noise_model
+from napari_pgsr.training.progan_loop import as_recorded
 
 
 def test_the_photon_transfer_line_is_recovered_from_noisy_frames():
@@ -39,18 +40,23 @@ def test_camera_noise_in_the_networks_units_has_the_modelled_variance_and_passes
     a, b = model.normalised(lo=100.0, hi=1100.0)
     y = torch.full((4, 1, 64, 64), 0.3, requires_grad=True)  # 400 ADU
     torch.manual_seed(0)
-    noisy = add_camera_noise(y, a, b)
     expected = model.variance(400.0) / 1000.0**2
-    assert float((noisy - y).detach().var()) == pytest.approx(expected, rel=0.05)
-    pooled = add_camera_noise(y, a, b, pooled=4)  # a 4 x 4 average holds a 16th of the variance
-    assert float((pooled - y).detach().var()) == pytest.approx(expected / 16, rel=0.05)
-    noisy.sum().backward()
+    assert float(camera_noise(y, a, b).var()) == pytest.approx(expected, rel=0.05)
+    # a 4 x 4 average holds a 16th of the variance
+    assert float(camera_noise(y, a, b, pooled=4).var()) == pytest.approx(expected / 16, rel=0.05)
+    # while a resolution fades in, the real images are half 2 x 2 averages: so is the noise the critic sees
+    fading = as_recorded(y, a, b, pooled=1, alpha=0.0) - y
+    assert float(fading.detach().var()) == pytest.approx(expected / 4, rel=0.05)
+    assert torch.equal(fading[..., 0::2, 0::2], fading[..., 1::2, 1::2])  # constant over each 2 x 2 block
+    as_recorded(y, a, b, pooled=1, alpha=1.0).sum().backward()
     assert torch.equal(y.grad, torch.ones_like(y))
 
 
 def test_training_with_critic_noise_records_the_noise_model_and_resumes_exactly(tmp_path):
     with pytest.raises(ValueError, match="critic_noise needs the camera's own levels.*--no-offset"):
         TrainConfig(model="progan", critic_noise=True)
+    with pytest.raises(ValueError, match="critic_noise is a ProGAN setting"):
+        TrainConfig(critic_noise=True, offset=False)
     pairs = split_alternating(simulate_movie("ap2", 24, (48, 48), seed=4).movie)
     config = dict(model="progan", patch=16, width=1 / 32, batch=4, start_resolution=16, phase_images=16,
                   validation_every=1000, validation_patches=4, checkpoint_every=1000, device="cpu",

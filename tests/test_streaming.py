@@ -215,6 +215,8 @@ def test_a_compiled_model_restores_the_same_and_a_failed_compile_falls_back(file
     frames = [np.asarray(read_movie(movie).data[i], np.float32)[None] for i in (2, 3, 4)]
     outputs = batched.restore_many(frames)
     assert len(outputs) == 3 and [shape[0] for shape in shapes] == [4]
+    batched(frames[0])  # one frame alone (a napari layer's frame) is not filled up
+    assert shapes[-1][0] == 1
     np.testing.assert_allclose(outputs[0], exact, rtol=1e-5, atol=1e-3)
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "c.tif"), "--compile", "--quiet"]) == 0
 

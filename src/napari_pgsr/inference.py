@@ -88,6 +88,7 @@ class Restorer:
         self.overlap, self.batch = overlap, max(1, batch)
         self.frames_per_batch = self.batch
         self._staged: torch.Tensor | None = None
+        self._largest_batch = self.batch
         self._staging_lock = threading.Lock()
 
     def _bytes_per_pixel(self) -> float:
@@ -95,7 +96,8 @@ class Restorer:
         the deeper levels adding as much again."""
         width = getattr(self.network, "width", 32)
         channels = width * 32 if isinstance(width, float) else width  # a ProGAN's width is a multiplier
-        return 4.0 * 2 * channels * 6
+        copies = 2 if getattr(self.network, "rot180_average", False) else 1  # it runs each input twice
+        return 4.0 * 2 * channels * 6 * copies
 
     def _memory_budget(self) -> float:
         """Bytes the activations of one forward pass may take: half the free GPU memory; on a CPU a quarter
@@ -178,40 +180,46 @@ class Restorer:
         alone would leave a GPU or the CPU's cores idle); larger ones are tiled one by one."""
         if not self.fits_one_tile(*stacks[0].shape[-2:]):
             return [self(stack) for stack in stacks]
+        if isinstance(self.forward, CompiledForward):
+            # a compiled graph fits one batch shape: a movie's short last batch is filled up, not recompiled
+            self._largest_batch = max(self._largest_batch, len(stacks))
+            return self._restore_whole(stacks, rows=self._largest_batch)
         return self._restore_whole(stacks)
 
-    def _staging(self, shape: tuple) -> torch.Tensor:
-        """A reused host buffer for the raw frames; page-locked for a GPU, so the copy runs at full speed."""
+    def _staging(self, rows: int, shape: tuple) -> torch.Tensor:
+        """A reused host buffer for `rows` inputs of `shape`; page-locked for a GPU, so the copy runs at full
+        speed. It grows when needed and is otherwise sliced."""
         buffer = self._staged
-        if buffer is None or tuple(buffer.shape) != shape:
-            buffer = torch.empty(shape, dtype=torch.float32, pin_memory=self.device.type == "cuda")
+        if buffer is None or tuple(buffer.shape[1:]) != shape or buffer.shape[0] < rows:
+            buffer = torch.empty((rows, *shape), dtype=torch.float32, pin_memory=self.device.type == "cuda")
             self._staged = buffer
-        return buffer
+        return buffer[:rows]
 
     @torch.inference_mode()
-    def _restore_whole(self, stacks: list[np.ndarray]) -> list[np.ndarray]:
-        """Whole frames in one batch; normalising, padding and de-normalising run on the device (on a GPU the
-        host's NumPy passes took ~8 ms per 1200² frame, eight times the network's share)."""
+    def _restore_whole(self, stacks: list[np.ndarray], rows: int | None = None) -> list[np.ndarray]:
+        """Whole frames in one batch (filled up to `rows` with copies of the last); normalising, padding and
+        de-normalising run on the device (on a GPU the host's NumPy passes took ~8 ms per 1200² frame, eight
+        times the network's share)."""
         with self._staging_lock:  # one staging buffer: callers on other threads (napari workers) take turns
-            return self._restore_staged(stacks)
+            return self._restore_staged(stacks, max(rows or 0, len(stacks)))
 
-    def _restore_staged(self, stacks: list[np.ndarray]) -> list[np.ndarray]:
+    def _restore_staged(self, stacks: list[np.ndarray], rows: int) -> list[np.ndarray]:
         height, width = stacks[0].shape[-2:]
         count = len(stacks)
-        # a compiled graph fits one batch shape: a movie's short last batch is filled up instead of recompiled
-        rows = max(count, self.batch) if isinstance(self.forward, CompiledForward) else count
-        staged = self._staging((rows, *stacks[0].shape))
+        staged = self._staging(rows, tuple(stacks[0].shape))
         # the one host pass over the frames (and their cast to float32)
         np.stack([np.asarray(stack) for stack in stacks], out=staged.numpy()[:count], casting="unsafe")
         staged[count:] = staged[count - 1]
         norm = self.model.normalization
-        x = torch.sub(staged.to(self.device, non_blocking=True), norm.low_lo).div_(norm.low_hi - norm.low_lo)
+        x = staged.to(self.device, non_blocking=staged.is_pinned())
+        x = torch.sub(x, norm.low_lo).div_(norm.low_hi - norm.low_lo)
         pad_h, pad_w = -height % self.align, -width % self.align
         if pad_h or pad_w:  # as the network would pad the whole frame
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
             x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         out = self._network_output(x)[:count, 0, :height, :width]
         out = out.mul(norm.high_hi - norm.high_lo).add_(norm.high_lo)
+        # .cpu() waits for the device, so the staging buffer is free again when this returns
         return list(out.cpu().numpy())
 
     def __call__(self, stack: np.ndarray) -> np.ndarray:

@@ -147,7 +147,8 @@ class ProGANGenerator(_Growing):
         """Everything needed to rebuild this network (stored in model files)."""
         return {"name": "progan", "in_channels": self.in_channels, "max_resolution": self.max_resolution,
                 "width": self.width, "resolution": self.resolution, "alpha": self.alpha, "residual": self.residual,
-                "rot180_average": self.rot180_average}
+                # only when on, so files of plain generators still load in versions that predate it
+                **({"rot180_average": True} if self.rot180_average else {})}
 
     @property
     def receptive_field(self) -> int:

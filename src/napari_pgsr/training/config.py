@@ -16,10 +16,11 @@ SCHEDULES = ("cosine", "plateau", "constant")
 
 def as_trained(stored: dict) -> dict:
     """A config stored in a checkpoint, with the fields added since it was written set to what that run
-    actually used (so that resuming it continues the same training)."""
+    used: the command line resumes with these unless told otherwise."""
     values = dict(stored)
     if values.get("model") == "progan":
-        values.setdefault("warmup_lr", values.get("lr", 4e-4))  # before warmup_lr, the warm-up ran at lr
+        if values.get("warmup_steps", 0) > 0:  # before warmup_lr, the warm-up started at lr
+            values.setdefault("warmup_lr", values.get("lr", 4e-4))
         values.setdefault("rot180_average", False)
         values.setdefault("critic_noise", False)
     return values
@@ -98,6 +99,9 @@ class TrainConfig:
             problems.append(f"gan_mode must be one of {GAN_MODES}, got {self.gan_mode!r}")
         if progan:
             problems += self._progan_problems()
+        else:
+            problems += [f"{name} is a ProGAN setting (model progan)" for name in ("rot180_average", "critic_noise")
+                         if getattr(self, name)]
         if self.loss not in LOSSES:
             problems.append(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.lr_schedule not in SCHEDULES:

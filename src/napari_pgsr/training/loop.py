@@ -20,7 +20,7 @@ from ..heap import reusing_freed_memory
 from ..modelfile import load_model, save_model
 from ..models import build_model
 from ..pairs import Pairs
-from .config import TrainConfig, as_trained
+from .config import TrainConfig
 from .events import EventKind, TrainingEvent
 from .losses import pixel_loss
 
@@ -85,7 +85,6 @@ FIXED_ON_RESUME = ("model", "depth", "width", "loss", "offset", "offset_max", "c
 def check_resumable(stored: dict, config: TrainConfig, path) -> None:
     """Resuming is exact only with the settings the checkpoint was trained with (steps, minutes and the
     validation/checkpoint intervals may change)."""
-    stored = as_trained(stored)
     changed = [f"{name}: {stored.get(name)!r} -> {getattr(config, name)!r}" for name in FIXED_ON_RESUME
                if name in stored and stored[name] != getattr(config, name)]
     if changed:

@@ -60,6 +60,8 @@ def fit_noise_model(frames: Sequence[np.ndarray], bins: int = 24, min_pixels: in
     means, residuals = np.concatenate(means), np.concatenate(residuals)
     # bins spread over the bulk of the values; the brightest pixels are mostly spot centres
     edges = np.unique(np.quantile(means, np.linspace(0.0, 0.98, bins + 1)))
+    kept = means <= edges[-1]
+    means, residuals = means[kept], residuals[kept]
     which = np.digitize(means, edges[1:-1])
     centres, variances, counts = [], [], []
     for b in range(len(edges) - 1):
@@ -82,9 +84,9 @@ def noise_frames(pairs: Sequence, refs: Sequence, count: int = 8) -> list[np.nda
     return [pairs[movie].read(int(pair))[1] for movie, pair in chosen]
 
 
-def add_camera_noise(image: torch.Tensor, a: float, b: float, pooled: int = 1) -> torch.Tensor:
-    """`image` (networks' units) plus normal noise of variance (a * image + b) / pooled**2: the camera's noise
-    at the current resolution (average-pooling pooled x pooled pixels divides it by pooled**2). Gradients
-    flow through the image; the noise level is taken as given."""
+def camera_noise(image: torch.Tensor, a: float, b: float, pooled: int = 1) -> torch.Tensor:
+    """Normal noise of variance (a * image + b) / pooled**2 for `image` in the networks' units: the camera's
+    noise at the current resolution (average-pooling pooled x pooled pixels divides it by pooled**2). The
+    noise level is taken as given (no gradient through it)."""
     variance = (a * image.detach() + b).clamp_min(0.0) / pooled**2
-    return image + variance.sqrt() * torch.randn_like(image)
+    return variance.sqrt() * torch.randn_like(image)

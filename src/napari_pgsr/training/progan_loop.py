@@ -26,7 +26,7 @@ from .config import TrainConfig
 from .events import EventKind, TrainingEvent
 from .gan_losses import critic_loss, generator_loss
 from .loop import TrainResult, _preview, prepare_run, stop_reason, validate
-from .noise import add_camera_noise, fit_noise_model, noise_frames
+from .noise import camera_noise, fit_noise_model, noise_frames
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,13 @@ def faded_real(images: torch.Tensor, alpha: float) -> torch.Tensor:
         return images
     coarse = F.interpolate(F.avg_pool2d(images, 2), scale_factor=2.0, mode="nearest")
     return coarse + (images - coarse) * alpha
+
+
+def as_recorded(image: torch.Tensor, a: float, b: float, pooled: int, alpha: float) -> torch.Tensor:
+    """The generator's output as the camera would have recorded it at the current phase: the camera's noise
+    at this resolution, cross-faded like the real images during a fade (so real and generated images carry
+    the same noise, in level and in grain)."""
+    return image + faded_real(camera_noise(image, a, b, pooled), alpha)
 
 
 def _optimizers(generator, critic, config: TrainConfig,
@@ -129,7 +136,7 @@ def gan_step(generator, critic, g_opt, d_opt, low: torch.Tensor, real: torch.Ten
     (`gan_mode` loss; MAE alone while `warming`). `camera` adds the camera's noise to what the critic sees of
     the generator's output (`critic_noise`). Returns the generator's loss and all loss terms."""
     values = {}
-    seen = camera or (lambda image: image)
+    seen = camera or (lambda image: image)  # what the critic sees of the generator's output
     if not warming:
         for _ in range(config.critic_steps):
             with torch.no_grad(), autocast(device, config.amp, training=True):
@@ -150,7 +157,7 @@ def gan_step(generator, critic, g_opt, d_opt, low: torch.Tensor, real: torch.Ten
     else:
         critic.requires_grad_(False)  # the generator's step needs no critic gradients
         loss, more = generator_loss(critic, low, fake, real, config.gan_mode, config.lambda_gan,
-                                    seen=None if camera is None else camera(fake))
+                                    seen=seen(fake))
         critic.requires_grad_(True)
         values.update(more)
     loss.backward()
@@ -206,6 +213,8 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         g_opt.load_state_dict(state["generator_optimizer"])
         d_opt.load_state_dict(state["critic_optimizer"])
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:  # the penalty's and the critic noise's draws
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
     _set_phase(phase, generator, critic, ema)
     if device.type == "cuda":  # faster convolutions with bf16 on tensor cores
         for network in (generator, critic, ema):
@@ -218,7 +227,9 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
             "optimizer_resolution": optimizer_resolution, "optimizer_warming": optimizer_warming,
             "generator": generator.state_dict(), "critic": critic.state_dict(),
             "generator_optimizer": g_opt.state_dict(), "critic_optimizer": d_opt.state_dict(),
-            "torch_rng": torch.get_rng_state(), "elapsed_s": elapsed_before + time.perf_counter() - t0,
+            "torch_rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+            "elapsed_s": elapsed_before + time.perf_counter() - t0,
             "train_refs": [list(r) for r in setup.train_refs], "validation_refs": [list(r) for r in setup.val_refs],
             "reason": reason}
         history.update(step=step, seconds=training_state["elapsed_s"], images_seen=images_seen)
@@ -256,8 +267,8 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         lows, highs = zip(*(setup.train_set[i] for i in range(first, first + batch)))
         low = downsample(torch.stack(lows).to(device), phase.resolution)
         real = faded_real(downsample(torch.stack(highs).to(device), phase.resolution), generator.alpha)
-        camera = None if noise is None else partial(add_camera_noise, a=noise[0], b=noise[1],
-                                                    pooled=config.patch // phase.resolution)
+        camera = None if noise is None else partial(as_recorded, a=noise[0], b=noise[1],
+                                                    pooled=config.patch // phase.resolution, alpha=generator.alpha)
         loss, values = gan_step(generator, critic, g_opt, d_opt, low, real, config, device, world, warming, camera)
         update_ema(ema, generator, ema_decay_at(config, step))
         step += 1
