@@ -45,6 +45,20 @@ def _train_widget(viewer, tmp_path, steps):
     return widget
 
 
+def test_a_closed_train_widget_stops_following_the_layer_list(make_napari_viewer, qtbot):
+    from qtpy.QtCore import QCoreApplication, QEvent
+
+    viewer = make_napari_viewer()
+    before = len(viewer.layers.events.inserted.callbacks)
+    widget = train_widget.TrainWidget(viewer)
+    assert len(viewer.layers.events.inserted.callbacks) == before + 1
+    widget.native.deleteLater()
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    assert len(viewer.layers.events.inserted.callbacks) == before
+    viewer.add_image(np.zeros((8, 8)), name="x low")
+    viewer.add_image(np.zeros((8, 8)), name="x high")  # would have reached the deleted widget
+
+
 def test_training_runs_in_a_worker_with_progress_plot_and_preview(viewer_with_pairs, qtbot, tmp_path):
     viewer = viewer_with_pairs
     widget = _train_widget(viewer, tmp_path, steps=30)

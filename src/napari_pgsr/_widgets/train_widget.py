@@ -153,6 +153,8 @@ class TrainWidget(Container):
         self.status.events.state.connect(self._on_state)
         self._pick_pair_layers()
         viewer.layers.events.inserted.connect(self._pick_pair_layers)
+        # a closed widget must stop following the layer list (its Qt parts are gone)
+        self.native.destroyed.connect(lambda *_: viewer.layers.events.inserted.disconnect(self._pick_pair_layers))
 
     def _pick_pair_layers(self, *_):
         """Default to the newest '<name> low' / '<name> high' layers of the Exposure pairs widget."""
