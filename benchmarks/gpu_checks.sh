@@ -7,7 +7,8 @@
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 DEVICE=${DEVICE:-cuda}
-GAN_ARGS=${GAN_ARGS:---warmup 2000 --gan-steps 600 --every 200 --minutes 3.5 --scorers 8}
+# the first GPU run (benchmarks/results/gpu_h100.md) compared --variants rot180 plain; next: the critic noise
+GAN_ARGS=${GAN_ARGS:---warmup 2000 --gan-steps 600 --every 200 --minutes 3.5 --scorers 8 --no-offset --variants rot180-noise rot180}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
