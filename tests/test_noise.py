@@ -52,6 +52,24 @@ def test_camera_noise_in_the_networks_units_has_the_modelled_variance_and_passes
     assert torch.equal(y.grad, torch.ones_like(y))
 
 
+def test_gamma_camera_noise_is_skewed_like_low_light_noise_with_the_same_variance():
+    from scipy import stats
+
+    model = NoiseModel(slope=20.0, intercept=-2000.0)  # baseline 100 ADU
+    a, b = model.normalised(lo=100.0, hi=1100.0)
+    torch.manual_seed(0)
+    y = torch.full((8, 1, 64, 64), 0.03)  # 130 ADU: 30 above the baseline, shape 30 / 20 = 1.5
+    noise = camera_noise(y, a, b, shape="gamma")
+    assert float(noise.mean()) == pytest.approx(0.0, abs=2e-4)
+    assert float(noise.var()) == pytest.approx(model.variance(130.0) / 1000.0**2, rel=0.05)
+    assert stats.skew(noise.numpy().ravel()) == pytest.approx(2 / np.sqrt(1.5), rel=0.1)
+    pooled = camera_noise(y, a, b, pooled=2, shape="gamma")  # the mean of 4 draws: a quarter of the variance
+    assert float(pooled.var()) == pytest.approx(model.variance(130.0) / 1000.0**2 / 4, rel=0.05)
+    assert stats.skew(pooled.numpy().ravel()) == pytest.approx(1 / np.sqrt(1.5), rel=0.1)
+    with pytest.raises(ValueError, match="normal or gamma"):
+        camera_noise(y, a, b, shape="poisson")
+
+
 def test_training_with_critic_noise_records_the_noise_model_and_resumes_exactly(tmp_path):
     with pytest.raises(ValueError, match="critic_noise needs the camera's own levels.*--no-offset"):
         TrainConfig(model="progan", critic_noise=True)

@@ -12,6 +12,7 @@ LOSSES = ("mae", "mse", "bce")
 MODELS = ("unet", "progan")
 GAN_MODES = ("joint", "gan")
 SCHEDULES = ("cosine", "plateau", "constant")
+NOISE_SHAPES = ("gamma", "normal")
 
 
 def as_trained(stored: dict) -> dict:
@@ -78,6 +79,9 @@ class TrainConfig:
         "help": "ProGAN: the critic sees the generator's output with the camera's noise added (fitted from "
                 "the training frames; AmbientGAN), so inventing noise earns the generator nothing (needs "
                 "--no-offset: the noise model holds for the camera's own levels)"})
+    critic_noise_shape: str = field(default="gamma", metadata={
+        "help": "ProGAN: the critic noise's distribution: gamma (skewed, as an EMCCD's or a photon count's "
+                "noise) or normal"})
     warmup_lr: float = field(default=4e-3, metadata={
         "help": "ProGAN: Adam learning rate of the MAE warm-up (equalized-LR weights are stored as N(0, 1), "
                 "so a step moves them ~10x less, relative to their size, than lr moves the U-Net's)"})
@@ -135,6 +139,8 @@ class TrainConfig:
             self.batch_at(4)
         except ValueError as err:
             problems.append(str(err))
+        if self.critic_noise_shape not in NOISE_SHAPES:
+            problems.append(f"critic_noise_shape must be one of {NOISE_SHAPES}, got {self.critic_noise_shape!r}")
         if self.critic_noise and self.offset_enabled:
             problems.append("critic_noise needs the camera's own levels: turn the random offset off (offset false, "
                             "--no-offset)")

@@ -79,7 +79,7 @@ FIXED_ON_RESUME = ("model", "depth", "width", "loss", "offset", "offset_max", "c
                    "lr", "lr_schedule", "validation_fraction", "block_pairs", "gan_mode", "lambda_gan", "gan_lr",
                    "critic_steps", "start_resolution", "phase_images", "phase_scale", "resolution_batches",
                    "ema_decay", "warmup_steps", "warmup_lr", "rot180_average",
-                   "critic_noise")
+                   "critic_noise", "critic_noise_shape")
 
 
 def check_resumable(stored: dict, config: TrainConfig, path) -> None:

@@ -76,11 +76,12 @@ def faded_real(images: torch.Tensor, alpha: float) -> torch.Tensor:
     return coarse + (images - coarse) * alpha
 
 
-def as_recorded(image: torch.Tensor, a: float, b: float, pooled: int, alpha: float) -> torch.Tensor:
+def as_recorded(image: torch.Tensor, a: float, b: float, pooled: int, alpha: float,
+                shape: str = "normal") -> torch.Tensor:
     """The generator's output as the camera would have recorded it at the current phase: the camera's noise
     at this resolution, cross-faded like the real images during a fade (so real and generated images carry
     the same noise, in level and in grain)."""
-    return image + faded_real(camera_noise(image, a, b, pooled), alpha)
+    return image + faded_real(camera_noise(image, a, b, pooled, shape), alpha)
 
 
 def _optimizers(generator, critic, config: TrainConfig,
@@ -268,7 +269,8 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         low = downsample(torch.stack(lows).to(device), phase.resolution)
         real = faded_real(downsample(torch.stack(highs).to(device), phase.resolution), generator.alpha)
         camera = None if noise is None else partial(as_recorded, a=noise[0], b=noise[1],
-                                                    pooled=config.patch // phase.resolution, alpha=generator.alpha)
+                                                    pooled=config.patch // phase.resolution, alpha=generator.alpha,
+                                                    shape=config.critic_noise_shape)
         loss, values = gan_step(generator, critic, g_opt, d_opt, low, real, config, device, world, warming, camera)
         update_ema(ema, generator, ema_decay_at(config, step))
         step += 1
