@@ -124,6 +124,8 @@ def main() -> int:
                         choices=("rot180", "plain", "noise", "rot180-noise"),
                         help="rot180: rot180_average; noise: critic_noise (AmbientGAN)")
     parser.add_argument("--no-offset", action="store_true", help="no random offset (critic_noise needs none)")
+    parser.add_argument("--noise-shape", default="gamma", choices=("gamma", "normal"),
+                        help="critic_noise_shape of the noise variants")
     parser.add_argument("--frames", type=int, default=100, help="frames per training movie (3 seeds)")
     parser.add_argument("--test-frames", type=int, default=20)
     parser.add_argument("--scorers", type=int, default=4, help="processes scoring checkpoints while training goes on")
@@ -156,7 +158,7 @@ def main() -> int:
         score("U-Net MAE", result.path, f"{args.warmup} ({time.perf_counter() - t:.0f} s)")
     gan = {variant: dict(model="progan", width=args.width, patch=64, start_resolution=64, warmup_steps=args.warmup,
                          critic_steps=args.critic_steps, rot180_average="rot180" in variant,
-                         critic_noise="noise" in variant, **common)
+                         critic_noise="noise" in variant, critic_noise_shape=args.noise_shape, **common)
            for variant in args.variants}
     for variant, settings in gan.items():
         t = time.perf_counter()
