@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +180,7 @@ def main() -> int:
                 if (event.kind == EventKind.CHECKPOINT and event.step < end) or event.kind == EventKind.FINISHED:
                     score(f"ProGAN joint λ {lambda_gan:g}, {variant}", event.values["path"],
                           f"+{event.step - args.warmup} ({time.perf_counter() - t:.0f} s)")
+    wait(rows)  # the scorers' own lines first, then the table
     print(f"training done at {time.perf_counter() - start:.0f} s; scores:\n")
     print("| model | steps (s) | AP2 PSNR | SSIM | F1 | precision | RMSE (nm) | sigma (nm) | background texture (1e-3) "
           "| beads mean offset y / x (nm) |")
