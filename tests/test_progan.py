@@ -265,9 +265,11 @@ def test_checkpoints_from_before_a_setting_existed_resume_as_they_were_trained()
     from napari_pgsr.training.config import as_trained
 
     stored = TrainConfig(model="progan", lr=2e-4, warmup_steps=100).to_dict()
-    del stored["warmup_lr"], stored["rot180_average"], stored["critic_noise"]  # written before these existed
+    # written before these existed
+    del stored["warmup_lr"], stored["rot180_average"], stored["critic_noise"], stored["critic_noise_shape"]
     values = as_trained(stored)
     assert values["warmup_lr"] == 2e-4 and values["rot180_average"] is False and values["critic_noise"] is False
+    assert values["critic_noise_shape"] == "normal"
     assert "warmup_lr" not in as_trained({**stored, "warmup_steps": 0})  # no warm-up ran: nothing to keep
     unet = TrainConfig().to_dict()
     del unet["warmup_lr"]

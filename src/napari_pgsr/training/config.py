@@ -24,6 +24,7 @@ def as_trained(stored: dict) -> dict:
             values.setdefault("warmup_lr", values.get("lr", 4e-4))
         values.setdefault("rot180_average", False)
         values.setdefault("critic_noise", False)
+        values.setdefault("critic_noise_shape", "normal")  # the only shape before the field existed
     return values
 
 
@@ -80,8 +81,8 @@ class TrainConfig:
                 "the training frames; AmbientGAN), so inventing noise earns the generator nothing (needs "
                 "--no-offset: the noise model holds for the camera's own levels)"})
     critic_noise_shape: str = field(default="gamma", metadata={
-        "help": "ProGAN: the critic noise's distribution: gamma (skewed, as an EMCCD's or a photon count's "
-                "noise) or normal"})
+        "help": "ProGAN: the critic noise's distribution: gamma (skewed like low-light camera noise) or "
+                "normal"})
     warmup_lr: float = field(default=4e-3, metadata={
         "help": "ProGAN: Adam learning rate of the MAE warm-up (equalized-LR weights are stored as N(0, 1), "
                 "so a step moves them ~10x less, relative to their size, than lr moves the U-Net's)"})
