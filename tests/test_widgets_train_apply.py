@@ -116,13 +116,20 @@ def test_progan_from_the_train_widget(viewer_with_pairs, qtbot, tmp_path):
     assert not widget.gan_width.native.isHidden() and widget.channels.native.isHidden()
     assert widget.patch.label == "Final resolution"
     widget.gan_width.value, widget.phase_images.value, widget.patch.value = 0.03, 8, 16
+    widget.warmup_steps.value, widget.critic_steps.value, widget.rot180_average.value = 2, 2, True
+    assert widget.offset.value
+    widget.critic_noise.value = True
+    assert not widget.offset.value  # the noise model holds for the camera's own levels only
     config = widget.config()
     assert (config.model, config.width, config.patch, config.phase_images, config.gan_mode) == (
         "progan", 0.03, 16, 8, "joint")
+    assert (config.warmup_steps, config.critic_steps, config.rot180_average, config.critic_noise,
+            config.offset) == (2, 2, True, True, False)
     widget.train_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.status.state is RunState.DONE, timeout=60_000)
     model = load_model(tmp_path / "gui.pgsr")
-    assert model.network.architecture["name"] == "progan" and model.training_state["images_seen"] == 24
+    assert model.network.architecture["name"] == "progan" and model.network.architecture["rot180_average"]
+    assert model.metadata["config"]["critic_noise"] and model.metadata["config"]["warmup_steps"] == 2
 
 
 def test_restore_widget_lazily_to_file_and_side_by_side(viewer_with_pairs, qtbot, tmp_path, monkeypatch):

@@ -127,8 +127,21 @@ class TrainWidget(Container):
         self.start_resolution = ComboBox(label="Start resolution", choices=[4, 8, 16, 32, 64, 128, 256], value=4)
         self.phase_images = SpinBox(label="Images per phase", value=20_000, min=1, max=10_000_000,
                                     tooltip="images per fade-in and per stabilisation (Karras: 600,000)")
+        self.warmup_steps = SpinBox(label="MAE warm-up steps", value=defaults.warmup_steps, min=0, max=10_000_000,
+                                    tooltip="generator steps with MAE alone before the critic joins")
+        self.critic_steps = SpinBox(label="Critic steps", value=defaults.critic_steps, min=1, max=100,
+                                    tooltip="critic updates per generator update")
+        self.rot180_average = CheckBox(text="rot180 average (no image shift)", value=defaults.rot180_average,
+                                       tooltip="average G(x) with its answer for x turned by 180 degrees: the "
+                                               "generator cannot shift the image (2x generator cost)")
+        self.critic_noise = CheckBox(text="critic sees camera noise", value=defaults.critic_noise,
+                                     tooltip="add camera noise (fitted from the training frames) to the generator's "
+                                             "output before the critic judges it, so inventing noise earns nothing; "
+                                             "turns the random offset off")
+        self.critic_noise.changed.connect(self._critic_noise_needs_no_offset)
         self._gan_widgets = [self.gan_width, self.gan_mode, self.lambda_gan, self.start_resolution,
-                             self.phase_images]
+                             self.phase_images, self.warmup_steps, self.critic_steps, self.rot180_average,
+                             self.critic_noise]
         self.device = ComboBox(label="Device", choices=_devices(), value="auto")
         self.output = FileEdit(label="Model file", mode="w", filter="*.pgsr", value=Path.home() / "model.pgsr")
         self.preview_every = SpinBox(label="Preview every", value=50, min=0, max=100_000,
@@ -175,13 +188,20 @@ class TrainWidget(Container):
         if progan and self.patch.value & (self.patch.value - 1):
             self.patch.value = 64  # a power of two
 
+    def _critic_noise_needs_no_offset(self, on: bool) -> None:
+        """The fitted noise model holds for the camera's own levels, not for offset ones."""
+        if on:
+            self.offset.value = False
+
     def config(self) -> TrainConfig:
         """The settings shown, as the core's typed config."""
         minutes = self.minutes.value or None
         progan = self.model.value == "progan"
         gan = {"gan_mode": self.gan_mode.value, "lambda_gan": self.lambda_gan.value,
                "start_resolution": self.start_resolution.value, "phase_images": self.phase_images.value,
-               "width": self.gan_width.value, "loss": "mae"} if progan else {}
+               "width": self.gan_width.value, "loss": "mae", "warmup_steps": self.warmup_steps.value,
+               "critic_steps": self.critic_steps.value, "rot180_average": self.rot180_average.value,
+               "critic_noise": self.critic_noise.value} if progan else {}
         return TrainConfig(**{"model": self.model.value, "loss": self.loss.value, "offset": self.offset.value,
                               "width": self.channels.value, "patch": self.patch.value, "batch": self.batch.value,
                               "steps": None if minutes else self.steps.value, "minutes": minutes,
