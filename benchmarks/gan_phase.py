@@ -7,6 +7,9 @@ the found spots (a whole-image shift by the network).
     python benchmarks/gan_phase.py --device cuda --warmup 2000 --gan-steps 600 --every 200 --lambdas 0.1 0.01
     python benchmarks/gan_phase.py --device cpu --warmup 20 --gan-steps 4 --every 2 --frames 20  # smoke run
 
+`--warmup-from DIR/warm_rot180.pgsr ...` continues the warm-ups of an earlier run (the folder it prints);
+`--score-raw` also scores the generator being trained, not only its EMA copy that the model file restores with.
+
 Training as in quality.py's ProGAN rows: width 0.125 (--width), 64 px patches from the start (no growing),
 3 simulated AP2 movies; the run ends after `--minutes` even if variants are left. Each variant's warm-up is
 trained once and every lambda_gan continues a copy of it: this script lets resume accept a changed
@@ -98,10 +101,13 @@ def _row(label: str, extra: str, ap2_frames: list, beads_frames: list, truth: st
             f"| {row['rmse_nm']:.1f} | {row['sigma_nm']:.1f} | {texture:.1f} | {dy:+.1f} / {dx:+.1f} ({n}) |")
 
 
-def score_row(label: str, path: str, extra: str) -> str:
+def score_row(label: str, path: str, extra: str, raw_generator: bool = False) -> str:
     """One table row: AP2 pixel and spot scores and background texture, and the beads' mean signed offset
-    (restored on the CPU)."""
+    (restored on the CPU). `raw_generator`: restore with the generator being trained, not its EMA copy (what
+    the model file restores with)."""
     model = load_model(path)
+    if raw_generator:
+        model.network.load_state_dict(model.training_state["generator"])
     return _row(label, extra, list(restore(model, _SETS["ap2"]["low"], device="cpu")),
                 list(restore(model, _SETS["beads"]["low"], device="cpu")))
 
@@ -131,6 +137,11 @@ def main() -> int:
     parser.add_argument("--scorers", type=int, default=4, help="processes scoring checkpoints while training goes on")
     parser.add_argument("--minutes", type=float, default=60.0, help="start no new run after this long")
     parser.add_argument("--no-unet", action="store_true")
+    parser.add_argument("--score-raw", action="store_true",
+                        help="also score the GAN phase's raw generator, besides its EMA copy")
+    parser.add_argument("--warmup-from", type=Path, nargs="+", default=[],
+                        help="warm-up files of an earlier run (its warm_<variant>.pgsr), used instead of training "
+                             "the variants' warm-ups again")
     args = parser.parse_args()
     start = time.perf_counter()
     training = [split_alternating(simulate_movie("ap2", args.frames, (256, 256), seed=s).movie, name=f"ap2 seed {s}")
@@ -138,12 +149,13 @@ def main() -> int:
     pool = ProcessPoolExecutor(args.scorers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_load_test_sets, initargs=(args.test_frames,))
     folder = Path(tempfile.mkdtemp())
+    print(f"files (warm-ups for --warmup-from) in {folder}", flush=True)
     rows = []
 
-    def score(label: str, path: str | Path, extra: str) -> None:
+    def score(label: str, path: str | Path, extra: str, raw_generator: bool = False) -> None:
         kept = folder / f"scored_{len(rows)}.pgsr"  # checkpoints are overwritten; the scorer reads its own copy
         shutil.copy(path, kept)
-        rows.append(pool.submit(score_row, label, str(kept), extra))
+        rows.append(pool.submit(score_row, label, str(kept), extra, raw_generator))
         rows[-1].add_done_callback(lambda done: print(f"scored: {done.result()}", flush=True)
                                    if not done.exception() else None)
         print(f"{time.perf_counter() - start:.0f} s: {label}, {extra}", flush=True)
@@ -160,10 +172,14 @@ def main() -> int:
                          critic_steps=args.critic_steps, rot180_average="rot180" in variant,
                          critic_noise="noise" in variant, critic_noise_shape=args.noise_shape, **common)
            for variant in args.variants}
+    earlier = {path.stem.removeprefix("warm_"): path for path in args.warmup_from}
     for variant, settings in gan.items():
         t = time.perf_counter()
-        train(TrainConfig(steps=args.warmup, lambda_gan=args.lambdas[0], **settings), training,
-              folder / f"warm_{variant}.pgsr")
+        if variant in earlier:  # (resuming checks that its settings match)
+            shutil.copy(earlier[variant], folder / f"warm_{variant}.pgsr")
+        else:
+            train(TrainConfig(steps=args.warmup, lambda_gan=args.lambdas[0], **settings), training,
+                  folder / f"warm_{variant}.pgsr")
         score(f"ProGAN warm-up, {variant}", folder / f"warm_{variant}.pgsr",
               f"{args.warmup} ({time.perf_counter() - t:.0f} s)")
     for lambda_gan in args.lambdas:
@@ -178,8 +194,10 @@ def main() -> int:
             t = time.perf_counter()
             for event in iter_training(config, training, run, resume=run):
                 if (event.kind == EventKind.CHECKPOINT and event.step < end) or event.kind == EventKind.FINISHED:
-                    score(f"ProGAN joint λ {lambda_gan:g}, {variant}", event.values["path"],
-                          f"+{event.step - args.warmup} ({time.perf_counter() - t:.0f} s)")
+                    label, extra = f"ProGAN joint λ {lambda_gan:g}, {variant}", f"+{event.step - args.warmup}"
+                    score(label, event.values["path"], f"{extra} ({time.perf_counter() - t:.0f} s)")
+                    if args.score_raw:
+                        score(f"{label}, raw generator", event.values["path"], extra, raw_generator=True)
     wait(rows)  # the scorers' own lines first, then the table
     print(f"training done at {time.perf_counter() - start:.0f} s; scores:\n")
     print("| model | steps (s) | AP2 PSNR | SSIM | F1 | precision | RMSE (nm) | sigma (nm) | background texture (1e-3) "
