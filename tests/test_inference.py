@@ -46,6 +46,21 @@ def test_whole_frames_restored_on_the_device_match_the_tiling_path(shape):
         assert not np.shares_memory(out, restorer._staged.numpy())
 
 
+def test_batches_of_whole_frames_stay_within_the_memory_budget():
+    # one frame fitting the budget does not mean four do: a batch is split into passes that fit
+    model = _model()
+    movie = np.random.default_rng(2).integers(100, 400, (5, 1, 64, 96)).astype(np.uint16)
+    restorer = Restorer(model, batch=5)
+    restorer._memory_budget = lambda: 2.5 * 64 * 96 * restorer._bytes_per_pixel()
+    batches, forward = [], restorer.forward
+    restorer.forward = lambda x: (batches.append(x.shape[0]), forward(x))[1]
+    assert restorer.fits_one_tile(64, 96) and restorer.frames_per_pass(64, 96) == 2
+    together = restorer.restore_many(list(movie))
+    assert batches == [2, 2, 1]
+    for got, stack in zip(together, movie):
+        np.testing.assert_allclose(got, restorer(stack), rtol=1e-5, atol=1e-3)
+
+
 def test_restore_denormalises_to_high_exposure_units_and_keeps_shape():
     model = _model()
     torch.nn.init.zeros_(model.network.head.weight)

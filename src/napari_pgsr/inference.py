@@ -105,7 +105,10 @@ class Restorer:
         632² it ran only ~4% slower)."""
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
-            return 0.5 * free
+            # blocks torch holds but no tensor uses are free to this process too (after the first pass
+            # the driver counts them as taken)
+            cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+            return 0.5 * (free + cached)
         try:
             available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError):
@@ -175,14 +178,26 @@ class Restorer:
         """Whether frames of this size go through the network whole (no tiles, nothing to blend)."""
         return max(height + -height % self.align, width + -width % self.align) <= self.tile_for(height, width)
 
+    def frames_per_pass(self, height: int, width: int) -> int:
+        """How many whole frames of this size one forward pass may take within the memory budget (at least
+        one: a frame that does not fit alone is tiled instead)."""
+        pixels = (height + -height % self.align) * (width + -width % self.align)
+        return max(1, int(self._memory_budget() // (pixels * self._bytes_per_pixel())))
+
     def restore_many(self, stacks: list[np.ndarray]) -> list[np.ndarray]:
-        """Several C x Y x X inputs at once: frames that fit in one tile share one forward pass (small frames
-        alone would leave a GPU or the CPU's cores idle); larger ones are tiled one by one."""
-        if not self.fits_one_tile(*stacks[0].shape[-2:]):
+        """Several C x Y x X inputs at once: frames that fit in one tile share forward passes, as many per
+        pass as the memory budget allows (small frames alone would leave a GPU or the CPU's cores idle);
+        larger ones are tiled one by one."""
+        height, width = stacks[0].shape[-2:]
+        if not self.fits_one_tile(height, width):
             return [self(stack) for stack in stacks]
+        per_pass = self.frames_per_pass(height, width)
+        if len(stacks) > per_pass:
+            return [out for first in range(0, len(stacks), per_pass)
+                    for out in self.restore_many(stacks[first:first + per_pass])]
         if isinstance(self.forward, CompiledForward):
             # a compiled graph fits one batch shape: a movie's short last batch is filled up, not recompiled
-            self._largest_batch = max(self._largest_batch, len(stacks))
+            self._largest_batch = min(max(self._largest_batch, len(stacks)), per_pass)
             return self._restore_whole(stacks, rows=self._largest_batch)
         return self._restore_whole(stacks)
 
