@@ -18,7 +18,15 @@ if __name__ == "__main__":
                           validation_patches=4, device="cpu", lr=1e-3) if model == "unet" else
               TrainConfig(model="progan", steps=4, batch=batch, width=0.03, patch=16, phase_images=8,
                           validation_every=2, validation_patches=4, device="cpu"))
+    draws, uniform = [], torch.rand  # the gradient penalty's interpolation weights
+
+    def recorded(*args, **kwargs):
+        draws.append(uniform(*args, **kwargs))
+        return draws[-1]
+
+    torch.rand = recorded
     result = train(config, [split_alternating(read_movie(movie))], folder / "ddp.pgsr")
     rank = dist.get_rank()
     torch.save(result.network.state_dict(), folder / f"rank{rank}.pt")
+    torch.save(torch.cat([d.flatten() for d in draws]) if draws else torch.zeros(0), folder / f"draws{rank}.pt")
     dist.destroy_process_group()

@@ -66,4 +66,6 @@ def test_two_processes_train_one_progan(tmp_path, movie):
         torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0)
     saved = load_model(tmp_path / "ddp.pgsr")
     assert saved.metadata["world_size"] == 2 and saved.training_state["images_seen"] == 4 * 2 * 2
+    draws0, draws1 = (torch.load(tmp_path / f"draws{rank}.pt", weights_only=True) for rank in (0, 1))
+    assert draws0.numel() == draws1.numel() > 0 and not torch.equal(draws0, draws1)  # each rank its own points
 

@@ -112,6 +112,12 @@ def ema_decay_at(config: TrainConfig, step: int) -> float:
     return 0.0 if gan_steps < 0 else min(config.ema_decay, (1.0 + gan_steps) / (10.0 + gan_steps))
 
 
+def rank_step_seed(seed: int, rank: int, step: int) -> int:
+    """The random draws' seed of one rank's step under torchrun: distinct across ranks, and a resumed run
+    draws what an uninterrupted one would."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
 def _average_gradients(module: torch.nn.Module, world: int) -> None:
     """Mean gradient over ranks (plain all-reduce: DDP's hooks do not mix with the gradient penalty's
     double backward)."""
@@ -271,6 +277,8 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         camera = None if noise is None else partial(as_recorded, a=noise[0], b=noise[1],
                                                     pooled=config.patch // phase.resolution, alpha=generator.alpha,
                                                     shape=config.critic_noise_shape)
+        if world > 1:  # one seed would give every rank the same penalty points and critic noise
+            torch.manual_seed(rank_step_seed(config.seed, rank, step))
         loss, values = gan_step(generator, critic, g_opt, d_opt, low, real, config, device, world, warming, camera)
         update_ema(ema, generator, ema_decay_at(config, step))
         step += 1
