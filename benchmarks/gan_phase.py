@@ -173,6 +173,8 @@ def main() -> int:
                          critic_noise="noise" in variant, critic_noise_shape=args.noise_shape, **common)
            for variant in args.variants}
     earlier = {path.stem.removeprefix("warm_"): path for path in args.warmup_from}
+    for variant in set(earlier) - set(args.variants):
+        print(f"warning: {earlier[variant]} is no warm-up of the variants run ({args.variants}); not used", flush=True)
     for variant, settings in gan.items():
         t = time.perf_counter()
         if variant in earlier:  # (resuming checks that its settings match)

@@ -184,9 +184,10 @@ def main() -> int:
             # each result is judged against the scene at the instant its input was taken
             images, spots = data["high_truth"] if name == "raw high" else data["low_truth"]
             kind_rows.append({"kind": kind, **evaluate(name, frames, images, spots)})
+        raw_low = next(row for row in kind_rows if row["method"] == "raw low")
         for row in kind_rows:
             row["rmse_low_spots_nm"] = (float("nan") if row["method"] == "raw high"  # (another instant's spots)
-                                        else rmse_on_common_spots(row, kind_rows[0]))
+                                        else rmse_on_common_spots(row, raw_low))
         rows += kind_rows
     budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
     lines = [f"Training: {budget} per model on 2 CPU cores, 3 AP2 movies of {args.frames} frames "

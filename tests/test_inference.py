@@ -59,6 +59,28 @@ def test_batches_of_whole_frames_stay_within_the_memory_budget():
     assert batches == [2, 2, 1]
     for got, stack in zip(together, movie):
         np.testing.assert_allclose(got, restorer(stack), rtol=1e-5, atol=1e-3)
+    # compiled: one batch shape (3 frames per pass here), decided once even when free memory changes
+    compiled = Restorer(model, batch=4, compile=True)
+    compiled._memory_budget = lambda: 3.5 * 64 * 96 * compiled._bytes_per_pixel()
+    shapes = []
+    compiled.forward.compiled = lambda x: (shapes.append(x.shape[0]), compiled.network(x))[1]
+    first = compiled.restore_many(list(movie[:4]))
+    compiled._memory_budget = lambda: 1.5 * 64 * 96 * compiled._bytes_per_pixel()
+    compiled.restore_many(list(movie[:3]))
+    assert shapes == [3, 3, 3]  # 2 + 2 frames, each pass filled up to the one compiled shape
+    np.testing.assert_allclose(first[3], together[3], rtol=1e-5, atol=1e-3)
+
+
+def test_tiles_per_pass_stay_within_the_memory_budget():
+    model = _model()
+    frame = np.random.default_rng(3).integers(100, 400, (1, 150, 203)).astype(np.uint16)
+    restorer = Restorer(model, tile=64, batch=4)
+    expected = restorer(frame)
+    restorer._memory_budget = lambda: 2.5 * 64 * 64 * restorer._bytes_per_pixel()
+    batches, forward = [], restorer.forward
+    restorer.forward = lambda x: (batches.append(x.shape[0]), forward(x))[1]
+    np.testing.assert_allclose(restorer(frame), expected, rtol=1e-5, atol=1e-4)
+    assert len(batches) > 2 and max(batches) == 2
 
 
 def test_restore_denormalises_to_high_exposure_units_and_keeps_shape():

@@ -3,8 +3,11 @@ import pandas as pd
 import pytest
 from scipy.special import erf
 
+from scipy.integrate import quad
+
 from napari_pgsr.analysis import (CameraCalibration, average_profile, measure_across, measure_spots,
-                                  read_points_csv, snap_to_maximum, write_points_csv)
+                                  mortensen_mle_precision, mortensen_precision, read_points_csv, snap_to_maximum,
+                                  write_points_csv)
 from napari_pgsr.physics import EMCCD, Microscope, render_spots
 
 
@@ -29,6 +32,9 @@ def test_position_error_at_low_exposure_matches_mortensen_with_emccd_excess_nois
                                      + (good["x"] - truth[good["point"], 1]) ** 2) / 2)
     predicted = np.sqrt(np.mean(good["precision_px"] ** 2))
     assert error_per_axis == pytest.approx(predicted, rel=0.3)
+    # no fit beats the maximum-likelihood bound (72 photoelectrons on 4.5 + CIC background per pixel)
+    bound = mortensen_mle_precision(sigma, 0.9 * 80, 0.9 * 5 + camera.clock_induced_charge, 2.0)
+    assert bound < error_per_axis < 1.5 * bound
     assert good["precision_nm"].median() == pytest.approx(160 * good["precision_px"].median())
     # photons are photoelectrons: QE 0.9 of the 80 photons
     assert good["photons"].median() == pytest.approx(72, rel=0.15)
@@ -36,6 +42,20 @@ def test_position_error_at_low_exposure_matches_mortensen_with_emccd_excess_nois
     plain = measure_spots(frame, np.rint(truth[:5]), camera=CameraCalibration(100.0, 0.1, excess_noise=1.0))
     ratio = table["precision_px"][:5].to_numpy() / plain["precision_px"].to_numpy()
     assert ratio == pytest.approx(np.full(5, np.sqrt(2)), rel=1e-6)
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.05, 0.3, 2.0])
+def test_maximum_likelihood_precision_is_mortensens_integral_and_below_least_squares(tau):
+    sigma, photons = 0.46, np.array([50.0, 400.0])
+    sa2 = sigma**2 + 1 / 12
+    background = tau * photons / (2 * np.pi * sa2)
+    integral = quad(lambda t: np.log(t) / (1 + t / tau), 0, 1)[0] if tau else 0.0
+    expected = np.sqrt(2.0 * sa2 / photons / (1 + integral))
+    np.testing.assert_allclose(mortensen_mle_precision(sigma, photons, background, 2.0), expected, rtol=1e-9)
+    least_squares = [mortensen_precision(sigma, n, b, 2.0) for n, b in zip(photons, background)]
+    # without background the fits differ by the factor 16/9 in variance; with much of it they agree
+    ratio = mortensen_mle_precision(sigma, photons, background, 2.0) / least_squares
+    assert np.all(ratio < 1) and (tau or ratio == pytest.approx(np.full(2, 0.75)))
 
 
 def test_snr_and_sbr_follow_their_stated_formulas():

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_pgsr.analysis import fit_spots
-from napari_pgsr.physics import EMCCD, Microscope, localisation_precision_nm, render_spots
+from napari_pgsr.physics import EMCCD, Microscope, render_spots
 
 
 def test_psf_sigma_follows_wavelength_and_na():
@@ -45,24 +44,3 @@ def test_spots_at_the_border_lose_the_light_that_falls_outside():
     image = render_spots((20, 20), np.array([0.0]), np.array([10.0]), np.array([100.0]), sigma_px=1.0)
     assert 45 < image.sum() < 75  # about half the PSF lies above row -0.5
 
-
-def test_localisation_precision_follows_mortensen_and_matches_fits_of_simulated_spots():
-    # no background: sd = sqrt(F^2 * (sigma^2 + a^2/12) / N * 16/9)
-    expected = np.sqrt(2.0 * (100.0**2 + 120.0**2 / 12) / 400.0 * 16 / 9)
-    assert localisation_precision_nm(400.0, 0.0, 100.0, 120.0) == pytest.approx(expected)
-    assert localisation_precision_nm(400.0, 10.0, 100.0, 120.0) > expected  # background costs precision
-    # fits of simulated EMCCD spots (200 photons, 5 background photons per pixel) reach about the bound
-    camera, microscope = EMCCD(), Microscope()
-    centres = np.arange(8, 240, 12, dtype=np.float64)
-    y, x = (a.ravel() + np.random.default_rng(seed).uniform(-0.5, 0.5, a.size)
-            for seed, a in enumerate(np.meshgrid(centres, centres, indexing="ij")))
-    errors = []
-    for seed in range(2):
-        photons = render_spots((248, 248), y, x, np.full(y.size, 200.0), microscope.sigma_px) + 5.0
-        image = camera.expose(photons, np.random.default_rng(seed)).astype(np.float32)
-        fits = fit_spots(image, np.column_stack([np.rint(y), np.rint(x)]), radius=3, sigma_guess=microscope.sigma_px)
-        errors += [(f.y - y[i], f.x - x[i]) for i, f in enumerate(fits) if f.flag == ""]
-    rmse_nm = microscope.pixel_size_nm * np.sqrt(np.mean(np.square(errors)))
-    bound = localisation_precision_nm(0.9 * 200.0, 0.9 * 5.0 + camera.clock_induced_charge, microscope.sigma_nm,
-                                      microscope.pixel_size_nm)
-    assert len(errors) > 600 and 0.8 * bound < rmse_nm < 1.25 * bound

@@ -274,3 +274,11 @@ def test_checkpoints_from_before_a_setting_existed_resume_as_they_were_trained()
     unet = TrainConfig().to_dict()
     del unet["warmup_lr"]
     assert as_trained(unet) == unet
+
+
+def test_rank_step_seeds_differ_across_ranks_and_steps_and_repeat_on_resume():
+    from napari_pgsr.training.progan_loop import rank_step_seed
+
+    seeds = {rank_step_seed(0, rank, step) for rank in range(4) for step in range(50)}
+    assert len(seeds) == 200  # every rank and step its own draws
+    assert rank_step_seed(7, 1, 12) == rank_step_seed(7, 1, 12) != rank_step_seed(8, 1, 12)

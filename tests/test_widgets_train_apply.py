@@ -120,6 +120,9 @@ def test_progan_from_the_train_widget(viewer_with_pairs, qtbot, tmp_path):
     assert widget.offset.value
     widget.critic_noise.value = True
     assert not widget.offset.value  # the noise model holds for the camera's own levels only
+    widget.offset.value = True
+    assert not widget.critic_noise.value
+    widget.critic_noise.value = True
     config = widget.config()
     assert (config.model, config.width, config.patch, config.phase_images, config.gan_mode) == (
         "progan", 0.03, 16, 8, "joint")

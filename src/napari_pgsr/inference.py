@@ -89,6 +89,7 @@ class Restorer:
         self.frames_per_batch = self.batch
         self._staged: torch.Tensor | None = None
         self._largest_batch = self.batch
+        self._frames_per_pass: dict[tuple[int, int], int] = {}
         self._staging_lock = threading.Lock()
 
     def _bytes_per_pixel(self) -> float:
@@ -157,8 +158,10 @@ class Restorer:
                  for x in _starts(full_w, tile_w, stride_w, self.align)]
         total = np.zeros((full_h, full_w), np.float32)
         weight_sum = np.zeros((full_h, full_w), np.float32)
-        for first in range(0, len(boxes), self.batch):
-            chunk = boxes[first:first + self.batch]
+        # the tile was sized to the memory budget alone: only as many per pass as fit it together
+        per_pass = min(self.batch, max(1, int(self._memory_budget() // (tile_h * tile_w * self._bytes_per_pixel()))))
+        for first in range(0, len(boxes), per_pass):
+            chunk = boxes[first:first + per_pass]
             outputs = self._run([image[:, y:y + tile_h, x:x + tile_w] for y, x in chunk])
             for (y, x), out in zip(chunk, outputs):
                 weight = np.outer(_weights(y, tile_h, full_h, self.margin, ramp),
@@ -180,9 +183,13 @@ class Restorer:
 
     def frames_per_pass(self, height: int, width: int) -> int:
         """How many whole frames of this size one forward pass may take within the memory budget (at least
-        one: a frame that does not fit alone is tiled instead)."""
-        pixels = (height + -height % self.align) * (width + -width % self.align)
-        return max(1, int(self._memory_budget() // (pixels * self._bytes_per_pixel())))
+        one: a frame that does not fit alone is tiled instead). Decided once per frame size, so a compiled
+        network sees one batch shape, not one per change in free memory."""
+        if (height, width) not in self._frames_per_pass:
+            pixels = (height + -height % self.align) * (width + -width % self.align)
+            self._frames_per_pass[height, width] = max(1, int(self._memory_budget()
+                                                              // (pixels * self._bytes_per_pixel())))
+        return self._frames_per_pass[height, width]
 
     def restore_many(self, stacks: list[np.ndarray]) -> list[np.ndarray]:
         """Several C x Y x X inputs at once: frames that fit in one tile share forward passes, as many per
@@ -192,9 +199,9 @@ class Restorer:
         if not self.fits_one_tile(height, width):
             return [self(stack) for stack in stacks]
         per_pass = self.frames_per_pass(height, width)
-        if len(stacks) > per_pass:
-            return [out for first in range(0, len(stacks), per_pass)
-                    for out in self.restore_many(stacks[first:first + per_pass])]
+        if len(stacks) > per_pass:  # passes of equal size: less filling up on the compiled path
+            size = -(-len(stacks) // -(-len(stacks) // per_pass))
+            return [out for first in range(0, len(stacks), size) for out in self.restore_many(stacks[first:first + size])]
         if isinstance(self.forward, CompiledForward):
             # a compiled graph fits one batch shape: a movie's short last batch is filled up, not recompiled
             self._largest_batch = min(max(self._largest_batch, len(stacks)), per_pass)

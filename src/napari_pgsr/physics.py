@@ -99,17 +99,3 @@ def render_spots(
     image += np.bincount(flat[inside], weights=weights[inside], minlength=height * width)
     return image.reshape(shape)
 
-
-def localisation_precision_nm(photons, background_photons, sigma_nm: float, pixel_nm: float,
-                              excess_noise: float = 2.0) -> np.ndarray:
-    """Best achievable localisation precision (sd per axis, nm) of a spot: Mortensen et al. 2010 (Nat.
-    Methods 7, 377) for a maximum-likelihood fit of a pixelated Gaussian PSF.
-
-    `photons`: detected photons in the spot; `background_photons`: detected background photons per pixel;
-    `excess_noise`: F^2 of the camera (2 for an EMCCD at high gain, 1 for an ideal photon counter).
-    """
-    photons = np.asarray(photons, dtype=np.float64)
-    background = np.asarray(background_photons, dtype=np.float64)
-    sigma_a2 = sigma_nm**2 + pixel_nm**2 / 12.0  # the PSF widened by the pixel's extent
-    tau = 2 * np.pi * sigma_a2 * background / (photons * pixel_nm**2)
-    return np.sqrt(excess_noise * sigma_a2 / photons * (16.0 / 9.0 + 4.0 * tau))

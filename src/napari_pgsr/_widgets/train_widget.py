@@ -139,6 +139,7 @@ class TrainWidget(Container):
                                              "output before the critic judges it, so inventing noise earns nothing; "
                                              "turns the random offset off")
         self.critic_noise.changed.connect(self._critic_noise_needs_no_offset)
+        self.offset.changed.connect(self._offset_excludes_critic_noise)
         self._gan_widgets = [self.gan_width, self.gan_mode, self.lambda_gan, self.start_resolution,
                              self.phase_images, self.warmup_steps, self.critic_steps, self.rot180_average,
                              self.critic_noise]
@@ -192,6 +193,10 @@ class TrainWidget(Container):
         """The fitted noise model holds for the camera's own levels, not for offset ones."""
         if on:
             self.offset.value = False
+
+    def _offset_excludes_critic_noise(self, on: bool) -> None:
+        if on:
+            self.critic_noise.value = False
 
     def config(self) -> TrainConfig:
         """The settings shown, as the core's typed config."""

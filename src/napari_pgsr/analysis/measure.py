@@ -96,6 +96,23 @@ def mortensen_precision(sigma_px: float, photons: float, background_photons: flo
     return float(np.sqrt(variance))
 
 
+_LAGUERRE_NODES, _LAGUERRE_WEIGHTS = np.polynomial.laguerre.laggauss(64)
+
+
+def mortensen_mle_precision(sigma_px, photons, background_photons, excess_noise: float) -> np.ndarray:
+    """Localisation precision (px) of a maximum-likelihood Gaussian fit, the best any fit can do (it reaches
+    the Cramer-Rao bound): Mortensen et al. 2010 eq. 5 with square pixels of side 1,
+    var = F (sa^2/N) / (1 + integral_0^1 ln t / (1 + t / tau) dt), tau = 2 pi sa^2 b^2 / N. Arrays broadcast."""
+    photons = np.asarray(photons, dtype=np.float64)
+    sa2 = sigma_px**2 + 1.0 / 12.0
+    tau = 2 * np.pi * sa2 * np.maximum(np.asarray(background_photons, dtype=np.float64), 0.0) / photons
+    # t = exp(-u) turns the integral into -integral_0^inf u e^-u / (1 + e^-u / tau) du (Gauss-Laguerre)
+    with np.errstate(divide="ignore"):
+        terms = _LAGUERRE_NODES / (1.0 + np.exp(-_LAGUERRE_NODES) / tau[..., None])
+    integral = -(terms * _LAGUERRE_WEIGHTS).sum(axis=-1)
+    return np.sqrt(excess_noise * sa2 / photons / (1.0 + integral))
+
+
 def background_sd(frame: np.ndarray, y: float, x: float, radius: int, others: np.ndarray) -> float:
     """Robust standard deviation (1.4826 x MAD) of the ring of pixels between `radius` + 0.5 and
     `radius` + 3.5 px from the spot, leaving out pixels within `radius` of other points."""
