@@ -84,8 +84,8 @@ def main() -> int:
             narrowest = np.sort(ideal)
             found = [np.median(narrowest[:max(1, int(share * narrowest.size))]) for share in (0.8, 0.5)]
             print(f"| {kind} | {context} | {emccd.size} | {np.median(photons):.0f} | {np.median(emccd):.1f} "
-                  f"| {np.median(ideal):.1f} | {found[0]:.1f} | {found[1]:.1f} | {np.mean(ideal <= 1.05 * sigma):.0%} |",
-                  flush=True)
+                  f"| {np.median(ideal):.1f} | {found[0]:.1f} | {found[1]:.1f} "
+                  f"| {np.mean(ideal <= 1.05 * sigma):.0%} |", flush=True)
     return 0
 
 

@@ -201,7 +201,8 @@ class Restorer:
         per_pass = self.frames_per_pass(height, width)
         if len(stacks) > per_pass:  # passes of equal size: less filling up on the compiled path
             size = -(-len(stacks) // -(-len(stacks) // per_pass))
-            return [out for first in range(0, len(stacks), size) for out in self.restore_many(stacks[first:first + size])]
+            return [out for first in range(0, len(stacks), size)
+                    for out in self.restore_many(stacks[first:first + size])]
         if isinstance(self.forward, CompiledForward):
             # a compiled graph fits one batch shape: a movie's short last batch is filled up, not recompiled
             self._largest_batch = min(max(self._largest_batch, len(stacks)), per_pass)

@@ -98,4 +98,3 @@ def render_spots(
     flat = rows[:, :, None] * width + cols[:, None, :]
     image += np.bincount(flat[inside], weights=weights[inside], minlength=height * width)
     return image.reshape(shape)
-
