@@ -32,7 +32,7 @@ from quality import MIN_PHOTONS  # noqa: E402
 from napari_pgsr.pairs import split_alternating  # noqa: E402
 from napari_pgsr.analysis import mortensen_mle_precision  # noqa: E402
 from napari_pgsr.physics import EMCCD, Microscope  # noqa: E402
-from napari_pgsr.simulate import KINDS, SCENES, Acquisition, simulate_movie  # noqa: E402
+from napari_pgsr.simulate import KINDS, SCENES, simulate_movie  # noqa: E402
 
 BORDER_PX = 4  # as the scorer's spot suggestions
 
@@ -41,11 +41,9 @@ def spot_widths(kind: str, seed: int, frames: int, size: int, context: int = 0,
                 excess_noise: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """Per true spot of the low frames: (photon-limited width of a pixel-loss restoration in nm, detected
     photons)."""
-    microscope, camera, acquisition, scene = Microscope(), EMCCD(), Acquisition(), SCENES[kind]
+    microscope, camera, scene = Microscope(), EMCCD(), SCENES[kind]
     sim = simulate_movie(kind, frames, (size, size), seed=seed)
-    exposures = sim.exposures_s
-    mid_times = np.concatenate([[0.0], np.cumsum(exposures + acquisition.readout_s)[:-1]]) + exposures / 2
-    bleach = np.exp(-(np.cumsum(exposures) - exposures / 2) / scene.bleach_time_s)
+    exposures, mid_times, bleach = sim.exposures_s, sim.mid_times_s, sim.bleach
     pairs = split_alternating(sim.movie, name=kind)
     widths, detected = [], []
     for low, high in zip(pairs.low_index, pairs.high_index):

@@ -92,3 +92,10 @@ def test_command_line_writes_movie_truth_and_expectation(tmp_path, capsys):
     header = (tmp_path / "sm_spots.csv").read_text().splitlines()[0]
     assert header == "frame,id,y,x,photons" and table.shape[1] == 5
     assert "wrote" in capsys.readouterr().out
+
+
+def test_simulation_reports_frame_times_and_bleaching():
+    sim = simulate_movie("ap2", 4, (32, 32), seed=0)
+    # 10 ms low, 10 ms readout, 100 ms high, readout, ...: midpoints at 5, 70, 135 and 200 ms
+    np.testing.assert_allclose(sim.mid_times_s, [0.005, 0.070, 0.135, 0.200])
+    assert np.all(np.diff(sim.bleach) < 0) and 0.99 < sim.bleach[0] < 1.0

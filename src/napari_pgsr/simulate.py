@@ -73,6 +73,8 @@ class SimulatedMovie:
     pixel_size_um: float
     background_photons_per_s: np.ndarray  # Y x X
     config: dict = field(default_factory=dict)
+    mid_times_s: np.ndarray | None = None  # each frame's exposure midpoint, where its spots are drawn
+    bleach: np.ndarray | None = None  # each frame's remaining fluorescence (1: unbleached)
 
 
 def cell_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -180,7 +182,7 @@ def simulate_movie(
               "psf_sigma_nm": microscope.sigma_nm, "low_exposure_s": acquisition.low_exposure_s,
               "high_exposure_s": acquisition.high_exposure_s}
     return SimulatedMovie(movie, expected, spots, exposures, acquisition.low_first, pixel_um,
-                          background.astype(np.float32), config)
+                          background.astype(np.float32), config, times, bleach)
 
 
 def write_spots_csv(path: str | Path, spots: dict[str, np.ndarray]) -> None:
