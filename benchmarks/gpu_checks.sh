@@ -4,6 +4,7 @@
 # ProGAN images/s per resolution at width 1.0 in bf16 and the full schedule's time (#7), and the GAN phase
 # scored as it trains (#7). Each part has its own time limit; logs go to $OUT (default benchmarks/results/gpu).
 #   bash benchmarks/gpu_checks.sh            # DEVICE=cpu and GAN_ARGS="..." make a quick dry run elsewhere
+#   PARTS="restore_eager gan_phase" bash benchmarks/gpu_checks.sh   # only these parts
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 DEVICE=${DEVICE:-cuda}
@@ -15,8 +16,10 @@ python=${PYTHON:-python3}
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
   $python -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__version__,
   torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"; } | tee "$OUT/env.txt"
+PARTS=${PARTS:-restore_eager restore_compiled bench_gan gan_phase}
 part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.txt
   local name=$1 seconds=$2; shift 2
+  [[ " $PARTS " == *" $name "* ]] || return 0
   echo "== $name (limit ${seconds} s)"
   SECONDS=0
   timeout "$seconds" "$@" 2>&1 | tee "$OUT/$name.txt"
@@ -25,7 +28,7 @@ part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
 part restore_eager "${RESTORE_S:-80}" $python benchmarks/bench_restore.py --device "$DEVICE" --sizes 1200 256 \
   --frames "${FRAMES:-64}" --rounds 2 --long --variants fp32 bf16
 part restore_compiled "${COMPILED_S:-120}" $python benchmarks/bench_restore.py --device "$DEVICE" --sizes 1200 \
-  --frames "${FRAMES:-64}" --rounds 2 --long --variants bf16-compiled fp32-compiled
+  --frames "${FRAMES:-64}" --rounds 2 --long --variants ${COMPILED_VARIANTS:-bf16-compiled fp32-compiled}
 part bench_gan "${GAN_BENCH_S:-100}" $python benchmarks/bench_gan.py --device "$DEVICE" --widths 1.0 0.125 \
   --batch 16 --steps 4
 part gan_phase "${GAN_PHASE_S:-280}" $python benchmarks/gan_phase.py --device "$DEVICE" $GAN_ARGS
