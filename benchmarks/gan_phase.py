@@ -137,6 +137,7 @@ def main() -> int:
     parser.add_argument("--scorers", type=int, default=4, help="processes scoring checkpoints while training goes on")
     parser.add_argument("--minutes", type=float, default=60.0, help="start no new run after this long")
     parser.add_argument("--no-unet", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training runs (initial weights, patches)")
     parser.add_argument("--score-raw", action="store_true",
                         help="also score the GAN phase's raw generator, besides its EMA copy")
     parser.add_argument("--warmup-from", type=Path, nargs="+", default=[],
@@ -162,7 +163,7 @@ def main() -> int:
 
     for kind in ("low", "high"):
         rows.append(pool.submit(score_raw, kind))
-    common = dict(device=args.device, validation_every=10**9, checkpoint_every=10**9,
+    common = dict(device=args.device, validation_every=10**9, checkpoint_every=10**9, seed=args.seed,
                   offset=False if args.no_offset else None)
     if not args.no_unet:
         t = time.perf_counter()

@@ -16,7 +16,10 @@ python=${PYTHON:-python3}
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
   $python -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__version__,
   torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"; } | tee "$OUT/env.txt"
-PARTS=${PARTS:-restore_eager restore_compiled bench_gan gan_phase}
+# the second run measured restore_eager, restore_compiled and gan_phase (gpu_h100.md); next: the recipe
+# that met #7's goal there, trained as users do (quality.py, all three kinds; its U-Net reference at the same
+# steps is in quality_unet_7200_cpu.md), and 256² fp32 restoring again. Both fit one call (< 600 s).
+PARTS=${PARTS:-restore_eager quality_recipe}
 part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.txt
   local name=$1 seconds=$2; shift 2
   [[ " $PARTS " == *" $name "* ]] || return 0
@@ -31,4 +34,6 @@ part restore_compiled "${COMPILED_S:-120}" $python benchmarks/bench_restore.py -
   --frames "${FRAMES:-64}" --rounds 2 --long --variants ${COMPILED_VARIANTS:-bf16-compiled fp32-compiled}
 part bench_gan "${GAN_BENCH_S:-100}" $python benchmarks/bench_gan.py --device "$DEVICE" --widths 1.0 0.125 \
   --batch 16 --steps 4
+part quality_recipe "${QUALITY_S:-500}" $python benchmarks/quality.py --steps "${RECIPE_STEPS:-7200}" \
+  --models "ProGAN joint, progan-spots recipe (K=0)" --keep "$OUT" --out "$OUT/quality_recipe.md"
 part gan_phase "${GAN_PHASE_S:-280}" $python benchmarks/gan_phase.py --device "$DEVICE" $GAN_ARGS

@@ -21,11 +21,14 @@ table for raw low, Gaussian-smoothed low, raw high and each model.
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -37,6 +40,7 @@ from napari_pgsr.physics import Microscope
 from napari_pgsr.simulate import KINDS, simulate_movie
 from napari_pgsr.training.config import TrainConfig
 from napari_pgsr.training.loop import train
+from napari_pgsr.training.recipes import recipe_values
 
 MIN_PHOTONS = 300.0
 THRESHOLDS = (5.0, 7.0, 10.0, 14.0, 20.0)
@@ -144,6 +148,7 @@ def main() -> int:
     parser.add_argument("--test-frames", type=int, default=20)
     parser.add_argument("--out", type=Path, help="also write the table here (Markdown)")
     parser.add_argument("--models", nargs="*", help="train only these (names as in the table)")
+    parser.add_argument("--keep", type=Path, help="also save the trained models in this folder")
     parser.add_argument("--gan-width", type=float, default=0.125, help="ProGAN width multiplier")
     parser.add_argument("--gan-warmup", type=int, default=1500, help="ProGAN MAE warm-up steps")
     parser.add_argument("--gan-start", type=int, default=64, help="ProGAN start resolution (final: 64)")
@@ -159,7 +164,10 @@ def main() -> int:
            "warmup_steps": args.gan_warmup, "lambda_gan": args.lambda_gan}
     models = {"U-Net MAE (K=0)": {}, "U-Net MAE, no offset (K=0)": {"offset": False},
               "U-Net MAE (K=2)": {"context": 2}, "U-Net BCE (K=0)": {"loss": "bce"},
-              "ProGAN joint (K=0)": gan, "ProGAN gan (K=0)": {**gan, "gan_mode": "gan"}}
+              "ProGAN joint (K=0)": gan, "ProGAN gan (K=0)": {**gan, "gan_mode": "gan"},
+              # the recipe's settings, its length from --steps / --minutes like every row (recipe: 7200 steps)
+              "ProGAN joint, progan-spots recipe (K=0)": {key: value for key, value in recipe_values(
+                  "progan-spots").items() if key != "steps"}}
     if args.models:
         models = {name: changes for name, changes in models.items() if name in args.models}
     trained = {}
@@ -170,6 +178,9 @@ def main() -> int:
             start = time.perf_counter()
             result = train(config, training, Path(folder) / "m.pgsr")
             trained[name] = load_model(result.path)
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                shutil.copy(result.path, args.keep / (re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") + ".pgsr"))
             print(f"trained {name}: {result.step} steps, {result.step * config.batch / (time.perf_counter() - start):.0f}"
                   f" patches/s, {time.perf_counter() - start:.0f} s", flush=True)
     rows = []
@@ -190,7 +201,8 @@ def main() -> int:
                                         else rmse_on_common_spots(row, raw_low))
         rows += kind_rows
     budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
-    lines = [f"Training: {budget} per model on 2 CPU cores, 3 AP2 movies of {args.frames} frames "
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
+    lines = [f"Training: {budget} per model on {where}, 3 AP2 movies of {args.frames} frames "
              f"({args.size}x{args.size}); test: {args.test_frames} frames per kind, held out. True PSF sigma "
              f"{Microscope().sigma_nm:.0f} nm.", "",
              "| sample | method | PSNR (dB) | SSIM | spot F1 (threshold) | spot precision | localisation RMSE (nm) "

@@ -193,3 +193,23 @@ def test_measure_writes_one_table_over_low_and_high_frames(tmp_path, capsys):
                              str(tmp_path / "t2.csv")]) == 2
     assert "image 'small' has shape (32, 32) but 'low' has (64, 64)" in capsys.readouterr().err
     assert not (tmp_path / "t2.csv").exists()
+
+
+def test_recipe_sets_the_measured_progan_settings_and_flags_override_it(tmp_path, movie, capsys):
+    model = tmp_path / "gan.pgsr"
+    assert cli.train_main([str(movie), "--out", str(model), "--recipe", "progan-spots", "--steps", "3",
+                           "--warmup-steps", "1", "--critic-steps", "1", "--patch", "16", "--start-resolution", "16",
+                           "--batch", "4", "--validation-every", "2", "--validation-patches", "4", "--device", "cpu",
+                           "--quiet"]) == 0
+    config = load_model(model).metadata["config"]
+    # from the recipe
+    assert config["model"] == "progan" and config["width"] == 0.125 and config["lambda_gan"] == 0.01
+    assert config["rot180_average"] and config["critic_noise"] and config["offset"] is False
+    # from the flags
+    assert (config["steps"], config["warmup_steps"], config["critic_steps"], config["patch"]) == (3, 1, 1, 16)
+    assert cli.train_main([str(movie), "--out", str(model), "--recipe", "progan-spots", "--resume", str(model),
+                           "--quiet"]) == cli.EXIT_BAD_INPUT
+    assert "--recipe starts a new run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse names the recipes
+        cli.train_parser().parse_args([str(movie), "--out", "x.pgsr", "--recipe", "nonsense"])
+    assert "progan-spots" in capsys.readouterr().err

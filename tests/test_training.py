@@ -121,3 +121,15 @@ def test_resume_refuses_changed_settings_and_extends_the_cosine_schedule(tmp_pat
           progress=events.append)
     rates = [e.values["lr"] for e in events if e.kind is EventKind.STEP]
     assert len(rates) == 4 and all(a >= b for a, b in zip(rates, rates[1:]))  # still decaying, never back up
+
+
+def test_recipes_are_valid_configs_and_unknown_names_are_listed():
+    from napari_pgsr.training.recipes import RECIPES, recipe_config
+
+    for name, values in RECIPES.items():
+        config = recipe_config(name, device="cpu")
+        assert all(getattr(config, key) == value for key, value in values.items()) and config.device == "cpu"
+    config = recipe_config("progan-spots", steps=10)
+    assert config.steps == 10 and not config.offset_enabled and config.critic_noise
+    with pytest.raises(ValueError, match="unknown recipe 'fast'; recipes: progan-spots"):
+        recipe_config("fast")

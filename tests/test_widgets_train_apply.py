@@ -135,6 +135,20 @@ def test_progan_from_the_train_widget(viewer_with_pairs, qtbot, tmp_path):
     assert model.metadata["config"]["critic_noise"] and model.metadata["config"]["warmup_steps"] == 2
 
 
+def test_recipe_fills_in_the_measured_settings(viewer_with_pairs, tmp_path):
+    from napari_pgsr.training.recipes import RECIPES, recipe_config
+
+    widget = _train_widget(viewer_with_pairs, tmp_path, steps=6)
+    widget.minutes.value = 5.0
+    for name in RECIPES:
+        widget.recipe.value = name
+        shown, measured = widget.config().to_dict(), recipe_config(name).to_dict()
+        assert {key: shown[key] for key in RECIPES[name]} == {key: measured[key] for key in RECIPES[name]}
+        assert not widget.gan_width.native.isHidden()  # a ProGAN recipe shows the ProGAN settings
+    widget.recipe.value = ""  # back to own settings: what is shown stays
+    assert widget.config().lambda_gan == recipe_config("progan-spots").lambda_gan
+
+
 def test_restore_widget_lazily_to_file_and_side_by_side(viewer_with_pairs, qtbot, tmp_path, monkeypatch):
     from napari_pgsr.pairs import split_alternating
     from napari_pgsr.training.config import TrainConfig

@@ -51,6 +51,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def train_parser() -> argparse.ArgumentParser:
     """Arguments of napari-pgsr-train."""
+    from .training.recipes import RECIPES
+
     parser = argparse.ArgumentParser(
         prog="napari-pgsr-train", description="Train a restoration model on low/high exposure pairs. Under "
         "`torchrun --nproc_per_node N -m napari_pgsr.cli train ...` it trains with DistributedDataParallel.")
@@ -59,6 +61,9 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--high", type=Path, nargs="+", default=[], help="matching high-exposure stacks")
     parser.add_argument("--val", type=Path, nargs="+", default=[], help="alternating movies kept for validation")
     parser.add_argument("--out", type=Path, required=True, help="model file to write (.pgsr)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES),
+                        help="start from settings measured to work (README: recipes); the config file and "
+                             "the flags given override them")
     parser.add_argument("--config", type=Path, help="YAML or JSON training config")
     parser.add_argument("--write-config", type=Path, help="also save the effective config here")
     parser.add_argument("--resume", type=Path, help="continue exactly from this checkpoint (.pgsr)")
@@ -69,14 +74,20 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def build_config(args: argparse.Namespace):
-    """The checkpoint's config when resuming, else the config file's, overridden by the flags given.
-    `--minutes` without `--steps` trains for that time alone."""
+    """The checkpoint's config when resuming, else the recipe's, then the config file's, overridden by the
+    flags given. `--minutes` without `--steps` trains for that time alone."""
     from .modelfile import load_model
     from .training.config import TrainConfig, as_trained
+    from .training.recipes import recipe_values
 
     values = {}
     if args.resume is not None:
+        if args.recipe:
+            raise BadInput(f"--recipe starts a new run; --resume {args.resume} continues with the settings "
+                           "stored in the checkpoint")
         values = as_trained(load_model(args.resume).metadata.get("config", {}))
+    elif args.recipe:
+        values = recipe_values(args.recipe)
     if args.config:
         values.update(TrainConfig.load(args.config).to_dict())
     for spec in fields(TrainConfig):

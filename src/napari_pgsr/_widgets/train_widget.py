@@ -22,6 +22,7 @@ from ..models import DISPLAY_NAMES
 from ..pairs import Pairs, pair_stacks, pairs_at, split_alternating
 from ..training.config import GAN_MODES, LOSSES, TrainConfig
 from ..training.events import EventKind, TrainingEvent
+from ..training.recipes import RECIPES, recipe_values
 from ._loss_plot import LossPlot
 from ._workers import start
 
@@ -108,6 +109,8 @@ class TrainWidget(Container):
         self.low = create_widget(label="Low layer", annotation="napari.layers.Image")
         self.high = create_widget(label="High layer", annotation="napari.layers.Image")
         self.movies = FileEdit(label="or movie files", mode="rm", filter="*.tif *.tiff")
+        self.recipe = ComboBox(label="Recipe", choices=[("(own settings)", ""), *((name, name) for name in RECIPES)],
+                               tooltip="fill in settings measured to work (README: recipes); change any after")
         self.model = ComboBox(label="Model", choices=[(name, key) for key, name in DISPLAY_NAMES.items()])
         self.loss = ComboBox(label="Loss", choices=list(LOSSES), value=defaults.loss)
         self.offset = CheckBox(text="random offset 0..200 (MAE)", value=True)
@@ -121,6 +124,7 @@ class TrainWidget(Container):
         # ProGAN settings, shown when it is the chosen model
         self.gan_width = FloatSpinBox(label="GAN width", value=0.25, min=0.01, max=4.0, step=0.05,
                                       tooltip="multiplier of Karras's channels (1.0: 512 ... 64; critic 23 M)")
+        self.gan_width.native.setDecimals(3)  # 0.125: 64 channels at 4-32 px
         self.gan_mode = ComboBox(label="GAN loss", choices=list(GAN_MODES), value=defaults.gan_mode,
                                  tooltip="joint: MAE + lambda * adversarial (SRGAN); gan: adversarial only")
         self.lambda_gan = FloatSpinBox(label="lambda GAN", value=defaults.lambda_gan, min=0.0, max=10.0, step=1e-3)
@@ -153,7 +157,7 @@ class TrainWidget(Container):
         self.progress = ProgressBar(label="Progress", min=0, max=1, value=0)
         self.info = Label(label="Status", value="idle")
         self.plot = LossPlot()
-        self.extend([self.low, self.high, self.movies, self.model, self.loss, self.offset, self.channels,
+        self.extend([self.low, self.high, self.movies, self.recipe, self.model, self.loss, self.offset, self.channels,
                      *self._gan_widgets, self.patch, self.batch, self.steps, self.minutes, self.context, self.device,
                      self.output,
                      self.preview_every, self.train_button, self.stop_button, self.resume_button, self.progress,
@@ -163,6 +167,7 @@ class TrainWidget(Container):
         self.resume_button.changed.connect(lambda: self.run(resume=True))
         self.stop_button.changed.connect(self.stop)
         self.model.changed.connect(self._show_model_settings)
+        self.recipe.changed.connect(self.apply_recipe)
         self._show_model_settings()
         self.status.events.state.connect(self._on_state)
         self._pick_pair_layers()
@@ -188,6 +193,29 @@ class TrainWidget(Container):
         self.patch.label = "Final resolution" if progan else "Patch"
         if progan and self.patch.value & (self.patch.value - 1):
             self.patch.value = 64  # a power of two
+
+    def apply_recipe(self, name: str) -> None:
+        """Show recipe `name`'s settings in the widgets (the model first: it decides which are shown)."""
+        if not name:
+            return
+        values = recipe_values(name)
+        self.model.value = values.pop("model")
+        self.minutes.value = 0.0
+        for key, value in values.items():
+            widget = self._recipe_widget(key)
+            if widget is not None:
+                widget.value = value
+
+    def _recipe_widget(self, key: str):
+        """The widget that shows config field `key` (None for fields the widget leaves at their default)."""
+        if key == "width":
+            return self.gan_width if self.model.value == "progan" else self.channels
+        return getattr(self, key, None) if key in self._CONFIG_WIDGETS else None
+
+    # config fields with a widget of the same name
+    _CONFIG_WIDGETS = frozenset({"loss", "offset", "patch", "batch", "steps", "context", "gan_mode", "lambda_gan",
+                                 "start_resolution", "phase_images", "warmup_steps", "critic_steps",
+                                 "rot180_average", "critic_noise"})
 
     def _critic_noise_needs_no_offset(self, on: bool) -> None:
         """The fitted noise model holds for the camera's own levels, not for offset ones."""
