@@ -183,8 +183,8 @@ def main() -> int:
         else:
             train(TrainConfig(steps=args.warmup, lambda_gan=args.lambdas[0], **settings), training,
                   folder / f"warm_{variant}.pgsr")
-        score(f"ProGAN warm-up, {variant}", folder / f"warm_{variant}.pgsr",
-              f"{args.warmup} ({time.perf_counter() - t:.0f} s)")
+        took = "from an earlier run" if variant in earlier else f"{time.perf_counter() - t:.0f} s"
+        score(f"ProGAN warm-up, {variant}", folder / f"warm_{variant}.pgsr", f"{args.warmup} ({took})")
     for lambda_gan in args.lambdas:
         for variant, settings in gan.items():
             if time.perf_counter() - start > 60 * args.minutes:
@@ -202,7 +202,7 @@ def main() -> int:
                     if args.score_raw:
                         score(f"{label}, raw generator", event.values["path"], extra, raw_generator=True)
     wait(rows)  # the scorers' own lines first, then the table
-    print(f"training done at {time.perf_counter() - start:.0f} s; scores:\n")
+    print(f"\ntraining done at {time.perf_counter() - start:.0f} s; scores:\n")
     print("| model | steps (s) | AP2 PSNR | SSIM | F1 | precision | RMSE (nm) | sigma (nm) | background texture (1e-3) "
           "| beads mean offset y / x (nm) |")
     print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
