@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The GPU figures the issues ask for, in one run from the repository root on a CUDA machine whose python3
 # has torch with CUDA (napari-pgsr's core needs no napari): restoration frames/s at 1200² in bf16 (#8),
-# ProGAN images/s per resolution at width 1.0 in bf16 and the full schedule's time (#7), and the GAN phase
-# scored as it trains (#7). Each part has its own time limit; logs go to $OUT (default benchmarks/results/gpu).
+# ProGAN images/s per resolution at width 1.0 in bf16 and the full schedule's time (#7), the GAN phase
+# scored as it trains (#7), and the ProGAN recipe trained and scored on all three kinds (#7; its model file
+# is kept in $OUT). Each part has its own time limit; logs go to $OUT (default benchmarks/results/gpu).
 #   bash benchmarks/gpu_checks.sh            # DEVICE=cpu and GAN_ARGS="..." make a quick dry run elsewhere
 #   PARTS="restore_eager gan_phase" bash benchmarks/gpu_checks.sh   # only these parts
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 DEVICE=${DEVICE:-cuda}
-# the first GPU run (benchmarks/results/gpu_h100.md) compared --variants rot180 plain; next: the critic noise
-GAN_ARGS=${GAN_ARGS:---warmup 2000 --gan-steps 600 --every 200 --minutes 3.5 --scorers 8 --no-offset --variants rot180-noise rot180}
+# gan_phase: the second GPU run (gpu_h100.md) ran seed 0 of these settings; this is a second seed
+GAN_ARGS=${GAN_ARGS:---warmup 5000 --gan-steps 2400 --every 600 --lambdas 0.01 --variants rot180-noise --no-offset --no-unet --scorers 8 --seed 1}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
