@@ -6,6 +6,7 @@
 # is kept in $OUT). Each part has its own time limit; logs go to $OUT (default benchmarks/results/gpu).
 #   bash benchmarks/gpu_checks.sh            # DEVICE=cpu and GAN_ARGS="..." make a quick dry run elsewhere
 #   PARTS="restore_eager gan_phase" bash benchmarks/gpu_checks.sh   # only these parts
+#   (a CPU dry run of quality_recipe: RECIPE_STEPS=3; quality.py takes the GPU when there is one)
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 DEVICE=${DEVICE:-cuda}
@@ -21,6 +22,10 @@ python=${PYTHON:-python3}
 # that met #7's goal there, trained as users do (quality.py, all three kinds; its U-Net reference at the same
 # steps is in quality_unet_7200_cpu.md), and 256² fp32 restoring again. Both fit one call (< 600 s).
 PARTS=${PARTS:-restore_eager quality_recipe}
+for name in $PARTS; do
+  case $name in restore_eager|restore_compiled|bench_gan|quality_recipe|gan_phase) ;;
+    *) echo "unknown part '$name' (restore_eager restore_compiled bench_gan quality_recipe gan_phase)"; exit 2;; esac
+done
 part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.txt
   local name=$1 seconds=$2; shift 2
   [[ " $PARTS " == *" $name "* ]] || return 0
@@ -37,4 +42,4 @@ part bench_gan "${GAN_BENCH_S:-100}" $python benchmarks/bench_gan.py --device "$
   --batch 16 --steps 4
 part quality_recipe "${QUALITY_S:-500}" $python benchmarks/quality.py --steps "${RECIPE_STEPS:-7200}" \
   --models "ProGAN joint, progan-spots recipe (K=0)" --keep "$OUT" --out "$OUT/quality_recipe.md"
-part gan_phase "${GAN_PHASE_S:-280}" $python benchmarks/gan_phase.py --device "$DEVICE" $GAN_ARGS
+part gan_phase "${GAN_PHASE_S:-480}" $python benchmarks/gan_phase.py --device "$DEVICE" $GAN_ARGS

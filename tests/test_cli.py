@@ -213,3 +213,16 @@ def test_recipe_sets_the_measured_progan_settings_and_flags_override_it(tmp_path
     with pytest.raises(SystemExit):  # argparse names the recipes
         cli.train_parser().parse_args([str(movie), "--out", "x.pgsr", "--recipe", "nonsense"])
     assert "progan-spots" in capsys.readouterr().err
+
+
+def test_a_config_file_overrides_only_what_it_sets(tmp_path, movie):
+    (tmp_path / "cfg.yaml").write_text("device: cpu\nsteps: 5\n")
+    args = cli.train_parser().parse_args([str(movie), "--out", "x.pgsr", "--recipe", "progan-spots", "--config",
+                                          str(tmp_path / "cfg.yaml"), "--lambda-gan", "0.02"])
+    config = cli.build_config(args)
+    assert (config.model, config.width, config.critic_noise, config.offset) == ("progan", 0.125, True, False)
+    assert (config.device, config.steps, config.lambda_gan) == ("cpu", 5, 0.02)
+    (tmp_path / "bad.yaml").write_text("stepz: 5\n")
+    args = cli.train_parser().parse_args([str(movie), "--out", "x.pgsr", "--config", str(tmp_path / "bad.yaml")])
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown training config keys \['stepz'\]"):
+        cli.build_config(args)

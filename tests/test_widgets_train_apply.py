@@ -139,13 +139,18 @@ def test_recipe_fills_in_the_measured_settings(viewer_with_pairs, tmp_path):
     from napari_pgsr.training.recipes import RECIPES, recipe_config
 
     widget = _train_widget(viewer_with_pairs, tmp_path, steps=6)
-    widget.minutes.value = 5.0
+    widget.minutes.value, widget.context.value = 5.0, 2
     for name in RECIPES:
         widget.recipe.value = name
         shown, measured = widget.config().to_dict(), recipe_config(name).to_dict()
-        assert {key: shown[key] for key in RECIPES[name]} == {key: measured[key] for key in RECIPES[name]}
+        # as on the command line: the recipe's settings, the others at their defaults (context 0)
+        assert {key: shown[key] for key in [*RECIPES[name], "context"]} == {
+            key: measured[key] for key in [*RECIPES[name], "context"]}
         assert not widget.gan_width.native.isHidden()  # a ProGAN recipe shows the ProGAN settings
-    widget.recipe.value = ""  # back to own settings: what is shown stays
+        assert widget.recipe.value == name
+    widget.lambda_gan.value = 0.5  # an edit: the settings are the user's own now, the rest stays
+    assert widget.recipe.value == "" and widget.config().critic_steps == recipe_config("progan-spots").critic_steps
+    widget.recipe.value = "progan-spots"  # the same recipe again restores it
     assert widget.config().lambda_gan == recipe_config("progan-spots").lambda_gan
 
 

@@ -89,7 +89,7 @@ def build_config(args: argparse.Namespace):
     elif args.recipe:
         values = recipe_values(args.recipe)
     if args.config:
-        values.update(TrainConfig.load(args.config).to_dict())
+        values.update(TrainConfig.read_values(args.config))  # only what the file sets
     for spec in fields(TrainConfig):
         given = getattr(args, spec.name, None)
         if given is not None:

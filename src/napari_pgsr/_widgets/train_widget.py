@@ -168,6 +168,10 @@ class TrainWidget(Container):
         self.stop_button.changed.connect(self.stop)
         self.model.changed.connect(self._show_model_settings)
         self.recipe.changed.connect(self.apply_recipe)
+        self._applying_recipe = False
+        for widget in (self.model, self.loss, self.offset, self.channels, *self._gan_widgets, self.patch,
+                       self.batch, self.steps, self.minutes, self.context):
+            widget.changed.connect(self._settings_edited)
         self._show_model_settings()
         self.status.events.state.connect(self._on_state)
         self._pick_pair_layers()
@@ -195,16 +199,26 @@ class TrainWidget(Container):
             self.patch.value = 64  # a power of two
 
     def apply_recipe(self, name: str) -> None:
-        """Show recipe `name`'s settings in the widgets (the model first: it decides which are shown)."""
+        """Show recipe `name`'s settings in the widgets, the ones it does not name at their defaults, as the
+        command line's --recipe does (the model first: it decides which are shown)."""
         if not name:
             return
-        values = recipe_values(name)
-        self.model.value = values.pop("model")
-        self.minutes.value = 0.0
-        for key, value in values.items():
-            widget = self._recipe_widget(key)
-            if widget is not None:
-                widget.value = value
+        values, defaults = recipe_values(name), TrainConfig(model=recipe_values(name)["model"]).to_dict()
+        self._applying_recipe = True
+        try:
+            self.model.value = values.pop("model")
+            self.minutes.value = 0.0
+            for key in sorted(self._CONFIG_WIDGETS | set(values)):
+                widget, value = self._recipe_widget(key), values.get(key, defaults.get(key))
+                if widget is not None and value is not None:
+                    widget.value = value
+        finally:
+            self._applying_recipe = False
+
+    def _settings_edited(self, *_) -> None:
+        """A setting changed by hand: what is shown is no longer the recipe."""
+        if not self._applying_recipe:
+            self.recipe.value = ""
 
     def _recipe_widget(self, key: str):
         """The widget that shows config field `key` (None for fields the widget leaves at their default)."""

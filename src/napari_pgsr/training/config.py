@@ -188,8 +188,9 @@ class TrainConfig:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
-        """Read YAML or JSON written by save (or by hand)."""
+    def read_values(cls, path: str | Path) -> dict:
+        """The fields written in a YAML or JSON config file (by save or by hand), and only those, so that
+        what the file leaves out can come from elsewhere (a recipe, a checkpoint)."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"config file not found: {path}")
@@ -200,7 +201,15 @@ class TrainConfig:
             raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from err
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of config fields, got {type(values).__name__}")
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{path}: unknown training config keys {unknown}")
+        return values
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Read YAML or JSON written by save (or by hand); fields it leaves out take their defaults."""
         try:
-            return cls.from_dict(values)
+            return cls.from_dict(cls.read_values(path))
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: {err}") from err
+            raise ValueError(f"{path}: {err}" if str(path) not in str(err) else str(err)) from err
