@@ -123,11 +123,12 @@ def test_progan_from_the_train_widget(viewer_with_pairs, qtbot, tmp_path):
     widget.offset.value = True
     assert not widget.critic_noise.value
     widget.critic_noise.value = True
+    widget.critic_noise_shape.value, widget.warmup_lr.value = "normal", 2e-3
     config = widget.config()
     assert (config.model, config.width, config.patch, config.phase_images, config.gan_mode) == (
         "progan", 0.03, 16, 8, "joint")
     assert (config.warmup_steps, config.critic_steps, config.rot180_average, config.critic_noise,
-            config.offset) == (2, 2, True, True, False)
+            config.offset, config.critic_noise_shape, config.warmup_lr) == (2, 2, True, True, False, "normal", 2e-3)
     widget.train_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.status.state is RunState.DONE, timeout=60_000)
     model = load_model(tmp_path / "gui.pgsr")

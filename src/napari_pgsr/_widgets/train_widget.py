@@ -20,7 +20,7 @@ from ..data import context_indices
 from ..io import read_movie
 from ..models import DISPLAY_NAMES
 from ..pairs import Pairs, pair_stacks, pairs_at, split_alternating
-from ..training.config import GAN_MODES, LOSSES, TrainConfig
+from ..training.config import GAN_MODES, LOSSES, NOISE_SHAPES, TrainConfig
 from ..training.events import EventKind, TrainingEvent
 from ..training.recipes import RECIPES, recipe_values
 from ._loss_plot import LossPlot
@@ -142,11 +142,17 @@ class TrainWidget(Container):
                                      tooltip="add camera noise (fitted from the training frames) to the generator's "
                                              "output before the critic judges it, so inventing noise earns nothing; "
                                              "turns the random offset off")
+        self.critic_noise_shape = ComboBox(label="Critic noise shape", choices=list(NOISE_SHAPES),
+                                           value=defaults.critic_noise_shape,
+                                           tooltip="gamma: skewed like low-light camera noise; normal: Gaussian")
+        self.warmup_lr = FloatSpinBox(label="Warm-up learning rate", value=defaults.warmup_lr, min=1e-6, max=1.0,
+                                      step=1e-4, tooltip="Adam rate of the MAE warm-up (cosine decay)")
+        self.warmup_lr.native.setDecimals(5)
         self.critic_noise.changed.connect(self._critic_noise_needs_no_offset)
         self.offset.changed.connect(self._offset_excludes_critic_noise)
         self._gan_widgets = [self.gan_width, self.gan_mode, self.lambda_gan, self.start_resolution,
-                             self.phase_images, self.warmup_steps, self.critic_steps, self.rot180_average,
-                             self.critic_noise]
+                             self.phase_images, self.warmup_steps, self.warmup_lr, self.critic_steps,
+                             self.rot180_average, self.critic_noise, self.critic_noise_shape]
         self.device = ComboBox(label="Device", choices=_devices(), value="auto")
         self.output = FileEdit(label="Model file", mode="w", filter="*.pgsr", value=Path.home() / "model.pgsr")
         self.preview_every = SpinBox(label="Preview every", value=50, min=0, max=100_000,
@@ -228,8 +234,8 @@ class TrainWidget(Container):
 
     # config fields with a widget of the same name
     _CONFIG_WIDGETS = frozenset({"loss", "offset", "patch", "batch", "steps", "context", "gan_mode", "lambda_gan",
-                                 "start_resolution", "phase_images", "warmup_steps", "critic_steps",
-                                 "rot180_average", "critic_noise"})
+                                 "start_resolution", "phase_images", "warmup_steps", "warmup_lr", "critic_steps",
+                                 "rot180_average", "critic_noise", "critic_noise_shape"})
 
     def _critic_noise_needs_no_offset(self, on: bool) -> None:
         """The fitted noise model holds for the camera's own levels, not for offset ones."""
@@ -247,8 +253,9 @@ class TrainWidget(Container):
         gan = {"gan_mode": self.gan_mode.value, "lambda_gan": self.lambda_gan.value,
                "start_resolution": self.start_resolution.value, "phase_images": self.phase_images.value,
                "width": self.gan_width.value, "loss": "mae", "warmup_steps": self.warmup_steps.value,
-               "critic_steps": self.critic_steps.value, "rot180_average": self.rot180_average.value,
-               "critic_noise": self.critic_noise.value} if progan else {}
+               "warmup_lr": self.warmup_lr.value, "critic_steps": self.critic_steps.value,
+               "rot180_average": self.rot180_average.value, "critic_noise": self.critic_noise.value,
+               "critic_noise_shape": self.critic_noise_shape.value} if progan else {}
         return TrainConfig(**{"model": self.model.value, "loss": self.loss.value, "offset": self.offset.value,
                               "width": self.channels.value, "patch": self.patch.value, "batch": self.batch.value,
                               "steps": None if minutes else self.steps.value, "minutes": minutes,
