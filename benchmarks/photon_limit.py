@@ -1,9 +1,15 @@
-"""The narrowest spots a restoration trained with a pixel loss can draw: the photon limit of the PSF width.
+"""The width of the spots a posterior-mean restoration draws when its localisation is as good as the photon
+limit allows.
+
+Not a limit for MAE-trained models: a U-Net trained 7200 steps with MAE drew AP2 spots 77.6 nm wide, below
+the 81.6 nm (and the perfect camera's 78.7 nm) printed here (results/quality_unet_7200_cpu.md). MAE returns
+the per-pixel median, which is narrower than the mean where the position is uncertain, and a network may use
+what it has learnt about the sample, which a fit to one spot does not.
 
     .venv/bin/python benchmarks/photon_limit.py [--frames 40] [--size 256]
 
-A network trained with MAE or MSE returns, for each pixel, about the mean (or median) of the high exposures
-that its input allows. For a spot it draws the true PSF blurred by everything the input leaves open about the
+A network trained with MSE returns, for each pixel, about the mean of the high exposures that its input
+allows. For a spot it draws the true PSF blurred by everything the input leaves open about the
 spot's position in the target frame: the localisation uncertainty of the low frame (at best the Cramer-Rao
 bound, which a maximum-likelihood fit reaches; Mortensen et al. 2010 eq. 5) and the spot's diffusion between
 the low frame and the high frame it is trained to imitate. Its fitted width is then

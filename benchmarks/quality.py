@@ -149,6 +149,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="also write the table here (Markdown)")
     parser.add_argument("--models", nargs="*", help="train only these (names as in the table)")
     parser.add_argument("--keep", type=Path, help="also save the trained models in this folder")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="U-Nets train in bf16 autocast on CPUs that compute it in hardware (AMX)")
     parser.add_argument("--gan-width", type=float, default=0.125, help="ProGAN width multiplier")
     parser.add_argument("--gan-warmup", type=int, default=1500, help="ProGAN MAE warm-up steps")
     parser.add_argument("--gan-start", type=int, default=64, help="ProGAN start resolution (final: 64)")
@@ -173,8 +175,9 @@ def main() -> int:
     trained = {}
     with tempfile.TemporaryDirectory() as folder:
         for name, changes in models.items():
+            bf16 = {"cpu_bf16": True} if args.cpu_bf16 and changes.get("model", "unet") == "unet" else {}
             config = TrainConfig(steps=args.steps, minutes=None if args.steps else args.minutes,
-                                 validation_every=500, checkpoint_every=10**9, **changes)
+                                 validation_every=500, checkpoint_every=10**9, **bf16, **changes)
             start = time.perf_counter()
             result = train(config, training, Path(folder) / "m.pgsr")
             trained[name] = load_model(result.path)
@@ -202,6 +205,7 @@ def main() -> int:
         rows += kind_rows
     budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
+    where += " (U-Nets in bf16 autocast)" if args.cpu_bf16 and not torch.cuda.is_available() else ""
     lines = [f"Training: {budget} per model on {where}, 3 AP2 movies of {args.frames} frames "
              f"({args.size}x{args.size}); test: {args.test_frames} frames per kind, held out. True PSF sigma "
              f"{Microscope().sigma_nm:.0f} nm.", "",

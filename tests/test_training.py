@@ -133,3 +133,23 @@ def test_recipes_are_valid_configs_and_unknown_names_are_listed():
     assert config.steps == 10 and not config.offset_enabled and config.critic_noise
     with pytest.raises(ValueError, match="unknown recipe 'fast'; recipes: progan-spots"):
         recipe_config("fast")
+
+
+def test_cpu_bf16_autocasts_only_where_the_cpu_computes_bf16(tmp_path, pairs, monkeypatch):
+    from napari_pgsr import devices
+
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
+        with devices.autocast(cpu, True, training=True, cpu_bf16=True):
+            assert torch.is_autocast_enabled("cpu") is native
+        with devices.autocast(cpu, True, training=True):  # not asked for: fp32
+            assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    config = TrainConfig(steps=40, lr=3e-3, offset=False, cpu_bf16=True, **{**TINY, "validation_every": 40,
+                                                                             "width": 8})
+    losses = train(config, [pairs], tmp_path / "b.pgsr").history["loss"]
+    assert np.all(np.isfinite(losses)) and np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+    assert load_model(tmp_path / "b.pgsr").metadata["config"]["cpu_bf16"]
+    with pytest.raises(ValueError, match="cpu_bf16 is a U-Net setting"):
+        TrainConfig(model="progan", cpu_bf16=True)

@@ -141,6 +141,8 @@ def test_recipe_fills_in_the_measured_settings(viewer_with_pairs, tmp_path):
 
     widget = _train_widget(viewer_with_pairs, tmp_path, steps=6)
     widget.minutes.value, widget.context.value = 5.0, 2
+    widget.cpu_bf16.value = True
+    assert widget.config().cpu_bf16  # (a U-Net setting: the CPU's own bf16, where it has one)
     for name in RECIPES:
         widget.recipe.value = name
         shown, measured = widget.config().to_dict(), recipe_config(name).to_dict()
@@ -149,6 +151,7 @@ def test_recipe_fills_in_the_measured_settings(viewer_with_pairs, tmp_path):
             key: measured[key] for key in [*RECIPES[name], "context"]}
         assert not widget.gan_width.native.isHidden()  # a ProGAN recipe shows the ProGAN settings
         assert widget.recipe.value == name
+        assert not widget.config().cpu_bf16
     widget.lambda_gan.value = 0.5  # an edit: the settings are the user's own now, the rest stays
     assert widget.recipe.value == "" and widget.config().critic_steps == recipe_config("progan-spots").critic_steps
     widget.recipe.value = "progan-spots"  # the same recipe again restores it

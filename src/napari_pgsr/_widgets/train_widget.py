@@ -17,6 +17,7 @@ from napari.utils.notifications import show_error, show_info
 from psygnal import evented
 
 from ..data import context_indices
+from ..devices import cpu_has_native_bf16
 from ..io import read_movie
 from ..models import DISPLAY_NAMES
 from ..pairs import Pairs, pair_stacks, pairs_at, split_alternating
@@ -121,6 +122,9 @@ class TrainWidget(Container):
         self.minutes = FloatSpinBox(label="or minutes", value=0.0, min=0.0, max=10_000.0,
                                     tooltip="0: train for the number of steps")
         self.context = SpinBox(label="Context frames", value=0, min=0, max=8)
+        self.cpu_bf16 = CheckBox(text="bf16 on the CPU", value=False, enabled=cpu_has_native_bf16(),
+                                 tooltip="U-Net: bf16 autocast on a CPU that computes bf16 in hardware (AMX, "
+                                         "AVX512-BF16): about 2.8x faster training; greyed out on other CPUs")
         # ProGAN settings, shown when it is the chosen model
         self.gan_width = FloatSpinBox(label="GAN width", value=0.25, min=0.01, max=4.0, step=0.05,
                                       tooltip="multiplier of Karras's channels (1.0: 512 ... 64; critic 23 M)")
@@ -164,7 +168,8 @@ class TrainWidget(Container):
         self.info = Label(label="Status", value="idle")
         self.plot = LossPlot()
         self.extend([self.low, self.high, self.movies, self.recipe, self.model, self.loss, self.offset, self.channels,
-                     *self._gan_widgets, self.patch, self.batch, self.steps, self.minutes, self.context, self.device,
+                     *self._gan_widgets, self.patch, self.batch, self.steps, self.minutes, self.context,
+                     self.cpu_bf16, self.device,
                      self.output,
                      self.preview_every, self.train_button, self.stop_button, self.resume_button, self.progress,
                      self.info])
@@ -176,7 +181,7 @@ class TrainWidget(Container):
         self.recipe.changed.connect(self.apply_recipe)
         self._applying_recipe = False
         for widget in (self.model, self.loss, self.offset, self.channels, *self._gan_widgets, self.patch,
-                       self.batch, self.steps, self.minutes, self.context):
+                       self.batch, self.steps, self.minutes, self.context, self.cpu_bf16):
             widget.changed.connect(self._settings_edited)
         self._show_model_settings()
         self.status.events.state.connect(self._on_state)
@@ -199,7 +204,7 @@ class TrainWidget(Container):
         progan = self.model.value == "progan"
         for widget in self._gan_widgets:
             widget.visible = progan
-        self.channels.visible = self.loss.visible = not progan
+        self.channels.visible = self.loss.visible = self.cpu_bf16.visible = not progan
         self.patch.label = "Final resolution" if progan else "Patch"
         if progan and self.patch.value & (self.patch.value - 1):
             self.patch.value = 64  # a power of two
@@ -233,9 +238,9 @@ class TrainWidget(Container):
         return getattr(self, key, None) if key in self._CONFIG_WIDGETS else None
 
     # config fields with a widget of the same name
-    _CONFIG_WIDGETS = frozenset({"loss", "offset", "patch", "batch", "steps", "context", "gan_mode", "lambda_gan",
-                                 "start_resolution", "phase_images", "warmup_steps", "warmup_lr", "critic_steps",
-                                 "rot180_average", "critic_noise", "critic_noise_shape"})
+    _CONFIG_WIDGETS = frozenset({"loss", "offset", "patch", "batch", "steps", "context", "cpu_bf16", "gan_mode",
+                                 "lambda_gan", "start_resolution", "phase_images", "warmup_steps", "warmup_lr",
+                                 "critic_steps", "rot180_average", "critic_noise", "critic_noise_shape"})
 
     def _critic_noise_needs_no_offset(self, on: bool) -> None:
         """The fitted noise model holds for the camera's own levels, not for offset ones."""
@@ -260,6 +265,7 @@ class TrainWidget(Container):
                               "width": self.channels.value, "patch": self.patch.value, "batch": self.batch.value,
                               "steps": None if minutes else self.steps.value, "minutes": minutes,
                               "context": self.context.value, "device": self.device.value,
+                              "cpu_bf16": self.cpu_bf16.value and not progan,
                               "validation_every": max(1, min(100, self.steps.value // 10)), **gan})
 
     def training_pairs(self) -> list[Pairs]:

@@ -303,7 +303,7 @@ def _iter_unet_training(config: TrainConfig, pairs: Sequence[Pairs], output: str
         x, y = torch.stack(lows).to(device), torch.stack(highs).to(device)
         x = x.to(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device, config.amp, training=True):
+        with autocast(device, config.amp, training=True, cpu_bf16=config.cpu_bf16):
             raw = model(x)
         raw = raw.float()
         loss = pixel_loss(config.loss, raw, network.activate(raw), y)
