@@ -17,7 +17,7 @@ sqrt(sigma_psf^2 + precision^2 + 2 D dt) per axis.
 
 For the true spots of the held-out movies that quality.py scores (same seeds, spots brighter than 300
 photons in the high exposure, away from the border), this prints the median of that width, computed with the
-camera's excess noise factor F^2 = 2 (EMCCD) and, as a strict lower bound, F^2 = 1 (a perfect photon
+camera's excess noise factor F^2 = 2 (EMCCD) and F^2 = 1 (a perfect photon
 counter); the lowest median a model can show when it finds only 80% or 50% of the spots (those with the
 narrowest limits: the scorer measures widths on the spots a model found); the share of spots whose width
 can be within 5% of the PSF at all; and the same with K = 2 context frames on each side (5 low frames: 5x
@@ -45,7 +45,7 @@ BORDER_PX = 4  # as the scorer's spot suggestions
 
 def spot_widths(kind: str, seed: int, frames: int, size: int, context: int = 0,
                 excess_noise: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
-    """Per true spot of the low frames: (photon-limited width of a pixel-loss restoration in nm, detected
+    """Per true spot of the low frames: (photon-limited width of a posterior-mean restoration in nm, detected
     photons)."""
     microscope, camera, scene = Microscope(), EMCCD(), SCENES[kind]
     sim = simulate_movie(kind, frames, (size, size), seed=seed)
@@ -74,8 +74,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args()
     sigma = Microscope().sigma_nm
-    print(f"PSF sigma {sigma:.1f} nm; within 5%: <= {1.05 * sigma:.1f} nm. Widths a pixel-loss restoration of "
-          f"the low frames draws at best (median over the scored spots; F^2: the camera's excess noise factor)\n")
+    print(f"PSF sigma {sigma:.1f} nm; within 5%: <= {1.05 * sigma:.1f} nm. Widths a posterior-mean (MSE) "
+          f"restoration of the low frames draws with photon-limited localisation (not a bound for MAE; median over the scored spots; F^2: the camera's excess noise factor)\n")
     print("| sample | context K | spots | median detected photons (one low frame) | median width, F^2 = 2 (nm) "
           "| median width, F^2 = 1 (nm) | F^2 = 1, 80% found | F^2 = 1, 50% found "
           "| spots that can be within 5% (F^2 = 1) |")

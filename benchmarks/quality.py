@@ -33,6 +33,7 @@ from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from napari_pgsr.analysis import compare_to_labels, fit_spots, suggest_spots
+from napari_pgsr.devices import cpu_has_native_bf16
 from napari_pgsr.inference import restore
 from napari_pgsr.modelfile import load_model
 from napari_pgsr.pairs import split_alternating
@@ -205,7 +206,8 @@ def main() -> int:
         rows += kind_rows
     budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
-    where += " (U-Nets in bf16 autocast)" if args.cpu_bf16 and not torch.cuda.is_available() else ""
+    native = args.cpu_bf16 and not torch.cuda.is_available() and cpu_has_native_bf16()
+    where += " (U-Nets in bf16 autocast)" if native else ""
     lines = [f"Training: {budget} per model on {where}, 3 AP2 movies of {args.frames} frames "
              f"({args.size}x{args.size}); test: {args.test_frames} frames per kind, held out. True PSF sigma "
              f"{Microscope().sigma_nm:.0f} nm.", "",

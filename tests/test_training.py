@@ -142,9 +142,10 @@ def test_cpu_bf16_autocasts_only_where_the_cpu_computes_bf16(tmp_path, pairs, mo
     for native in (True, False):
         monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
         with devices.autocast(cpu, True, training=True, cpu_bf16=True):
-            assert torch.is_autocast_enabled("cpu") is native
+            product = torch.ones(2, 2) @ torch.ones(2, 2)
+        assert product.dtype == (torch.bfloat16 if native else torch.float32)
         with devices.autocast(cpu, True, training=True):  # not asked for: fp32
-            assert not torch.is_autocast_enabled("cpu")
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
     config = TrainConfig(steps=40, lr=3e-3, offset=False, cpu_bf16=True, **{**TINY, "validation_every": 40,
                                                                              "width": 8})
@@ -153,3 +154,4 @@ def test_cpu_bf16_autocasts_only_where_the_cpu_computes_bf16(tmp_path, pairs, mo
     assert load_model(tmp_path / "b.pgsr").metadata["config"]["cpu_bf16"]
     with pytest.raises(ValueError, match="cpu_bf16 is a U-Net setting"):
         TrainConfig(model="progan", cpu_bf16=True)
+

@@ -141,8 +141,8 @@ def test_recipe_fills_in_the_measured_settings(viewer_with_pairs, tmp_path):
 
     widget = _train_widget(viewer_with_pairs, tmp_path, steps=6)
     widget.minutes.value, widget.context.value = 5.0, 2
-    widget.cpu_bf16.value = True
-    assert widget.config().cpu_bf16  # (a U-Net setting: the CPU's own bf16, where it has one)
+    widget.cpu_bf16.enabled, widget.cpu_bf16.value = True, True  # (as on a CPU with hardware bf16)
+    assert widget.config().cpu_bf16  # a U-Net setting
     for name in RECIPES:
         widget.recipe.value = name
         shown, measured = widget.config().to_dict(), recipe_config(name).to_dict()
@@ -151,11 +151,14 @@ def test_recipe_fills_in_the_measured_settings(viewer_with_pairs, tmp_path):
             key: measured[key] for key in [*RECIPES[name], "context"]}
         assert not widget.gan_width.native.isHidden()  # a ProGAN recipe shows the ProGAN settings
         assert widget.recipe.value == name
-        assert not widget.config().cpu_bf16
+        assert not widget.config().cpu_bf16 and widget.cpu_bf16.value  # not for the ProGAN; the choice stays
     widget.lambda_gan.value = 0.5  # an edit: the settings are the user's own now, the rest stays
     assert widget.recipe.value == "" and widget.config().critic_steps == recipe_config("progan-spots").critic_steps
     widget.recipe.value = "progan-spots"  # the same recipe again restores it
     assert widget.config().lambda_gan == recipe_config("progan-spots").lambda_gan
+    widget.model.value = "unet"
+    widget.cpu_bf16.enabled = False  # a CPU without hardware bf16: the box is greyed out and not applied
+    assert not widget.config().cpu_bf16
 
 
 def test_restore_widget_lazily_to_file_and_side_by_side(viewer_with_pairs, qtbot, tmp_path, monkeypatch):

@@ -238,7 +238,8 @@ class TrainWidget(Container):
         return getattr(self, key, None) if key in self._CONFIG_WIDGETS else None
 
     # config fields with a widget of the same name
-    _CONFIG_WIDGETS = frozenset({"loss", "offset", "patch", "batch", "steps", "context", "cpu_bf16", "gan_mode",
+    # (not cpu_bf16: like the device, a choice about this computer that a recipe leaves alone)
+    _CONFIG_WIDGETS = frozenset({"loss", "offset", "patch", "batch", "steps", "context", "gan_mode",
                                  "lambda_gan", "start_resolution", "phase_images", "warmup_steps", "warmup_lr",
                                  "critic_steps", "rot180_average", "critic_noise", "critic_noise_shape"})
 
@@ -265,7 +266,7 @@ class TrainWidget(Container):
                               "width": self.channels.value, "patch": self.patch.value, "batch": self.batch.value,
                               "steps": None if minutes else self.steps.value, "minutes": minutes,
                               "context": self.context.value, "device": self.device.value,
-                              "cpu_bf16": self.cpu_bf16.value and not progan,
+                              "cpu_bf16": self.cpu_bf16.value and self.cpu_bf16.enabled and not progan,
                               "validation_every": max(1, min(100, self.steps.value // 10)), **gan})
 
     def training_pairs(self) -> list[Pairs]:
