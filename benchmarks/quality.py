@@ -150,6 +150,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="also write the table here (Markdown)")
     parser.add_argument("--models", nargs="*", help="train only these (names as in the table)")
     parser.add_argument("--keep", type=Path, help="also save the trained models in this folder")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (initial weights, patches)")
     parser.add_argument("--cpu-bf16", action="store_true",
                         help="U-Nets train in bf16 autocast on CPUs that compute it in hardware (AMX)")
     parser.add_argument("--gan-width", type=float, default=0.125, help="ProGAN width multiplier")
@@ -177,7 +178,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         for name, changes in models.items():
             bf16 = {"cpu_bf16": True} if args.cpu_bf16 and changes.get("model", "unet") == "unet" else {}
-            config = TrainConfig(steps=args.steps, minutes=None if args.steps else args.minutes,
+            config = TrainConfig(steps=args.steps, minutes=None if args.steps else args.minutes, seed=args.seed,
                                  validation_every=500, checkpoint_every=10**9, **bf16, **changes)
             start = time.perf_counter()
             result = train(config, training, Path(folder) / "m.pgsr")

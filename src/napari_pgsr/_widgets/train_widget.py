@@ -124,7 +124,8 @@ class TrainWidget(Container):
         self.context = SpinBox(label="Context frames", value=0, min=0, max=8)
         self.cpu_bf16 = CheckBox(text="bf16 on the CPU", value=False, enabled=cpu_has_native_bf16(),
                                  tooltip="U-Net: bf16 autocast on a CPU that computes bf16 in hardware (AMX, "
-                                         "AVX512-BF16): about 2.8x faster training; greyed out on other CPUs")
+                                         "AVX512-BF16): 2.5-2.9x faster training on an AMX CPU; greyed out "
+                                         "on other CPUs")
         # ProGAN settings, shown when it is the chosen model
         self.gan_width = FloatSpinBox(label="GAN width", value=0.25, min=0.01, max=4.0, step=0.05,
                                       tooltip="multiplier of Karras's channels (1.0: 512 ... 64; critic 23 M)")

@@ -57,8 +57,8 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps"})
     amp: bool = field(default=True, metadata={"help": "bf16/fp16 autocast on GPU"})
     cpu_bf16: bool = field(default=False, metadata={
-        "help": "U-Net: bf16 autocast on CPUs that compute bf16 in hardware (AMX, AVX512-BF16; about 2.8x "
-                "faster training on such a 2-core machine); ignored on other CPUs, where it would be slower"})
+        "help": "U-Net: bf16 autocast on CPUs that compute bf16 in hardware (AMX, AVX512-BF16; 2.5-2.9x "
+                "faster training on a 2-core AMX machine); ignored on other CPUs, where it would be slower"})
     low_first: bool | None = field(default=None, metadata={"help": "phase of alternating movies (default: detect)"})
     block_pairs: int = field(default=16, metadata={"help": "pairs per validation block within one movie"})
     # ProGAN (Karras et al. 2018); ignored by the U-Net
