@@ -16,7 +16,8 @@ import torch.distributed as dist
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from ..data import PatchDataset, data_provenance, fit_normalization, split_refs
-from ..devices import autocast, cpu_has_native_bf16, pick_device
+from .. import devices
+from ..devices import autocast, pick_device
 from ..heap import reusing_freed_memory
 from ..modelfile import load_model, save_model
 from ..models import build_model
@@ -261,7 +262,7 @@ def _iter_unet_training(config: TrainConfig, pairs: Sequence[Pairs], output: str
     # then drew AP2 spots 94.8 nm wide against 80.1 (results/quality_10min_cpu_time_cosine.md); the spots
     # sharpen late in training, and an early decay freezes them wide.
     schedule = config.lr_schedule if config.steps is not None or config.lr_schedule != "cosine" else "plateau"
-    if config.cpu_bf16 and device.type == "cpu" and not cpu_has_native_bf16():
+    if config.cpu_bf16 and device.type == "cpu" and not devices.cpu_has_native_bf16():  # as autocast decides
         warnings.warn("cpu_bf16 ignored: this CPU has no hardware bf16 (AMX, AVX512-BF16), where bf16 would be "
                       "slower than fp32; training in fp32", RuntimeWarning, stacklevel=2)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr / 50)
