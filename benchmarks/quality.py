@@ -2,11 +2,12 @@
 (spots found, localisation error, PSF width).
 
     .venv/bin/python benchmarks/quality.py [--minutes 10] [--frames 100] [--size 256] [--out quality.md]
+    .venv/bin/python benchmarks/quality.py --load a.pgsr b.pgsr   # score models trained elsewhere
 
-Trains U-Nets and ProGANs on simulated AP2 movies (several seeds), evaluates on held-out movies of all three kinds
-against the simulator's noise-free image and true spot positions at the instant each input was taken
-(the low frame for everything restored from it, the high frame for raw high), and prints a Markdown
-table for raw low, Gaussian-smoothed low, raw high and each model.
+Trains U-Nets and ProGANs on 3 simulated AP2 movies (--train-kind for another kind), evaluates on held-out
+movies of all three kinds against the simulator's noise-free image and true spot positions at the instant
+each input was taken (the low frame for everything restored from it, the high frame for raw high), and
+prints a Markdown table for raw low, Gaussian-smoothed low, raw high and each model.
 
 - PSNR / SSIM: CARE's convention: ground truth normalised to its 0.1-99.9 percentiles, each result mapped
   onto it by the least-squares affine fit, data range 1.
@@ -21,6 +22,7 @@ table for raw low, Gaussian-smoothed low, raw high and each model.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import shutil
 import tempfile
@@ -38,8 +40,9 @@ from napari_pgsr.inference import restore
 from napari_pgsr.modelfile import load_model
 from napari_pgsr.pairs import split_alternating
 from napari_pgsr.physics import Microscope
-from napari_pgsr.simulate import KINDS, simulate_movie
+from napari_pgsr.simulate import KINDS, SCENES, simulate_movie
 from napari_pgsr.training.config import TrainConfig
+from napari_pgsr.training.events import EventKind
 from napari_pgsr.training.loop import train
 from napari_pgsr.training.recipes import recipe_values
 
@@ -116,11 +119,13 @@ def _nm(value: float) -> str:
     return f"{value:.1f}" if np.isfinite(value) else "-"
 
 
-def test_sets(frames: int, size: int) -> dict:
-    """Held-out movies per kind with their truth (seeds never used for training)."""
+def test_sets(frames: int, size: int, spot_rate: float | None = None) -> dict:
+    """Held-out movies per kind with their truth (seeds never used for training); `spot_rate` (photons/s)
+    replaces every kind's spot brightness."""
     sets = {}
     for number, kind in enumerate(KINDS):
-        sim = simulate_movie(kind, frames, (size, size), seed=1000 + number)
+        scene = dataclasses.replace(SCENES[kind], spot_rate=spot_rate) if spot_rate else None
+        sim = simulate_movie(kind, frames, (size, size), seed=1000 + number, scene=scene)
         pairs = split_alternating(sim.movie, name=kind)
         # photons as a 100 ms exposure of that instant would collect them (the 300-photon cut applies to that)
         to_high = sim.exposures_s.max() / sim.exposures_s
@@ -146,11 +151,19 @@ def main() -> int:
                         "(comparisons that do not depend on how busy the machine is)")
     parser.add_argument("--frames", type=int, default=100, help="frames per training movie (3 seeds)")
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--train-kind", choices=KINDS, default="ap2",
+                        help="the sample kind of the training movies (the test movies are always all kinds)")
     parser.add_argument("--test-frames", type=int, default=20)
+    parser.add_argument("--test-spot-rate", type=float,
+                        help="simulate every test kind's spots this bright (photons/s; AP2's own: 8000)")
     parser.add_argument("--out", type=Path, help="also write the table here (Markdown)")
     parser.add_argument("--models", nargs="*", help="train only these (names as in the table)")
     parser.add_argument("--keep", type=Path, help="also save the trained models in this folder")
     parser.add_argument("--seed", type=int, default=0, help="training seed (initial weights, patches)")
+    parser.add_argument("--no-score", action="store_true",
+                        help="train and keep the models only (with --keep): score them later with --load")
+    parser.add_argument("--load", type=Path, nargs="+", metavar="MODEL",
+                        help="score these model files (rows named after the files) instead of training")
     parser.add_argument("--cpu-bf16", action="store_true",
                         help="U-Nets train in bf16 autocast on CPUs that compute it in hardware (AMX)")
     parser.add_argument("--gan-width", type=float, default=0.125, help="ProGAN width multiplier")
@@ -158,10 +171,13 @@ def main() -> int:
     parser.add_argument("--gan-start", type=int, default=64, help="ProGAN start resolution (final: 64)")
     parser.add_argument("--lambda-gan", type=float, default=1e-3, help="ProGAN joint loss weight")
     args = parser.parse_args()
+    if args.no_score and not args.keep:
+        parser.error("--no-score needs --keep DIR (where the unscored models are kept)")
     print(f"PSF sigma of the simulation: {Microscope().sigma_nm:.0f} nm")
-    training = [split_alternating(simulate_movie("ap2", args.frames, (args.size, args.size), seed=s).movie,
-                                  name=f"ap2 seed {s}") for s in range(3)]
-    sets = test_sets(args.test_frames, args.size)
+    training = [] if args.load else [
+        split_alternating(simulate_movie(args.train_kind, args.frames, (args.size, args.size), seed=s).movie,
+                          name=f"{args.train_kind} seed {s}") for s in range(3)]
+    sets = None if args.no_score else test_sets(args.test_frames, args.size, args.test_spot_rate)
     # ProGAN at a CPU width, on the seed's fast path: start at the final 64 px (no growing; tests and
     # bench_gan.py cover the growing) from a U-Net-style MAE warm-up of the generator, then WGAN-GP
     gan = {"model": "progan", "width": args.gan_width, "patch": 64, "start_resolution": args.gan_start,
@@ -174,20 +190,27 @@ def main() -> int:
                   "progan-spots").items() if key != "steps"}}
     if args.models:
         models = {name: changes for name, changes in models.items() if name in args.models}
-    trained = {}
+    if args.load:  # models trained elsewhere (e.g. on a GPU with --no-score)
+        models = {}
+    trained = {path.stem.replace("_", " "): load_model(path) for path in args.load or ()}
     with tempfile.TemporaryDirectory() as folder:
         for name, changes in models.items():
             bf16 = {"cpu_bf16": True} if args.cpu_bf16 and changes.get("model", "unet") == "unet" else {}
             config = TrainConfig(steps=args.steps, minutes=None if args.steps else args.minutes, seed=args.seed,
                                  validation_every=500, checkpoint_every=10**9, **bf16, **changes)
             start = time.perf_counter()
-            result = train(config, training, Path(folder) / "m.pgsr")
+            def report(event, start=start):  # progress in the log, also of a run cut short
+                if event.kind is EventKind.VALIDATION:
+                    print(f"  step {event.step}: {time.perf_counter() - start:.0f} s", flush=True)
+            result = train(config, training, Path(folder) / "m.pgsr", progress=report)
             trained[name] = load_model(result.path)
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 shutil.copy(result.path, args.keep / (re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") + ".pgsr"))
             print(f"trained {name}: {result.step} steps, {result.step * config.batch / (time.perf_counter() - start):.0f}"
                   f" patches/s, {time.perf_counter() - start:.0f} s", flush=True)
+    if args.no_score:
+        return 0
     rows = []
     for kind, data in sets.items():
         methods = {"raw low": list(data["low"]),
@@ -209,8 +232,11 @@ def main() -> int:
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
     native = args.cpu_bf16 and not torch.cuda.is_available() and cpu_has_native_bf16()
     where += " (U-Nets in bf16 autocast)" if native else ""
-    lines = [f"Training: {budget} per model on {where}, 3 AP2 movies of {args.frames} frames "
-             f"({args.size}x{args.size}); test: {args.test_frames} frames per kind, held out. True PSF sigma "
+    trained_how = (f"models from {', '.join(path.name for path in args.load)}, scored on {where}" if args.load
+                   else f"Training: {budget} per model on {where}, 3 {args.train_kind} movies of {args.frames} frames "
+                   f"({args.size}x{args.size})")
+    brightness = f" (spots at {args.test_spot_rate:g} photons/s)" if args.test_spot_rate else ""
+    lines = [f"{trained_how}; test: {args.test_frames} frames per kind{brightness}, held out. True PSF sigma "
              f"{Microscope().sigma_nm:.0f} nm.", "",
              "| sample | method | PSNR (dB) | SSIM | spot F1 (threshold) | spot precision | localisation RMSE (nm) "
              "| RMSE on the spots raw low finds (nm) | median PSF sigma (nm) |",

@@ -7,12 +7,12 @@ from __future__ import annotations
 from .config import TrainConfig
 
 RECIPES: dict[str, dict] = {
-    # The ProGAN run that kept the physics on simulated AP2 movies (benchmarks/results/gpu_h100.md, second
-    # session; one seed): a long MAE warm-up, then the joint loss at lambda 0.01 with 5 critic updates per
-    # step, the 180-degree average (no image shift) and a critic that sees camera noise (no invented noise).
-    # At +1600, +2200 and +2400 GAN steps the spots' sigma was within 5% of the truth with spot precision
-    # above the U-Net's (+1000: outside); 7200 steps ends in the middle of that stretch. About 6 minutes on
-    # one H100; provisional until a second seed confirms it.
+    # The ProGAN settings that kept the physics on simulated AP2 movies: a long MAE warm-up, then the joint
+    # loss at lambda 0.01 with 5 critic updates per step, the 180-degree average (no image shift) and a
+    # critic that sees camera noise (no invented noise). Two seeds trained on AP2 drew AP2 spots within 5% of
+    # the truth with spot precision not below the same seed's U-Net (benchmarks/results/
+    # quality_recipe_gpu_h100.md); on beads and single molecules, not seen in training, they widened spots
+    # and invented some, so train it on the kind of sample it will restore. About 6 minutes on one H100.
     "progan-spots": dict(model="progan", width=0.125, patch=64, start_resolution=64, batch=16, steps=7200,
                          warmup_steps=5000, gan_mode="joint", lambda_gan=0.01, critic_steps=5,
                          rot180_average=True, critic_noise=True, critic_noise_shape="gamma", offset=False),
