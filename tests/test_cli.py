@@ -210,6 +210,10 @@ def test_recipe_sets_the_measured_progan_settings_and_flags_override_it(tmp_path
     assert cli.train_main([str(movie), "--out", str(model), "--recipe", "progan-spots", "--resume", str(model),
                            "--quiet"]) == cli.EXIT_BAD_INPUT
     assert "--recipe starts a new run" in capsys.readouterr().err
+    assert cli.train_main([str(movie), "--out", str(tmp_path / "u.pgsr"), "--recipe", "progan-spots", "--model",
+                           "unet", "--quiet"]) == cli.EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert "--recipe progan-spots sets" in error and "rot180_average is a ProGAN setting" in error
     with pytest.raises(SystemExit):  # argparse names the recipes
         cli.train_parser().parse_args([str(movie), "--out", "x.pgsr", "--recipe", "nonsense"])
     assert "progan-spots" in capsys.readouterr().err

@@ -96,7 +96,13 @@ def build_config(args: argparse.Namespace):
             values[spec.name] = given
     if args.minutes is not None and args.steps is None:
         values["steps"] = None
-    return TrainConfig.from_dict(values)
+    try:
+        return TrainConfig.from_dict(values)
+    except ValueError as error:
+        if args.recipe:  # e.g. --model unet beside a ProGAN recipe: say where the other settings came from
+            raise BadInput(f"--recipe {args.recipe} sets {', '.join(sorted(recipe_values(args.recipe)))}, and "
+                           f"the settings given beside it do not fit them: {error}") from error
+        raise
 
 
 def load_training_pairs(args: argparse.Namespace, low_first):
