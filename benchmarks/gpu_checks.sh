@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The GPU figures the issues ask for, in one run from the repository root on a CUDA machine whose python3
-# has torch with CUDA (napari-pgsr's core needs no napari): restoration frames/s at 1200² in bf16 (#8),
-# ProGAN images/s per resolution at width 1.0 in bf16 and the full schedule's time (#7), the GAN phase
-# scored as it trains (#7), and the ProGAN recipe trained and scored on all three kinds (#7; its model file
-# is kept in $OUT), or two seeds of it side by side, kept for scoring elsewhere. Each part has its own
-# time limit; logs go to $OUT (default benchmarks/results/gpu).
-#   bash benchmarks/gpu_checks.sh            # DEVICE=cpu and GAN_ARGS="..." make a quick dry run elsewhere
+# has torch with CUDA (napari-pgsr's core needs no napari). Parts (PARTS picks them; default recipe_seeds):
+#   restore_eager, restore_compiled  restoration frames/s at 1200² and 256² (#8)
+#   bench_gan       ProGAN images/s per resolution at width 1.0 in bf16, the full schedule's time (#7)
+#   gan_phase       the GAN phase scored as it trains (#7; GAN_ARGS)
+#   quality_recipe  the ProGAN recipe trained and scored on all three kinds (#7; model file kept in $OUT)
+#   recipe_seeds    SEED_MODELS (default: the recipe) trained on TRAIN_KIND (default ap2) with SEEDS
+#                   (default "0 1") side by side, kept unscored in $OUT/seed_N for quality.py --load
+# Each part has its own time limit; logs go to $OUT (default benchmarks/results/gpu).
+#   bash benchmarks/gpu_checks.sh
 #   PARTS="restore_eager gan_phase" bash benchmarks/gpu_checks.sh   # only these parts
-#   (a CPU dry run of quality_recipe: RECIPE_STEPS=3; quality.py takes the GPU when there is one)
+#   (CPU dry runs: DEVICE=cpu RECIPE_STEPS=3 and a short GAN_ARGS; quality.py takes the GPU when there is one)
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 DEVICE=${DEVICE:-cuda}
@@ -19,9 +22,7 @@ python=${PYTHON:-python3}
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
   $python -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__version__,
   torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"; } | tee "$OUT/env.txt"
-# the second run measured restore_eager, restore_compiled and gan_phase (gpu_h100.md); next: two seeds of
-# the recipe that met #7's goal there, trained as users do (quality.py; its U-Net reference at the same
-# steps and seeds is in quality_unet_7200_cpu.md), scored afterwards on all three kinds.
+# gpu_h100.md holds what each GPU session measured and with which settings
 PARTS=${PARTS:-recipe_seeds}
 for name in $PARTS; do
   case $name in restore_eager|restore_compiled|bench_gan|quality_recipe|recipe_seeds|gan_phase) ;;
@@ -44,18 +45,24 @@ part bench_gan "${GAN_BENCH_S:-100}" $python benchmarks/bench_gan.py --device "$
   --batch 16 --steps 4
 part quality_recipe "${QUALITY_S:-500}" $python benchmarks/quality.py --steps "${RECIPE_STEPS:-7200}" \
   --models "ProGAN joint, progan-spots recipe (K=0)" --keep "$OUT" --out "$OUT/quality_recipe.md"
-# the recipe's seeds, trained side by side (one process each: the small GAN leaves the card mostly idle),
-# kept unscored in $OUT/seed_N: score them anywhere with quality.py --load (no GPU needed)
+# seeds trained side by side, one process each (two recipe runs at once gave about 1.5x the throughput of
+# one: the small GAN seems to leave the card idle much of the time), kept unscored in $OUT/seed_N: score
+# them anywhere with quality.py --load (no GPU needed)
 recipe_seeds() {
-  local seed pids=() seeds=(${SEEDS:-0 1})
-  for seed in "${seeds[@]}"; do  # 8 CPU threads each: the machine has 16 cores
-    OMP_NUM_THREADS=8 timeout "${SEED_S:-560}" $python benchmarks/quality.py --steps "${RECIPE_STEPS:-7200}" --seed "$seed" \
-      --models "ProGAN joint, progan-spots recipe (K=0)" --keep "$OUT/seed_$seed" --no-score \
-      > "$OUT/recipe_seed_$seed.txt" 2>&1 &
+  local index rc status=0 pids=() seeds=(${SEEDS:-0 1})
+  for index in "${!seeds[@]}"; do  # 8 CPU threads each: the machine has 16 cores
+    OMP_NUM_THREADS=8 timeout "${SEED_S:-560}" $python benchmarks/quality.py --steps "${RECIPE_STEPS:-7200}" \
+      --seed "${seeds[$index]}" --train-kind "${TRAIN_KIND:-ap2}" \
+      --models "${SEED_MODELS:-ProGAN joint, progan-spots recipe (K=0)}" --keep "$OUT/seed_${seeds[$index]}" \
+      --no-score > "$OUT/recipe_seed_${seeds[$index]}.txt" 2>&1 &
     pids+=($!)
   done
-  for seed in "${!pids[@]}"; do wait "${pids[$seed]}"; echo "seed ${seeds[$seed]}: exit $?"; done
-  tail -n 3 "$OUT"/recipe_seed_*.txt
+  for index in "${!pids[@]}"; do
+    wait "${pids[$index]}"; rc=$?
+    [[ $rc == 0 ]] || status=$rc
+    echo "seed ${seeds[$index]}: exit $rc"; tail -n 2 "$OUT/recipe_seed_${seeds[$index]}.txt"
+  done
+  return $status
 }
 part recipe_seeds "${SEED_S:-560}" recipe_seeds
 part gan_phase "${GAN_PHASE_S:-480}" $python benchmarks/gan_phase.py --device "$DEVICE" $GAN_ARGS

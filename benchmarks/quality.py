@@ -124,7 +124,7 @@ def test_sets(frames: int, size: int, spot_rate: float | None = None) -> dict:
     replaces every kind's spot brightness."""
     sets = {}
     for number, kind in enumerate(KINDS):
-        scene = dataclasses.replace(SCENES[kind], spot_rate=spot_rate) if spot_rate else None
+        scene = dataclasses.replace(SCENES[kind], spot_rate=spot_rate) if spot_rate is not None else None
         sim = simulate_movie(kind, frames, (size, size), seed=1000 + number, scene=scene)
         pairs = split_alternating(sim.movie, name=kind)
         # photons as a 100 ms exposure of that instant would collect them (the 300-photon cut applies to that)
@@ -158,7 +158,8 @@ def main() -> int:
                         help="simulate every test kind's spots this bright (photons/s; AP2's own: 8000)")
     parser.add_argument("--out", type=Path, help="also write the table here (Markdown)")
     parser.add_argument("--models", nargs="*", help="train only these (names as in the table)")
-    parser.add_argument("--keep", type=Path, help="also save the trained models in this folder")
+    parser.add_argument("--keep", type=Path, help="also save the trained models in this folder, named after "
+                        "the table's rows and the training kind and seed (e.g. U_Net_MAE_K_0_ap2_seed_0.pgsr)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (initial weights, patches)")
     parser.add_argument("--no-score", action="store_true",
                         help="train and keep the models only (with --keep): score them later with --load")
@@ -173,6 +174,18 @@ def main() -> int:
     args = parser.parse_args()
     if args.no_score and not args.keep:
         parser.error("--no-score needs --keep DIR (where the unscored models are kept)")
+    if args.load:
+        training_options = {"--models": args.models, "--keep": args.keep, "--no-score": args.no_score,
+                            "--steps": args.steps, "--seed": args.seed, "--cpu-bf16": args.cpu_bf16,
+                            "--train-kind": args.train_kind != "ap2"}
+        given = [option for option, value in training_options.items() if value]
+        if given:
+            parser.error(f"--load scores models trained before; {', '.join(given)} would train")
+        stems = [path.stem for path in args.load]
+        if len(set(stems)) < len(stems):
+            parser.error(f"--load: the rows are named after the files, and these names repeat: {stems}")
+    if args.test_spot_rate is not None and args.test_spot_rate <= 0:
+        parser.error(f"--test-spot-rate must be > 0 photons/s, got {args.test_spot_rate:g}")
     print(f"PSF sigma of the simulation: {Microscope().sigma_nm:.0f} nm")
     training = [] if args.load else [
         split_alternating(simulate_movie(args.train_kind, args.frames, (args.size, args.size), seed=s).movie,
@@ -206,7 +219,8 @@ def main() -> int:
             trained[name] = load_model(result.path)
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
-                shutil.copy(result.path, args.keep / (re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") + ".pgsr"))
+                stem = re.sub(r"[^A-Za-z0-9]+", "_", f"{name} {args.train_kind} seed {args.seed}").strip("_")
+                shutil.copy(result.path, args.keep / f"{stem}.pgsr")
             print(f"trained {name}: {result.step} steps, {result.step * config.batch / (time.perf_counter() - start):.0f}"
                   f" patches/s, {time.perf_counter() - start:.0f} s", flush=True)
     if args.no_score:
@@ -230,12 +244,12 @@ def main() -> int:
         rows += kind_rows
     budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
-    native = args.cpu_bf16 and not torch.cuda.is_available() and cpu_has_native_bf16()
+    native = args.cpu_bf16 and not args.load and not torch.cuda.is_available() and cpu_has_native_bf16()
     where += " (U-Nets in bf16 autocast)" if native else ""
     trained_how = (f"models from {', '.join(path.name for path in args.load)}, scored on {where}" if args.load
                    else f"Training: {budget} per model on {where}, 3 {args.train_kind} movies of {args.frames} frames "
                    f"({args.size}x{args.size})")
-    brightness = f" (spots at {args.test_spot_rate:g} photons/s)" if args.test_spot_rate else ""
+    brightness = f" (spots at {args.test_spot_rate:g} photons/s)" if args.test_spot_rate is not None else ""
     lines = [f"{trained_how}; test: {args.test_frames} frames per kind{brightness}, held out. True PSF sigma "
              f"{Microscope().sigma_nm:.0f} nm.", "",
              "| sample | method | PSNR (dB) | SSIM | spot F1 (threshold) | spot precision | localisation RMSE (nm) "

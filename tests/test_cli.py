@@ -213,7 +213,12 @@ def test_recipe_sets_the_measured_progan_settings_and_flags_override_it(tmp_path
     assert cli.train_main([str(movie), "--out", str(tmp_path / "u.pgsr"), "--recipe", "progan-spots", "--model",
                            "unet", "--quiet"]) == cli.EXIT_BAD_INPUT
     error = capsys.readouterr().err
-    assert "--recipe progan-spots sets" in error and "rot180_average is a ProGAN setting" in error
+    assert "rot180_average is a ProGAN setting" in error
+    assert "critic_noise, rot180_average, width came from --recipe progan-spots" in error
+    args = cli.train_parser().parse_args([str(movie), "--out", "x.pgsr", "--recipe", "progan-spots", "--batch", "0"])
+    with pytest.raises(ValueError, match="batch must be >= 1") as raised:  # not the recipe's doing
+        cli.build_config(args)
+    assert "came from --recipe" not in str(raised.value)
     with pytest.raises(SystemExit):  # argparse names the recipes
         cli.train_parser().parse_args([str(movie), "--out", "x.pgsr", "--recipe", "nonsense"])
     assert "progan-spots" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 from dataclasses import fields
@@ -80,7 +81,7 @@ def build_config(args: argparse.Namespace):
     from .training.config import TrainConfig, as_trained
     from .training.recipes import recipe_values
 
-    values = {}
+    values, from_recipe = {}, set()
     if args.resume is not None:
         if args.recipe:
             raise BadInput(f"--recipe starts a new run; --resume {args.resume} continues with the settings "
@@ -88,20 +89,26 @@ def build_config(args: argparse.Namespace):
         values = as_trained(load_model(args.resume).metadata.get("config", {}))
     elif args.recipe:
         values = recipe_values(args.recipe)
+        from_recipe = set(values)
     if args.config:
-        values.update(TrainConfig.read_values(args.config))  # only what the file sets
+        file_values = TrainConfig.read_values(args.config)  # only what the file sets
+        values.update(file_values)
+        from_recipe -= set(file_values)
     for spec in fields(TrainConfig):
         given = getattr(args, spec.name, None)
         if given is not None:
             values[spec.name] = given
+            from_recipe.discard(spec.name)
     if args.minutes is not None and args.steps is None:
         values["steps"] = None
     try:
         return TrainConfig.from_dict(values)
     except ValueError as error:
-        if args.recipe:  # e.g. --model unet beside a ProGAN recipe: say where the other settings came from
-            raise BadInput(f"--recipe {args.recipe} sets {', '.join(sorted(recipe_values(args.recipe)))}, and "
-                           f"the settings given beside it do not fit them: {error}") from error
+        # e.g. --model unet beside a ProGAN recipe: name the recipe's settings that the error is about
+        clashing = sorted(name for name in from_recipe if re.search(rf"\b{name}\b", str(error)))
+        if clashing:
+            raise BadInput(f"{error}. {', '.join(clashing)} came from --recipe {args.recipe}: set them too, or "
+                           "leave out --recipe") from error
         raise
 
 
