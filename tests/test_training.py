@@ -124,7 +124,9 @@ def test_resume_refuses_changed_settings_and_extends_the_cosine_schedule(tmp_pat
 
 
 def test_recipes_are_valid_configs_and_unknown_names_are_listed():
-    from napari_pgsr.training.recipes import RECIPES, recipe_config
+    from napari_pgsr.training.recipes import RECIPE_SCOPES, RECIPES, recipe_config
+
+    assert set(RECIPE_SCOPES) == set(RECIPES)  # each recipe says what it was measured on
 
     for name, values in RECIPES.items():
         config = recipe_config(name, device="cpu")

@@ -164,6 +164,10 @@ def train_main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     try:
         config = build_config(args)
+        if args.recipe:
+            from .training.recipes import RECIPE_SCOPES
+
+            print(f"recipe {args.recipe}: {RECIPE_SCOPES[args.recipe]}", file=sys.stderr)
         resuming_in_place = args.resume is not None and args.resume.resolve() == args.out.resolve()
         if args.out.exists() and not args.overwrite and not resuming_in_place:
             raise BadInput(f"{args.out} exists; pass --overwrite to replace it, or --resume {args.out}")

@@ -23,7 +23,7 @@ from ..models import DISPLAY_NAMES
 from ..pairs import Pairs, pair_stacks, pairs_at, split_alternating
 from ..training.config import GAN_MODES, LOSSES, NOISE_SHAPES, TrainConfig
 from ..training.events import EventKind, TrainingEvent
-from ..training.recipes import RECIPES, recipe_values
+from ..training.recipes import RECIPE_SCOPES, RECIPES, recipe_values
 from ._loss_plot import LossPlot
 from ._workers import start
 
@@ -111,7 +111,7 @@ class TrainWidget(Container):
         self.high = create_widget(label="High layer", annotation="napari.layers.Image")
         self.movies = FileEdit(label="or movie files", mode="rm", filter="*.tif *.tiff")
         self.recipe = ComboBox(label="Recipe", choices=[("(own settings)", ""), *((name, name) for name in RECIPES)],
-                               tooltip="fill in settings measured to work (README: recipes); change any after")
+                               tooltip=self._RECIPE_TIP)
         self.model = ComboBox(label="Model", choices=[(name, key) for key, name in DISPLAY_NAMES.items()])
         self.loss = ComboBox(label="Loss", choices=list(LOSSES), value=defaults.loss)
         self.offset = CheckBox(text="random offset 0..200 (MAE)", value=True)
@@ -213,8 +213,10 @@ class TrainWidget(Container):
     def apply_recipe(self, name: str) -> None:
         """Show recipe `name`'s settings in the widgets, the ones it does not name at their defaults, as the
         command line's --recipe does (the model first: it decides which are shown)."""
+        self.recipe.tooltip = RECIPE_SCOPES.get(name, self._RECIPE_TIP)
         if not name:
             return
+        show_info(f"Recipe {name}: {RECIPE_SCOPES[name]}")
         values, defaults = recipe_values(name), TrainConfig(model=recipe_values(name)["model"]).to_dict()
         self._applying_recipe = True
         try:
@@ -237,6 +239,8 @@ class TrainWidget(Container):
         if key == "width":
             return self.gan_width if self.model.value == "progan" else self.channels
         return getattr(self, key, None) if key in self._CONFIG_WIDGETS else None
+
+    _RECIPE_TIP = "fill in settings measured to work (README: recipes); change any after"
 
     # config fields with a widget of the same name
     # (not cpu_bf16: like the device, a choice about this computer that a recipe leaves alone)

@@ -18,6 +18,13 @@ RECIPES: dict[str, dict] = {
                          rot180_average=True, critic_noise=True, critic_noise_shape="gamma", offset=False),
 }
 
+# What each recipe was measured on, told to whoever picks it (command line, Train widget)
+RECIPE_SCOPES: dict[str, str] = {
+    "progan-spots": "measured on simulated AP2 movies only; trained on AP2 it widened beads and single molecules "
+                    "and one seed invented single molecules, so check the restored spots on labelled frames of "
+                    "your sample (Spots widget), or use the U-Net for other kinds of sample",
+}
+
 
 def recipe_values(name: str) -> dict:
     """The settings of recipe `name` (a copy)."""
