@@ -164,7 +164,7 @@ def train_main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     try:
         config = build_config(args)
-        if args.recipe:
+        if args.recipe and int(os.environ.get("RANK", "0")) == 0:  # once under torchrun
             from .training.recipes import RECIPE_SCOPES
 
             print(f"recipe {args.recipe}: {RECIPE_SCOPES[args.recipe]}", file=sys.stderr)

@@ -11,8 +11,8 @@ RECIPES: dict[str, dict] = {
     # loss at lambda 0.01 with 5 critic updates per step, the 180-degree average (no image shift) and a
     # critic that sees camera noise (no invented noise). Two seeds trained on AP2 drew AP2 spots within 5% of
     # the truth with spot precision not below the same seed's U-Net (benchmarks/results/
-    # quality_recipe_gpu_h100.md); on beads and single molecules, not seen in training, they widened spots
-    # and invented some, so train it on the kind of sample it will restore. About 6 minutes on one H100.
+    # quality_recipe_gpu_h100.md); on beads and single molecules, not seen in training, they drew spots the
+    # wrong width and invented some (training on those kinds is not measured). About 6 minutes on one H100.
     "progan-spots": dict(model="progan", width=0.125, patch=64, start_resolution=64, batch=16, steps=7200,
                          warmup_steps=5000, gan_mode="joint", lambda_gan=0.01, critic_steps=5,
                          rot180_average=True, critic_noise=True, critic_noise_shape="gamma", offset=False),
@@ -20,9 +20,10 @@ RECIPES: dict[str, dict] = {
 
 # What each recipe was measured on, told to whoever picks it (command line, Train widget)
 RECIPE_SCOPES: dict[str, str] = {
-    "progan-spots": "measured on simulated AP2 movies only; trained on AP2 it widened beads and single molecules "
-                    "and one seed invented single molecules, so check the restored spots on labelled frames of "
-                    "your sample (Spots widget), or use the U-Net for other kinds of sample",
+    "progan-spots": "measured on simulated AP2 movies only; trained on AP2 it drew beads and single molecules "
+                    "the wrong width (up to 62% too wide) and found single molecules that were not there, so "
+                    "check the restored spots on labelled frames of your sample (Spots widget), or use the "
+                    "U-Net for other kinds of sample",
 }
 
 
