@@ -5,8 +5,11 @@
 #   bench_gan       ProGAN images/s per resolution at width 1.0 in bf16, the full schedule's time (#7)
 #   gan_phase       the GAN phase scored as it trains (#7; GAN_ARGS)
 #   quality_recipe  the ProGAN recipe trained and scored on all three kinds (#7; model file kept in $OUT)
-#   recipe_seeds    SEED_MODELS (default: the recipe) trained on TRAIN_KIND (default ap2) with SEEDS
-#                   (default "0 1") side by side, kept unscored in $OUT/seed_N for quality.py --load
+#   recipe_seeds    SEED_MODELS (default: the recipe) trained on TRAIN_KIND with SEEDS (default "0 1")
+#                   side by side, kept unscored in $OUT/seed_N for quality.py --load
+# Next (the third session trained on AP2, gpu_h100.md): the recipe trained on single molecules, the kind it
+# failed on, then the same for the U-Net: bash benchmarks/gpu_checks.sh (about 500 s), then
+# PARTS=recipe_seeds SEED_MODELS="U-Net MAE (K=0)" SEED_S=200 bash benchmarks/gpu_checks.sh (about 100 s)
 # Each part has its own time limit; logs go to $OUT (default benchmarks/results/gpu).
 #   bash benchmarks/gpu_checks.sh
 #   PARTS="restore_eager gan_phase" bash benchmarks/gpu_checks.sh   # only these parts
@@ -52,7 +55,7 @@ recipe_seeds() {
   local index rc status=0 pids=() seeds=(${SEEDS:-0 1})
   for index in "${!seeds[@]}"; do  # 8 CPU threads each: the machine has 16 cores
     OMP_NUM_THREADS=8 timeout "${SEED_S:-560}" $python benchmarks/quality.py --steps "${RECIPE_STEPS:-7200}" \
-      --seed "${seeds[$index]}" --train-kind "${TRAIN_KIND:-ap2}" \
+      --seed "${seeds[$index]}" --train-kind "${TRAIN_KIND:-single_molecules}" \
       --models "${SEED_MODELS:-ProGAN joint, progan-spots recipe (K=0)}" --keep "$OUT/seed_${seeds[$index]}" \
       --no-score > "$OUT/recipe_seed_${seeds[$index]}.txt" 2>&1 &
     pids+=($!)
