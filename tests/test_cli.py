@@ -206,6 +206,7 @@ def test_recipe_sets_the_measured_progan_settings_and_flags_override_it(tmp_path
     # from the recipe
     assert config["model"] == "progan" and config["width"] == 0.125 and config["lambda_gan"] == 0.01
     assert config["rot180_average"] and config["critic_noise"] and config["offset"] is False
+    assert config["recipe"] == "progan-spots"  # the model file says which recipe it started from
     # from the flags
     assert (config["steps"], config["warmup_steps"], config["critic_steps"], config["patch"]) == (3, 1, 1, 16)
     assert cli.train_main([str(movie), "--out", str(model), "--recipe", "progan-spots", "--resume", str(model),

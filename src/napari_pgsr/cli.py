@@ -34,8 +34,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("training settings (defaults: the config file, then these)")
     for spec in fields(TrainConfig):
-        if spec.name == "low_first":
-            continue  # --low-first / --high-first below
+        if spec.name in ("low_first", "recipe"):
+            continue  # --low-first / --high-first below; --recipe NAME fills in a recipe's settings
         flag = "--" + spec.name.replace("_", "-")
         kind = _field_type(spec.type)
         help_text = f"{spec.metadata.get('help', '')} [default: {spec.default}]"

@@ -271,6 +271,7 @@ class TrainWidget(Container):
                               "width": self.channels.value, "patch": self.patch.value, "batch": self.batch.value,
                               "steps": None if minutes else self.steps.value, "minutes": minutes,
                               "context": self.context.value, "device": self.device.value,
+                              "recipe": self.recipe.value,  # "" once a setting is edited by hand
                               "cpu_bf16": self.cpu_bf16.value and self.cpu_bf16.enabled and not progan,
                               "validation_every": max(1, min(100, self.steps.value // 10)), **gan})
 

@@ -60,6 +60,9 @@ class TrainConfig:
         "help": "U-Net: bf16 autocast on CPUs that compute bf16 in hardware (AMX, AVX512-BF16; 2.5-2.9x "
                 "faster training on a 2-core AMX machine); ignored on other CPUs, where it would be slower"})
     low_first: bool | None = field(default=None, metadata={"help": "phase of alternating movies (default: detect)"})
+    recipe: str = field(default="", metadata={
+        "help": "the recipe the run started from (recorded in the model file; the other fields hold what was "
+                "changed)"})
     block_pairs: int = field(default=16, metadata={"help": "pairs per validation block within one movie"})
     # ProGAN (Karras et al. 2018); ignored by the U-Net
     gan_mode: str = field(default="joint", metadata={

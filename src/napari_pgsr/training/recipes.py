@@ -28,10 +28,10 @@ RECIPE_SCOPES: dict[str, str] = {
 
 
 def recipe_values(name: str) -> dict:
-    """The settings of recipe `name` (a copy)."""
+    """The settings of recipe `name` and its name (`recipe`, recorded in the model file)."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
-    return dict(RECIPES[name])
+    return {**RECIPES[name], "recipe": name}
 
 
 def recipe_config(name: str, **changes) -> TrainConfig:
