@@ -1,6 +1,6 @@
 """The ProGAN's GAN phase, scored as it trains: a U-Net and the generator's MAE warm-up as references, then
 WGAN-GP with the joint loss from that warm-up, with and without the rot180-averaged generator, scored on
-held-out AP2 movies every `--every` steps (PSNR, SSIM, spot F1, precision, localisation RMSE, PSF sigma, and
+held-out movies of the training kind (AP2 unless `--train-kind`) every `--every` steps (PSNR, SSIM, spot F1, precision, localisation RMSE, PSF sigma, and
 the fine-grained background residual: noise kept or invented) and on beads for the mean signed offset of
 the found spots (a whole-image shift by the network).
 
@@ -11,7 +11,7 @@ the found spots (a whole-image shift by the network).
 `--score-raw` also scores the generator being trained, not only its EMA copy that the model file restores with.
 
 Training as in quality.py's ProGAN rows: width 0.125 (--width), 64 px patches from the start (no growing),
-3 simulated AP2 movies; the run ends after `--minutes` even if variants are left. Each variant's warm-up is
+3 simulated movies of `--train-kind`; the run ends after `--minutes` even if variants are left. Each variant's warm-up is
 trained once and every lambda_gan continues a copy of it: this script lets resume accept a changed
 lambda_gan (it replaces `loop.check_resumable` for its own process).
 """
@@ -37,7 +37,7 @@ from napari_pgsr.analysis import compare_to_labels, fit_spots, suggest_spots  # 
 from napari_pgsr.inference import restore  # noqa: E402
 from napari_pgsr.modelfile import load_model  # noqa: E402
 from napari_pgsr.pairs import split_alternating  # noqa: E402
-from napari_pgsr.simulate import simulate_movie  # noqa: E402
+from napari_pgsr.simulate import KINDS, simulate_movie  # noqa: E402
 from napari_pgsr.training.config import TrainConfig  # noqa: E402
 from napari_pgsr.training.events import EventKind  # noqa: E402
 from napari_pgsr.training import loop  # noqa: E402
@@ -92,29 +92,30 @@ def background_texture(frames: list[np.ndarray], truth_images: list[np.ndarray])
     return 1000 * float(np.mean(values))
 
 
-def _row(label: str, extra: str, ap2_frames: list, beads_frames: list, truth: str = "low_truth") -> str:
-    ap2, beads = _SETS["ap2"], _SETS["beads"]
-    row = evaluate(label, ap2_frames, *ap2[truth])
-    texture = background_texture(ap2_frames, ap2[truth][0])
+def _row(label: str, extra: str, kind: str, kind_frames: list, beads_frames: list, truth: str = "low_truth") -> str:
+    scored, beads = _SETS[kind], _SETS["beads"]
+    row = evaluate(label, kind_frames, *scored[truth])
+    texture = background_texture(kind_frames, scored[truth][0])
     dy, dx, n = mean_offset_nm(beads_frames, beads[truth][1])
     return (f"| {label} | {extra} | {row['psnr']:.2f} | {row['ssim']:.3f} | {row['f1']:.3f} | {row['precision']:.3f} "
             f"| {row['rmse_nm']:.1f} | {row['sigma_nm']:.1f} | {texture:.1f} | {dy:+.1f} / {dx:+.1f} ({n}) |")
 
 
-def score_row(label: str, path: str, extra: str, raw_generator: bool = False) -> str:
-    """One table row: AP2 pixel and spot scores and background texture, and the beads' mean signed offset
+def score_row(label: str, path: str, extra: str, kind: str, raw_generator: bool = False) -> str:
+    """One table row: pixel and spot scores and background texture on `kind`, and the beads' mean signed offset
     (restored on the CPU). `raw_generator`: restore with the generator being trained, not its EMA copy (what
     the model file restores with)."""
     model = load_model(path)
     if raw_generator:
         model.network.load_state_dict(model.training_state["generator"])
-    return _row(label, extra, list(restore(model, _SETS["ap2"]["low"], device="cpu")),
+    return _row(label, extra, kind, list(restore(model, _SETS[kind]["low"], device="cpu")),
                 list(restore(model, _SETS["beads"]["low"], device="cpu")))
 
 
-def score_raw(kind: str) -> str:
+def score_raw(exposure: str, kind: str) -> str:
     """The row of the raw low or raw high frames (each against the scene when it was taken)."""
-    return _row(f"raw {kind}", "", list(_SETS["ap2"][kind]), list(_SETS["beads"][kind]), f"{kind}_truth")
+    return _row(f"raw {exposure}", "", kind, list(_SETS[kind][exposure]), list(_SETS["beads"][exposure]),
+                f"{exposure}_truth")
 
 
 def main() -> int:
@@ -132,6 +133,8 @@ def main() -> int:
     parser.add_argument("--no-offset", action="store_true", help="no random offset (critic_noise needs none)")
     parser.add_argument("--noise-shape", default="gamma", choices=("gamma", "normal"),
                         help="critic_noise_shape of the noise variants")
+    parser.add_argument("--train-kind", default="ap2", choices=KINDS,
+                        help="the sample kind trained on and scored (beads are scored for the offset either way)")
     parser.add_argument("--frames", type=int, default=100, help="frames per training movie (3 seeds)")
     parser.add_argument("--test-frames", type=int, default=20)
     parser.add_argument("--scorers", type=int, default=4, help="processes scoring checkpoints while training goes on")
@@ -145,7 +148,8 @@ def main() -> int:
                              "the variants' warm-ups again")
     args = parser.parse_args()
     start = time.perf_counter()
-    training = [split_alternating(simulate_movie("ap2", args.frames, (256, 256), seed=s).movie, name=f"ap2 seed {s}")
+    kind = args.train_kind
+    training = [split_alternating(simulate_movie(kind, args.frames, (256, 256), seed=s).movie, name=f"{kind} seed {s}")
                 for s in range(3)]
     pool = ProcessPoolExecutor(args.scorers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_load_test_sets, initargs=(args.test_frames,))
@@ -156,13 +160,13 @@ def main() -> int:
     def score(label: str, path: str | Path, extra: str, raw_generator: bool = False) -> None:
         kept = folder / f"scored_{len(rows)}.pgsr"  # checkpoints are overwritten; the scorer reads its own copy
         shutil.copy(path, kept)
-        rows.append(pool.submit(score_row, label, str(kept), extra, raw_generator))
+        rows.append(pool.submit(score_row, label, str(kept), extra, kind, raw_generator))
         rows[-1].add_done_callback(lambda done: print(f"scored: {done.result()}", flush=True)
                                    if not done.exception() else None)
         print(f"{time.perf_counter() - start:.0f} s: {label}, {extra}", flush=True)
 
-    for kind in ("low", "high"):
-        rows.append(pool.submit(score_raw, kind))
+    for exposure in ("low", "high"):
+        rows.append(pool.submit(score_raw, exposure, kind))
     common = dict(device=args.device, validation_every=10**9, checkpoint_every=10**9, seed=args.seed,
                   offset=False if args.no_offset else None)
     if not args.no_unet:
@@ -203,7 +207,7 @@ def main() -> int:
                         score(f"{label}, raw generator", event.values["path"], extra, raw_generator=True)
     wait(rows)  # the scorers' own lines first, then the table
     print(f"\ntraining done at {time.perf_counter() - start:.0f} s; scores:\n")
-    print("| model | steps (s) | AP2 PSNR | SSIM | F1 | precision | RMSE (nm) | sigma (nm) | background texture (1e-3) "
+    print(f"| model | steps (s) | {kind} PSNR | SSIM | F1 | precision | RMSE (nm) | sigma (nm) | background texture (1e-3) "
           "| beads mean offset y / x (nm) |")
     print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for row in rows:
