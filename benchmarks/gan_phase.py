@@ -1,8 +1,8 @@
 """The ProGAN's GAN phase, scored as it trains: a U-Net and the generator's MAE warm-up as references, then
 WGAN-GP with the joint loss from that warm-up, with and without the rot180-averaged generator, scored on
-held-out movies of the training kind (AP2 unless `--train-kind`) every `--every` steps (PSNR, SSIM, spot F1, precision, localisation RMSE, PSF sigma, and
-the fine-grained background residual: noise kept or invented) and on beads for the mean signed offset of
-the found spots (a whole-image shift by the network).
+held-out movies of the training kind (AP2 unless `--train-kind`) every `--every` steps (PSNR, SSIM, spot
+F1, precision, localisation RMSE, PSF sigma, and the fine-grained background residual: noise kept or
+invented) and on beads for the mean signed offset of the found spots (a whole-image shift by the network).
 
     python benchmarks/gan_phase.py --device cuda --warmup 2000 --gan-steps 600 --every 200 --lambdas 0.1 0.01
     python benchmarks/gan_phase.py --device cpu --warmup 20 --gan-steps 4 --every 2 --frames 20  # smoke run
@@ -11,9 +11,9 @@ the found spots (a whole-image shift by the network).
 `--score-raw` also scores the generator being trained, not only its EMA copy that the model file restores with.
 
 Training as in quality.py's ProGAN rows: width 0.125 (--width), 64 px patches from the start (no growing),
-3 simulated movies of `--train-kind`; the run ends after `--minutes` even if variants are left. Each variant's warm-up is
-trained once and every lambda_gan continues a copy of it: this script lets resume accept a changed
-lambda_gan (it replaces `loop.check_resumable` for its own process).
+3 simulated movies of `--train-kind`; the run ends after `--minutes` even if variants are left. Each
+variant's warm-up is trained once and every lambda_gan continues a copy of it: this script lets resume
+accept a changed lambda_gan (it replaces `loop.check_resumable` for its own process).
 """
 
 from __future__ import annotations
@@ -207,8 +207,8 @@ def main() -> int:
                         score(f"{label}, raw generator", event.values["path"], extra, raw_generator=True)
     wait(rows)  # the scorers' own lines first, then the table
     print(f"\ntraining done at {time.perf_counter() - start:.0f} s; scores:\n")
-    print(f"| model | steps (s) | {kind} PSNR | SSIM | F1 | precision | RMSE (nm) | sigma (nm) | background texture (1e-3) "
-          "| beads mean offset y / x (nm) |")
+    print(f"| model | steps (s) | {kind} PSNR | SSIM | F1 | precision | RMSE (nm) | sigma (nm) "
+          "| background texture (1e-3) | beads mean offset y / x (nm) |")
     print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for row in rows:
         print(row.result(), flush=True)

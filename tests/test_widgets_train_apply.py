@@ -150,12 +150,12 @@ def test_recipe_fills_in_the_measured_settings(viewer_with_pairs, tmp_path):
         assert {key: shown[key] for key in [*RECIPES[name], "context"]} == {
             key: measured[key] for key in [*RECIPES[name], "context"]}
         assert not widget.gan_width.native.isHidden()  # a ProGAN recipe shows the ProGAN settings
-        assert widget.recipe.value == name and "measured on" in widget.recipe.tooltip  # its scope
+        assert widget.recipe.value == name and "measured to work on" in widget.recipe.tooltip  # its scope
         assert widget.config().recipe == name  # recorded in the model file
         assert not widget.config().cpu_bf16 and widget.cpu_bf16.value  # not for the ProGAN; the choice stays
     widget.lambda_gan.value = 0.5  # an edit: the settings are the user's own now, the rest stays
     assert widget.recipe.value == "" and widget.config().critic_steps == recipe_config("progan-spots").critic_steps
-    assert "measured on" not in widget.recipe.tooltip and widget.config().recipe == ""
+    assert "measured to work on" not in widget.recipe.tooltip and widget.config().recipe == ""
     widget.recipe.value = "progan-spots"  # the same recipe again restores it
     assert widget.config().lambda_gan == recipe_config("progan-spots").lambda_gan
     widget.model.value = "unet"
