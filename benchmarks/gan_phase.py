@@ -212,6 +212,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for row in rows:
         print(row.result(), flush=True)
+    pool.shutdown()  # before the interpreter exits (else its wake-up pipe is already closed: a traceback)
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)
     return 0
 

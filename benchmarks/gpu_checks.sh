@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The GPU figures the issues ask for, in one run from the repository root on a CUDA machine whose python3
-# has torch with CUDA (napari-pgsr's core needs no napari). Parts (PARTS picks them; default recipe_seeds):
+# has torch with CUDA (napari-pgsr's core needs no napari). Parts (PARTS picks them; default gan_phase):
 #   restore_eager, restore_compiled  restoration frames/s at 1200² and 256² (#8)
 #   bench_gan       ProGAN images/s per resolution at width 1.0 in bf16, the full schedule's time (#7)
-#   gan_phase       the GAN phase scored as it trains (#7; GAN_ARGS)
+#   gan_phase       the GAN phase scored as it trains (#7; GAN_ARGS, default: on single molecules)
 #   quality_recipe  the ProGAN recipe trained and scored on all three kinds (#7; model file kept in $OUT)
 #   recipe_seeds    SEED_MODELS (default: the recipe) trained on TRAIN_KIND with SEEDS (default "0 1")
 #                   side by side, kept unscored in $OUT/seed_N for quality.py --load
-# Next (the third session trained on AP2, gpu_h100.md): the recipe trained on single molecules, the kind it
-# failed on, then the same for the U-Net: bash benchmarks/gpu_checks.sh (about 500 s), then
-# PARTS=recipe_seeds SEED_MODELS="U-Net MAE (K=0)" SEED_S=200 bash benchmarks/gpu_checks.sh (about 100 s)
+# Next (the fourth session trained the recipe on single molecules and it failed there too, gpu_h100.md):
+# the GAN phase on single molecules scored every 550 steps, with the U-Net and the warm-up as references,
+# to see whether any point of it keeps their physics: bash benchmarks/gpu_checks.sh (about 470 s)
+# (the fourth session's runs: PARTS=recipe_seeds bash benchmarks/gpu_checks.sh, then
+# PARTS=recipe_seeds SEED_MODELS="U-Net MAE (K=0)" SEED_S=200 bash benchmarks/gpu_checks.sh; TRAIN_KIND=ap2
+# for the third session's)
 # Each part has its own time limit; logs go to $OUT (default benchmarks/results/gpu).
 #   bash benchmarks/gpu_checks.sh
 #   PARTS="restore_eager gan_phase" bash benchmarks/gpu_checks.sh   # only these parts
@@ -17,8 +20,8 @@
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 DEVICE=${DEVICE:-cuda}
-# gan_phase: the second GPU run (gpu_h100.md) ran seed 0 of these settings; this is a second seed
-GAN_ARGS=${GAN_ARGS:---warmup 5000 --gan-steps 2400 --every 600 --lambdas 0.01 --variants rot180-noise --no-offset --no-unet --scorers 8 --seed 1}
+# gan_phase: the recipe's settings (the second GPU session ran them on AP2) trained on single molecules
+GAN_ARGS=${GAN_ARGS:---train-kind single_molecules --warmup 5000 --gan-steps 2200 --every 550 --lambdas 0.01 --variants rot180-noise --no-offset --scorers 8 --seed 0}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -26,7 +29,7 @@ python=${PYTHON:-python3}
   $python -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__version__,
   torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"; } | tee "$OUT/env.txt"
 # gpu_h100.md holds what each GPU session measured and with which settings
-PARTS=${PARTS:-recipe_seeds}
+PARTS=${PARTS:-gan_phase}
 for name in $PARTS; do
   case $name in restore_eager|restore_compiled|bench_gan|quality_recipe|recipe_seeds|gan_phase) ;;
     *) echo "unknown part '$name' (restore_eager restore_compiled bench_gan quality_recipe recipe_seeds gan_phase)"; exit 2;; esac
@@ -68,4 +71,4 @@ recipe_seeds() {
   return $status
 }
 part recipe_seeds "${SEED_S:-560}" recipe_seeds
-part gan_phase "${GAN_PHASE_S:-480}" $python benchmarks/gan_phase.py --device "$DEVICE" $GAN_ARGS
+part gan_phase "${GAN_PHASE_S:-560}" $python benchmarks/gan_phase.py --device "$DEVICE" $GAN_ARGS
