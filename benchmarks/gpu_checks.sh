@@ -5,10 +5,12 @@
 #   bench_gan       ProGAN images/s per resolution at width 1.0 in bf16, the full schedule's time (#7)
 #   gan_phase       the GAN phase scored as it trains (#7; GAN_ARGS, default: on single molecules)
 #   quality_recipe  the ProGAN recipe trained and scored on all three kinds (#7; model file kept in $OUT)
-#   recipe_seeds    SEED_MODELS (default: the recipe) trained on TRAIN_KIND with SEEDS (default "0 1")
+#   recipe_seeds    SEED_MODELS (default: the recipe) trained on TRAIN_KIND (default single_molecules)
+#                   with SEEDS (default "0 1")
 #                   side by side, kept unscored in $OUT/seed_N for quality.py --load
 # Next (the fourth session trained the recipe on single molecules and it failed there too, gpu_h100.md):
-# the GAN phase on single molecules scored every 550 steps, with the U-Net and the warm-up as references,
+# the GAN phase on single molecules scored at +400, +1000, +1600 and +2200 steps, with the warm-up and a
+# U-Net as references (that U-Net: 5000 steps without the random offset, not quality.py's 7200 with it),
 # to see whether any point of it keeps their physics: bash benchmarks/gpu_checks.sh (about 470 s)
 # (the fourth session's runs: PARTS=recipe_seeds bash benchmarks/gpu_checks.sh, then
 # PARTS=recipe_seeds SEED_MODELS="U-Net MAE (K=0)" SEED_S=200 bash benchmarks/gpu_checks.sh; TRAIN_KIND=ap2
@@ -20,8 +22,9 @@
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 DEVICE=${DEVICE:-cuda}
-# gan_phase: the recipe's settings (the second GPU session ran them on AP2) trained on single molecules
-GAN_ARGS=${GAN_ARGS:---train-kind single_molecules --warmup 5000 --gan-steps 2200 --every 550 --lambdas 0.01 --variants rot180-noise --no-offset --scorers 8 --seed 0}
+# gan_phase: the recipe's settings trained on single molecules (the second GPU session ran them on AP2, to
+# +2400); checkpoints fall on whole multiples of --every, counted from step 0
+GAN_ARGS=${GAN_ARGS:---train-kind single_molecules --warmup 5000 --gan-steps 2200 --every 600 --lambdas 0.01 --variants rot180-noise --no-offset --scorers 8 --seed 0}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -71,4 +74,4 @@ recipe_seeds() {
   return $status
 }
 part recipe_seeds "${SEED_S:-560}" recipe_seeds
-part gan_phase "${GAN_PHASE_S:-560}" $python benchmarks/gan_phase.py --device "$DEVICE" $GAN_ARGS
+part gan_phase "${GAN_PHASE_S:-580}" $python benchmarks/gan_phase.py --device "$DEVICE" $GAN_ARGS
