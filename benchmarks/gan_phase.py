@@ -1,7 +1,7 @@
 """The ProGAN's GAN phase, scored as it trains: a U-Net and the generator's MAE warm-up as references, then
 WGAN-GP with the joint loss from that warm-up, with and without the rot180-averaged generator, scored on
 held-out movies of the training kind (AP2 unless `--train-kind`) every `--every` steps (PSNR, SSIM, spot
-F1, precision, localisation RMSE, PSF sigma, and the fine-grained background residual: noise kept or
+F1, precision, localisation RMSE, PSF sigma, lattice lock, and the fine-grained background residual: noise kept or
 invented) and on beads for the mean signed offset of the found spots (a whole-image shift by the network).
 
     python benchmarks/gan_phase.py --device cuda --warmup 2000 --gan-steps 600 --every 200 --lambdas 0.1 0.01
@@ -98,7 +98,8 @@ def _row(label: str, extra: str, kind: str, kind_frames: list, beads_frames: lis
     texture = background_texture(kind_frames, scored[truth][0])
     dy, dx, n = mean_offset_nm(beads_frames, beads[truth][1])
     return (f"| {label} | {extra} | {row['psnr']:.2f} | {row['ssim']:.3f} | {row['f1']:.3f} | {row['precision']:.3f} "
-            f"| {row['rmse_nm']:.1f} | {row['sigma_nm']:.1f} | {texture:.1f} | {dy:+.1f} / {dx:+.1f} ({n}) |")
+            f"| {row['rmse_nm']:.1f} | {row['sigma_nm']:.1f} | {row['lock_2px']:.2f} | {texture:.1f} "
+            f"| {dy:+.1f} / {dx:+.1f} ({n}) |")
 
 
 def score_row(label: str, path: str, extra: str, kind: str, raw_generator: bool = False) -> str:
@@ -207,9 +208,9 @@ def main() -> int:
                         score(f"{label}, raw generator", event.values["path"], extra, raw_generator=True)
     wait(rows)  # the scorers' own lines first, then the table
     print(f"\ntraining done at {time.perf_counter() - start:.0f} s; scores:\n")
-    print(f"| model | steps (s) | {kind} PSNR | SSIM | F1 | precision | RMSE (nm) | sigma (nm) "
+    print(f"| model | steps (s) | {kind} PSNR | SSIM | F1 | precision | RMSE (nm) | sigma (nm) | lattice lock (2 px) "
           "| background texture (1e-3) | beads mean offset y / x (nm) |")
-    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for row in rows:
         print(row.result(), flush=True)
     pool.shutdown()  # before the interpreter exits (else its wake-up pipe is already closed: a traceback)
