@@ -31,7 +31,8 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality import MIN_PHOTONS, PIXEL_NM, best_threshold, care_normalised, evaluate, test_sets  # noqa: E402
+from quality import (MIN_PHOTONS, PIXEL_NM, best_threshold, care_normalised, evaluate, scene_with,  # noqa: E402
+                     test_sets)
 
 from napari_pgsr.analysis import compare_to_labels, fit_spots, suggest_spots  # noqa: E402
 from napari_pgsr.inference import restore  # noqa: E402
@@ -72,11 +73,11 @@ def mean_offset_nm(frames: list[np.ndarray], truth_spots: list) -> tuple[float, 
 _SETS: dict = {}
 
 
-def _load_test_sets(frames: int) -> None:
+def _load_test_sets(frames: int, diffusion: float | None = None) -> None:
     import torch
 
     torch.set_num_threads(2)  # several scorers share the CPU while the trainer keeps the GPU busy
-    _SETS.update(test_sets(frames, 256))
+    _SETS.update(test_sets(frames, 256, diffusion=diffusion))
 
 
 def background_texture(frames: list[np.ndarray], truth_images: list[np.ndarray]) -> float:
@@ -144,16 +145,24 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the training runs (initial weights, patches)")
     parser.add_argument("--score-raw", action="store_true",
                         help="also score the GAN phase's raw generator, besides its EMA copy")
+    parser.add_argument("--diffusion", type=float,
+                        help="diffusion (um^2/s) of every simulated spot, training and test movies alike (0: spots "
+                             "stay put between a pair's low and high exposure)")
     parser.add_argument("--warmup-from", type=Path, nargs="+", default=[],
                         help="warm-up files of an earlier run (its warm_<variant>.pgsr), used instead of training "
                              "the variants' warm-ups again")
     args = parser.parse_args()
     start = time.perf_counter()
     kind = args.train_kind
-    training = [split_alternating(simulate_movie(kind, args.frames, (256, 256), seed=s).movie, name=f"{kind} seed {s}")
-                for s in range(3)]
+    scene = scene_with(kind, diffusion=args.diffusion)
+    if args.diffusion is not None and args.warmup_from:
+        # the warm-ups were trained on the default movies; these have the same names and pairs (the stored
+        # split, by index, holds) but other pixels: continue them on these without the pixel check
+        loop._fingerprint = lambda provenance: (tuple(provenance["names"]), tuple(provenance["pairs"]))
+    training = [split_alternating(simulate_movie(kind, args.frames, (256, 256), seed=s, scene=scene).movie,
+                                  name=f"{kind} seed {s}") for s in range(3)]
     pool = ProcessPoolExecutor(args.scorers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_load_test_sets, initargs=(args.test_frames,))
+                               initializer=_load_test_sets, initargs=(args.test_frames, args.diffusion))
     folder = Path(tempfile.mkdtemp())
     print(f"files (warm-ups for --warmup-from) in {folder}", flush=True)
     rows = []

@@ -138,12 +138,20 @@ def _nm(value: float) -> str:
     return f"{value:.1f}" if np.isfinite(value) else "-"
 
 
-def test_sets(frames: int, size: int, spot_rate: float | None = None) -> dict:
+def scene_with(kind: str, spot_rate: float | None = None, diffusion: float | None = None):
+    """The simulated scene of `kind` with its spot brightness (photons/s) or diffusion (um^2/s) replaced
+    where given; None when nothing is replaced (the simulator's default scene)."""
+    changes = {name: value for name, value in (("spot_rate", spot_rate), ("diffusion_um2_s", diffusion))
+               if value is not None}
+    return dataclasses.replace(SCENES[kind], **changes) if changes else None
+
+
+def test_sets(frames: int, size: int, spot_rate: float | None = None, diffusion: float | None = None) -> dict:
     """Held-out movies per kind with their truth (seeds never used for training); `spot_rate` (photons/s)
-    replaces every kind's spot brightness."""
+    replaces every kind's spot brightness, `diffusion` (um^2/s) every kind's diffusion."""
     sets = {}
     for number, kind in enumerate(KINDS):
-        scene = dataclasses.replace(SCENES[kind], spot_rate=spot_rate) if spot_rate is not None else None
+        scene = scene_with(kind, spot_rate, diffusion)
         sim = simulate_movie(kind, frames, (size, size), seed=1000 + number, scene=scene)
         pairs = split_alternating(sim.movie, name=kind)
         # photons as a 100 ms exposure of that instant would collect them (the 300-photon cut applies to that)
