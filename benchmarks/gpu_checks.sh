@@ -8,10 +8,13 @@
 #   recipe_seeds    SEED_MODELS (default: the recipe) trained on TRAIN_KIND (default single_molecules)
 #                   with SEEDS (default "0 1")
 #                   side by side, kept unscored in $OUT/seed_N for quality.py --load
-# Next (the fourth session trained the recipe on single molecules and it failed there too, gpu_h100.md):
-# the GAN phase on single molecules scored at +400, +1000, +1600 and +2200 steps, with the warm-up and a
-# U-Net as references (that U-Net: 5000 steps without the random offset, not quality.py's 7200 with it),
-# to see whether any point of it keeps their physics: bash benchmarks/gpu_checks.sh (about 470 s)
+# Next: a CPU run (gan_phase_sm_cpu.md) found that on single molecules the recipe's lambda 0.01 damages the
+# spots within 200 GAN steps, while lambda 0.001 kept them through +400. So the default is now the GAN phase
+# on single molecules at lambda 0.001, scored at +400, +1000, +1600 and +2200 steps, with the warm-up and a
+# U-Net as references (that U-Net: 5000 steps without the random offset): bash benchmarks/gpu_checks.sh
+# (about 470 s). Then, to see whether lambda 0.001 still sharpens AP2 (the recipe needed 0.01 there):
+# GAN_ARGS="--train-kind ap2 --warmup 5000 --gan-steps 2200 --every 600 --lambdas 0.001 --variants rot180-noise
+# --no-offset --scorers 8 --seed 0" PARTS=gan_phase bash benchmarks/gpu_checks.sh
 # (the fourth session's runs: PARTS=recipe_seeds bash benchmarks/gpu_checks.sh, then
 # PARTS=recipe_seeds SEED_MODELS="U-Net MAE (K=0)" SEED_S=200 bash benchmarks/gpu_checks.sh; TRAIN_KIND=ap2
 # for the third session's)
@@ -22,9 +25,9 @@
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 DEVICE=${DEVICE:-cuda}
-# gan_phase: the recipe's settings trained on single molecules (the second GPU session ran them on AP2, to
-# +2400); checkpoints fall on whole multiples of --every, counted from step 0
-GAN_ARGS=${GAN_ARGS:---train-kind single_molecules --warmup 5000 --gan-steps 2200 --every 600 --lambdas 0.01 --variants rot180-noise --no-offset --scorers 8 --seed 0}
+# gan_phase: the recipe's settings but lambda 0.001, trained on single molecules (the second GPU session ran
+# lambda 0.01 on AP2, to +2400); checkpoints fall on whole multiples of --every, counted from step 0
+GAN_ARGS=${GAN_ARGS:---train-kind single_molecules --warmup 5000 --gan-steps 2200 --every 600 --lambdas 0.001 --variants rot180-noise --no-offset --scorers 8 --seed 0}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
