@@ -51,7 +51,7 @@ from napari_pgsr.training.recipes import recipe_values
 
 MIN_PHOTONS = 300.0
 # sqrt(2) steps up to 160: restorations with a flat background reach their best F1 far above the raw frames
-# (single molecules: 56-113 local SDs), and a grid that stopped at 20 scored them with faint bumps counted
+# (single molecules: 57-113 local SDs), and a grid that stopped at 20 scored them with faint bumps counted
 THRESHOLDS = (5.0, 7.0, 10.0, 14.0, 20.0, 28.0, 40.0, 57.0, 80.0, 113.0, 160.0)
 PIXEL_NM = 160.0
 
