@@ -9,7 +9,7 @@
 #                   with SEEDS (default "0 1")
 #                   side by side, kept unscored in $OUT/seed_N for quality.py --load
 # Next: a CPU run (gan_phase_sm_cpu.md) found that on single molecules the recipe's lambda 0.01 damages the
-# spots within 200 GAN steps, while lambda 0.001 invented none through +800. So the default is now the GAN phase
+# spots within 200 GAN steps, while lambda 0.001 kept precision 0.993-1.000 through +800. So the default is now the GAN phase
 # on single molecules at lambda 0.001, scored at +400, +1000, +1600 and +2200 steps, with the warm-up and a
 # U-Net as references (that U-Net: 5000 steps without the random offset): bash benchmarks/gpu_checks.sh
 # (about 470 s). Then, to see whether lambda 0.001 still sharpens AP2 (the recipe needed 0.01 there):

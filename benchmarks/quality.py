@@ -18,7 +18,7 @@ prints a Markdown table for raw low, Gaussian-smoothed low, raw high and each mo
   matched spots, the same on only those true spots that the raw low frame's fit also found (it finds only
   the brightest, which localise best, so this is the fair comparison with it), median fitted PSF sigma (nm),
   and the lattice lock of the matched spots' fitted positions on a 2 px lattice (0-1; the true positions
-  of the test movies score 0.09-0.14): a restoration that snaps spots to its coarse pixels scores high.
+  of the raw test frames score 0.10-0.13): a restoration that snaps spots to its coarse pixels scores high.
 """
 
 from __future__ import annotations
