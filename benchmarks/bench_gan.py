@@ -4,6 +4,7 @@ would take at these speeds.
 
     python benchmarks/bench_gan.py                      # CPU: widths 1.0 and 0.125, batch 4
     python benchmarks/bench_gan.py --device cuda --widths 1.0 --batch 16    # bf16 on a GPU
+    python benchmarks/bench_gan.py --widths 0.125 --batch 16 --max-resolution 64 --critic-steps 5 --cpu-bf16
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from napari_pgsr.training.progan_loop import _optimizers, gan_step, phase_schedu
 
 
 def images_per_second(width: float, resolution: int, alpha: float, batch: int, device, steps: int,
-                      max_resolution: int) -> float:
+                      max_resolution: int, critic_steps: int = 1, cpu_bf16: bool = False) -> float:
     """Mean images/s over `steps` GAN steps after one warm-up step."""
-    config = TrainConfig(model="progan", patch=max_resolution, width=width, batch=batch)
+    config = TrainConfig(model="progan", patch=max_resolution, width=width, batch=batch, critic_steps=critic_steps,
+                         cpu_bf16=cpu_bf16)
     generator = ProGANGenerator(1, max_resolution, width, resolution=resolution, alpha=alpha).to(device)
     critic = ProGANCritic(2, max_resolution, width, resolution=resolution, alpha=alpha).to(device)
-    if device.type == "cuda":
+    if device.type == "cuda" or cpu_bf16:  # as the training loop
         generator, critic = (m.to(memory_format=torch.channels_last) for m in (generator, critic))
     g_opt, d_opt = _optimizers(generator, critic, config)
     low, real = torch.randn(batch, 1, resolution, resolution, device=device), torch.randn(
@@ -50,9 +52,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0,
                         help="skip larger resolutions of a width once one step there would take longer")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--critic-steps", type=int, default=1, help="critic updates per GAN step (recipe: 5)")
+    parser.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on a CPU with hardware bf16 (AMX)")
     args = parser.parse_args()
     device = pick_device(args.device)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+          f"{args.critic_steps} critic step(s){', CPU bf16' if args.cpu_bf16 else ''}")
     for width in args.widths:
         critic = ProGANCritic(2, args.max_resolution, width)
         generator = ProGANGenerator(1, args.max_resolution, width)
@@ -62,9 +67,9 @@ def main() -> None:
         print("|---|---|---|")
         speeds = {}
         for resolution in resolutions(args.max_resolution):
-            stable = images_per_second(width, resolution, 1.0, args.batch, device, args.steps, args.max_resolution)
-            fading = (images_per_second(width, resolution, 0.5, args.batch, device, args.steps, args.max_resolution)
-                      if resolution > 4 else stable)
+            timing = (args.batch, device, args.steps, args.max_resolution, args.critic_steps, args.cpu_bf16)
+            stable = images_per_second(width, resolution, 1.0, *timing)
+            fading = images_per_second(width, resolution, 0.5, *timing) if resolution > 4 else stable
             speeds[resolution] = (stable, fading)
             print(f"| {resolution} | {stable:.1f} | {fading:.1f} |", flush=True)
             if args.batch / min(stable, fading) > args.seconds:

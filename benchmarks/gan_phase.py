@@ -148,6 +148,9 @@ def main() -> int:
     parser.add_argument("--diffusion", type=float,
                         help="diffusion (um^2/s) of every simulated spot, training and test movies alike (0: spots "
                              "stay put between a pair's low and high exposure)")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="train in bf16 autocast on a CPU that computes it in hardware (AMX): the ProGAN's "
+                             "generator and critic, and the U-Net")
     parser.add_argument("--warmup-from", type=Path, nargs="+", default=[],
                         help="warm-up files of an earlier run (its warm_<variant>.pgsr), used instead of training "
                              "the variants' warm-ups again")
@@ -178,7 +181,7 @@ def main() -> int:
     for exposure in ("low", "high"):
         rows.append(pool.submit(score_raw, exposure, kind))
     common = dict(device=args.device, validation_every=10**9, checkpoint_every=10**9, seed=args.seed,
-                  offset=False if args.no_offset else None)
+                  offset=False if args.no_offset else None, cpu_bf16=args.cpu_bf16)
     if not args.no_unet:
         t = time.perf_counter()
         result = train(TrainConfig(steps=args.warmup, **common), training, folder / "unet.pgsr")

@@ -244,6 +244,37 @@ def test_warm_up_then_gan_and_the_gan_mode(tmp_path, small_pairs):
             torch.testing.assert_close(critic[name], value, atol=0, rtol=0)
 
 
+def test_cpu_bf16_computes_both_networks_in_bf16_and_keeps_fp32_weights(tmp_path, small_pairs, monkeypatch):
+    from napari_pgsr import devices
+    from napari_pgsr.training.progan_loop import gan_step
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)  # (as on an AMX CPU)
+    for cpu_bf16 in (True, False):
+        torch.manual_seed(0)
+        generator, critic = ProGANGenerator(1, 16, 1 / 32, resolution=16), ProGANCritic(2, 16, 1 / 32, resolution=16)
+        seen = {"generator": set(), "critic": set()}
+        for name, network in (("generator", generator), ("critic", critic)):
+            for layer in network.modules():
+                if isinstance(layer, EqualizedConv2d):
+                    layer.register_forward_hook(lambda m, i, out, name=name: seen[name].add(out.dtype))
+        config = _config(cpu_bf16=cpu_bf16, critic_steps=2)
+        g_opt, d_opt = _optimizers(generator, critic, config)
+        low, real = torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16)
+        before = [p.detach().clone() for p in critic.parameters()]
+        loss, values = gan_step(generator, critic, g_opt, d_opt, low, real, config, torch.device("cpu"))
+        dtype = torch.bfloat16 if cpu_bf16 else torch.float32
+        assert seen == {"generator": {dtype}, "critic": {dtype}}
+        assert np.isfinite(float(loss.detach())) and np.isfinite(values["gradient_penalty"]) and values["gradient_penalty"] > 0
+        assert all(p.dtype == torch.float32 for p in [*generator.parameters(), *critic.parameters()])
+        assert any(not torch.equal(a, b) for a, b in zip(before, critic.parameters()))  # the critic learnt
+    result = train(_config(cpu_bf16=True, warmup_steps=2, steps=6), [small_pairs], tmp_path / "bf16.pgsr")
+    assert np.all(np.isfinite(result.history["loss"]))
+    assert load_model(tmp_path / "bf16.pgsr").metadata["config"]["cpu_bf16"]
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="cpu_bf16 ignored: this CPU has no hardware bf16"):
+        train(_config(cpu_bf16=True, steps=2), [small_pairs], tmp_path / "fp32.pgsr")
+
+
 def test_train_and_predict_a_progan_from_the_command_line(tmp_path, capsys):
     movie = tmp_path / "movie.tif"
     write_movie(movie, simulate_movie("beads", 24, (40, 40), seed=2).movie, pixel_size_um=0.16)

@@ -142,7 +142,7 @@ def test_recipe_fills_in_the_measured_settings(viewer_with_pairs, tmp_path):
     widget = _train_widget(viewer_with_pairs, tmp_path, steps=6)
     widget.minutes.value, widget.context.value = 5.0, 2
     widget.cpu_bf16.enabled, widget.cpu_bf16.value = True, True  # (as on a CPU with hardware bf16)
-    assert widget.config().cpu_bf16  # a U-Net setting
+    assert widget.config().cpu_bf16
     for name in RECIPES:
         widget.recipe.value = name
         shown, measured = widget.config().to_dict(), recipe_config(name).to_dict()
@@ -152,7 +152,7 @@ def test_recipe_fills_in_the_measured_settings(viewer_with_pairs, tmp_path):
         assert not widget.gan_width.native.isHidden()  # a ProGAN recipe shows the ProGAN settings
         assert widget.recipe.value == name and "measured to work on" in widget.recipe.tooltip  # its scope
         assert widget.config().recipe == name  # recorded in the model file
-        assert not widget.config().cpu_bf16 and widget.cpu_bf16.value  # not for the ProGAN; the choice stays
+        assert widget.config().cpu_bf16  # a choice about this computer, kept by a recipe
     widget.lambda_gan.value = 0.5  # an edit: the settings are the user's own now, the rest stays
     assert widget.recipe.value == "" and widget.config().critic_steps == recipe_config("progan-spots").critic_steps
     assert "measured to work on" not in widget.recipe.tooltip and widget.config().recipe == ""

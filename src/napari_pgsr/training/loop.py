@@ -164,6 +164,9 @@ def prepare_run(config: TrainConfig, pairs: Sequence[Pairs], validation: Sequenc
     pairs, validation = list(pairs), list(validation)
     everything = pairs + validation
     device = pick_device(config.device)
+    if config.cpu_bf16 and device.type == "cpu" and not devices.cpu_has_native_bf16():  # as autocast decides
+        warnings.warn("cpu_bf16 ignored: this CPU has no hardware bf16 (AMX, AVX512-BF16), where bf16 would be "
+                      "slower than fp32; training in fp32", RuntimeWarning, stacklevel=3)
     rank, world = _distributed(device)
     provenance = data_provenance(everything, files)
     state, checkpoint, history = None, None, {"loss": [], "validation": [], "step": 0, "seconds": 0.0}
@@ -262,9 +265,6 @@ def _iter_unet_training(config: TrainConfig, pairs: Sequence[Pairs], output: str
     # then drew AP2 spots 94.8 nm wide against 80.1 (results/quality_10min_cpu_time_cosine.md); the spots
     # sharpen late in training, and an early decay freezes them wide.
     schedule = config.lr_schedule if config.steps is not None or config.lr_schedule != "cosine" else "plateau"
-    if config.cpu_bf16 and device.type == "cpu" and not devices.cpu_has_native_bf16():  # as autocast decides
-        warnings.warn("cpu_bf16 ignored: this CPU has no hardware bf16 (AMX, AVX512-BF16), where bf16 would be "
-                      "slower than fp32; training in fp32", RuntimeWarning, stacklevel=2)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr / 50)
                  if schedule == "cosine" else torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5,
                                                                                          patience=5)

@@ -144,18 +144,22 @@ def gan_step(generator, critic, g_opt, d_opt, low: torch.Tensor, real: torch.Ten
     the generator's output (`critic_noise`). Returns the generator's loss and all loss terms."""
     values = {}
     seen = camera or (lambda image: image)  # what the critic sees of the generator's output
+    def critic_precision():
+        return autocast(device, False, cpu_bf16=config.cpu_bf16)
     if not warming:
         for _ in range(config.critic_steps):
-            with torch.no_grad(), autocast(device, config.amp, training=True):
+            with torch.no_grad(), autocast(device, config.amp, training=True, cpu_bf16=config.cpu_bf16):
                 fake = generator(low)
             d_opt.zero_grad(set_to_none=True)
-            # fp32: the penalty's double backward
-            loss, values = critic_loss(critic, low, real, seen(fake.float()))
+            # fp32 on GPUs (the penalty's double backward); bf16 on a CPU only when asked, as the critic is
+            # most of a GAN step's time there
+            with critic_precision():
+                loss, values = critic_loss(critic, low, real, seen(fake.float()))
             loss.backward()
             _average_gradients(critic, world)
             d_opt.step()
     g_opt.zero_grad(set_to_none=True)
-    with autocast(device, config.amp, training=True):
+    with autocast(device, config.amp, training=True, cpu_bf16=config.cpu_bf16):
         fake = generator(low)
     fake = fake.float()
     if warming:
@@ -163,8 +167,9 @@ def gan_step(generator, critic, g_opt, d_opt, low: torch.Tensor, real: torch.Ten
         values["mae"] = float(loss.detach())
     else:
         critic.requires_grad_(False)  # the generator's step needs no critic gradients
-        loss, more = generator_loss(critic, low, fake, real, config.gan_mode, config.lambda_gan,
-                                    seen=seen(fake))
+        with critic_precision():
+            loss, more = generator_loss(critic, low, fake, real, config.gan_mode, config.lambda_gan,
+                                        seen=seen(fake))
         critic.requires_grad_(True)
         values.update(more)
     loss.backward()
@@ -223,7 +228,7 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         if device.type == "cuda" and "cuda_rng" in state:  # the penalty's and the critic noise's draws
             torch.cuda.set_rng_state(state["cuda_rng"], device)
     _set_phase(phase, generator, critic, ema)
-    if device.type == "cuda":  # faster convolutions with bf16 on tensor cores
+    if device.type == "cuda" or config.cpu_bf16:  # faster bf16 convolutions (tensor cores, oneDNN)
         for network in (generator, critic, ema):
             network.to(memory_format=torch.channels_last)
 
