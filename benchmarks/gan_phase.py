@@ -9,6 +9,9 @@ invented) and on beads for the mean signed offset of the found spots (a whole-im
 
 `--warmup-from DIR/warm_rot180.pgsr ...` continues the warm-ups of an earlier run (the folder it prints);
 `--score-raw` also scores the generator being trained, not only its EMA copy that the model file restores with.
+`--continue RUN.pgsr` trains a GAN run of an earlier call (its gan_<variant>_<lambda>.pgsr, with the same
+`--train-kind`, `--frames` and `--diffusion`) on to `--gan-steps` GAN steps in all with its stored settings,
+scored every `--every` steps, and nothing else.
 
 Training as in quality.py's ProGAN rows: width 0.125 (--width), 64 px patches from the start (no growing),
 3 simulated movies of `--train-kind`; the run ends after `--minutes` even if variants are left. Each
@@ -154,6 +157,8 @@ def main() -> int:
     parser.add_argument("--warmup-from", type=Path, nargs="+", default=[],
                         help="warm-up files of an earlier run (its warm_<variant>.pgsr), used instead of training "
                              "the variants' warm-ups again")
+    parser.add_argument("--continue", dest="continue_run", type=Path,
+                        help="a GAN run of an earlier call to train on (alone) to --gan-steps GAN steps in all")
     args = parser.parse_args()
     start = time.perf_counter()
     kind = args.train_kind
@@ -180,6 +185,26 @@ def main() -> int:
 
     for exposure in ("low", "high"):
         rows.append(pool.submit(score_raw, exposure, kind))
+
+    def train_on(run: Path, config: TrainConfig, label: str) -> None:
+        """Continue `run` to config.steps, scoring each checkpoint and the end."""
+        end, t = config.steps, time.perf_counter()
+        for event in iter_training(config, training, run, resume=run):
+            if (event.kind == EventKind.CHECKPOINT and event.step < end) or event.kind == EventKind.FINISHED:
+                extra = f"+{event.step - config.warmup_steps}"
+                score(label, event.values["path"], f"{extra} ({time.perf_counter() - t:.0f} s)")
+                if args.score_raw:
+                    score(f"{label}, raw generator", event.values["path"], extra, raw_generator=True)
+
+    if args.continue_run:
+        run = folder / args.continue_run.name
+        shutil.copy(args.continue_run, run)
+        stored = load_model(run).metadata["config"]
+        config = TrainConfig.from_dict({**stored, "steps": stored["warmup_steps"] + args.gan_steps,
+                                        "checkpoint_every": args.every, "device": args.device,
+                                        "cpu_bf16": args.cpu_bf16})
+        train_on(run, config, f"ProGAN joint λ {config.lambda_gan:g}, continued")
+        args.no_unet, args.variants, args.lambdas = True, [], []  # nothing else
     common = dict(device=args.device, validation_every=10**9, checkpoint_every=10**9, seed=args.seed,
                   offset=False if args.no_offset else None, cpu_bf16=args.cpu_bf16)
     if not args.no_unet:
@@ -209,15 +234,9 @@ def main() -> int:
                 continue
             run = folder / f"gan_{variant}_{lambda_gan:g}.pgsr"
             shutil.copy(folder / f"warm_{variant}.pgsr", run)
-            end = args.warmup + args.gan_steps
-            config = TrainConfig(steps=end, lambda_gan=lambda_gan, **{**settings, "checkpoint_every": args.every})
-            t = time.perf_counter()
-            for event in iter_training(config, training, run, resume=run):
-                if (event.kind == EventKind.CHECKPOINT and event.step < end) or event.kind == EventKind.FINISHED:
-                    label, extra = f"ProGAN joint λ {lambda_gan:g}, {variant}", f"+{event.step - args.warmup}"
-                    score(label, event.values["path"], f"{extra} ({time.perf_counter() - t:.0f} s)")
-                    if args.score_raw:
-                        score(f"{label}, raw generator", event.values["path"], extra, raw_generator=True)
+            config = TrainConfig(steps=args.warmup + args.gan_steps, lambda_gan=lambda_gan,
+                                 **{**settings, "checkpoint_every": args.every})
+            train_on(run, config, f"ProGAN joint λ {lambda_gan:g}, {variant}")
     wait(rows)  # the scorers' own lines first, then the table
     print(f"\ntraining done at {time.perf_counter() - start:.0f} s; scores:\n")
     print(f"| model | steps (s) | {kind} PSNR | SSIM | F1 | precision | RMSE (nm) | sigma (nm) | lattice lock (2 px) "
