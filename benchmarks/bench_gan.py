@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from napari_pgsr.devices import pick_device
+from napari_pgsr.devices import cpu_has_native_bf16, pick_device
 from napari_pgsr.models.progan import ProGANCritic, ProGANGenerator, parameter_count, resolutions
 from napari_pgsr.training.config import TrainConfig
 from napari_pgsr.training.progan_loop import _optimizers, gan_step, phase_schedule
@@ -27,7 +27,7 @@ def images_per_second(width: float, resolution: int, alpha: float, batch: int, d
                          cpu_bf16=cpu_bf16)
     generator = ProGANGenerator(1, max_resolution, width, resolution=resolution, alpha=alpha).to(device)
     critic = ProGANCritic(2, max_resolution, width, resolution=resolution, alpha=alpha).to(device)
-    if device.type == "cuda" or cpu_bf16:  # as the training loop
+    if device.type == "cuda" or (cpu_bf16 and cpu_has_native_bf16()):  # as the training loop
         generator, critic = (m.to(memory_format=torch.channels_last) for m in (generator, critic))
     g_opt, d_opt = _optimizers(generator, critic, config)
     low, real = torch.randn(batch, 1, resolution, resolution, device=device), torch.randn(

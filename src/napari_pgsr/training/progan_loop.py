@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..devices import autocast
+from ..devices import autocast, cpu_has_native_bf16
 from ..modelfile import save_model
 from ..models.progan import ProGANCritic, ProGANGenerator, resolutions
 from ..pairs import Pairs
@@ -144,6 +144,7 @@ def gan_step(generator, critic, g_opt, d_opt, low: torch.Tensor, real: torch.Ten
     the generator's output (`critic_noise`). Returns the generator's loss and all loss terms."""
     values = {}
     seen = camera or (lambda image: image)  # what the critic sees of the generator's output
+
     def critic_precision():
         return autocast(device, False, cpu_bf16=config.cpu_bf16)
     if not warming:
@@ -228,7 +229,7 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         if device.type == "cuda" and "cuda_rng" in state:  # the penalty's and the critic noise's draws
             torch.cuda.set_rng_state(state["cuda_rng"], device)
     _set_phase(phase, generator, critic, ema)
-    if device.type == "cuda" or config.cpu_bf16:  # faster bf16 convolutions (tensor cores, oneDNN)
+    if device.type == "cuda" or (config.cpu_bf16 and cpu_has_native_bf16()):  # faster bf16 convolutions
         for network in (generator, critic, ema):
             network.to(memory_format=torch.channels_last)
 
