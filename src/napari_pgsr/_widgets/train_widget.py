@@ -124,7 +124,7 @@ class TrainWidget(Container):
         self.context = SpinBox(label="Context frames", value=0, min=0, max=8)
         self.cpu_bf16 = CheckBox(text="bf16 on the CPU", value=False, enabled=cpu_has_native_bf16(),
                                  tooltip="bf16 autocast on a CPU that computes bf16 in hardware (AMX, "
-                                         "AVX512-BF16): 2.1-2.9x faster training on an AMX CPU; greyed out "
+                                         "AVX512-BF16): 1.9-2.9x faster training on an AMX CPU; greyed out "
                                          "on other CPUs")
         # ProGAN settings, shown when it is the chosen model
         self.gan_width = FloatSpinBox(label="GAN width", value=0.25, min=0.01, max=4.0, step=0.05,
