@@ -10,7 +10,8 @@ invented) and on beads for the mean signed offset of the found spots (a whole-im
 `--warmup-from DIR/warm_rot180.pgsr ...` continues the warm-ups of an earlier run (the folder it prints);
 `--score-raw` also scores the generator being trained, not only its EMA copy that the model file restores with.
 `--continue RUN.pgsr` trains a GAN run of an earlier call (its gan_<variant>_<lambda>.pgsr, with the same
-`--train-kind`, `--frames` and `--diffusion`) on to `--gan-steps` GAN steps in all with its stored settings,
+`--train-kind`, `--frames` and `--diffusion`) on to `--gan-steps` GAN steps in all with its stored settings
+(except `--device` and `--cpu-bf16`, given again),
 scored every `--every` steps, and nothing else.
 
 Training as in quality.py's ProGAN rows: width 0.125 (--width), 64 px patches from the start (no growing),
