@@ -248,7 +248,10 @@ def test_cpu_bf16_computes_both_networks_in_bf16_and_keeps_fp32_weights(tmp_path
     from napari_pgsr import devices
     from napari_pgsr.training.progan_loop import gan_step
 
-    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)  # (as on an AMX CPU)
+    from napari_pgsr.training import progan_loop
+
+    for module in (devices, progan_loop):  # (as on an AMX CPU; progan_loop picks channels-last with it)
+        monkeypatch.setattr(module, "cpu_has_native_bf16", lambda: True)
     for cpu_bf16 in (True, False):
         torch.manual_seed(0)
         generator, critic = ProGANGenerator(1, 16, 1 / 32, resolution=16), ProGANCritic(2, 16, 1 / 32, resolution=16)
@@ -270,9 +273,17 @@ def test_cpu_bf16_computes_both_networks_in_bf16_and_keeps_fp32_weights(tmp_path
     result = train(_config(cpu_bf16=True, warmup_steps=2, steps=6), [small_pairs], tmp_path / "bf16.pgsr")
     assert np.all(np.isfinite(result.history["loss"]))
     assert load_model(tmp_path / "bf16.pgsr").metadata["config"]["cpu_bf16"]
-    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+
+    def channels_last(network):  # the 3x3 convs' weights (16 channels at this width)
+        weights = [m.weight for m in network.modules() if isinstance(m, EqualizedConv2d) and m.weight.shape[-1] == 3]
+        return {w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in weights}
+
+    assert channels_last(result.network) == {True}
+    for module in (devices, progan_loop):
+        monkeypatch.setattr(module, "cpu_has_native_bf16", lambda: False)
     with pytest.warns(RuntimeWarning, match="cpu_bf16 ignored: this CPU has no hardware bf16"):
-        train(_config(cpu_bf16=True, steps=2), [small_pairs], tmp_path / "fp32.pgsr")
+        result = train(_config(cpu_bf16=True, steps=2), [small_pairs], tmp_path / "fp32.pgsr")
+    assert channels_last(result.network) == {False}  # no bf16 computed, no channels-last
 
 
 def test_train_and_predict_a_progan_from_the_command_line(tmp_path, capsys):
