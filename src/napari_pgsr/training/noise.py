@@ -9,6 +9,11 @@ so the clean image is what the critic cannot tell apart from a real high exposur
 Photon-transfer model: variance = slope * value + intercept, in camera units. For an EMCCD the slope is
 2 x the gain in ADU per photoelectron (excess noise factor 2) and the intercept holds the read noise and
 minus slope x baseline; sCMOS and CCD cameras follow the same line with slope = their gain.
+
+The line is fitted from pairs of consecutive high exposures (a photon-transfer curve from frame differences),
+not from one frame's pixels against their neighbours: a sample with a flat background (beads) then offers
+its bright spots as the upper end of the line, where a single frame's spots are all structure, and the
+pixels are sorted by the mean of the movie's other frames, which holds their noise out of the sorting.
 """
 
 from __future__ import annotations
@@ -18,10 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 
-# a pixel minus the mean of its 4 neighbours: for white noise of variance v its variance is 1.25 v
-_RESIDUAL_GAIN = 1.25
 # the median of the square of a zero-mean normal variable is 0.455 times its variance
 _MEDIAN_OF_SQUARES = 0.4549
 
@@ -45,46 +47,77 @@ class NoiseModel:
         return self.slope / scale, (self.slope * lo + self.intercept) / scale**2
 
 
-def fit_noise_model(frames: Sequence[np.ndarray], bins: int = 24, min_pixels: int = 200) -> NoiseModel:
-    """Fit the photon-transfer line from frames of a movie: pixels are binned by their local mean (3 x 3),
-    and each bin's noise variance comes from the median of squared 4-neighbour residuals (robust to the
-    few pixels whose residual holds image structure, such as spot edges)."""
-    means, residuals = [], []
-    for frame in frames:
-        frame = np.asarray(frame, np.float64)
-        if frame.ndim != 2 or min(frame.shape) < 8:
-            raise ValueError(f"noise model: frames must be 2-D and at least 8 x 8, got shape {frame.shape}")
-        neighbours = ndimage.convolve(frame, np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]]) / 4.0, mode="reflect")
-        means.append(ndimage.uniform_filter(frame, 3, mode="reflect")[2:-2, 2:-2].ravel())
-        residuals.append((frame - neighbours)[2:-2, 2:-2].ravel())
-    means, residuals = np.concatenate(means), np.concatenate(residuals)
-    # bins spread over the bulk of the values; the brightest pixels are mostly spot centres
-    edges = np.unique(np.quantile(means, np.linspace(0.0, 0.98, bins + 1)))
-    kept = means <= edges[-1]
-    means, residuals = means[kept], residuals[kept]
-    which = np.digitize(means, edges[1:-1])
+def fit_noise_model(movies: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], bins: int = 24,
+                    min_pixels: int = 200) -> NoiseModel:
+    """Fit the photon-transfer line from consecutive high exposures: `movies` holds, per movie, two or more
+    (frame, next frame) couples of the same field of view. Each pixel's noise variance is half its squared
+    frame-to-frame difference; the pixels are binned by their mean over the movie's other couples
+    (independent of that couple's noise, so the bins are not sorted by noise; a bin's value is the mean of
+    its couples' own means), in geometrically spaced bins up to the brightest spots; in each bin,
+    differences beyond 4 sigma (moving or blinking spots) are dropped."""
+    values, means, differences = [], [], []
+    for couples in movies:
+        if len(couples) < 2:
+            raise ValueError(f"noise model: each movie needs at least 2 couples of consecutive high exposures, "
+                             f"got {len(couples)}")
+        stack = np.asarray([[np.asarray(a, np.float64), np.asarray(b, np.float64)] for a, b in couples])
+        if stack.ndim != 4 or min(stack.shape[-2:]) < 8:
+            raise ValueError(f"noise model: couples must be two 2-D frames of the same shape, at least 8 x 8, "
+                             f"got shape {stack.shape[1:]}")
+        total = stack.sum(axis=(0, 1))
+        for a, b in stack:
+            values.append(((total - a - b) / (2 * (len(stack) - 1))).ravel())
+            means.append(((a + b) / 2).ravel())
+            differences.append(((a - b) / np.sqrt(2.0)).ravel())
+    values, means, differences = np.concatenate(values), np.concatenate(means), np.concatenate(differences)
+    low, high = np.quantile(values, [0.005, 0.9995])
+    edges = low - 1.0 + np.geomspace(1.0, high - low + 1.0, bins + 1)  # geometric above the darkest pixels
+    which = np.digitize(values, edges) - 1
     centres, variances, counts = [], [], []
-    for b in range(len(edges) - 1):
-        chosen = which == b
-        if chosen.sum() >= min_pixels:
-            centres.append(np.median(means[chosen]))
-            variances.append(np.median(residuals[chosen] ** 2) / (_MEDIAN_OF_SQUARES * _RESIDUAL_GAIN))
-            counts.append(chosen.sum())
-    if len(centres) < 2 or np.ptp(centres) <= 0:
+    for b in range(bins):
+        squares = differences[which == b] ** 2
+        if len(squares) >= min_pixels:
+            rough = np.median(squares) / _MEDIAN_OF_SQUARES
+            kept = squares[squares <= 16.0 * rough]
+            centres.append(means[which == b].mean())  # the couple's own mean: the sorting's noise is not in it
+            variances.append(kept.mean())
+            counts.append(len(squares))
+    noise_sd = np.sqrt(np.median(differences**2) / _MEDIAN_OF_SQUARES)
+    if len(centres) < 2 or np.ptp(centres) < 3.0 * noise_sd:
         raise ValueError("noise model: the frames hold too narrow a range of values to fit variance against "
                          "intensity")
-    slope, intercept = np.polyfit(centres, variances, 1, w=np.sqrt(counts))
+    # each bin's variance is known to about v * sqrt(2 / n): weigh by the inverse
+    slope, intercept = np.polyfit(centres, variances, 1, w=np.sqrt(counts) / np.asarray(variances))
     if slope <= 0:
         raise ValueError(f"noise model: the noise does not grow with intensity (fitted slope {slope:.3g}); "
                          "these frames do not look like camera images")
     return NoiseModel(float(slope), float(intercept))
 
 
-def noise_frames(pairs: Sequence, refs: Sequence, count: int = 8) -> list[np.ndarray]:
-    """High-exposure frames of `count` training pairs spread evenly over `refs` ((movie, pair) indices into
-    `pairs`, validation movies after the training ones): what the noise model is fitted on."""
-    chosen = [refs[int(i)] for i in np.unique(np.linspace(0, len(refs) - 1, min(count, len(refs))).round())]
-    return [pairs[movie].read(int(pair))[1] for movie, pair in chosen]
+def noise_couples(pairs: Sequence, refs: Sequence, count: int = 10,
+                  largest: int = 512) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Couples of consecutive high exposures ((movie, pair) and (movie, pair + 1) both in `refs`, indices
+    into `pairs`, validation movies after the training ones), up to `count` in all, spread evenly over each
+    movie with two or more: what the noise model is fitted on. Frames larger than `largest` are cropped to
+    their centre (the noise does not depend on where a pixel is)."""
+    chosen = set(map(tuple, refs))
+    starts: dict[int, list[int]] = {}
+    for movie, pair in sorted(chosen):
+        if (movie, pair + 1) in chosen and (not starts.get(movie) or pair >= starts[movie][-1] + 2):
+            starts.setdefault(movie, []).append(pair)  # disjoint couples
+    usable = {movie: firsts for movie, firsts in starts.items() if len(firsts) >= 2}
+    if not usable:
+        raise ValueError("critic_noise: the noise model needs a movie with at least 4 consecutive training pairs "
+                         "(two couples of consecutive high exposures); none has")
+    per_movie = max(2, count // len(usable))
+    movies = []
+    for movie, firsts in list(usable.items())[: max(1, count // 2)]:
+        height, width = pairs[movie].high.shape[-2:]
+        rows, cols = (slice(max(0, (n - largest) // 2), max(0, (n - largest) // 2) + largest) for n in (height, width))
+        spread = np.unique(np.linspace(0, len(firsts) - 1, min(per_movie, len(firsts))).round())
+        movies.append([tuple(pairs[movie].read(firsts[int(i)] + step, rows, cols)[1] for step in (0, 1))
+                       for i in spread])
+    return movies
 
 
 def camera_noise(image: torch.Tensor, a: float, b: float, pooled: int = 1, shape: str = "normal") -> torch.Tensor:

@@ -26,7 +26,7 @@ from .config import TrainConfig
 from .events import EventKind, TrainingEvent
 from .gan_losses import critic_loss, generator_loss
 from .loop import TrainResult, _preview, prepare_run, stop_reason, validate
-from .noise import camera_noise, fit_noise_model, noise_frames
+from .noise import camera_noise, fit_noise_model, noise_couples
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
     generator, critic = generator.to(device), critic.to(device)
     noise = None
     if config.critic_noise:  # fitted again on resume: the same frames give the same line
-        model = fit_noise_model(noise_frames(list(pairs) + list(validation), setup.train_refs))
+        model = fit_noise_model(noise_couples(list(pairs) + list(validation), setup.train_refs))
         history["critic_noise"] = model.to_dict()
         noise = model.normalised(setup.normalization.high_lo, setup.normalization.high_hi)
     ema = copy.deepcopy(generator).requires_grad_(False)
