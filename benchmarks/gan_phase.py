@@ -23,6 +23,7 @@ accept a changed lambda_gan (it replaces `loop.check_resumable` for its own proc
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import shutil
 import sys
@@ -32,6 +33,8 @@ from concurrent.futures import ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -59,6 +62,34 @@ def _any_lambda_from_the_warm_up(stored: dict, config: TrainConfig, path) -> Non
 loop.check_resumable = _any_lambda_from_the_warm_up
 
 
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) images, reflected at the borders."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).repeat(images.shape[1], 1, 1, 1)
+    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    rows = F.conv2d(padded, kernel.view(-1, 1, 1, 2 * radius + 1), groups=images.shape[1])
+    return F.conv2d(rows, kernel.view(-1, 1, 2 * radius + 1, 1), groups=images.shape[1])
+
+
+def add_low_pass_term(weight: float, sigma: float) -> None:
+    """An experiment, not in the package: the joint loss gets weight * MAE(blur(G(low)), blur(high)), a pull
+    on what a spot's position and brightness are made of (a blur wider than the PSF hides its width, not
+    where it is) that the target's noise, averaged by the blur, hardly weakens."""
+    from napari_pgsr.training import progan_loop
+
+    plain = progan_loop.generator_loss
+
+    def generator_loss(critic, low, fake, real, mode="joint", lambda_gan=1e-3, seen=None):
+        loss, values = plain(critic, low, fake, real, mode, lambda_gan, seen=seen)
+        low_pass = F.l1_loss(gaussian_blur(fake, sigma), gaussian_blur(real, sigma))
+        values["low_pass"] = float(low_pass.detach())
+        return loss + weight * low_pass, values
+
+    progan_loop.generator_loss = generator_loss
+
+
 def mean_offset_nm(frames: list[np.ndarray], truth_spots: list) -> tuple[float, float, int]:
     """Mean signed (y, x) offset of matched spots from their true positions, and how many matched."""
     threshold = best_threshold(frames, truth_spots)
@@ -78,8 +109,6 @@ _SETS: dict = {}
 
 
 def _load_test_sets(frames: int, diffusion: float | None = None) -> None:
-    import torch
-
     torch.set_num_threads(2)  # several scorers share the CPU while the trainer keeps the GPU busy
     _SETS.update(test_sets(frames, 256, diffusion=diffusion))
 
@@ -160,7 +189,14 @@ def main() -> int:
                              "the variants' warm-ups again")
     parser.add_argument("--continue", dest="continue_run", type=Path,
                         help="a GAN run of an earlier call to train on (alone) to --gan-steps GAN steps in all")
+    parser.add_argument("--low-pass", type=float, default=0.0, metavar="WEIGHT",
+                        help="experiment: add WEIGHT * MAE of the Gaussian-blurred output and target to the GAN "
+                             "phase's joint loss (0: off)")
+    parser.add_argument("--low-pass-sigma", type=float, default=1.0, help="that blur's sigma in pixels")
     args = parser.parse_args()
+    if args.low_pass:
+        add_low_pass_term(args.low_pass, args.low_pass_sigma)
+    tag = f", low-pass {args.low_pass:g} (sigma {args.low_pass_sigma:g} px)" if args.low_pass else ""
     start = time.perf_counter()
     kind = args.train_kind
     scene = scene_with(kind, diffusion=args.diffusion)
@@ -204,7 +240,7 @@ def main() -> int:
         config = TrainConfig.from_dict({**stored, "steps": stored["warmup_steps"] + args.gan_steps,
                                         "checkpoint_every": args.every, "device": args.device,
                                         "cpu_bf16": args.cpu_bf16})
-        train_on(run, config, f"ProGAN joint λ {config.lambda_gan:g}, continued")
+        train_on(run, config, f"ProGAN joint λ {config.lambda_gan:g}{tag}, continued")
         args.no_unet, args.variants, args.lambdas = True, [], []  # nothing else
     common = dict(device=args.device, validation_every=10**9, checkpoint_every=10**9, seed=args.seed,
                   offset=False if args.no_offset else None, cpu_bf16=args.cpu_bf16)
@@ -237,7 +273,7 @@ def main() -> int:
             shutil.copy(folder / f"warm_{variant}.pgsr", run)
             config = TrainConfig(steps=args.warmup + args.gan_steps, lambda_gan=lambda_gan,
                                  **{**settings, "checkpoint_every": args.every})
-            train_on(run, config, f"ProGAN joint λ {lambda_gan:g}, {variant}")
+            train_on(run, config, f"ProGAN joint λ {lambda_gan:g}, {variant}{tag}")
     wait(rows)  # the scorers' own lines first, then the table
     print(f"\ntraining done at {time.perf_counter() - start:.0f} s; scores:\n")
     print(f"| model | steps (s) | {kind} PSNR | SSIM | F1 | precision | RMSE (nm) | sigma (nm) | lattice lock (2 px) "
