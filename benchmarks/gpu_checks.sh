@@ -8,13 +8,19 @@
 #   recipe_seeds    SEED_MODELS (default: the recipe) trained on TRAIN_KIND (default single_molecules)
 #                   with SEEDS (default "0 1")
 #                   side by side, kept unscored in $OUT/seed_N for quality.py --load
-# Next: CPU runs (gan_phase_sm_cpu.md, gan_phase_sm_cpu_bf16.md) found that on single molecules the recipe's
-# lambda 0.01 damages the spots within 200 GAN steps, and lambda 0.001 only later: precision 0.993 through
-# +600, then at +1000-1600 the localisation RMSE rose to 21-43 nm, a lattice lock of 0.51 (+1000), recall
-# fell and the beads moved 23 nm (+1600), with seed 0. The default is the same run with seed 1 on the GPU
-# (scored at +400, +1000, +1600 and +2200, with the warm-up and a U-Net, 5000 steps without the random
-# offset, as references; about 470 s): bash benchmarks/gpu_checks.sh. To see what lambda 0.001 does on AP2
-# (the recipe needed 0.01 there to sharpen):
+# Next: the recipe on beads again, with the critic-noise fit of commit 1c472d8 (the fifth GPU session trained
+# it with the old fit, which left the beads' dark background without noise, and both seeds failed:
+# quality_recipe_beads_gpu_h100.md), two seeds side by side, about 510 s; then score the files on any machine
+# with quality.py --load beside that file's U-Nets (or train them too: SEED_MODELS="U-Net MAE (K=0)"
+# SEED_S=200, about 75 s):
+#   PARTS=recipe_seeds TRAIN_KIND=beads bash benchmarks/gpu_checks.sh
+# The default part, gan_phase: CPU runs (gan_phase_sm_cpu.md, gan_phase_sm_cpu_bf16.md) found that on single
+# molecules the recipe's lambda 0.01 damages the spots within 200 GAN steps, and lambda 0.001 only later:
+# precision 0.993 through +600, then at +1000-1600 the localisation RMSE rose to 21-43 nm, a lattice lock of
+# 0.51 (+1000), recall fell and the beads moved 23 nm (+1600), with seed 0. The default is the same run with
+# seed 1 on the GPU (scored at +400, +1000, +1600 and +2200, with the warm-up and a U-Net, 5000 steps without
+# the random offset, as references; about 470 s): bash benchmarks/gpu_checks.sh. To see what lambda 0.001
+# does on AP2 (the recipe needed 0.01 there to sharpen):
 # GAN_ARGS="--train-kind ap2 --warmup 5000 --gan-steps 2200 --every 600 --lambdas 0.001 --variants rot180-noise
 # --no-offset --scorers 8 --seed 0" PARTS=gan_phase bash benchmarks/gpu_checks.sh
 # (the fourth session's runs: PARTS=recipe_seeds bash benchmarks/gpu_checks.sh, then
