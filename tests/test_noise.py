@@ -48,20 +48,36 @@ def test_the_simulated_emccd_noise_is_recovered_at_the_background_and_at_spots(k
         assert model.variance(value) == pytest.approx(camera.expected_variance_adu(photons), rel=0.12)
 
 
+def test_a_dark_emccd_background_keeps_its_noise_and_constant_borders_are_ignored():
+    """Half a photoelectron per pixel: the EM register's output is far from Gaussian (most pixels hold
+    none, a few hold hundreds of ADU), and the fit must not cut those tails as if they were moving spots."""
+    camera, rng = EMCCD(), np.random.default_rng(3)
+    ramp = np.linspace(0.5, 300.0, 128)[None, :].repeat(128, axis=0)
+    photons = np.where(np.arange(128)[None, :] < 96, 0.5 / camera.quantum_efficiency, ramp)
+    couples = [(camera.expose(photons, rng).astype(float), camera.expose(photons, rng).astype(float))
+               for _ in range(6)]
+    model = fit_noise_model([couples])
+    dark = camera.expected_adu(np.array(0.5 / camera.quantum_efficiency))
+    assert model.variance(dark) == pytest.approx(camera.expected_variance_adu(0.5 / camera.quantum_efficiency),
+                                                 rel=0.15)
+    padded = [(np.pad(a, ((0, 0), (0, 20))), np.pad(b, ((0, 0), (0, 20)))) for a, b in couples]  # zero columns
+    assert fit_noise_model([padded]).slope == pytest.approx(model.slope, rel=0.05)
+
+
 def test_noise_couples_take_disjoint_consecutive_training_pairs_of_each_movie():
     movies = [split_alternating(simulate_movie("beads", 40, (64, 64), seed=seed).movie) for seed in (0, 1)]
     # movie 0: pairs 0-9 for training; movie 1: only every other pair (no consecutive couples)
     refs = [(0, p) for p in range(10)] + [(1, p) for p in range(0, 20, 2)]
     couples = noise_couples(movies, refs, count=4)
     assert len(couples) == 1 and len(couples[0]) == 4  # movie 0 alone, 4 couples (count // 1 usable movie)
-    first = couples[0][0]
-    np.testing.assert_array_equal(first[0], movies[0].read(0)[1])
-    np.testing.assert_array_equal(first[1], movies[0].read(1)[1])
+    for couple, start in zip(couples[0], (0, 2, 6, 8)):  # disjoint couples, spread over pairs 0-9
+        np.testing.assert_array_equal(couple[0], movies[0].read(start)[1])
+        np.testing.assert_array_equal(couple[1], movies[0].read(start + 1)[1])
     np.testing.assert_array_equal(couples[0][-1][1], movies[0].read(9)[1])  # spread to the last couple (8, 9)
     cropped = noise_couples(movies, refs, largest=32)
     assert cropped[0][0][0].shape == (32, 32)
     np.testing.assert_array_equal(cropped[0][0][0], movies[0].read(0)[1][16:48, 16:48])  # the centre
-    with pytest.raises(ValueError, match="at least 4 consecutive training pairs"):
+    with pytest.raises(ValueError, match="two separate couples of consecutive training pairs"):
         noise_couples(movies, [(1, p) for p in range(0, 20, 2)])
 
 
@@ -100,7 +116,9 @@ def test_gamma_camera_noise_is_skewed_like_low_light_noise_with_the_same_varianc
         camera_noise(y, a, b, shape="poisson")
 
 
-def test_training_with_critic_noise_records_the_noise_model_and_resumes_exactly(tmp_path):
+def test_training_with_critic_noise_records_the_noise_model_and_resumes_exactly(tmp_path, monkeypatch):
+    from napari_pgsr.training import progan_loop
+
     with pytest.raises(ValueError, match="critic_noise needs the camera's own levels.*--no-offset"):
         TrainConfig(model="progan", critic_noise=True)
     with pytest.raises(ValueError, match="critic_noise is a ProGAN setting"):
@@ -114,7 +132,9 @@ def test_training_with_critic_noise_records_the_noise_model_and_resumes_exactly(
     slope = straight.history["critic_noise"]["slope"]
     assert 10 < slope < 40  # the simulated EMCCD's line: 20 ADU² per ADU
     train(TrainConfig(steps=3, **config), [pairs], tmp_path / "half.pgsr")
-    train(TrainConfig(steps=6, **config), [pairs], tmp_path / "half.pgsr", resume=tmp_path / "half.pgsr")
+    with monkeypatch.context() as patch:  # a resumed run keeps the line it recorded, whatever the fit gives now
+        patch.setattr(progan_loop, "fit_noise_model", lambda *args: pytest.fail("the noise model was fitted again"))
+        train(TrainConfig(steps=6, **config), [pairs], tmp_path / "half.pgsr", resume=tmp_path / "half.pgsr")
     a, b = load_model(tmp_path / "straight.pgsr"), load_model(tmp_path / "half.pgsr")
     for name, value in a.network.state_dict().items():
         torch.testing.assert_close(b.network.state_dict()[name], value, atol=0, rtol=0)

@@ -54,7 +54,7 @@ def fit_noise_model(movies: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], b
     frame-to-frame difference; the pixels are binned by their mean over the movie's other couples
     (independent of that couple's noise, so the bins are not sorted by noise; a bin's value is the mean of
     its couples' own means), in geometrically spaced bins up to the brightest spots; in each bin,
-    differences beyond 4 sigma (moving or blinking spots) are dropped."""
+    differences beyond 10 sigma (moving or blinking spots) are dropped."""
     values, means, differences = [], [], []
     for couples in movies:
         if len(couples) < 2:
@@ -76,12 +76,14 @@ def fit_noise_model(movies: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], b
     centres, variances, counts = [], [], []
     for b in range(bins):
         squares = differences[which == b] ** 2
-        if len(squares) >= min_pixels:
-            rough = np.median(squares) / _MEDIAN_OF_SQUARES
-            kept = squares[squares <= 16.0 * rough]
-            centres.append(means[which == b].mean())  # the couple's own mean: the sorting's noise is not in it
-            variances.append(kept.mean())
-            counts.append(len(squares))
+        rough = np.median(squares) / _MEDIAN_OF_SQUARES if len(squares) else 0.0
+        if len(squares) < min_pixels or rough <= 0:  # (constant pixels: padding, a saturated or empty region)
+            continue
+        # 10 sigma: EMCCD differences below ~2 photoelectrons are heavy-tailed, a tighter cut drops real noise
+        kept = squares <= 100.0 * rough
+        centres.append(means[which == b][kept].mean())  # the couple's own mean: the sorting's noise is not in it
+        variances.append(squares[kept].mean())
+        counts.append(int(kept.sum()))
     noise_sd = np.sqrt(np.median(differences**2) / _MEDIAN_OF_SQUARES)
     if len(centres) < 2 or np.ptp(centres) < 3.0 * noise_sd:
         raise ValueError("noise model: the frames hold too narrow a range of values to fit variance against "
@@ -107,8 +109,8 @@ def noise_couples(pairs: Sequence, refs: Sequence, count: int = 10,
             starts.setdefault(movie, []).append(pair)  # disjoint couples
     usable = {movie: firsts for movie, firsts in starts.items() if len(firsts) >= 2}
     if not usable:
-        raise ValueError("critic_noise: the noise model needs a movie with at least 4 consecutive training pairs "
-                         "(two couples of consecutive high exposures); none has")
+        raise ValueError("critic_noise: the noise model needs a movie with two separate couples of consecutive "
+                         "training pairs (e.g. 4 consecutive pairs); none has")
     per_movie = max(2, count // len(usable))
     movies = []
     for movie, firsts in list(usable.items())[: max(1, count // 2)]:

@@ -26,7 +26,7 @@ from .config import TrainConfig
 from .events import EventKind, TrainingEvent
 from .gan_losses import critic_loss, generator_loss
 from .loop import TrainResult, _preview, prepare_run, stop_reason, validate
-from .noise import camera_noise, fit_noise_model, noise_couples
+from .noise import NoiseModel, camera_noise, fit_noise_model, noise_couples
 
 
 @dataclass(frozen=True)
@@ -202,9 +202,12 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
     critic = ProGANCritic(in_channels + 1, config.patch, config.width, resolution=config.start_resolution)
     generator, critic = generator.to(device), critic.to(device)
     noise = None
-    if config.critic_noise:  # fitted again on resume: the same frames give the same line
-        model = fit_noise_model(noise_couples(list(pairs) + list(validation), setup.train_refs))
-        history["critic_noise"] = model.to_dict()
+    if config.critic_noise:  # a resumed run keeps its line (the fit may have changed since it was written)
+        if "critic_noise" in history:
+            model = NoiseModel(**history["critic_noise"])
+        else:
+            model = fit_noise_model(noise_couples(list(pairs) + list(validation), setup.train_refs))
+            history["critic_noise"] = model.to_dict()
         noise = model.normalised(setup.normalization.high_lo, setup.normalization.high_hi)
     ema = copy.deepcopy(generator).requires_grad_(False)
     step = images_seen = cursor = 0
