@@ -11,8 +11,9 @@
 # Next: the recipe on beads again, with the critic-noise fit of commit 1c472d8 (the fifth GPU session trained
 # it with the old fit, which left the beads' dark background without noise, and both seeds failed:
 # quality_recipe_beads_gpu_h100.md), two seeds side by side, about 510 s; then score the files on any machine
-# with quality.py --load beside that file's U-Nets (or train them too: SEED_MODELS="U-Net MAE (K=0)"
-# SEED_S=200, about 75 s):
+# with quality.py --load beside that file's U-Nets (or train them too, about 75 s: PARTS=recipe_seeds
+# TRAIN_KIND=beads SEED_MODELS="U-Net MAE (K=0)" SEED_S=200 bash benchmarks/gpu_checks.sh). Not the default
+# part (gan_phase, below), so name it:
 #   PARTS=recipe_seeds TRAIN_KIND=beads bash benchmarks/gpu_checks.sh
 # The default part, gan_phase: CPU runs (gan_phase_sm_cpu.md, gan_phase_sm_cpu_bf16.md) found that on single
 # molecules the recipe's lambda 0.01 damages the spots within 200 GAN steps, and lambda 0.001 only later:
