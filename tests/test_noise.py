@@ -23,8 +23,7 @@ def test_the_photon_transfer_line_is_recovered_from_noisy_frames():
     model = fit_noise_model([[(frame(), frame()) for _ in range(3)]])
     assert model.slope == pytest.approx(3.0, rel=0.05)
     assert model.variance([100.0, 900.0]) == pytest.approx([200.0, 2600.0], rel=0.08)
-    flat = [(np.full((64, 64), 100.0) + rng.normal(0, 1, (64, 64)), np.full((64, 64), 100.0) + rng.normal(0, 1, (64, 64)))
-            for _ in range(2)]
+    flat = [tuple(np.full((64, 64), 100.0) + rng.normal(0, 1, (64, 64)) for _ in range(2)) for _ in range(2)]
     with pytest.raises(ValueError, match="too narrow a range"):
         fit_noise_model([flat])
     with pytest.raises(ValueError, match="at least 2 couples"):
