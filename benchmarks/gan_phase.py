@@ -12,7 +12,10 @@ invented) and on beads for the mean signed offset of the found spots (a whole-im
 `--continue RUN.pgsr` trains a GAN run of an earlier call (its gan_<variant>_<lambda>.pgsr, with the same
 `--train-kind`, `--frames` and `--diffusion`) on to `--gan-steps` GAN steps in all with its stored settings
 (except `--device` and `--cpu-bf16`, given again),
-scored every `--every` steps, and nothing else.
+scored every `--every` steps, and nothing else. A continued run, like a `--warmup-from` warm-up, keeps the
+critic-noise line its file recorded (a file written before commit 1c472d8 holds the old single-frame fit).
+`--low-pass W` (an experiment, not a package setting) adds W * MAE of the Gaussian-blurred output and target
+to the GAN phase's joint loss (`gan_low_pass_sm_cpu.md`); it is not recorded in the model file.
 
 Training as in quality.py's ProGAN rows: width 0.125 (--width), 64 px patches from the start (no growing),
 3 simulated movies of `--train-kind`; the run ends after `--minutes` even if variants are left. Each
