@@ -242,11 +242,12 @@ def main() -> int:
         stored = load_model(run).metadata["config"]
         config = TrainConfig.from_dict({**stored, "steps": stored["warmup_steps"] + args.gan_steps,
                                         "checkpoint_every": args.every, "device": args.device,
-                                        "cpu_bf16": args.cpu_bf16})
+                                        "cpu_bf16": args.cpu_bf16, "divergence_factor": 0})
         train_on(run, config, f"ProGAN joint λ {config.lambda_gan:g}{tag}, continued")
         args.no_unet, args.variants, args.lambdas = True, [], []  # nothing else
+    # divergence_factor 0: score the run as it trained, even a blown-up one (the package stops those)
     common = dict(device=args.device, validation_every=10**9, checkpoint_every=10**9, seed=args.seed,
-                  offset=False if args.no_offset else None, cpu_bf16=args.cpu_bf16)
+                  offset=False if args.no_offset else None, cpu_bf16=args.cpu_bf16, divergence_factor=0)
     if not args.no_unet:
         t = time.perf_counter()
         result = train(TrainConfig(steps=args.warmup, **common), training, folder / "unet.pgsr")

@@ -248,8 +248,11 @@ def main() -> int:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 stem = re.sub(r"[^A-Za-z0-9]+", "_", f"{name} {args.train_kind} seed {args.seed}").strip("_")
                 shutil.copy(result.path, args.keep / f"{stem}.pgsr")
-            print(f"trained {name}: {result.step} steps, {result.step * config.batch / (time.perf_counter() - start):.0f}"
+            ran = result.history["divergences"][-1]["step"] if result.reason == "diverged" else result.step
+            print(f"trained {name}: {result.step} steps, {ran * config.batch / (time.perf_counter() - start):.0f}"
                   f" patches/s, {time.perf_counter() - start:.0f} s", flush=True)
+            if result.note:
+                print(f"  {result.note}", flush=True)
     if args.no_score:
         return 0
     rows = []

@@ -16,7 +16,7 @@ from napari_pgsr.training.config import TrainConfig
 from napari_pgsr.training.events import EventKind
 from napari_pgsr.training.gan_losses import critic_loss, generator_loss, gradient_penalty
 from napari_pgsr.training.loop import train
-from napari_pgsr.training.progan_loop import (_optimizers, ema_decay_at, faded_real, phase_at,
+from napari_pgsr.training.progan_loop import (_optimizers, diverged, ema_decay_at, faded_real, phase_at,
                                               phase_schedule, warmup_lr_at)
 
 
@@ -242,6 +242,45 @@ def test_warm_up_then_gan_and_the_gan_mode(tmp_path, small_pairs):
         critic = load_model(tmp_path / f"r{stop}.pgsr").training_state["critic"]
         for name, value in state["critic"].items():
             torch.testing.assert_close(critic[name], value, atol=0, rtol=0)
+
+
+def test_divergence_is_judged_against_the_best_loss_at_the_same_resolution():
+    history = [{"step": 2, "resolution": 8, "loss": 0.5}, {"step": 4, "resolution": 16, "loss": 0.1},
+               {"step": 6, "resolution": 16, "loss": 0.2}]
+    assert diverged(history, 3.0) is None  # 2x the best at 16 px; the 8 px loss does not count
+    assert diverged(history + [{"step": 8, "resolution": 16, "loss": 0.31}], 3.0)["best_loss"] == 0.1
+    assert diverged(history + [{"step": 8, "resolution": 32, "loss": 9.0}], 3.0) is None  # first at 32 px
+    assert diverged(history + [{"step": 8, "resolution": 32, "loss": float("nan")}], 3.0)["step"] == 8
+    assert diverged(history + [{"step": 8, "resolution": 16, "loss": 5.0}], 0) is None  # 0: never
+    with pytest.raises(ValueError, match="divergence_factor must be 0 .never stop. or above 1, got 0.5"):
+        _config(divergence_factor=0.5)
+
+
+def test_a_gan_that_blows_up_stops_and_keeps_its_last_validated_state(tmp_path, small_pairs):
+    # a learning rate 500x Karras's with the adversarial term at full weight blows the generator up
+    unstable = dict(start_resolution=16, warmup_steps=10, gan_lr=0.5, lambda_gan=1.0, validation_every=5)
+    events = []
+    result = train(_config(steps=30, **unstable), [small_pairs], tmp_path / "blown.pgsr", progress=events.append)
+    assert result.reason == "diverged" and result.step == 10
+    record = result.history["divergences"][0]
+    assert (record["step"], record["restored_step"], record["factor"]) == (15, 10, 3.0)
+    assert record["loss"] > 100 * record["best_loss"]
+    assert "diverged at step 15" in result.note and "holds step 10" in result.note
+    assert events[-1].values["note"] == result.note and events[-1].values["reason"] == "diverged"
+    # the file is what a run stopped at step 10 wrote: its EMA, networks and history, resumable
+    blown, stopped = load_model(tmp_path / "blown.pgsr"), load_model(
+        train(_config(steps=10, **unstable), [small_pairs], tmp_path / "ten.pgsr").path)
+    for name, value in stopped.network.state_dict().items():
+        torch.testing.assert_close(blown.network.state_dict()[name], value, atol=0, rtol=0)
+    for name, value in stopped.training_state["critic"].items():
+        torch.testing.assert_close(blown.training_state["critic"][name], value, atol=0, rtol=0)
+    assert blown.training_state["step"] == 10 and blown.training_state["images_seen"] == 0
+    history = blown.metadata["history"]
+    assert len(history["loss"]) == 10 and [v["step"] for v in history["validation"]] == [5, 10]
+    assert history["loss"] == stopped.metadata["history"]["loss"]
+    # with the check off the same run trains on to the end, to a wreck
+    wreck = train(_config(steps=30, divergence_factor=0, **unstable), [small_pairs], tmp_path / "wreck.pgsr")
+    assert wreck.reason == "done" and wreck.step == 30 and wreck.history["validation"][-1]["loss"] > 1.0
 
 
 def test_cpu_bf16_computes_both_networks_in_bf16_and_keeps_fp32_weights(tmp_path, small_pairs, monkeypatch):

@@ -155,6 +155,8 @@ def _progress_bar(quiet: bool):
                       f"{event.values['psnr']:.2f} dB, SSIM {event.values['ssim']:.3f}")
         elif event.kind is EventKind.FINISHED:
             bar.write(f"{event.values['reason']} at step {event.step}: model written to {event.values['path']}")
+            if event.values.get("note"):
+                bar.write(f"warning: {event.values['note']}")
 
     return update, lambda: [bar.close() for bar in bars]
 

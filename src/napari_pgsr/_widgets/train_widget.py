@@ -13,7 +13,7 @@ import napari
 import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar,
                               PushButton, SpinBox, create_widget)
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import evented
 
 from ..data import context_indices
@@ -353,6 +353,8 @@ class TrainWidget(Container):
     def _on_result(self, result) -> None:
         self.status.state = RunState.STOPPED if result.reason == "stopped" else RunState.DONE
         show_info(f"Train: {result.reason} at step {result.step}; model written to {result.path}")
+        if result.note:
+            show_warning(f"Train: {result.note}")
 
     def _on_finish(self) -> None:
         self.plot.redraw()

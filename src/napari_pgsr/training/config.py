@@ -90,6 +90,9 @@ class TrainConfig:
     critic_noise_shape: str = field(default="gamma", metadata={
         "help": "ProGAN: the critic noise's distribution: gamma (skewed like low-light camera noise) or "
                 "normal"})
+    divergence_factor: float = field(default=3.0, metadata={
+        "help": "ProGAN: stop when a validation loss exceeds this many times the run's best at that resolution "
+                "(a GAN that blew up), keeping the last validated state in the model file (0: never)"})
     warmup_lr: float = field(default=4e-3, metadata={
         "help": "ProGAN: Adam learning rate of the MAE warm-up (equalized-LR weights are stored as N(0, 1), "
                 "so a step moves them ~10x less, relative to their size, than lr moves the U-Net's)"})
@@ -152,6 +155,8 @@ class TrainConfig:
         if self.critic_noise and self.offset_enabled:
             problems.append("critic_noise needs the camera's own levels: turn the random offset off (offset false, "
                             "--no-offset)")
+        if self.divergence_factor and not self.divergence_factor > 1:
+            problems.append(f"divergence_factor must be 0 (never stop) or above 1, got {self.divergence_factor}")
         for name in ("critic_steps", "phase_images"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -14,7 +14,7 @@ class EventKind(Enum):
     VALIDATION = "validation"  # values: loss, psnr, ssim
     CHECKPOINT = "checkpoint"  # values: path
     PREVIEW = "preview"  # values: image (the current model's restoration of the preview frame)
-    FINISHED = "finished"  # values: path, reason ('done', 'stopped', 'time')
+    FINISHED = "finished"  # values: path, reason ('done', 'stopped', 'time', 'diverged'), note (ProGAN)
 
 
 @dataclass

@@ -29,13 +29,15 @@ from .losses import pixel_loss
 
 @dataclass
 class TrainResult:
-    """Where the model went, how far it got, and why it ended ('done', 'stopped' or 'time')."""
+    """Where the model went, how far it got, and why it ended ('done', 'stopped', 'time', or for a GAN
+    'diverged')."""
 
     path: Path
     step: int
     history: dict
     reason: str
     network: torch.nn.Module | None = None  # the trained network (this rank's copy under torchrun)
+    note: str = ""  # what the user should know about how it ended (a diverged GAN), else empty
 
 
 def _distributed(device: torch.device) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from ..pairs import Pairs
 from .config import TrainConfig
 from .events import EventKind, TrainingEvent
 from .gan_losses import critic_loss, generator_loss
-from .loop import TrainResult, _preview, prepare_run, stop_reason, validate
+from .loop import TrainResult, _from_rank_zero, _preview, prepare_run, stop_reason, validate
 from .noise import NoiseModel, camera_noise, fit_noise_model, noise_couples
 
 
@@ -179,6 +179,39 @@ def gan_step(generator, critic, g_opt, d_opt, low: torch.Tensor, real: torch.Ten
     return loss, values
 
 
+def diverged(validations: Sequence[dict], factor: float) -> dict | None:
+    """The last validation if its loss is not finite or above `factor` times the best earlier one at the
+    same resolution (a growing GAN's losses differ between resolutions), else None; factor 0: never."""
+    if not factor or not validations:
+        return None
+    last = validations[-1]
+    earlier = [v["loss"] for v in validations[:-1] if v["resolution"] == last["resolution"]]
+    if not math.isfinite(last["loss"]):
+        return last
+    if earlier and last["loss"] > factor * min(earlier):
+        return {**last, "best_loss": min(earlier)}
+    return None
+
+
+def divergence_note(record: dict) -> str:
+    """What to tell the user about a run that diverged (`history["divergences"]` entry)."""
+    return (f"training diverged at step {record['step']} (validation loss {record['loss']:.4g}, over "
+            f"{record['factor']:g}x its best {record['best_loss']:.4g}): the model file holds step "
+            f"{record['restored_step']}, the last validated state before it; to go further, train again with a "
+            "smaller gan_lr or lambda_gan, or another seed")
+
+
+def _on_cpu(tree):
+    """A copy of a (nested) state dict with every tensor on the CPU (a snapshot that costs no GPU memory)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {key: _on_cpu(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_on_cpu(value) for value in tree)
+    return tree
+
+
 def _set_phase(phase: Phase, *networks) -> None:
     for network in networks:
         network.resolution, network.alpha = phase.resolution, phase.alpha if phase.fading else 1.0
@@ -216,28 +249,36 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
     optimizer_resolution = phase.resolution  # the resolution the Adam states belong to
     optimizer_warming = config.warmup_steps > 0  # and whether they are the warm-up's
     g_opt, d_opt = _optimizers(generator, critic, config, optimizer_warming)
-    if state is not None:
-        generator.load_state_dict(state["generator"])
-        critic.load_state_dict(state["critic"])
-        ema.load_state_dict(setup.checkpoint.network.state_dict())
-        step, images_seen, cursor = int(state["step"]), int(state["images_seen"]), int(state["cursor"])
-        elapsed_before = float(state.get("elapsed_s", 0.0))
+
+    def restore(saved: dict, ema_weights: dict) -> None:
+        """Networks, optimizers, schedule position and random state from a training state (a checkpoint's,
+        or the snapshot a diverged run goes back to)."""
+        nonlocal step, images_seen, cursor, phase, optimizer_resolution, optimizer_warming, g_opt, d_opt
+        generator.load_state_dict(saved["generator"])
+        critic.load_state_dict(saved["critic"])
+        ema.load_state_dict(ema_weights)
+        step, images_seen, cursor = int(saved["step"]), int(saved["images_seen"]), int(saved["cursor"])
         phase = phase_at(config, images_seen)
-        optimizer_resolution = int(state["optimizer_resolution"])
-        optimizer_warming = bool(state.get("optimizer_warming", False))
+        optimizer_resolution = int(saved["optimizer_resolution"])
+        optimizer_warming = bool(saved.get("optimizer_warming", False))
         g_opt, d_opt = _optimizers(generator, critic, config, optimizer_warming)
-        g_opt.load_state_dict(state["generator_optimizer"])
-        d_opt.load_state_dict(state["critic_optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:  # the penalty's and the critic noise's draws
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        g_opt.load_state_dict(saved["generator_optimizer"])
+        d_opt.load_state_dict(saved["critic_optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in saved:  # the penalty's and the critic noise's draws
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+        _set_phase(phase, generator, critic, ema)
+
+    if state is not None:
+        restore(state, setup.checkpoint.network.state_dict())
+        elapsed_before = float(state.get("elapsed_s", 0.0))
     _set_phase(phase, generator, critic, ema)
     if device.type == "cuda" or (config.cpu_bf16 and cpu_has_native_bf16()):  # faster bf16 convolutions
         for network in (generator, critic, ema):
             network.to(memory_format=torch.channels_last)
 
-    def save(reason: str) -> Path:
-        training_state = {
+    def current_state(reason: str) -> dict:
+        return {
             "step": step, "images_seen": images_seen, "cursor": cursor,
             "phase": vars(phase_at(config, images_seen)).copy(),  # what the next step trains
             "optimizer_resolution": optimizer_resolution, "optimizer_warming": optimizer_warming,
@@ -248,6 +289,20 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
             "elapsed_s": elapsed_before + time.perf_counter() - t0,
             "train_refs": [list(r) for r in setup.train_refs], "validation_refs": [list(r) for r in setup.val_refs],
             "reason": reason}
+
+    def snapshot() -> dict:
+        """Everything a diverged run goes back to: the training state, the EMA and how long the history was."""
+        return {"state": _on_cpu(current_state("diverged")), "ema": _on_cpu(ema.state_dict()),
+                "history": {key: len(history[key]) for key in ("loss", "validation", "phases")}}
+
+    def go_back(to: dict, record: dict) -> None:
+        restore(to["state"], to["ema"])
+        for key, length in to["history"].items():
+            del history[key][length:]
+        history.setdefault("divergences", []).append({**record, "restored_step": step})
+
+    def save(reason: str) -> Path:
+        training_state = current_state(reason)
         history.update(step=step, seconds=training_state["elapsed_s"], images_seen=images_seen)
         metadata = {"config": config.to_dict(), "history": history, "provenance": setup.provenance,
                     "device": str(device), "world_size": world}
@@ -259,7 +314,8 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         "validation_pairs": len(setup.val_refs), "resumed_from": str(resume) if resume else None,
         "resolution": phase.resolution})
     t0 = time.perf_counter()
-    start_cursor, reason = cursor, "done"
+    start_cursor, reason, note = cursor, "done", ""
+    good = snapshot()  # the last validated state (the checkpoint resumed from counts as validated)
     deadline = None if config.minutes is None else t0 + 60 * config.minutes - elapsed_before
     while total is None or step < total:
         reason = stop_reason(should_stop, deadline, world, device) or "done"
@@ -306,8 +362,16 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         if setup.val_set is not None and (step % config.validation_every == 0 or step == total):
             metrics = validate(ema, setup.val_set, "mae", device,
                                resize=lambda t, r=phase.resolution: downsample(t, r))
+            metrics["loss"] = _from_rank_zero(metrics["loss"], world, device)  # every rank decides alike
             history["validation"].append({"step": step, "resolution": phase.resolution, **metrics})
             yield TrainingEvent(EventKind.VALIDATION, step, total, metrics)
+            failed = diverged(history["validation"], config.divergence_factor)
+            if failed:  # a GAN that blew up: keep the last validated state, not the wreck
+                go_back(good, {"step": failed["step"], "loss": failed["loss"], "factor": config.divergence_factor,
+                               "best_loss": failed.get("best_loss", float("nan"))})
+                reason, note = "diverged", divergence_note(history["divergences"][-1])
+                break
+            good = snapshot()
         if preview is not None and preview_every and step % preview_every == 0 and rank == 0:
             yield TrainingEvent(EventKind.PREVIEW, step, total,
                                 {"image": _preview(ema, setup.normalization, config, device, preview)})
@@ -317,5 +381,5 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
     if world > 1:
         dist.barrier()
     yield TrainingEvent(EventKind.FINISHED, step, total, {"path": str(path), "reason": reason,
-                                                         "resolution": phase.resolution})
-    return TrainResult(path, step, history, reason, ema)
+                                                         "resolution": phase.resolution, "note": note})
+    return TrainResult(path, step, history, reason, ema, note)
