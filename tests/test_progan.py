@@ -250,7 +250,8 @@ def test_divergence_is_judged_against_the_best_loss_at_the_same_resolution():
     assert diverged(history, 3.0) is None  # 2x the best at 16 px; the 8 px loss does not count
     assert diverged(history + [{"step": 8, "resolution": 16, "loss": 0.31}], 3.0)["best_loss"] == 0.1
     assert diverged(history + [{"step": 8, "resolution": 32, "loss": 9.0}], 3.0) is None  # first at 32 px
-    assert diverged(history + [{"step": 8, "resolution": 32, "loss": float("nan")}], 3.0)["step"] == 8
+    assert "best_loss" not in diverged(history + [{"step": 8, "resolution": 32, "loss": float("nan")}], 3.0)
+    assert diverged(history + [{"step": 8, "resolution": 16, "loss": float("inf")}], 3.0)["best_loss"] == 0.1
     assert diverged(history + [{"step": 8, "resolution": 16, "loss": 5.0}], 0) is None  # 0: never
     with pytest.raises(ValueError, match="divergence_factor must be 0 .never stop. or above 1, got 0.5"):
         _config(divergence_factor=0.5)
@@ -263,24 +264,57 @@ def test_a_gan_that_blows_up_stops_and_keeps_its_last_validated_state(tmp_path, 
     result = train(_config(steps=30, **unstable), [small_pairs], tmp_path / "blown.pgsr", progress=events.append)
     assert result.reason == "diverged" and result.step == 10
     record = result.history["divergences"][0]
-    assert (record["step"], record["restored_step"], record["factor"]) == (15, 10, 3.0)
+    assert (record["step"], record["restored_step"], record["factor"], record["restored_validated"]) == (15, 10, 3.0,
+                                                                                                         True)
     assert record["loss"] > 100 * record["best_loss"]
-    assert "diverged at step 15" in result.note and "holds step 10" in result.note
+    assert "diverged at step 15" in result.note and "holds step 10, the last validated state" in result.note
     assert events[-1].values["note"] == result.note and events[-1].values["reason"] == "diverged"
-    # the file is what a run stopped at step 10 wrote: its EMA, networks and history, resumable
+    # the file is what a run stopped at step 10 wrote: networks, EMA, optimizers, random state and history
     blown, stopped = load_model(tmp_path / "blown.pgsr"), load_model(
         train(_config(steps=10, **unstable), [small_pairs], tmp_path / "ten.pgsr").path)
     for name, value in stopped.network.state_dict().items():
         torch.testing.assert_close(blown.network.state_dict()[name], value, atol=0, rtol=0)
-    for name, value in stopped.training_state["critic"].items():
-        torch.testing.assert_close(blown.training_state["critic"][name], value, atol=0, rtol=0)
-    assert blown.training_state["step"] == 10 and blown.training_state["images_seen"] == 0
+    for part in ("generator", "critic", "generator_optimizer", "critic_optimizer", "torch_rng"):
+        torch.testing.assert_close(blown.training_state[part], stopped.training_state[part], atol=0, rtol=0)
+    for key in ("step", "images_seen", "cursor", "phase", "optimizer_warming"):
+        assert blown.training_state[key] == stopped.training_state[key], key
     history = blown.metadata["history"]
     assert len(history["loss"]) == 10 and [v["step"] for v in history["validation"]] == [5, 10]
     assert history["loss"] == stopped.metadata["history"]["loss"]
-    # with the check off the same run trains on to the end, to a wreck
+    # with the check off the same run trains on to the end, to a wreck; resuming the kept file with the check
+    # off replays exactly that
     wreck = train(_config(steps=30, divergence_factor=0, **unstable), [small_pairs], tmp_path / "wreck.pgsr")
     assert wreck.reason == "done" and wreck.step == 30 and wreck.history["validation"][-1]["loss"] > 1.0
+    again = train(_config(steps=30, divergence_factor=0, **unstable), [small_pairs], tmp_path / "blown.pgsr",
+                  resume=tmp_path / "blown.pgsr")
+    for name, value in wreck.network.state_dict().items():
+        torch.testing.assert_close(again.network.state_dict()[name], value, atol=0, rtol=0)
+
+
+def test_a_run_diverging_while_it_grows_keeps_the_stage_it_validated(tmp_path, small_pairs, monkeypatch):
+    from napari_pgsr.training import progan_loop
+
+    calls = []
+
+    def blowing_up_at_the_third(*args, **kwargs):  # steps 2 (4 px), 4 (8 px fading in), 6 (8 px): blown up
+        metrics = validate(*args, **kwargs)
+        calls.append(1)
+        return {**metrics, "loss": metrics["loss"] * (1000 if len(calls) == 3 else 1)}
+
+    validate = progan_loop.validate
+    monkeypatch.setattr(progan_loop, "validate", blowing_up_at_the_third)
+    result = train(_config(validation_every=2), [small_pairs], tmp_path / "grown.pgsr")
+    assert result.reason == "diverged" and result.step == 4
+    monkeypatch.setattr(progan_loop, "validate", validate)
+    stopped = load_model(train(_config(validation_every=2, steps=4), [small_pairs], tmp_path / "four.pgsr").path)
+    kept = load_model(tmp_path / "grown.pgsr")
+    # the model file holds the network as validated at step 4, 8 px fading in, not the next step's stage
+    assert kept.network.architecture == stopped.network.architecture
+    assert (kept.network.resolution, kept.network.alpha) == (stopped.network.resolution, stopped.network.alpha)
+    assert kept.network.resolution == 8 and 0 < kept.network.alpha < 1
+    assert kept.metadata["history"]["phases"] == stopped.metadata["history"]["phases"]
+    for name, value in stopped.network.state_dict().items():
+        torch.testing.assert_close(kept.network.state_dict()[name], value, atol=0, rtol=0)
 
 
 def test_cpu_bf16_computes_both_networks_in_bf16_and_keeps_fp32_weights(tmp_path, small_pairs, monkeypatch):
@@ -340,6 +374,11 @@ def test_train_and_predict_a_progan_from_the_command_line(tmp_path, capsys):
     assert (tmp_path / "out.tif").exists()
     assert cli.train_main([*args, "--overwrite", "--start-resolution", "64"]) == 2
     assert "start_resolution" in capsys.readouterr().err
+    # a run that blows up still writes its last validated state, and says so even with --quiet
+    assert cli.train_main([*args, "--overwrite", "--steps", "30", "--warmup-steps", "10", "--start-resolution", "16",
+                           "--gan-lr", "0.5", "--lambda-gan", "1", "--validation-every", "5"]) == 0
+    assert "napari-pgsr-train: warning: training diverged at step 15" in capsys.readouterr().err
+    assert load_model(tmp_path / "gan.pgsr").training_state["step"] == 10
 
 
 def test_checkpoints_from_before_a_setting_existed_resume_as_they_were_trained():

@@ -155,8 +155,6 @@ def _progress_bar(quiet: bool):
                       f"{event.values['psnr']:.2f} dB, SSIM {event.values['ssim']:.3f}")
         elif event.kind is EventKind.FINISHED:
             bar.write(f"{event.values['reason']} at step {event.step}: model written to {event.values['path']}")
-            if event.values.get("note"):
-                bar.write(f"warning: {event.values['note']}")
 
     return update, lambda: [bar.close() for bar in bars]
 
@@ -193,8 +191,10 @@ def train_main(argv: list[str] | None = None) -> int:
 
         previous = signal.signal(signal.SIGINT, on_interrupt)
         try:
-            train(config, pairs, args.out, validation=validation, resume=args.resume, progress=update,
-                  should_stop=lambda: bool(interrupted), files=files)
+            result = train(config, pairs, args.out, validation=validation, resume=args.resume, progress=update,
+                           should_stop=lambda: bool(interrupted), files=files)
+            if result.note and int(os.environ.get("RANK", "0")) == 0:  # (also with --quiet)
+                print(f"napari-pgsr-train: warning: {result.note}", file=sys.stderr)
         finally:
             signal.signal(signal.SIGINT, previous)
             close()

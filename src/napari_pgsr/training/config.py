@@ -91,8 +91,9 @@ class TrainConfig:
         "help": "ProGAN: the critic noise's distribution: gamma (skewed like low-light camera noise) or "
                 "normal"})
     divergence_factor: float = field(default=3.0, metadata={
-        "help": "ProGAN: stop when a validation loss exceeds this many times the run's best at that resolution "
-                "(a GAN that blew up), keeping the last validated state in the model file (0: never)"})
+        "help": "ProGAN: stop when a validation loss exceeds this many times the run's best at the same "
+                "training stage (patch size in px), or is not finite: a GAN that blew up; the model file then "
+                "holds the last validated state (0: never; runs without validation data are not checked)"})
     warmup_lr: float = field(default=4e-3, metadata={
         "help": "ProGAN: Adam learning rate of the MAE warm-up (equalized-LR weights are stored as N(0, 1), "
                 "so a step moves them ~10x less, relative to their size, than lr moves the U-Net's)"})

@@ -180,25 +180,29 @@ def gan_step(generator, critic, g_opt, d_opt, low: torch.Tensor, real: torch.Ten
 
 
 def diverged(validations: Sequence[dict], factor: float) -> dict | None:
-    """The last validation if its loss is not finite or above `factor` times the best earlier one at the
-    same resolution (a growing GAN's losses differ between resolutions), else None; factor 0: never."""
+    """The last validation, with the best earlier loss at its stage, if its loss is not finite or above
+    `factor` times that best, else None. Only validations at the same stage (patch size in pixels) compare, as
+    a growing GAN's losses differ between stages, so the first one at a stage is judged only for being finite.
+    factor 0: never."""
     if not factor or not validations:
         return None
     last = validations[-1]
     earlier = [v["loss"] for v in validations[:-1] if v["resolution"] == last["resolution"]]
-    if not math.isfinite(last["loss"]):
-        return last
-    if earlier and last["loss"] > factor * min(earlier):
-        return {**last, "best_loss": min(earlier)}
+    best = {"best_loss": min(earlier)} if earlier else {}
+    if not math.isfinite(last["loss"]) or (earlier and last["loss"] > factor * min(earlier)):
+        return {**last, **best}
     return None
 
 
 def divergence_note(record: dict) -> str:
-    """What to tell the user about a run that diverged (`history["divergences"]` entry)."""
-    return (f"training diverged at step {record['step']} (validation loss {record['loss']:.4g}, over "
-            f"{record['factor']:g}x its best {record['best_loss']:.4g}): the model file holds step "
-            f"{record['restored_step']}, the last validated state before it; to go further, train again with a "
-            "smaller gan_lr or lambda_gan, or another seed")
+    """What to tell the user about a run that diverged (a `history["divergences"]` entry)."""
+    best = (f"over {record['factor']:g}x the run's best at this stage, {record['best_loss']:.4g}"
+            if math.isfinite(record["loss"]) else "not a finite number")
+    kept = ("the last validated state before it" if record["restored_validated"]
+            else "the state this run started from (nothing was validated before it)")
+    return (f"training diverged at step {record['step']} (validation loss {record['loss']:.4g}, {best}): the "
+            f"model file holds step {record['restored_step']}, {kept}; resuming it would replay the same "
+            "steps, so to go further start a new run with a smaller lambda_gan or gan_lr, or another seed")
 
 
 def _on_cpu(tree):
@@ -290,16 +294,26 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
             "train_refs": [list(r) for r in setup.train_refs], "validation_refs": [list(r) for r in setup.val_refs],
             "reason": reason}
 
-    def snapshot() -> dict:
-        """Everything a diverged run goes back to: the training state, the EMA and how long the history was."""
-        return {"state": _on_cpu(current_state("diverged")), "ema": _on_cpu(ema.state_dict()),
+    guarded = bool(config.divergence_factor) and setup.val_set is not None
+
+    def snapshot(validated: bool) -> dict | None:
+        """Everything a diverged run goes back to: the training state, the EMA, the stage it was validated at
+        and how long the history was (None when nothing can diverge: no check or no validation set)."""
+        if not guarded:
+            return None
+        return {"state": _on_cpu(current_state("diverged")), "ema": _on_cpu(ema.state_dict()), "phase": phase,
+                "validated": validated,
                 "history": {key: len(history[key]) for key in ("loss", "validation", "phases")}}
 
     def go_back(to: dict, record: dict) -> None:
+        nonlocal phase
         restore(to["state"], to["ema"])
+        phase = to["phase"]  # the stage it was validated at (restore() sets the next step's, for resuming)
+        _set_phase(phase, generator, critic, ema)
         for key, length in to["history"].items():
             del history[key][length:]
-        history.setdefault("divergences", []).append({**record, "restored_step": step})
+        history.setdefault("divergences", []).append(
+            {**record, "restored_step": step, "restored_validated": to["validated"]})
 
     def save(reason: str) -> Path:
         training_state = current_state(reason)
@@ -315,7 +329,7 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         "resolution": phase.resolution})
     t0 = time.perf_counter()
     start_cursor, reason, note = cursor, "done", ""
-    good = snapshot()  # the last validated state (the checkpoint resumed from counts as validated)
+    good = snapshot(validated=state is not None)  # a checkpoint resumed from was validated when it was written
     deadline = None if config.minutes is None else t0 + 60 * config.minutes - elapsed_before
     while total is None or step < total:
         reason = stop_reason(should_stop, deadline, world, device) or "done"
@@ -367,11 +381,12 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
             yield TrainingEvent(EventKind.VALIDATION, step, total, metrics)
             failed = diverged(history["validation"], config.divergence_factor)
             if failed:  # a GAN that blew up: keep the last validated state, not the wreck
-                go_back(good, {"step": failed["step"], "loss": failed["loss"], "factor": config.divergence_factor,
-                               "best_loss": failed.get("best_loss", float("nan"))})
+                go_back(good, {key: failed[key] for key in ("step", "loss", "best_loss") if key in failed}
+                        | {"factor": config.divergence_factor})
                 reason, note = "diverged", divergence_note(history["divergences"][-1])
                 break
-            good = snapshot()
+            good = None  # (one snapshot in memory at a time)
+            good = snapshot(validated=True)
         if preview is not None and preview_every and step % preview_every == 0 and rank == 0:
             yield TrainingEvent(EventKind.PREVIEW, step, total,
                                 {"image": _preview(ema, setup.normalization, config, device, preview)})
