@@ -167,7 +167,8 @@ def test_sets(frames: int, size: int, spot_rate: float | None = None, diffusion:
 
         sets[kind] = {"low": sim.movie[pairs.low_index].astype(np.float32),
                       "high": sim.movie[pairs.high_index].astype(np.float32),
-                      "low_truth": truth(pairs.low_index), "high_truth": truth(pairs.high_index)}
+                      "low_truth": truth(pairs.low_index), "high_truth": truth(pairs.high_index),
+                      "simulation": sim, "pairs": pairs}
     return sets
 
 
@@ -224,6 +225,7 @@ def main() -> int:
            "warmup_steps": args.gan_warmup, "lambda_gan": args.lambda_gan}
     models = {"U-Net MAE (K=0)": {}, "U-Net MAE, no offset (K=0)": {"offset": False},
               "U-Net MAE (K=2)": {"context": 2}, "U-Net BCE (K=0)": {"loss": "bce"},
+              "U-Net MSE (K=0)": {"loss": "mse"},
               "ProGAN joint (K=0)": gan, "ProGAN gan (K=0)": {**gan, "gan_mode": "gan"},
               # the recipe's settings, its length from --steps / --minutes like every row (recipe: 7200 steps)
               "ProGAN joint, progan-spots recipe (K=0)": {key: value for key, value in recipe_values(
