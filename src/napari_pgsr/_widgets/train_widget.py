@@ -153,11 +153,19 @@ class TrainWidget(Container):
         self.warmup_lr = FloatSpinBox(label="Warm-up learning rate", value=defaults.warmup_lr, min=1e-6, max=1.0,
                                       step=1e-4, tooltip="Adam rate of the MAE warm-up (cosine decay)")
         self.warmup_lr.native.setDecimals(5)
+        self.gan_lr = FloatSpinBox(label="GAN learning rate", value=defaults.gan_lr, min=1e-6, max=1.0, step=1e-4,
+                                   tooltip="Adam rate of generator and critic once the critic joins (Karras: 1e-3)")
+        self.gan_lr.native.setDecimals(5)
+        self.divergence_factor = FloatSpinBox(
+            label="Stop when loss exceeds (x best)", value=defaults.divergence_factor, min=0.0, max=1000.0, step=0.5,
+            tooltip="stop a GAN that blew up: when a validation loss exceeds this many times the best so far at "
+                    "the same resolution, keep the last validated state (0: never stop)")
         self.critic_noise.changed.connect(self._critic_noise_needs_no_offset)
         self.offset.changed.connect(self._offset_excludes_critic_noise)
         self._gan_widgets = [self.gan_width, self.gan_mode, self.lambda_gan, self.start_resolution,
                              self.phase_images, self.warmup_steps, self.warmup_lr, self.critic_steps,
-                             self.rot180_average, self.critic_noise, self.critic_noise_shape]
+                             self.gan_lr, self.rot180_average, self.critic_noise, self.critic_noise_shape,
+                             self.divergence_factor]
         self.device = ComboBox(label="Device", choices=_devices(), value="auto")
         self.output = FileEdit(label="Model file", mode="w", filter="*.pgsr", value=Path.home() / "model.pgsr")
         self.preview_every = SpinBox(label="Preview every", value=50, min=0, max=100_000,
@@ -246,7 +254,8 @@ class TrainWidget(Container):
     # (not cpu_bf16: like the device, a choice about this computer that a recipe leaves alone)
     _CONFIG_WIDGETS = frozenset({"loss", "offset", "patch", "batch", "steps", "context", "gan_mode",
                                  "lambda_gan", "start_resolution", "phase_images", "warmup_steps", "warmup_lr",
-                                 "critic_steps", "rot180_average", "critic_noise", "critic_noise_shape"})
+                                 "critic_steps", "rot180_average", "critic_noise", "critic_noise_shape", "gan_lr",
+                                 "divergence_factor"})
 
     def _critic_noise_needs_no_offset(self, on: bool) -> None:
         """The fitted noise model holds for the camera's own levels, not for offset ones."""
@@ -266,7 +275,8 @@ class TrainWidget(Container):
                "width": self.gan_width.value, "loss": "mae", "warmup_steps": self.warmup_steps.value,
                "warmup_lr": self.warmup_lr.value, "critic_steps": self.critic_steps.value,
                "rot180_average": self.rot180_average.value, "critic_noise": self.critic_noise.value,
-               "critic_noise_shape": self.critic_noise_shape.value} if progan else {}
+               "critic_noise_shape": self.critic_noise_shape.value, "gan_lr": self.gan_lr.value,
+               "divergence_factor": self.divergence_factor.value} if progan else {}
         return TrainConfig(**{"model": self.model.value, "loss": self.loss.value, "offset": self.offset.value,
                               "width": self.channels.value, "patch": self.patch.value, "batch": self.batch.value,
                               "steps": None if minutes else self.steps.value, "minutes": minutes,
