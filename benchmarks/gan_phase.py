@@ -10,7 +10,7 @@ invented) and on beads for the mean signed offset of the found spots (a whole-im
 `--warmup-from DIR/warm_rot180.pgsr ...` continues the warm-ups of an earlier run (the folder it prints);
 `--score-raw` also scores the generator being trained, not only its EMA copy that the model file restores with.
 `--continue RUN.pgsr` trains a GAN run of an earlier call (its gan_<variant>_<lambda>.pgsr, with the same
-`--train-kind`, `--frames` and `--diffusion`) on to `--gan-steps` GAN steps in all with its stored settings
+`--train-kind`, `--frames`, `--diffusion` and `--blinking`) on to `--gan-steps` GAN steps in all with its stored settings
 (except `--device` and `--cpu-bf16`, given again),
 scored every `--every` steps, and nothing else. A continued run, like a `--warmup-from` warm-up, keeps the
 critic-noise line its file recorded (a file written before commit 1c472d8 holds the old single-frame fit).
@@ -111,9 +111,9 @@ def mean_offset_nm(frames: list[np.ndarray], truth_spots: list) -> tuple[float, 
 _SETS: dict = {}
 
 
-def _load_test_sets(frames: int, diffusion: float | None = None) -> None:
+def _load_test_sets(frames: int, diffusion: float | None = None, blinking: tuple | None = None) -> None:
     torch.set_num_threads(2)  # several scorers share the CPU while the trainer keeps the GPU busy
-    _SETS.update(test_sets(frames, 256, diffusion=diffusion))
+    _SETS.update(test_sets(frames, 256, diffusion=diffusion, blinking=blinking))
 
 
 def background_texture(frames: list[np.ndarray], truth_images: list[np.ndarray]) -> float:
@@ -184,6 +184,9 @@ def main() -> int:
     parser.add_argument("--diffusion", type=float,
                         help="diffusion (um^2/s) of every simulated spot, training and test movies alike (0: spots "
                              "stay put between a pair's low and high exposure)")
+    parser.add_argument("--blinking", type=float, nargs=2, metavar=("ON", "OFF"),
+                        help="single molecules' blinking rates (per s; default 0.5 5), training and test movies "
+                             "alike (0.05 0.5: as many lit, 10x fewer switches between a pair's exposures)")
     parser.add_argument("--cpu-bf16", action="store_true",
                         help="train in bf16 autocast on a CPU that computes it in hardware (AMX): the ProGAN's "
                              "generator and critic, and the U-Net")
@@ -202,15 +205,15 @@ def main() -> int:
     tag = f", low-pass {args.low_pass:g} (sigma {args.low_pass_sigma:g} px)" if args.low_pass else ""
     start = time.perf_counter()
     kind = args.train_kind
-    scene = scene_with(kind, diffusion=args.diffusion)
-    if args.diffusion is not None and args.warmup_from:
+    scene = scene_with(kind, diffusion=args.diffusion, blinking=args.blinking)
+    if (args.diffusion is not None or args.blinking) and args.warmup_from:
         # the warm-ups were trained on the default movies; these have the same names and pairs (the stored
         # split, by index, holds) but other pixels: continue them on these without the pixel check
         loop._fingerprint = lambda provenance: (tuple(provenance["names"]), tuple(provenance["pairs"]))
     training = [split_alternating(simulate_movie(kind, args.frames, (256, 256), seed=s, scene=scene).movie,
                                   name=f"{kind} seed {s}") for s in range(3)]
     pool = ProcessPoolExecutor(args.scorers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_load_test_sets, initargs=(args.test_frames, args.diffusion))
+                               initializer=_load_test_sets, initargs=(args.test_frames, args.diffusion, args.blinking))
     folder = Path(tempfile.mkdtemp())
     print(f"files (warm-ups for --warmup-from) in {folder}", flush=True)
     rows = []

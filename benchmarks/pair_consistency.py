@@ -55,13 +55,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=20, help="test frames per kind (quality.py's default)")
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--diffusion", type=float, help="every kind's diffusion (um^2/s) instead of its own")
+    parser.add_argument("--blinking", type=float, nargs=2, metavar=("ON", "OFF"),
+                        help="single molecules' blinking rates (per s) instead of 0.5 and 5")
     parser.add_argument("--out", type=Path, help="also write the table here (Markdown)")
     args = parser.parse_args()
     lines = ["| sample | high-frame spots dark at the low instant | low-frame spots dark at the high instant "
              "| RMS displacement (nm) | raw high vs its own instant: F1 / precision / RMSE (nm) / sigma (nm) "
              "| raw high vs the low instant: F1 / precision / RMSE (nm) / sigma (nm) |",
              "|---|---|---|---|---|---|"]
-    for kind, data in test_sets(args.frames, args.size).items():
+    for kind, data in test_sets(args.frames, args.size, diffusion=args.diffusion, blinking=args.blinking).items():
         changes = blinking_and_motion(data["simulation"], data["pairs"])
         scores = []
         for instant in ("high_truth", "low_truth"):

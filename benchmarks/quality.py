@@ -138,20 +138,24 @@ def _nm(value: float) -> str:
     return f"{value:.1f}" if np.isfinite(value) else "-"
 
 
-def scene_with(kind: str, spot_rate: float | None = None, diffusion: float | None = None):
-    """The simulated scene of `kind` with its spot brightness (photons/s) or diffusion (um^2/s) replaced
-    where given; None when nothing is replaced (the simulator's default scene)."""
-    changes = {name: value for name, value in (("spot_rate", spot_rate), ("diffusion_um2_s", diffusion))
-               if value is not None}
+def scene_with(kind: str, spot_rate: float | None = None, diffusion: float | None = None,
+               blinking: tuple[float, float] | None = None):
+    """The simulated scene of `kind` with its spot brightness (photons/s), diffusion (um^2/s) or blinking
+    rates (on, off; per s) replaced where given; None when nothing is replaced (the simulator's default)."""
+    on, off = blinking if blinking is not None else (None, None)
+    changes = {name: value for name, value in (("spot_rate", spot_rate), ("diffusion_um2_s", diffusion),
+                                               ("on_rate_hz", on), ("off_rate_hz", off)) if value is not None}
     return dataclasses.replace(SCENES[kind], **changes) if changes else None
 
 
-def test_sets(frames: int, size: int, spot_rate: float | None = None, diffusion: float | None = None) -> dict:
+def test_sets(frames: int, size: int, spot_rate: float | None = None, diffusion: float | None = None,
+              blinking: tuple[float, float] | None = None) -> dict:
     """Held-out movies per kind with their truth (seeds never used for training); `spot_rate` (photons/s)
-    replaces every kind's spot brightness, `diffusion` (um^2/s) every kind's diffusion."""
+    replaces every kind's spot brightness, `diffusion` (um^2/s) every kind's diffusion, `blinking` the
+    single molecules' on and off rates (per s)."""
     sets = {}
     for number, kind in enumerate(KINDS):
-        scene = scene_with(kind, spot_rate, diffusion)
+        scene = scene_with(kind, spot_rate, diffusion, blinking)
         sim = simulate_movie(kind, frames, (size, size), seed=1000 + number, scene=scene)
         pairs = split_alternating(sim.movie, name=kind)
         # photons as a 100 ms exposure of that instant would collect them (the 300-photon cut applies to that)

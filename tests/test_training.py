@@ -36,6 +36,8 @@ def test_config_round_trips_through_yaml_and_json(tmp_path):
         TrainConfig(loss="l3")
     with pytest.raises(ValueError, match="patch 30 must be a multiple of 2\\*\\*depth = 4"):
         TrainConfig(patch=30)
+    with pytest.raises(ValueError, match="gan_lr must be > 0, got 0.0; warmup_lr must be > 0, got -0.001"):
+        TrainConfig(model="progan", gan_lr=0.0, warmup_lr=-1e-3)
     assert TrainConfig().offset_enabled and not TrainConfig(loss="bce").offset_enabled
 
 

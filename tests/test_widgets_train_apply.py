@@ -142,27 +142,36 @@ def test_a_gan_that_blows_up_in_the_train_widget_warns_and_keeps_its_last_valida
 
     calls, warnings = [], []
 
-    def blowing_up_at_the_third(*args, **kwargs):  # validations at steps 1, 2, 3: the third blown up
+    def jumping_at_the_third(*args, **kwargs):  # validations at steps 1, 2, 3, ...: the third 4x higher
         metrics = validate(*args, **kwargs)
         calls.append(1)
-        return {**metrics, "loss": metrics["loss"] * (1000 if len(calls) == 3 else 1)}
+        return {**metrics, "loss": metrics["loss"] * (4 if len(calls) == 3 else 1)}
 
     validate = progan_loop.validate
-    monkeypatch.setattr(progan_loop, "validate", blowing_up_at_the_third)
+    monkeypatch.setattr(progan_loop, "validate", jumping_at_the_third)
     monkeypatch.setattr(train_widget, "show_warning", warnings.append)
     widget = _train_widget(viewer_with_pairs, tmp_path, steps=6)
     widget.model.value = "progan"
     widget.gan_width.value, widget.patch.value, widget.start_resolution.value = 0.03, 16, 16
     widget.warmup_steps.value, widget.critic_steps.value = 1, 1
     assert widget.gan_lr.value == 1e-3 and widget.divergence_factor.value == 3.0  # the core's defaults
-    widget.gan_lr.value, widget.divergence_factor.value = 2e-3, 5.0
+    widget.divergence_factor.value = 1.0  # refused by the config: stepping down lands on 0 (never stop) ...
+    assert widget.divergence_factor.value == 0.0
+    widget.divergence_factor.value = 0.5  # ... and up on 1.5
+    assert widget.divergence_factor.value == 1.5
+    widget.gan_lr.value, widget.divergence_factor.value = 2e-3, 20.0
     config = widget.config()
-    assert (config.gan_lr, config.divergence_factor, config.validation_every) == (2e-3, 5.0, 1)
+    assert (config.gan_lr, config.divergence_factor, config.validation_every) == (2e-3, 20.0, 1)
+    widget.train_button.clicked.emit()  # a jump of 4x is within a factor of 20: trained to the end
+    qtbot.waitUntil(lambda: widget.status.state is RunState.DONE, timeout=60_000)
+    assert not warnings and load_model(tmp_path / "gui.pgsr").training_state["step"] == 6
+    calls.clear()
+    widget.divergence_factor.value = 1.5  # and beyond a factor of 1.5: stopped, the last validated state kept
     widget.train_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.status.state is RunState.DONE, timeout=60_000)
     assert len(warnings) == 1 and "diverged at step 3" in warnings[0] and "holds step 2" in warnings[0]
     kept = load_model(tmp_path / "gui.pgsr")
-    assert kept.training_state["step"] == 2 and kept.metadata["history"]["divergences"][0]["factor"] == 5.0
+    assert kept.training_state["step"] == 2 and kept.metadata["history"]["divergences"][0]["factor"] == 1.5
     assert kept.metadata["config"]["gan_lr"] == 2e-3
 
 

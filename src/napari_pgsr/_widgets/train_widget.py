@@ -150,16 +150,19 @@ class TrainWidget(Container):
         self.critic_noise_shape = ComboBox(label="Critic noise shape", choices=list(NOISE_SHAPES),
                                            value=defaults.critic_noise_shape,
                                            tooltip="gamma: skewed like low-light camera noise; normal: Gaussian")
-        self.warmup_lr = FloatSpinBox(label="Warm-up learning rate", value=defaults.warmup_lr, min=1e-6, max=1.0,
+        self.warmup_lr = FloatSpinBox(label="Warm-up learning rate", value=defaults.warmup_lr, min=1e-5, max=1.0,
                                       step=1e-4, tooltip="Adam rate of the MAE warm-up (cosine decay)")
         self.warmup_lr.native.setDecimals(5)
-        self.gan_lr = FloatSpinBox(label="GAN learning rate", value=defaults.gan_lr, min=1e-6, max=1.0, step=1e-4,
+        self.gan_lr = FloatSpinBox(label="GAN learning rate", value=defaults.gan_lr, min=1e-5, max=1.0, step=1e-4,
                                    tooltip="Adam rate of generator and critic once the critic joins (Karras: 1e-3)")
         self.gan_lr.native.setDecimals(5)
         self.divergence_factor = FloatSpinBox(
             label="Stop when loss exceeds (x best)", value=defaults.divergence_factor, min=0.0, max=1000.0, step=0.5,
             tooltip="stop a GAN that blew up: when a validation loss exceeds this many times the best so far at "
-                    "the same resolution, keep the last validated state (0: never stop)")
+                    "the same resolution, keep the last validated state (0: never stop; factors up to 1 would "
+                    "stop any run, so the box skips them)")
+        self._last_divergence_factor = defaults.divergence_factor
+        self.divergence_factor.changed.connect(self._skip_factors_up_to_one)
         self.critic_noise.changed.connect(self._critic_noise_needs_no_offset)
         self.offset.changed.connect(self._offset_excludes_critic_noise)
         self._gan_widgets = [self.gan_width, self.gan_mode, self.lambda_gan, self.start_resolution,
@@ -261,6 +264,13 @@ class TrainWidget(Container):
         """The fitted noise model holds for the camera's own levels, not for offset ones."""
         if on:
             self.offset.value = False
+
+    def _skip_factors_up_to_one(self, value: float) -> None:
+        """Factors in (0, 1] are refused by the config: stepping down lands on 0 (never stop), up on 1.5."""
+        if 0 < value <= 1:
+            self.divergence_factor.value = 0.0 if value < self._last_divergence_factor else 1.5
+            return
+        self._last_divergence_factor = value
 
     def _offset_excludes_critic_noise(self, on: bool) -> None:
         if on:

@@ -128,6 +128,9 @@ class TrainConfig:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.context < 0:
             problems.append(f"context must be >= 0, got {self.context}")
+        for name in ("lr", "gan_lr", "warmup_lr"):  # Adam at rate 0 would train nothing, silently
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         if self.steps is None and self.minutes is None:
             problems.append("give steps or minutes")
         if not progan and self.patch % 2**self.depth:
