@@ -4,10 +4,10 @@
 
 Every restoration is judged against the scene at the instant its input (the low frame) was taken, but it
 learns from the high frame, taken 65 ms later (between the exposures' midpoints). Molecules that blink or
-move in between make the target differ from the input's scene, so even a model that reproduced its
-targets perfectly would score no better than the raw high frame does against the low frame's instant:
-that score is the ceiling of learning from these pairs. For the held-out test movies of `quality.py`
-(same seeds, same spot cut), per kind:
+move in between make the target differ from the input's scene: a model that reproduced its targets
+exactly, sample by sample, would score what the raw high frame does against the low frame's instant (one
+that learns a summary of them, such as MAE's median, can score above it). For the held-out test movies
+of `quality.py` (same seeds, same spot cut; `--diffusion` and `--blinking` change the scene), per kind:
 
 - from the simulator's spot table, molecule by molecule: the share of the high frames' countable spots
   (at least 300 photons in 100 ms) that were dark at the low frame's midpoint (a model that draws them

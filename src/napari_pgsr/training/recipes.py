@@ -27,8 +27,7 @@ RECIPES: dict[str, dict] = {
 RECIPE_SCOPES: dict[str, str] = {
     "progan-spots": "measured to work on simulated AP2 movies only; trained on AP2 it drew beads and single "
                     "molecules the wrong width (up to 62% too wide) and found single molecules that were not "
-                    "there, and trained on single molecules (whose high frames show 30% other molecules than their low "
-                    "frames: they blink between the exposures) it found spots that were not there (precision 0.96 "
+                    "there, and trained on single molecules it found spots that were not there (precision 0.96 "
                     "against the U-Net's 1.00) and placed them 2-3.5x less accurately, and trained on beads on a GPU "
                     "with an earlier camera-noise fit it drew them 29% too narrow or 2.5x too wide (one CPU run with "
                     "the current fit kept their width and found no false beads), so check the restored "
