@@ -11,8 +11,9 @@
 # Next: the recipe on beads again, with the critic-noise fit of commit 1c472d8 (the fifth GPU session trained
 # it with the old fit, which left the beads' dark background without noise, and both seeds failed:
 # quality_recipe_beads_gpu_h100.md; both blew up between steps 6500 and 7000; quality.py's runs now stop there
-# and keep the last validated state, and its log says so), two seeds side by side, about 510 s; then score the
-# files on any machine with quality.py --load beside that file's U-Nets (or train them too, about 75 s: PARTS=recipe_seeds
+# and keep the last validated state, and its log says so; two CPU bf16 seeds with the new fit held and stayed
+# stable to +2200, so this run tells whether the fit or the device made the difference), two seeds side by side,
+# about 510 s; then score the files on any machine with quality.py --load beside that file's U-Nets (or train them too, about 75 s: PARTS=recipe_seeds
 # TRAIN_KIND=beads SEED_MODELS="U-Net MAE (K=0)" SEED_S=200 bash benchmarks/gpu_checks.sh). Not the default
 # part (gan_phase, below), so name it:
 #   PARTS=recipe_seeds TRAIN_KIND=beads bash benchmarks/gpu_checks.sh

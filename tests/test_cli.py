@@ -201,7 +201,7 @@ def test_recipe_sets_the_measured_progan_settings_and_flags_override_it(tmp_path
                            "--warmup-steps", "1", "--critic-steps", "1", "--patch", "16", "--start-resolution", "16",
                            "--batch", "4", "--validation-every", "2", "--validation-patches", "4", "--device", "cpu",
                            "--quiet"]) == 0
-    assert "recipe progan-spots: measured to work on simulated AP2 movies only" in capsys.readouterr().err
+    assert "recipe progan-spots: measured to work on simulated AP2 and beads movies only" in capsys.readouterr().err
     config = load_model(model).metadata["config"]
     # from the recipe
     assert config["model"] == "progan" and config["width"] == 0.125 and config["lambda_gan"] == 0.01

@@ -15,9 +15,9 @@ RECIPES: dict[str, dict] = {
     # wrong width and invented some; trained on single molecules it found a few spots that were not there
     # and lost or misplaced real ones (one seed drew them on its 2 px up-sampling lattice;
     # quality_recipe_sm_gpu_h100.md); trained on beads it drew them 29% too narrow or 2.5x too wide (with the
-    # critic-noise fit of before 1c472d8; both runs blew up), and with the fit since then one CPU run (seed 0)
-    # drew them 73.9 nm wide with precision 1.000, as its U-Net (74.3 nm, 0.994;
-    # quality_recipe_beads_gpu_h100.md). About 6 minutes on one H100.
+    # critic-noise fit of before 1c472d8; both runs blew up), and with the fit since then two CPU runs (seeds 0
+    # and 1) drew them 73.9 / 73.4 nm wide with precision 1.000 / 0.999, as the U-Nets (74.2-74.3 nm,
+    # 0.994-0.995; quality_recipe_beads_gpu_h100.md). About 6 minutes on one H100.
     "progan-spots": dict(model="progan", width=0.125, patch=64, start_resolution=64, batch=16, steps=7200,
                          warmup_steps=5000, gan_mode="joint", lambda_gan=0.01, critic_steps=5,
                          rot180_average=True, critic_noise=True, critic_noise_shape="gamma", offset=False),
@@ -25,14 +25,14 @@ RECIPES: dict[str, dict] = {
 
 # What each recipe was measured on, told to whoever picks it (command line, Train widget)
 RECIPE_SCOPES: dict[str, str] = {
-    "progan-spots": "measured to work on simulated AP2 movies only; trained on AP2 it drew beads and single "
+    "progan-spots": "measured to work on simulated AP2 and beads movies only, each trained and tested on its "
+                    "own kind (AP2: two GPU runs; beads: two CPU runs); trained on AP2 it drew beads and single "
                     "molecules the wrong width (up to 62% too wide) and found single molecules that were not "
-                    "there, and trained on single molecules it found spots that were not there (precision 0.96 "
-                    "against the U-Net's 1.00) and placed them 2-3.5x less accurately, and trained on beads on a GPU "
-                    "with an earlier camera-noise fit it drew them 29% too narrow or 2.5x too wide (one CPU run with "
-                    "the current fit kept their width and found no false beads), so check the restored "
-                    "spots on labelled frames of your sample (Spots widget), or use the U-Net for other kinds "
-                    "of sample",
+                    "there, trained on single molecules it found spots that were not there (precision 0.96 "
+                    "against the U-Net's 1.00) and placed them 2-3.5x less accurately, and trained on beads on a "
+                    "GPU with an earlier camera-noise fit it drew them 29% too narrow or 2.5x too wide, so check "
+                    "the restored spots on labelled frames of your sample (Spots widget), or use the U-Net for "
+                    "other kinds of sample",
 }
 
 
