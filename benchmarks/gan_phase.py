@@ -165,9 +165,10 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=200, help="score every this many GAN steps")
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.01])
     parser.add_argument("--critic-steps", type=int, default=5)
-    parser.add_argument("--variants", nargs="+", default=["rot180", "plain"],
+    parser.add_argument("--variants", nargs="*", default=["rot180", "plain"],
                         choices=("rot180", "plain", "noise", "rot180-noise"),
-                        help="rot180: rot180_average; noise: critic_noise (AmbientGAN)")
+                        help="rot180: rot180_average; noise: critic_noise (AmbientGAN); none given: the U-Net "
+                             "alone (its --warmup steps)")
     parser.add_argument("--no-offset", action="store_true", help="no random offset (critic_noise needs none)")
     parser.add_argument("--noise-shape", default="gamma", choices=("gamma", "normal"),
                         help="critic_noise_shape of the noise variants")
