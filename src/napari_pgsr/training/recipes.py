@@ -14,13 +14,12 @@ RECIPES: dict[str, dict] = {
     # quality_recipe_gpu_h100.md); on beads and single molecules, not seen in training, they drew spots the
     # wrong width and invented some; trained on single molecules it found a few spots that were not there
     # and lost or misplaced real ones (one seed drew them on its 2 px up-sampling lattice;
-    # quality_recipe_sm_gpu_h100.md), because 30% of the simulated molecules blink between a pair's frames:
+    # quality_recipe_sm_gpu_h100.md), where 30% of the simulated molecules blink between a pair's frames:
     # on pairs that agree two CPU runs kept their width to +2200, one invented none and one about 1 in 140
     # against the U-Nets' none (gan_phase_sm_consistent_pairs_cpu.md); trained on beads it drew them 29% too
     # narrow or 2.5x too wide (with the critic-noise fit of before 1c472d8; both runs blew up), and with the
-    # fit since then two CPU runs (seeds 0 and 1) drew them 73.9 / 73.4 nm wide
-    # with precision 1.000 / 0.999, as the U-Nets (74.2-74.3 nm, 0.994-0.995; quality_recipe_beads_gpu_h100.md).
-    # About 6 minutes on one H100.
+    # fit since then two CPU runs (seeds 0 and 1) drew them 73.9 / 73.4 nm wide with precision 1.000 / 0.999,
+    # as the U-Nets (74.2-74.3 nm, 0.994-0.995; quality_recipe_beads_gpu_h100.md). About 6 minutes on one H100.
     "progan-spots": dict(model="progan", width=0.125, patch=64, start_resolution=64, batch=16, steps=7200,
                          warmup_steps=5000, gan_mode="joint", lambda_gan=0.01, critic_steps=5,
                          rot180_average=True, critic_noise=True, critic_noise_shape="gamma", offset=False),
