@@ -26,8 +26,9 @@
 # does on AP2 (the recipe needed 0.01 there to sharpen):
 # GAN_ARGS="--train-kind ap2 --warmup 5000 --gan-steps 2200 --every 600 --lambdas 0.001 --variants rot180-noise
 # --no-offset --scorers 8 --seed 0" PARTS=gan_phase bash benchmarks/gpu_checks.sh
-# Single molecules whose pairs agree (gan_phase_sm_consistent_pairs_cpu.md: on the CPU to +2200, seeds 0 / 1,
-# precision 1.000 / 0.993, 72.1 / 73.7 nm, RMSE 17.7 / 16.2 nm; U-Nets 1.000, 73.0 nm, 15.5-15.8 nm), seed 1
+# Single molecules whose pairs agree (gan_phase_sm_consistent_pairs_cpu.md: on the CPU to +2200, seeds 0 / 1 / 2,
+# precision 1.000 / 0.993 / 1.000, 72.1 / 73.7 / 73.7 nm, RMSE 17.7 / 16.2 / 15.8 nm; U-Nets 1.000,
+# 73.0-73.9 nm, 15.5-16.9 nm), seed 1
 # again on the GPU, to tell the device from the seed (its reference U-Net: 5000 steps without the random offset,
 # not the CPU's 7200 with it):
 # GAN_ARGS="--train-kind single_molecules --diffusion 0 --blinking 0.05 0.5 --warmup 5000 --gan-steps 2200

@@ -15,7 +15,7 @@ RECIPES: dict[str, dict] = {
     # wrong width and invented some; trained on single molecules it found a few spots that were not there
     # and lost or misplaced real ones (one seed drew them on its 2 px up-sampling lattice;
     # quality_recipe_sm_gpu_h100.md), where 30% of the simulated molecules blink between a pair's frames:
-    # on pairs that agree two CPU runs kept their width to +2200, one invented none and one about 1 in 140
+    # on pairs that agree three CPU runs kept their width to +2200, two invented none and one about 1 in 140
     # against the U-Nets' none (gan_phase_sm_consistent_pairs_cpu.md); trained on beads it drew them 29% too
     # narrow or 2.5x too wide (with the critic-noise fit of before 1c472d8; both runs blew up), and with the
     # fit since then two CPU runs (seeds 0 and 1) drew them 73.9 / 73.4 nm wide with precision 1.000 / 0.999,
@@ -32,8 +32,8 @@ RECIPE_SCOPES: dict[str, str] = {
                     "molecules the wrong width (up to 62% too wide) and found single molecules that were not "
                     "there, trained on single molecules it found spots that were not there (precision 0.96 "
                     "against the U-Net's 1.00) and placed them 2-3.5x less accurately (its simulated "
-                    "molecules blink between a pair's two frames; with pairs that agree, two CPU runs invented "
-                    "none and about 1 in 140), and trained on beads on a GPU with an earlier camera-noise fit it "
+                    "molecules blink between a pair's two frames; with pairs that agree, of three CPU runs two "
+                    "invented none and one about 1 in 140), and trained on beads on a GPU with an earlier camera-noise fit it "
                     "drew them 29% too narrow or 2.5x too wide, so check the restored spots on labelled frames "
                     "of your sample (Spots widget), or use the U-Net for other kinds of sample",
 }
