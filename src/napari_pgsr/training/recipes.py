@@ -34,9 +34,8 @@ RECIPE_SCOPES: dict[str, str] = {
                     "against the U-Net's 1.00) and placed them 2-3.5x less accurately (its simulated "
                     "molecules blink between a pair's two frames; with pairs that agree, of three CPU runs two "
                     "invented none and one about 1 in 140), and trained on beads on a GPU with an earlier "
-                    "camera-noise fit it "
-                    "drew them 29% too narrow or 2.5x too wide, so check the restored spots on labelled frames "
-                    "of your sample (Spots widget), or use the U-Net for other kinds of sample",
+                    "camera-noise fit it drew them 29% too narrow or 2.5x too wide, so check the restored spots "
+                    "on labelled frames of your sample (Spots widget), or use the U-Net for other kinds of sample",
 }
 
 
