@@ -1,8 +1,9 @@
 """The ProGAN's GAN phase, scored as it trains: a U-Net and the generator's MAE warm-up as references, then
 WGAN-GP with the joint loss from that warm-up, with and without the rot180-averaged generator, scored on
-held-out movies of the training kind (AP2 unless `--train-kind`) every `--every` steps (PSNR, SSIM, spot
-F1, precision, localisation RMSE, PSF sigma, lattice lock, and the fine-grained background residual: noise kept or
-invented) and on beads for the mean signed offset of the found spots (a whole-image shift by the network).
+held-out movies of the training kind (AP2 unless `--train-kind`; `mixed` trains on one movie of each kind
+and scores each kind) every `--every` steps (PSNR, SSIM, spot F1, precision, localisation RMSE, PSF sigma,
+lattice lock, and the fine-grained background residual: noise kept or invented) and on beads for the mean
+signed offset of the found spots (a whole-image shift by the network).
 
     python benchmarks/gan_phase.py --device cuda --warmup 2000 --gan-steps 600 --every 200 --lambdas 0.1 0.01
     python benchmarks/gan_phase.py --device cpu --warmup 20 --gan-steps 4 --every 2 --frames 20  # smoke run
@@ -150,9 +151,9 @@ def score_row(label: str, path: str, extra: str, kind: str, raw_generator: bool 
                 list(restore(model, _SETS["beads"]["low"], device="cpu")))
 
 
-def score_raw(exposure: str, kind: str) -> str:
+def score_raw(exposure: str, kind: str, suffix: str = "") -> str:
     """The row of the raw low or raw high frames (each against the scene when it was taken)."""
-    return _row(f"raw {exposure}", "", kind, list(_SETS[kind][exposure]), list(_SETS["beads"][exposure]),
+    return _row(f"raw {exposure}{suffix}", "", kind, list(_SETS[kind][exposure]), list(_SETS["beads"][exposure]),
                 f"{exposure}_truth")
 
 
@@ -172,8 +173,9 @@ def main() -> int:
     parser.add_argument("--no-offset", action="store_true", help="no random offset (critic_noise needs none)")
     parser.add_argument("--noise-shape", default="gamma", choices=("gamma", "normal"),
                         help="critic_noise_shape of the noise variants")
-    parser.add_argument("--train-kind", default="ap2", choices=KINDS,
-                        help="the sample kind trained on and scored (beads are scored for the offset either way)")
+    parser.add_argument("--train-kind", default="ap2", choices=(*KINDS, "mixed"),
+                        help="the sample kind trained on and scored (beads are scored for the offset either way); "
+                             "mixed: one training movie of each kind, scored on each kind")
     parser.add_argument("--frames", type=int, default=100, help="frames per training movie (3 seeds)")
     parser.add_argument("--test-frames", type=int, default=20)
     parser.add_argument("--scorers", type=int, default=4, help="processes scoring checkpoints while training goes on")
@@ -206,13 +208,17 @@ def main() -> int:
     tag = f", low-pass {args.low_pass:g} (sigma {args.low_pass_sigma:g} px)" if args.low_pass else ""
     start = time.perf_counter()
     kind = args.train_kind
-    scene = scene_with(kind, diffusion=args.diffusion, blinking=args.blinking)
+    # mixed: the same three training movies' worth of pairs, one movie per kind (seeds 0, 1, 2 in KINDS' order)
+    movie_kinds = list(KINDS) if kind == "mixed" else [kind] * 3
+    scored_kinds = list(KINDS) if kind == "mixed" else [kind]
     if (args.diffusion is not None or args.blinking) and args.warmup_from:
         # the warm-ups were trained on the default movies; these have the same names and pairs (the stored
         # split, by index, holds) but other pixels: continue them on these without the pixel check
         loop._fingerprint = lambda provenance: (tuple(provenance["names"]), tuple(provenance["pairs"]))
-    training = [split_alternating(simulate_movie(kind, args.frames, (256, 256), seed=s, scene=scene).movie,
-                                  name=f"{kind} seed {s}") for s in range(3)]
+    training = [split_alternating(simulate_movie(movie_kind, args.frames, (256, 256), seed=s,
+                                                 scene=scene_with(movie_kind, diffusion=args.diffusion,
+                                                                  blinking=args.blinking)).movie,
+                                  name=f"{movie_kind} seed {s}") for s, movie_kind in enumerate(movie_kinds)]
     pool = ProcessPoolExecutor(args.scorers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_load_test_sets, initargs=(args.test_frames, args.diffusion, args.blinking))
     folder = Path(tempfile.mkdtemp())
@@ -222,13 +228,17 @@ def main() -> int:
     def score(label: str, path: str | Path, extra: str, raw_generator: bool = False) -> None:
         kept = folder / f"scored_{len(rows)}.pgsr"  # checkpoints are overwritten; the scorer reads its own copy
         shutil.copy(path, kept)
-        rows.append(pool.submit(score_row, label, str(kept), extra, kind, raw_generator))
-        rows[-1].add_done_callback(lambda done: print(f"scored: {done.result()}", flush=True)
-                                   if not done.exception() else None)
+        for scored_kind in scored_kinds:
+            named = f"{label} [{scored_kind}]" if kind == "mixed" else label
+            rows.append(pool.submit(score_row, named, str(kept), extra, scored_kind, raw_generator))
+            rows[-1].add_done_callback(lambda done: print(f"scored: {done.result()}", flush=True)
+                                       if not done.exception() else None)
         print(f"{time.perf_counter() - start:.0f} s: {label}, {extra}", flush=True)
 
-    for exposure in ("low", "high"):
-        rows.append(pool.submit(score_raw, exposure, kind))
+    for scored_kind in scored_kinds:
+        for exposure in ("low", "high"):
+            rows.append(pool.submit(score_raw, exposure, scored_kind,
+                                    f" [{scored_kind}]" if kind == "mixed" else ""))
 
     def train_on(run: Path, config: TrainConfig, label: str) -> None:
         """Continue `run` to config.steps, scoring each checkpoint and the end."""
@@ -284,8 +294,9 @@ def main() -> int:
             train_on(run, config, f"ProGAN joint λ {lambda_gan:g}, {variant}{tag}")
     wait(rows)  # the scorers' own lines first, then the table
     print(f"\ntraining done at {time.perf_counter() - start:.0f} s; scores:\n")
-    print(f"| model | steps (s) | {kind} PSNR | SSIM | F1 | precision | RMSE (nm) | sigma (nm) | lattice lock (2 px) "
-          "| background texture (1e-3) | beads mean offset y / x (nm) |")
+    scored_on = "[kind]" if kind == "mixed" else kind
+    print(f"| model | steps (s) | {scored_on} PSNR | SSIM | F1 | precision | RMSE (nm) | sigma (nm) "
+          "| lattice lock (2 px) | background texture (1e-3) | beads mean offset y / x (nm) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for row in rows:
         print(row.result(), flush=True)
