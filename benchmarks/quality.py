@@ -77,7 +77,7 @@ def best_threshold(frames: list[np.ndarray], truth_spots: list) -> float:
             tp, fp, fn = tp + match.true_positives, fp + match.false_positives, fn + match.false_negatives
         scores.append(2 * tp / max(2 * tp + fp + fn, 1))
     best = int(np.argmax(scores))
-    if best == len(THRESHOLDS) - 1:
+    if best == len(THRESHOLDS) - 1 and scores[best] < 1:  # at F1 1 no higher threshold could do better
         warnings.warn(f"the best spot threshold is the top of the grid ({THRESHOLDS[-1]:g}): F1 and precision "
                       "may be too low", stacklevel=2)
     return THRESHOLDS[best]
