@@ -20,8 +20,9 @@ RECIPES: dict[str, dict] = {
     # narrow or 2.5x too wide (with the critic-noise fit of before 1c472d8; both runs blew up), and with the
     # fit since then two CPU runs (seeds 0 and 1) drew them 73.9 / 73.4 nm wide with precision 1.000 / 0.999,
     # as the U-Nets (74.2-74.3 nm, 0.994-0.995; quality_recipe_beads_gpu_h100.md). Trained on all three kinds
-    # at once (one CPU run) it kept beads but invented AP2 spots (precision 0.715 against its U-Net's 0.798;
-    # gan_phase_mixed_kinds_cpu.md). About 6 minutes on one H100.
+    # at once (one CPU run) it held on beads only: at no checkpoint to +2800 did AP2 and single molecules
+    # both hold (AP2 6% too wide at +2200, single molecules invented at +2800; gan_phase_mixed_kinds_cpu.md).
+    # About 6 minutes on one H100.
     "progan-spots": dict(model="progan", width=0.125, patch=64, start_resolution=64, batch=16, steps=7200,
                          warmup_steps=5000, gan_mode="joint", lambda_gan=0.01, critic_steps=5,
                          rot180_average=True, critic_noise=True, critic_noise_shape="gamma", offset=False),
@@ -37,7 +38,7 @@ RECIPE_SCOPES: dict[str, str] = {
                     "molecules blink between a pair's two frames; with pairs that agree, of three CPU runs two "
                     "invented none and one about 1 in 140), and trained on beads on a GPU with an earlier "
                     "camera-noise fit it drew them 29% too narrow or 2.5x too wide; trained on all three kinds at "
-                    "once (one CPU run) it found AP2 spots that were not there; so check the restored spots on "
+                    "once (one CPU run) it held on beads only; so check the restored spots on "
                     "labelled frames of your sample (Spots widget), or use the U-Net for other kinds of sample",
 }
 
