@@ -40,7 +40,8 @@ def available_devices() -> list[str]:
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AMX or AVX512-BF16; Linux's /proc/cpuinfo flags): there
-    oneDNN's bf16 convolutions run several times faster than fp32, elsewhere they are emulated and slower."""
+    oneDNN's bf16 convolutions run faster than fp32 (U-Net training: 2.5-2.9x with AMX, 1.8x with AVX512-BF16
+    alone), elsewhere they are emulated and slower."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
