@@ -24,7 +24,6 @@ prints a Markdown table for raw low, Gaussian-smoothed low, raw high and each mo
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import re
 import shutil
@@ -135,18 +134,6 @@ def rmse_on_common_spots(row: dict, reference: dict) -> float:
     return PIXEL_NM * float(np.sqrt(np.mean(errors**2))) if errors.size else float("nan")
 
 
-def rows_for(name: str, model) -> dict:
-    """The model's row, and for a U-Net saved as its weights' average (`average_weights`) a second row with
-    the same run's last raw weights: a paired comparison that shares everything but the averaging."""
-    rows = {name: model}
-    raw = (model.training_state or {}).get("network")
-    if raw is not None and model.metadata.get("config", {}).get("average_weights"):
-        network = copy.deepcopy(model.network)
-        network.load_state_dict(raw)
-        rows[f"{name}, its raw weights"] = dataclasses.replace(model, network=network)
-    return rows
-
-
 def _nm(value: float) -> str:
     return f"{value:.1f}" if np.isfinite(value) else "-"
 
@@ -241,7 +228,6 @@ def main() -> int:
     gan = {"model": "progan", "width": args.gan_width, "patch": 64, "start_resolution": args.gan_start,
            "warmup_steps": args.gan_warmup, "lambda_gan": args.lambda_gan}
     models = {"U-Net MAE (K=0)": {}, "U-Net MAE, no offset (K=0)": {"offset": False},
-              "U-Net MAE, weight average (K=0)": {"average_weights": True},
               "U-Net MAE (K=2)": {"context": 2}, "U-Net BCE (K=0)": {"loss": "bce"},
               "U-Net MSE (K=0)": {"loss": "mse"},
               "ProGAN joint (K=0)": gan, "ProGAN gan (K=0)": {**gan, "gan_mode": "gan"},
@@ -252,9 +238,7 @@ def main() -> int:
         models = {name: changes for name, changes in models.items() if name in args.models}
     if args.load:  # models trained elsewhere (e.g. on a GPU with --no-score)
         models = {}
-    trained = {}
-    for path in args.load or ():
-        trained.update(rows_for(path.stem.replace("_", " "), load_model(path)))
+    trained = {path.stem.replace("_", " "): load_model(path) for path in args.load or ()}
     with tempfile.TemporaryDirectory() as folder:
         for name, changes in models.items():
             bf16 = {"cpu_bf16": True} if args.cpu_bf16 and changes.get("model", "unet") == "unet" else {}
@@ -265,7 +249,7 @@ def main() -> int:
                 if event.kind is EventKind.VALIDATION:
                     print(f"  step {event.step}: {time.perf_counter() - start:.0f} s", flush=True)
             result = train(config, training, Path(folder) / "m.pgsr", progress=report)
-            trained.update(rows_for(name, load_model(result.path)))
+            trained[name] = load_model(result.path)
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 stem = re.sub(r"[^A-Za-z0-9]+", "_", f"{name} {args.train_kind} seed {args.seed}").strip("_")

@@ -9,7 +9,7 @@ from napari_pgsr.pairs import split_alternating
 from napari_pgsr.simulate import simulate_movie
 from napari_pgsr.training.config import TrainConfig
 from napari_pgsr.training.events import EventKind
-from napari_pgsr.training.loop import averaging_decay, train
+from napari_pgsr.training.loop import train
 from napari_pgsr.training.losses import pixel_loss
 
 TINY = dict(depth=1, width=4, patch=32, batch=4, validation_every=2, checkpoint_every=2, validation_patches=4,
@@ -86,40 +86,6 @@ def test_resume_in_the_middle_gives_the_same_weights_as_straight_through(tmp_pat
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     assert load_model(resumed.path).metadata["history"]["loss"] == pytest.approx(straight.history["loss"])
     assert load_model(resumed.path).training_state["validation_refs"] == half.training_state["validation_refs"]
-
-
-def test_weight_average_follows_the_raw_trajectory_and_resumes_exactly(tmp_path, pairs):
-    every_step = []
-    plain = train(TrainConfig(steps=6, **{**TINY, "checkpoint_every": 1}), [pairs], tmp_path / "plain.pgsr",
-                  progress=lambda e: every_step.append(_weights(e.values["path"]))
-                  if e.kind in (EventKind.CHECKPOINT, EventKind.FINISHED) else None)
-    assert len(every_step) == 6
-    expected = {key: value.clone() for key, value in every_step[0].items()}  # the first update copies
-    for updates, weights in enumerate(every_step[1:], start=1):
-        decay = averaging_decay(0.5, updates)
-        for key in expected:
-            expected[key] = decay * expected[key] + (1 - decay) * weights[key]
-    assert averaging_decay(0.5, 1) == pytest.approx(2 / 11) and averaging_decay(0.5, 20) == 0.5
-
-    config = TrainConfig(steps=6, average_weights=True, ema_decay=0.5, **TINY)
-    averaged = train(config, [pairs], tmp_path / "averaged.pgsr")
-    model = load_model(averaged.path)
-    saved, raw = model.network.state_dict(), model.training_state["network"]
-    assert model.training_state["averaged_updates"] == 6
-    for key in saved:
-        torch.testing.assert_close(raw[key], every_step[-1][key], rtol=0, atol=0)  # training unchanged
-        torch.testing.assert_close(saved[key], expected[key])
-    assert not torch.equal(saved["head.weight"], raw["head.weight"])
-    assert {"psnr", "ssim", "loss"} <= set(model.metadata["history"]["validation"][-1]["averaged"])
-
-    seen = []
-    train(config, [pairs], tmp_path / "resumed.pgsr", progress=seen.append,
-          should_stop=lambda: sum(e.kind is EventKind.STEP for e in seen) >= 3)
-    resumed = train(config, [pairs], tmp_path / "resumed.pgsr", resume=tmp_path / "resumed.pgsr")
-    again = load_model(resumed.path)
-    for key in saved:
-        torch.testing.assert_close(again.network.state_dict()[key], saved[key], rtol=0, atol=0)
-        torch.testing.assert_close(again.training_state["network"][key], raw[key], rtol=0, atol=0)
 
 
 def test_resume_refuses_other_data(tmp_path, pairs):

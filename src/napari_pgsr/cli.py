@@ -151,11 +151,8 @@ def _progress_bar(quiet: bool):
             bar.update(event.step - bar.n)
             bar.set_postfix(loss=f"{event.values['loss']:.4f}", patches_s=f"{event.values['patches_per_s']:.0f}")
         elif event.kind is EventKind.VALIDATION:
-            averaged = event.values.get("averaged")
             bar.write(f"step {event.step}: validation loss {event.values['loss']:.4f}, PSNR "
-                      f"{event.values['psnr']:.2f} dB, SSIM {event.values['ssim']:.3f}"
-                      + (f" (weight average: PSNR {averaged['psnr']:.2f} dB, SSIM {averaged['ssim']:.3f})"
-                         if averaged else ""))
+                      f"{event.values['psnr']:.2f} dB, SSIM {event.values['ssim']:.3f}")
         elif event.kind is EventKind.FINISHED:
             bar.write(f"{event.values['reason']} at step {event.step}: model written to {event.values['path']}")
 

@@ -31,7 +31,6 @@ def describe_model(model) -> str:
     """Architecture, training data, date and last validation metrics, for the widget."""
     meta = model.metadata
     validation = (meta.get("history", {}).get("validation") or [{}])[-1]
-    validation = validation.get("averaged", validation)  # a U-Net saved as its weights' average
     metrics = (f"validation PSNR {validation['psnr']:.2f} dB, SSIM {validation['ssim']:.3f}"
                if "psnr" in validation else "no validation")
     return f"{model.describe()}\nsaved {meta.get('saved', '?')}\n{metrics}"

@@ -77,13 +77,7 @@ class TrainConfig:
     phase_scale: float = field(default=1.0, metadata={"help": "ProGAN: multiplies phase_images (e.g. 0.01)"})
     resolution_batches: str = field(default="", metadata={
         "help": "ProGAN: batch per resolution, e.g. '4:64,8:64,16:32' (others: batch)"})
-    ema_decay: float = field(default=0.999, metadata={
-        "help": "decay of the weights' moving average: the ProGAN generator's EMA copy, and the U-Net's with "
-                "average_weights"})
-    average_weights: bool = field(default=False, metadata={
-        "help": "U-Net: keep an exponential moving average of the weights (decay ema_decay, ramped up as "
-                "(1 + n) / (10 + n) over the first n updates) and save it as the model; the schedule still follows the raw "
-                "weights' validation loss"})
+    ema_decay: float = field(default=0.999, metadata={"help": "ProGAN: decay of the generator's EMA copy"})
     warmup_steps: int = field(default=0, metadata={
         "help": "ProGAN: generator steps with MAE alone (U-Net-style warm-up) before the critic joins"})
     rot180_average: bool = field(default=False, metadata={

@@ -27,21 +27,6 @@ from .events import EventKind, TrainingEvent
 from .losses import pixel_loss
 
 
-def averaging_decay(target: float, updates: int) -> float:
-    """The weight average's decay after `updates` updates: (1 + n) / (10 + n), capped at `target`, so a short
-    run's average is not mostly its random initial weights (as the ProGAN's EMA ramps up)."""
-    return min(target, (1.0 + updates) / (10.0 + updates))
-
-
-def weight_average(network: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """An exponential moving average of `network`'s weights (torch's AveragedModel; the first update copies)."""
-    def blend(averaged: torch.Tensor, current: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
-        weight = averaging_decay(decay, int(updates))
-        return weight * averaged + (1.0 - weight) * current
-
-    return torch.optim.swa_utils.AveragedModel(network, avg_fn=blend)
-
-
 @dataclass
 class TrainResult:
     """Where the model went, how far it got, and why it ended ('done', 'stopped', 'time', or for a GAN
@@ -97,7 +82,7 @@ def stop_reason(should_stop: Callable[[], bool] | None, deadline: float | None, 
 FIXED_ON_RESUME = ("model", "depth", "width", "loss", "offset", "offset_max", "context", "patch", "batch", "seed",
                    "lr", "lr_schedule", "validation_fraction", "block_pairs", "gan_mode", "lambda_gan", "gan_lr",
                    "critic_steps", "start_resolution", "phase_images", "phase_scale", "resolution_batches",
-                   "ema_decay", "average_weights", "warmup_steps", "warmup_lr", "rot180_average",
+                   "ema_decay", "warmup_steps", "warmup_lr", "rot180_average",
                    "critic_noise", "critic_noise_shape")
 
 
@@ -287,12 +272,8 @@ def _iter_unet_training(config: TrainConfig, pairs: Sequence[Pairs], output: str
                                                                                          patience=5)
                  if schedule == "plateau" else None)
     step, elapsed_before = 0, 0.0
-    averaged = weight_average(network, config.ema_decay) if config.average_weights else None
     if state is not None:
-        network.load_state_dict(state["network"] if averaged is not None else checkpoint.network.state_dict())
-        if averaged is not None:  # the model file holds the average, the training state the raw weights
-            averaged.module.load_state_dict(checkpoint.network.state_dict())
-            averaged.n_averaged.fill_(int(state["averaged_updates"]))
+        network.load_state_dict(checkpoint.network.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") and state.get("schedule", schedule) == schedule:
             scheduler.load_state_dict(state["scheduler"])
@@ -311,13 +292,10 @@ def _iter_unet_training(config: TrainConfig, pairs: Sequence[Pairs], output: str
                           "torch_rng": torch.get_rng_state(), "elapsed_s": elapsed_before + time.perf_counter() - t0,
                           "train_refs": [list(r) for r in train_refs],
                           "validation_refs": [list(r) for r in val_refs], "reason": reason, "schedule": schedule}
-        if averaged is not None:
-            training_state.update(network=network.state_dict(), averaged_updates=int(averaged.n_averaged))
         history.update(step=step, seconds=training_state["elapsed_s"])
         metadata = {"config": config.to_dict(), "history": history, "provenance": provenance,
                     "device": str(device), "world_size": world}
-        saved = averaged.module if averaged is not None else network
-        return save_model(output, saved, normalization, metadata, training_state)
+        return save_model(output, network, normalization, metadata, training_state)
 
     total = config.steps
     yield TrainingEvent(EventKind.STARTED, step, total, {
@@ -342,8 +320,6 @@ def _iter_unet_training(config: TrainConfig, pairs: Sequence[Pairs], output: str
         loss = pixel_loss(config.loss, raw, network.activate(raw), y)
         loss.backward()
         optimizer.step()
-        if averaged is not None:
-            averaged.update_parameters(network)
         if schedule == "cosine":
             scheduler.step()
         step += 1
@@ -356,15 +332,12 @@ def _iter_unet_training(config: TrainConfig, pairs: Sequence[Pairs], output: str
                                                          "eta_s": eta, "lr": optimizer.param_groups[0]["lr"]})
         if val_set is not None and (step % config.validation_every == 0 or step == total):
             metrics = validate(network, val_set, config.loss, device)
-            if averaged is not None:  # the schedule follows the raw weights; the average is what gets saved
-                metrics["averaged"] = validate(averaged.module, val_set, config.loss, device)
             history["validation"].append({"step": step, **metrics})
             if schedule == "plateau":
                 scheduler.step(_from_rank_zero(metrics["loss"], world, device))
             yield TrainingEvent(EventKind.VALIDATION, step, total, metrics)
         if preview is not None and preview_every and step % preview_every == 0 and rank == 0:
-            image = _preview(averaged.module if averaged is not None else network, normalization, config, device,
-                             preview)
+            image = _preview(network, normalization, config, device, preview)
             yield TrainingEvent(EventKind.PREVIEW, step, total, {"image": image})
         if step % config.checkpoint_every == 0 and rank == 0 and step != total:
             yield TrainingEvent(EventKind.CHECKPOINT, step, total, {"path": str(save("checkpoint"))})
@@ -372,7 +345,7 @@ def _iter_unet_training(config: TrainConfig, pairs: Sequence[Pairs], output: str
     if world > 1:
         dist.barrier()
     yield TrainingEvent(EventKind.FINISHED, step, total, {"path": str(path), "reason": reason})
-    return TrainResult(path, step, history, reason, averaged.module if averaged is not None else network)
+    return TrainResult(path, step, history, reason, network)
 
 
 def throughput_note(result: TrainResult, batch: int) -> str:
