@@ -12,9 +12,10 @@ RECIPES: dict[str, dict] = {
     # critic that sees camera noise (no invented noise). Two seeds trained on AP2 drew AP2 spots within 5% of
     # the truth with spot precision not below the same seed's U-Net (benchmarks/results/
     # quality_recipe_gpu_h100.md); on beads and single molecules, not seen in training, they drew spots the
-    # wrong width and invented some; trained on single molecules it found a few spots that were not there
-    # and lost or misplaced real ones (one seed drew them on its 2 px up-sampling lattice;
-    # quality_recipe_sm_gpu_h100.md), where 30% of the simulated molecules blink between a pair's frames:
+    # wrong width and invented some (with the critic-noise fit of 1c472d8, one CPU run to +1400: spikes a third
+    # to a half of the PSF wide, gan_phase_ap2_new_noise_fit_cpu.md); trained on single molecules it found a
+    # few spots that were not there and lost or misplaced real ones (one seed drew them on its 2 px up-sampling
+    # lattice; quality_recipe_sm_gpu_h100.md), where 30% of the simulated molecules blink between a pair's frames:
     # on pairs that agree three CPU runs kept their width to +2200, two invented none and one about 1 in 140
     # against the U-Nets' none (gan_phase_sm_consistent_pairs_cpu.md); trained on beads it drew them 29% too
     # narrow or 2.5x too wide (with the critic-noise fit of before 1c472d8; both runs blew up), and with the
@@ -32,9 +33,10 @@ RECIPES: dict[str, dict] = {
 RECIPE_SCOPES: dict[str, str] = {
     "progan-spots": "measured to work on simulated AP2 and beads movies only, each trained and tested on its "
                     "own kind (AP2: two GPU runs; beads: two CPU runs); trained on AP2 it drew beads and single "
-                    "molecules the wrong width (up to 62% too wide) and found single molecules that were not "
-                    "there, trained on single molecules it found spots that were not there (precision 0.96 "
-                    "against the U-Net's 1.00) and placed them 2-3.5x less accurately (its simulated "
+                    "molecules the wrong width (up to 62% too wide; with the current camera-noise fit, one CPU "
+                    "run, as spikes a third to a half as wide) and found single molecules that were not there, "
+                    "trained on single molecules it found spots that were not there (precision 0.96 against the "
+                    "U-Net's 1.00) and placed them 2-3.5x less accurately (its simulated "
                     "molecules blink between a pair's two frames; with pairs that agree, of three CPU runs two "
                     "invented none and one about 1 in 140), and trained on beads on a GPU with an earlier "
                     "camera-noise fit it drew them 29% too narrow or 2.5x too wide; trained on all three kinds at "
