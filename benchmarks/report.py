@@ -1,0 +1,224 @@
+"""The quality report: every method on held-out simulated movies of all three kinds, scored by what a cell
+biologist measures, as one Markdown table and the PNG figures the README shows.
+
+    .venv/bin/python benchmarks/report.py                      # CPU: 20 training minutes, about 30 in all
+    .venv/bin/python benchmarks/report.py --budget 120 --full-size   # a GPU: full-width ProGAN
+    .venv/bin/python benchmarks/report.py --load unet.pgsr gan.pgsr  # models trained elsewhere
+
+Methods: raw low, Gaussian-smoothed low, raw high, U-Net (MAE and BCE) and ProGAN (joint and gan), the
+models trained here on simulated AP2 movies (`--train-kind`) with the training minutes of `--budget` shared
+out (ProGANs get twice a U-Net's share; they warm up with MAE first). Scores, against the simulator's truth
+at the instant each input was taken (`quality.py` says how): PSNR and SSIM, spot F1 and precision of
+detected spots, localisation RMSE; and, with the Spots widget's measurement (`analysis.measure_spots`) at
+the true positions of the spots brighter than 300 photons, as a user who labelled them would get: median
+FWHM (nm) and median SNR. Figures: crops of one test frame per kind with the same contrast (each image
+mapped onto the truth's intensity scale), FWHM histograms, F1 per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from quality import MIN_PHOTONS, PIXEL_NM, care_normalised, evaluate, rmse_on_common_spots, test_sets
+from scipy import ndimage
+
+from napari_pgsr.analysis import measure_spots
+from napari_pgsr.analysis.measure import FWHM_PER_SIGMA
+from napari_pgsr.devices import cpu_has_native_bf16
+from napari_pgsr.inference import restore
+from napari_pgsr.modelfile import load_model
+from napari_pgsr.pairs import split_alternating
+from napari_pgsr.physics import Microscope
+from napari_pgsr.simulate import KINDS, simulate_movie
+from napari_pgsr.training.config import TrainConfig
+from napari_pgsr.training.loop import train
+from napari_pgsr.training.recipes import recipe_values
+
+SHARES = {"U-Net MAE": 1.0, "U-Net BCE": 1.0, "ProGAN joint": 2.0, "ProGAN gan": 2.0}
+CROP = 48  # px of the example crops
+
+
+def model_configs(full_size: bool, gan_warmup: int | None) -> dict[str, dict]:
+    """Training settings per row: U-Nets as the CLI trains them; ProGANs with the progan-spots recipe's
+    settings (joint) and adversarial only (gan), at width 1.0 with `full_size`, the recipe's 0.125 else."""
+    recipe = {key: value for key, value in recipe_values("progan-spots").items() if key not in ("steps", "recipe")}
+    recipe["warmup_steps"] = gan_warmup if gan_warmup is not None else (recipe["warmup_steps"] if full_size else 1000)
+    if full_size:
+        recipe.update(width=1.0, patch=256, start_resolution=256, batch=16)
+    return {"U-Net MAE": {}, "U-Net BCE": {"loss": "bce"}, "ProGAN joint": recipe,
+            "ProGAN gan": {**recipe, "gan_mode": "gan"}}
+
+
+def train_all(args, configs: dict[str, dict], folder: Path) -> dict:
+    training = [split_alternating(simulate_movie(args.train_kind, args.frames, (args.size, args.size), seed=s).movie,
+                                  name=f"{args.train_kind} seed {s}") for s in range(3)]
+    total_share = sum(SHARES[name] for name in configs)
+    trained = {}
+    for name, changes in configs.items():
+        minutes = args.budget * SHARES[name] / total_share
+        bf16 = {"cpu_bf16": True} if args.cpu_bf16 and changes.get("model", "unet") == "unet" else {}
+        config = TrainConfig(minutes=minutes, seed=args.seed, validation_every=500, checkpoint_every=10**9,
+                             **bf16, **changes)
+        start = time.perf_counter()
+        result = train(config, training, folder / f"{name.replace(' ', '_')}.pgsr")
+        trained[name] = load_model(result.path)
+        gan_steps = max(0, result.step - config.warmup_steps) if config.model == "progan" else None
+        print(f"trained {name}: {result.step} steps{'' if gan_steps is None else f' ({gan_steps} adversarial)'} "
+              f"in {time.perf_counter() - start:.0f} s", flush=True)
+    return trained
+
+
+def labelled_spots(image: np.ndarray, truth_yx: np.ndarray, photons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """FWHM (nm) and SNR of the usable fits at the true spots a user would label (>= MIN_PHOTONS)."""
+    table = measure_spots(image, truth_yx[photons >= MIN_PHOTONS], pixel_size_nm=PIXEL_NM)
+    good = table[table["flag"] == ""]
+    return good["fwhm_nm"].to_numpy(), good["snr"].to_numpy()
+
+
+def score(sets: dict, trained: dict) -> tuple[list[dict], dict]:
+    rows, crops = [], {}
+    for kind, data in sets.items():
+        methods = {"raw low": list(data["low"]),
+                   "Gaussian-smoothed low": [ndimage.gaussian_filter(f, 1.0) for f in data["low"]],
+                   "raw high": list(data["high"])}
+        methods.update({name: list(restore(model, data["low"])) for name, model in trained.items()})
+        kind_rows = []
+        for name, frames in methods.items():
+            images, spots = data["high_truth"] if name == "raw high" else data["low_truth"]
+            row = {"kind": kind, **evaluate(name, frames, images, spots)}
+            measured = [labelled_spots(frame, yx, photons) for frame, (yx, photons) in zip(frames, spots)]
+            row["fwhm_values"] = np.concatenate([fwhm for fwhm, _ in measured])
+            row["fwhm_nm"] = float(np.median(row["fwhm_values"])) if row["fwhm_values"].size else float("nan")
+            snr = np.concatenate([snr for _, snr in measured])
+            row["snr"] = float(np.median(snr)) if snr.size else float("nan")
+            kind_rows.append(row)
+        raw_low = kind_rows[0]
+        for row in kind_rows:
+            row["rmse_low_spots_nm"] = float("nan") if row["method"] == "raw high" else rmse_on_common_spots(row, raw_low)
+        rows += kind_rows
+        truth = data["low_truth"][0][0]
+        crops[kind] = {"truth": care_normalised(truth, truth)[0],
+                       **{name: care_normalised(truth, frames[0])[1] for name, frames in methods.items()}}
+    return rows, crops
+
+
+def _nm(value: float) -> str:
+    return f"{value:.1f}" if np.isfinite(value) else "-"
+
+
+def table(rows: list[dict], header: str) -> str:
+    lines = [header, "",
+             "| sample | method | PSNR (dB) | SSIM | spot F1 | precision | localisation RMSE (nm) | RMSE on raw low's "
+             "spots (nm) | median FWHM (nm) | median SNR |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['kind']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['f1']:.3f} | {r['precision']:.3f} "
+              f"| {_nm(r['rmse_nm'])} | {_nm(r['rmse_low_spots_nm'])} | {_nm(r['fwhm_nm'])} | {_nm(r['snr'])} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def crop_figure(crops: dict, true_fwhm: float) -> Figure:
+    kinds, methods = list(crops), list(next(iter(crops.values())))
+    figure = Figure(figsize=(1.6 * len(methods), 1.75 * len(kinds)), layout="constrained")
+    axes = figure.subplots(len(kinds), len(methods), squeeze=False)
+    for row, kind in enumerate(kinds):
+        image = crops[kind]["truth"]
+        # the crop around the brightest part of the truth, so it holds spots
+        y, x = np.unravel_index(np.argmax(ndimage.uniform_filter(image, CROP)), image.shape)
+        y, x = np.clip([y - CROP // 2, x - CROP // 2], 0, np.array(image.shape) - CROP)
+        for column, method in enumerate(methods):
+            ax = axes[row, column]
+            ax.imshow(crops[kind][method][y:y + CROP, x:x + CROP], cmap="magma", vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if row == 0:
+                ax.set_title(method, fontsize=8)
+            if column == 0:
+                ax.set_ylabel(kind.replace("_", " "), fontsize=9)
+    figure.suptitle(f"First test frame, {CROP} x {CROP} px ({CROP * PIXEL_NM / 1000:.1f} um); one contrast: "
+                    f"every image mapped onto the truth's 0.1-99.9 percentiles", fontsize=9)
+    return figure
+
+
+def fwhm_figure(rows: list[dict], true_fwhm: float) -> Figure:
+    figure = Figure(figsize=(12, 3.2), layout="constrained")
+    axes = figure.subplots(1, len(KINDS))
+    bins = np.linspace(0.4 * true_fwhm, 2.5 * true_fwhm, 36)
+    for ax, kind in zip(axes, KINDS):
+        for row in (r for r in rows if r["kind"] == kind and r["method"] != "Gaussian-smoothed low"
+                    and r["fwhm_values"].size):
+            ax.hist(np.clip(row["fwhm_values"], bins[0], bins[-1]), bins=bins, histtype="step", linewidth=1.4,
+                    density=True, label=row["method"])
+        ax.axvline(true_fwhm, color="black", linestyle=":", label=f"truth ({true_fwhm:.0f} nm)")
+        ax.set(title=kind.replace("_", " "), xlabel="FWHM at the labelled spots (nm)", yticks=[])
+    axes[-1].legend(fontsize=7, loc="upper right")
+    return figure
+
+
+def f1_figure(rows: list[dict]) -> Figure:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    figure = Figure(figsize=(9, 3.2), layout="constrained")
+    ax = figure.subplots()
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        values = [next(r["f1"] for r in rows if r["kind"] == kind and r["method"] == method) for kind in KINDS]
+        ax.bar(np.arange(len(KINDS)) + (i - (len(methods) - 1) / 2) * width, values, width, label=method)
+    ax.set_xticks(range(len(KINDS)), [k.replace("_", " ") for k in KINDS])
+    ax.set(ylabel="spot F1 (true spots found, none invented)", ylim=(0, 1.05))
+    ax.legend(fontsize=7, ncols=4, loc="lower center")
+    return figure
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=20.0, help="training minutes for all models together")
+    parser.add_argument("--full-size", action="store_true", help="full-width ProGAN at 256 px (for a GPU)")
+    parser.add_argument("--gan-warmup", type=int, help="ProGAN MAE warm-up steps (default: 1000, the recipe's "
+                        "5000 with --full-size)")
+    parser.add_argument("--train-kind", choices=KINDS, default="ap2")
+    parser.add_argument("--frames", type=int, default=100, help="frames per training movie (3 seeds)")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--test-frames", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpu-bf16", action="store_true", help="U-Nets in bf16 autocast on CPUs with native bf16")
+    parser.add_argument("--load", type=Path, nargs="+", metavar="MODEL",
+                        help="score these model files (rows named after the files) instead of training")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "report",
+                        help="folder for report.md and the figures")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    true_fwhm = FWHM_PER_SIGMA * Microscope().sigma_nm
+    with tempfile.TemporaryDirectory() as folder:
+        if args.load:
+            trained = {path.stem.replace("_", " "): load_model(path) for path in args.load}
+            how = f"models from {', '.join(path.name for path in args.load)}"
+        else:
+            trained = train_all(args, model_configs(args.full_size, args.gan_warmup), Path(folder))
+            where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
+            native = args.cpu_bf16 and not torch.cuda.is_available() and cpu_has_native_bf16()
+            how = (f"trained for {args.budget:g} min in all on {where}{' (U-Nets in bf16)' if native else ''}, "
+                   f"3 {args.train_kind} movies of {args.frames} frames, seed {args.seed}"
+                   f"{', full-size ProGANs' if args.full_size else ''}")
+        descriptions = {name: model.describe() for name, model in trained.items()}
+        rows, crops = score(test_sets(args.test_frames, args.size), trained)
+    header = (f"Models {how}; test: {args.test_frames} held-out frames per kind; true PSF FWHM {true_fwhm:.0f} nm "
+              f"(sigma {Microscope().sigma_nm:.1f} nm); {time.perf_counter() - start:.0f} s in all.\n\n"
+              + "\n".join(f"- {name}: {text}" for name, text in descriptions.items()))
+    text = table(rows, header)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.md").write_text(text + "\n\n![crops](crops.png)\n\n![FWHM](fwhm.png)\n\n![F1](f1.png)\n")
+    crop_figure(crops, true_fwhm).savefig(args.out / "crops.png", dpi=110)
+    fwhm_figure(rows, true_fwhm).savefig(args.out / "fwhm.png", dpi=100)
+    f1_figure(rows).savefig(args.out / "f1.png", dpi=100)
+    print(f"written: {', '.join(str(args.out / name) for name in ('report.md', 'crops.png', 'fwhm.png', 'f1.png'))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
