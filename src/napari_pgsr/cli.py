@@ -214,7 +214,8 @@ def predict_parser() -> argparse.ArgumentParser:
                                      description="Restore a movie with a trained model into a TIFF or an OME-Zarr "
                                      "store (.zarr: resumable, and shared by the processes of `torchrun ... -m "
                                      "napari_pgsr.cli predict`).")
-    parser.add_argument("model", type=Path, help="trained model file (.pgsr)")
+    parser.add_argument("model", type=Path, help="trained model file (.pgsr, or a bioimage.io .zip that "
+                        "napari-pgsr-export wrote)")
     parser.add_argument("movie", type=Path, help="movie to restore (TIFF)")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="restored movie (.tif, .ome.tif, or .zarr for OME-Zarr)")
@@ -377,12 +378,74 @@ def measure_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def export_parser() -> argparse.ArgumentParser:
+    """Arguments of napari-pgsr-export."""
+    parser = argparse.ArgumentParser(prog="napari-pgsr-export",
+                                     description="Write a trained model as a BioImage Model Zoo (bioimage.io) package "
+                                     "that bioimage.io tools run without napari-pgsr; napari-pgsr-predict and the "
+                                     "Restore widget read it back. Needs: pip install 'napari-pgsr[bioimageio]'.")
+    parser.add_argument("model", type=Path, help="trained model file (.pgsr)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the package (.zip)")
+    parser.add_argument("--sample", type=Path, help="alternating-exposure movie whose first low-exposure frames "
+                        "give the package's test input [default: a simulated AP2 movie]")
+    phase = parser.add_mutually_exclusive_group()
+    phase.add_argument("--low-first", dest="low_first", action="store_const", const=True, default=None)
+    phase.add_argument("--high-first", dest="low_first", action="store_const", const=False)
+    parser.add_argument("--name", help="the model's name in the zoo [default: napari-pgsr <network> restoration]")
+    parser.add_argument("--author", action="append", help="an author (repeat for several)")
+    parser.add_argument("--license", default="CC-BY-4.0", help="SPDX licence of the weights [default: CC-BY-4.0]")
+    parser.add_argument("--no-check", action="store_true",
+                        help="skip bioimageio.core's test of the package (runs it on its test input)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    return parser
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """napari-pgsr-export."""
+    args = export_parser().parse_args(argv)
+    try:
+        from .bmz import check_package, export_bioimageio, low_frames
+        from .io import read_movie
+        from .modelfile import load_model
+        from .pairs import split_alternating
+
+        if args.output.suffix.lower() != ".zip":
+            raise BadInput(f"the package is a zip: name it *.zip, got {args.output}")
+        if args.output.exists() and not args.overwrite:
+            raise BadInput(f"{args.output} exists; pass --overwrite to replace it")
+        if args.output.resolve() in {args.model.resolve(), *([args.sample.resolve()] if args.sample else [])}:
+            raise BadInput(f"refusing to write the package over its input {args.output}")
+        model = load_model(args.model)
+        frames = None
+        if args.sample:
+            pairs = split_alternating(read_movie(args.sample), low_first=args.low_first, name=args.sample.name)
+            frames = low_frames(pairs, 2 * model.context + 1)
+        path = export_bioimageio(model, args.output, name=args.name, authors=args.author, license=args.license,
+                                 test_frames=frames, overwrite=args.overwrite)
+    except ImportError as err:
+        print(f"napari-pgsr-export: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"napari-pgsr-export: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {model.describe()}")
+    if args.no_check:
+        return 0
+    passed, summary = check_package(path)
+    print(f"bioimageio.core test of {path.name}: {'passed' if passed else 'FAILED'}")
+    if not passed:
+        print(summary, file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m napari_pgsr.cli train|predict|measure ...`."""
+    """`python -m napari_pgsr.cli train|predict|measure|export ...`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": train_main, "predict": predict_main, "measure": measure_main}
+    commands = {"train": train_main, "predict": predict_main, "measure": measure_main, "export": export_main}
     if not argv or argv[0] not in commands:
-        print("usage: python -m napari_pgsr.cli {train,predict,measure} ... (see --help of each)", file=sys.stderr)
+        print("usage: python -m napari_pgsr.cli {train,predict,measure,export} ... (see --help of each)",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     return commands[argv[0]](argv[1:])
 

@@ -84,10 +84,15 @@ def save_model(path: str | os.PathLike, network: nn.Module, normalization: Norma
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelFile:
-    """Load a .pgsr file safely; unknown, newer or damaged files raise ValueError naming the file."""
+    """Load a .pgsr file (or a bioimage.io package exported by napari-pgsr) safely; unknown, newer or damaged
+    files raise ValueError naming the file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file not found: {path}")
+    from .bmz import import_bioimageio, is_bioimageio_package  # here: bmz builds on this module
+
+    if is_bioimageio_package(path):
+        return import_bioimageio(path, device)
     try:
         archive = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # zip errors, unpickling refusals, truncated files

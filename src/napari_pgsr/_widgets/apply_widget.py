@@ -95,7 +95,7 @@ class ApplyWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self._viewer, self._worker, self._cancel = viewer, None, threading.Event()
-        self.model_file = FileEdit(label="Model file", mode="r", filter="*.pgsr")
+        self.model_file = FileEdit(label="Model file", mode="r", filter="*.pgsr *.zip")
         self.about = Label(label="Model", value="-")
         self.about.native.setWordWrap(True)  # long descriptions wrap instead of widening the dock
         self.movie = create_widget(label="Movie", annotation="napari.layers.Image")

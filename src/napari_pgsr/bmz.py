@@ -1,0 +1,251 @@
+"""Export a trained model to the BioImage Model Zoo format (bioimage.io, model spec 0.5) and read it back.
+
+The package is a zip that bioimage.io tools (bioimageio.core, ilastik, the zoo's website) run without
+napari-pgsr: the weights as a PyTorch state dict with the network's own source file (it needs only torch),
+the model file's normalisation as fixed linear pre- and post-processing (raw intensities in, raw
+intensities out), test tensors, a cover and a README. The whole model-file metadata (architecture,
+config, normalisation, training history) travels in `config.napari_pgsr`, so `import_bioimageio` rebuilds
+the same `ModelFile` from the package, loading the weights with `torch.load(weights_only=True)`.
+
+Writing needs the `bioimageio` extra (`pip install "napari-pgsr[bioimageio]"`); reading back needs only
+napari-pgsr.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from . import __version__
+from .data import Normalization
+from .io import atomic_path
+from .modelfile import FORMAT, FORMAT_VERSION, ModelFile
+from .models import build_model
+from .training.recipes import RECIPE_SCOPES
+
+CONFIG_KEY = "napari_pgsr"
+WEIGHTS_NAME = "weights.pt"
+TEST_SIZE = 64
+CITATIONS = {
+    "unet": ("Weigert et al. (2018) Content-aware image restoration: pushing the limits of fluorescence "
+             "microscopy. Nature Methods 15, 1090-1097", "10.1038/s41592-018-0216-7"),
+    "progan": ("Karras et al. (2018) Progressive growing of GANs for improved quality, stability, and "
+               "variation. ICLR", "10.48550/arXiv.1710.10196"),
+}
+
+
+def _missing_extra() -> ImportError:
+    return ImportError("exporting to bioimage.io needs bioimageio.spec and bioimageio.core: "
+                       "pip install 'napari-pgsr[bioimageio]'")
+
+
+def low_frames(pairs, count: int) -> np.ndarray:
+    """The first `count` low-exposure frames of `pairs` (count x Y x X)."""
+    if len(pairs) < count:
+        raise ValueError(f"{pairs.name}: {len(pairs)} exposure pairs, {count} needed for the test input")
+    return np.stack([pairs.read(pair)[0] for pair in range(count)]).astype(np.float32)
+
+
+def test_input(model: ModelFile, frames: np.ndarray | None = None, size: int = TEST_SIZE,
+               seed: int = 0) -> np.ndarray:
+    """1 x C x size x size raw low-exposure input for the package's test tensors: the centre crop of `frames`
+    (T x Y x X consecutive low-exposure frames of the user's data, C of them for a context model), else of a
+    simulated AP2 movie's."""
+    channels = 2 * model.context + 1
+    if frames is None:
+        from .pairs import split_alternating
+        from .simulate import simulate_movie
+        frames = low_frames(split_alternating(simulate_movie("ap2", 2 * channels, (size, size),
+                                                             seed=seed).movie, name="simulated AP2"), channels)
+    frames = np.asarray(frames[:channels], np.float32)
+    if frames.ndim != 3 or len(frames) < channels or min(frames.shape[1:]) < size:
+        raise ValueError(f"test frames must be at least {channels} x {size} x {size} (T x Y x X), "
+                         f"got shape {frames.shape}")
+    top, left = (frames.shape[1] - size) // 2, (frames.shape[2] - size) // 2
+    return np.ascontiguousarray(frames[None, :, top:top + size, left:left + size])
+
+
+def _expected_output(model: ModelFile, x: np.ndarray) -> np.ndarray:
+    """What the packaged pipeline must give: normalise, network in fp32, activation, de-normalise."""
+    norm = model.normalization
+    network = model.network.float().eval()
+    with torch.inference_mode():
+        raw = network(torch.from_numpy(norm.low(x)))
+        return norm.high_inverse(network.activate(raw).numpy()).astype(np.float32)
+
+
+def _cover(x: np.ndarray, y: np.ndarray, path: Path) -> None:
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(4, 2), layout="constrained")
+    for axes, image, title in zip(figure.subplots(1, 2), (x[0, x.shape[1] // 2], y[0, 0]),
+                                  ("low exposure", "restored")):
+        lo, hi = np.percentile(image, (1, 99.8))
+        axes.imshow(image, cmap="magma", vmin=lo, vmax=hi)
+        axes.set_title(title, fontsize=9)
+        axes.set_xticks([]), axes.set_yticks([])
+    figure.savefig(path, dpi=100)
+
+
+def _readme(model: ModelFile) -> str:
+    meta = model.metadata
+    config = meta.get("config", {})
+    norm = model.normalization
+    lines = [f"# {model.describe()}", "",
+             "Restores low-exposure fluorescence frames to the quality of the paired high exposure. Trained with "
+             f"napari-pgsr {meta.get('versions', {}).get('napari_pgsr', '?')} on alternating low/high exposure movies.",
+             "", "## Input and output", "",
+             f"- input `low`: batch x {2 * model.context + 1} x Y x X float32, raw camera intensities of the low "
+             f"exposure frame{'s t-%d..t+%d (channels)' % (model.context, model.context) if model.context else ''} "
+             "(the normalisation fitted on the training data is the package's pre-processing: "
+             f"(x - {norm.low_lo:g}) / {norm.low_hi - norm.low_lo:g});",
+             "- output `restored`: batch x 1 x Y x X float32 in the high exposure's intensities "
+             f"(post-processing: y * {norm.high_hi - norm.high_lo:g} + {norm.high_lo:g}).", "",
+             "Frames larger than memory allows are restored in overlapping tiles by the running tool.", "",
+             "## Training", "", f"- config: `{json.dumps(config, sort_keys=True)}`",
+             f"- steps: {meta.get('history', {}).get('step', '?')}",
+             f"- data: {', '.join(meta.get('provenance', {}).get('names', [])) or '?'}", "",
+             "## Check before trusting its spots", "",
+             "Restoration can narrow, widen, move, lose or invent spots. Measure PSF width, SNR and spots found on "
+             "labelled frames of your own sample (napari-pgsr's Spots widget) against the raw high exposure."]
+    scope = RECIPE_SCOPES.get(config.get("recipe", ""))
+    if scope:
+        lines += ["", f"This model's recipe was {scope}."]
+    return "\n".join(lines) + "\n"
+
+
+def export_bioimageio(model: ModelFile, output: str | os.PathLike, *, name: str | None = None,
+                      authors: list[str] | None = None, license: str = "CC-BY-4.0",
+                      test_frames: np.ndarray | None = None, overwrite: bool = False) -> Path:
+    """Write `model` as a bioimage.io model package (zip) at `output`, atomically; returns the path. An
+    existing `output` is kept unless `overwrite`."""
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; choose another name or allow overwriting")
+    try:
+        from bioimageio.spec import save_bioimageio_package
+        from bioimageio.spec.model import v0_5 as spec
+    except ImportError as err:
+        raise _missing_extra() from err
+    network = model.network.float().cpu().eval()
+    architecture = dict(network.architecture)
+    kind = architecture.pop("name")
+    step = 2 ** network.depth  # the network pads to this multiple itself; tools tile in it
+    # tools that tile crop this margin of every block, as napari-pgsr's own tiling does: no seams (at most
+    # about 32 px: a ProGAN's theoretical field is far wider than what its output depends on); a multiple of
+    # `step`, so blocks keep the pooling grid of the whole frame
+    halo = step * -(-min(network.receptive_field // 2, 32) // step)
+    min_size = step * -(-max(TEST_SIZE, 2 * halo + step) // step)  # a valid size above twice the halo
+    x = test_input(model, test_frames, size=min_size)
+    y = _expected_output(model, x)
+    norm = model.normalization
+    citation, doi = CITATIONS[kind]
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        np.save(folder / "test_input.npy", x)
+        np.save(folder / "test_output.npy", y)
+        torch.save({key: value.contiguous() for key, value in network.state_dict().items()}, folder / WEIGHTS_NAME)
+        source = folder / f"{kind}.py"
+        source.write_text(inspect.getsource(inspect.getmodule(type(network))))
+        _cover(x, y, folder / "cover.png")
+        (folder / "README.md").write_text(_readme(model))
+        # identifiers: t_minus_1, t, t_plus_1 for the frames before, at and after the restored one
+        channel_names = [f"t_{'minus' if offset < 0 else 'plus'}_{abs(offset)}" if offset else "t"
+                         for offset in range(-model.context, model.context + 1)]
+        low = spec.TensorId("low")
+        space = [spec.SpaceInputAxis(id=spec.AxisId(axis), size=spec.ParameterizedSize(min=min_size, step=step))
+                 for axis in ("y", "x")]
+        inputs = [spec.InputTensorDescr(
+            id=low, description="raw low-exposure frame(s)", test_tensor=spec.FileDescr(source=folder / "test_input.npy"),
+            axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in channel_names]), *space],
+            preprocessing=[spec.EnsureDtypeDescr(kwargs=spec.EnsureDtypeKwargs(dtype="float32")),
+                           spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(
+                               gain=1.0 / (norm.low_hi - norm.low_lo), offset=-norm.low_lo / (norm.low_hi - norm.low_lo)))])]
+        post = [spec.SigmoidDescr()] if architecture.get("output_activation") == "sigmoid" else []
+        post.append(spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=norm.high_hi - norm.high_lo,
+                                                                        offset=norm.high_lo)))
+        outputs = [spec.OutputTensorDescr(
+            id=spec.TensorId("restored"), description="restored frame, in high-exposure intensities",
+            test_tensor=spec.FileDescr(source=folder / "test_output.npy"),
+            axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("restored")]),
+                  *[spec.SpaceOutputAxisWithHalo(id=spec.AxisId(axis), halo=halo, size=spec.SizeReference(
+                      tensor_id=low, axis_id=spec.AxisId(axis))) for axis in ("y", "x")]],
+            postprocessing=post)]
+        weights = spec.WeightsDescr(pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
+            source=folder / WEIGHTS_NAME, pytorch_version=spec.Version(torch.__version__.split("+")[0]),
+            architecture=spec.ArchitectureFromFileDescr(source=source, callable=spec.Identifier(type(network).__name__),
+                                                        kwargs=architecture)))
+        metadata = {**model.metadata, "architecture": network.architecture, "normalization": norm.to_dict()}
+        description = spec.ModelDescr(
+            name=name or f"napari-pgsr {kind} restoration",
+            description=f"Low- to high-exposure restoration of fluorescence frames: {model.describe()}",
+            authors=[spec.Author(name=author) for author in (authors or ["napari-pgsr user"])],
+            cite=[spec.CiteEntry(text=citation, doi=spec.Doi(doi))], license=spec.LicenseId(license),
+            documentation=spec.FileDescr(source=folder / "README.md"),
+            covers=[spec.FileDescr(source=folder / "cover.png")],
+            tags=["napari-pgsr", "denoising", "restoration", "fluorescence-light-microscopy", "2d", "pytorch", kind],
+            inputs=inputs, outputs=outputs, weights=weights,
+            config={CONFIG_KEY: {"format": FORMAT, "format_version": FORMAT_VERSION, "exported_by": __version__,
+                                 "metadata_json": json.dumps(metadata)}})
+        save_bioimageio_package(description, output_path=folder / "package.zip")
+        with atomic_path(output) as tmp:
+            shutil.copyfile(folder / "package.zip", tmp)
+    return output
+
+
+def is_bioimageio_package(path: str | os.PathLike) -> bool:
+    """A zip holding an rdf.yaml (or bioimageio.yaml)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n in archive.namelist() for n in ("rdf.yaml", "bioimageio.yaml"))
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def import_bioimageio(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelFile:
+    """The `ModelFile` of a package written by `export_bioimageio`; a package of another tool, or one of a
+    newer napari-pgsr model format, raises ValueError naming the file."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            rdf_name = next(n for n in ("rdf.yaml", "bioimageio.yaml") if n in archive.namelist())
+            rdf = yaml.safe_load(archive.read(rdf_name))
+            ours = (rdf.get("config") or {}).get(CONFIG_KEY)
+            if not ours:
+                raise ValueError(f"{path} is a bioimage.io package but not one exported by napari-pgsr "
+                                 "(no config.napari_pgsr); run it with bioimageio.core")
+            if ours.get("format") != FORMAT or int(ours.get("format_version", 10**6)) > FORMAT_VERSION:
+                raise ValueError(f"{path} holds napari-pgsr model format version {ours.get('format_version')}, "
+                                 f"newer than this napari-pgsr reads ({FORMAT_VERSION}); upgrade napari-pgsr")
+            weights_name = rdf["weights"]["pytorch_state_dict"]["source"]
+            state = torch.load(io.BytesIO(archive.read(weights_name)), map_location=device, weights_only=True)
+    except StopIteration:
+        raise ValueError(f"{path} is a zip but not a bioimage.io package (no rdf.yaml)") from None
+    except (zipfile.BadZipFile, KeyError, TypeError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: damaged bioimage.io package ({type(err).__name__}: {err})") from err
+    metadata = json.loads(ours["metadata_json"])
+    network = build_model(metadata["architecture"])
+    network.load_state_dict(state)
+    return ModelFile(network.to(device).eval(), Normalization.from_dict(metadata["normalization"]), metadata,
+                     None, path)
+
+
+
+def check_package(path: str | os.PathLike) -> tuple[bool, str]:
+    """bioimageio.core's own test of a package: it validates the description, runs the model on the test
+    input with the declared pre- and post-processing and compares with the test output. (passed, summary)"""
+    try:
+        from bioimageio.core import test_model
+    except ImportError as err:
+        raise _missing_extra() from err
+    summary = test_model(Path(path))
+    return summary.status == "passed", summary.format()

@@ -1,0 +1,130 @@
+"""Export to the BioImage Model Zoo format: bioimageio.core's own validator passes the package, runs it as
+napari-pgsr does, and the package reads back into the same model."""
+
+import zipfile
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import yaml
+
+from napari_pgsr import cli
+from napari_pgsr.bmz import check_package, export_bioimageio, import_bioimageio
+from napari_pgsr.data import Normalization
+from napari_pgsr.inference import restore
+from napari_pgsr.modelfile import load_model, save_model
+from napari_pgsr.models.progan import ProGANGenerator
+from napari_pgsr.models.unet import UNet
+
+NORM = Normalization(100.0, 350.0, 120.0, 2600.0)
+
+
+def _saved(path, network, context=0, loss="mae"):
+    torch.manual_seed(0)
+    for p in network.parameters():  # far from the identity, so a wrong normalisation or channel shows
+        p.data += 0.2 * torch.randn_like(p)
+    return save_model(path, network, NORM, {"config": {"context": context, "loss": loss, "model": "unet"},
+                                            "history": {"step": 7}, "provenance": {"names": ["test.tif"]}})
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bmz")
+    model_path = _saved(folder / "m.pgsr", UNet(depth=2, width=4))
+    return model_path, export_bioimageio(load_model(model_path), folder / "m.zip", authors=["A. Tester"])
+
+
+def test_the_bioimageio_validator_passes_the_package_and_runs_it_as_napari_pgsr_does(exported):
+    from bioimageio.core import predict
+
+    model_path, package = exported
+    passed, summary = check_package(package)
+    assert passed, summary
+    # on another frame, of a size not seen in the package: raw intensities in, raw intensities out
+    frame = np.random.default_rng(3).integers(90, 900, (96, 80)).astype(np.float32)
+    theirs = predict(model=package, inputs={"low": frame[None, None]}).members["restored"].data.to_numpy()
+    ours = restore(load_model(model_path), frame[None])[0]
+    assert theirs.shape == (1, 1, 96, 80)
+    # a border as wide as the declared halo sees how the tool pads the frame; inside it, the same numbers
+    halo = yaml.safe_load(zipfile.ZipFile(package).read("rdf.yaml"))["outputs"][0]["axes"][2]["halo"]
+    assert halo == 24  # the depth-2 U-Net's reach (23 px), on its 4 px pooling grid
+    np.testing.assert_allclose(theirs[0, 0, halo:-halo, halo:-halo], ours[halo:-halo, halo:-halo], rtol=1e-4, atol=1e-2)
+    assert np.ptp(ours) > 100  # a model far from the identity, in the high exposure's units
+
+
+def test_the_package_reads_back_into_the_same_model_and_predict_uses_it(exported, tmp_path):
+    model_path, package = exported
+    original, back = load_model(model_path), import_bioimageio(package)
+    assert back.normalization == original.normalization
+    assert back.metadata["config"] == original.metadata["config"]
+    assert back.metadata["history"] == {"step": 7}
+    for (name, a), (_, b) in zip(original.network.state_dict().items(), back.network.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert load_model(package).describe() == original.describe()  # load_model reads packages too
+    movie = np.random.default_rng(4).integers(90, 900, (6, 40, 36)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "movie.tif", movie, photometric="minisblack")
+    assert cli.predict_main([str(package), str(tmp_path / "movie.tif"), "-o", str(tmp_path / "r.tif"),
+                             "--device", "cpu", "--quiet"]) == 0
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "r.tif"), restore(original, movie), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["unet-bce-context-1", "progan"])
+def test_context_sigmoid_and_progan_models_export_and_validate(tmp_path, kind):
+    if kind == "progan":
+        path = _saved(tmp_path / "g.pgsr", ProGANGenerator(1, 32, 0.05, resolution=32))
+    else:
+        path = _saved(tmp_path / "b.pgsr", UNet(in_channels=3, depth=2, width=4, output_activation="sigmoid"),
+                      context=1, loss="bce")
+    package = export_bioimageio(load_model(path), tmp_path / "p.zip")
+    passed, summary = check_package(package)
+    assert passed, summary
+    rdf = yaml.safe_load(zipfile.ZipFile(package).read("rdf.yaml"))
+    channels = rdf["inputs"][0]["axes"][1]["channel_names"]
+    post = [step["id"] for step in rdf["outputs"][0]["postprocessing"] if step["id"] != "ensure_dtype"]
+    if kind == "progan":
+        assert channels == ["t"] and post == ["scale_linear"]
+    else:
+        assert channels == ["t_minus_1", "t", "t_plus_1"] and post == ["sigmoid", "scale_linear"]
+    back, original = import_bioimageio(package).network.state_dict(), load_model(path).network.state_dict()
+    assert back.keys() == original.keys() and all(torch.equal(back[k], original[k]) for k in back)
+
+
+def test_export_refuses_to_overwrite_and_import_refuses_foreign_or_newer_packages(exported, tmp_path):
+    model_path, package = exported
+    with pytest.raises(FileExistsError, match="m.zip exists"):
+        export_bioimageio(load_model(model_path), package)
+    rdf = yaml.safe_load(zipfile.ZipFile(package).read("rdf.yaml"))
+
+    def repack(name, changed):
+        path = tmp_path / name
+        with zipfile.ZipFile(package) as source, zipfile.ZipFile(path, "w") as target:
+            for item in source.namelist():
+                target.writestr(item, yaml.safe_dump(changed) if item == "rdf.yaml" else source.read(item))
+        return path
+
+    foreign = repack("foreign.zip", {**rdf, "config": {}})
+    with pytest.raises(ValueError, match="foreign.zip is a bioimage.io package but not one exported by napari-pgsr"):
+        load_model(foreign)
+    newer = repack("newer.zip", {**rdf, "config": {"napari_pgsr": {**rdf["config"]["napari_pgsr"],
+                                                                   "format_version": 99}}})
+    with pytest.raises(ValueError, match="newer.zip holds napari-pgsr model format version 99"):
+        import_bioimageio(newer)
+
+
+def test_export_command_uses_the_users_movie_for_the_test_tensors(exported, tmp_path, movie_file, capsys):
+    model_path, _ = exported
+    out = tmp_path / "user.zip"
+    assert cli.export_main([str(model_path), "-o", str(out), "--sample", str(movie_file), "--author", "Me"]) == 0
+    assert "bioimageio.core test of user.zip: passed" in capsys.readouterr().out
+    with zipfile.ZipFile(out) as archive:
+        rdf = yaml.safe_load(archive.read("rdf.yaml"))
+        test_input = np.load(archive.open(rdf["inputs"][0]["test_tensor"]["source"]))
+    movie = tifffile.imread(movie_file)
+    low = movie[0] if movie[0].mean() < movie[1].mean() else movie[1]
+    top, left = (low.shape[0] - 64) // 2, (low.shape[1] - 64) // 2
+    np.testing.assert_array_equal(test_input[0, 0], low[top:top + 64, left:left + 64])
+    assert rdf["authors"] == [{"name": "Me"}]
+    assert cli.export_main([str(model_path), "-o", str(out)]) == 2  # exists
+    assert cli.export_main([str(model_path), "-o", str(tmp_path / "x.tar")]) == 2
+    assert "name it *.zip" in capsys.readouterr().err
