@@ -292,3 +292,29 @@ def test_streaming_restoration_can_be_cancelled(make_napari_viewer, qtbot, tmp_p
         partial = read_movie(tmp_path / name)
         assert 1 <= kept < 400 and "incomplete" in partial.metadata
         assert np.isfinite(np.asarray(partial.data[0])).all() and np.isnan(np.asarray(partial.data[-1])).all()
+
+
+def test_restore_widget_exports_the_model_for_bioimage_io(make_napari_viewer, qtbot, tmp_path, errors, monkeypatch):
+    from napari_pgsr.data import Normalization
+    from napari_pgsr.modelfile import load_model, save_model
+    from napari_pgsr.models.unet import UNet
+
+    infos = []
+    monkeypatch.setattr(apply_widget, "show_info", infos.append)
+    model = save_model(tmp_path / "m.pgsr", UNet(depth=2, width=4), Normalization(100, 300, 100, 2000),
+                       {"config": {"context": 0}})
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Restore")
+    widget.model_file.value = model
+    widget.export_to.value = tmp_path / "m.bmz"
+    widget.export_button.clicked.emit()
+    assert errors == ["Export: the bioimage.io package is a zip: name it *.zip, got 'm.bmz'"]
+    widget.export_to.value = tmp_path / "m.zip"
+    widget.export_button.clicked.emit()  # in a worker thread: the button is off until it ends
+    assert not widget.export_button.enabled
+    qtbot.waitUntil(lambda: widget.export_button.enabled, timeout=120_000)
+    assert infos == [f"Export: {tmp_path / 'm.zip'} written; bioimageio.core's test passed"] and len(errors) == 1
+    widget.model_file.value = tmp_path / "m.zip"  # the package opens as a model file
+    assert load_model(tmp_path / "m.zip").describe() in widget.about.value
+    widget.export_button.clicked.emit()
+    assert errors[-1] == f"Export: {tmp_path / 'm.zip'} exists; choose another name"

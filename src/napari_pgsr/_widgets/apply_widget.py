@@ -63,6 +63,19 @@ def restore_job(model_path: Path, layer_data, source_path: str | None, pixel_siz
     return output
 
 
+def export_job(model_path: Path, output: Path):
+    """Worker body (a generator, for `start`): write the bioimage.io package and run bioimageio.core's own
+    test of it; returns (output, passed, the test's summary)."""
+    from ..bmz import check_package, export_bioimageio
+    from ..modelfile import load_model
+
+    yield "exporting"
+    path = export_bioimageio(load_model(model_path), output)
+    yield "testing with bioimageio.core"
+    passed, summary = check_package(path)
+    return path, passed, summary
+
+
 def progress_job(function, *args):
     """Run `function(*args, progress)` and yield its (done, total) progress: a generator for the worker."""
     import queue
@@ -115,12 +128,17 @@ class ApplyWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Frames", min=0, max=1, value=0)
         self.compare_button = PushButton(text="Side by side: low | high | restored")
+        self.export_to = FileEdit(label="bioimage.io package", mode="w", filter="*.zip",
+                                  tooltip="export the model for the BioImage Model Zoo's tools (a .zip)")
+        self.export_button = PushButton(text="Export model for bioimage.io")
         self.extend([self.model_file, self.about, self.movie, self.frames, self.output, self.device, self.precision,
-                     self.batch, self.run_button, self.cancel_button, self.progress, self.compare_button])
+                     self.batch, self.run_button, self.cancel_button, self.progress, self.compare_button,
+                     self.export_to, self.export_button])
         self.model_file.changed.connect(self._show_model)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.compare_button.changed.connect(self.side_by_side)
+        self.export_button.changed.connect(self.export)
         self.restored_layer = None
 
     def _model(self):
@@ -207,6 +225,30 @@ class ApplyWidget(Container):
     def _on_finish(self) -> None:
         self.run_button.enabled, self.cancel_button.enabled = True, False
         self._worker = None
+
+    def export(self) -> None:
+        """Write the model as a bioimage.io package in a worker and test it with bioimageio.core."""
+        output = Path(str(self.export_to.value))
+        try:
+            self._model()
+            if output.suffix.lower() != ".zip":
+                raise ValueError(f"the bioimage.io package is a zip: name it *.zip, got '{output.name}'")
+            if output.exists():
+                raise ValueError(f"{output} exists; choose another name")
+        except (ValueError, FileNotFoundError) as err:
+            show_error(f"Export: {err}")
+            return
+        self.export_button.enabled = False
+        start(export_job, Path(self.model_file.value), output, on_yield=lambda step: None,
+              on_return=self._exported, on_finish=lambda: setattr(self.export_button, "enabled", True),
+              context="Export")
+
+    def _exported(self, result) -> None:
+        path, passed, summary = result
+        if passed:
+            show_info(f"Export: {path} written; bioimageio.core's test passed")
+        else:
+            show_error(f"Export: {path} written, but bioimageio.core's test failed:\n{summary[:2000]}")
 
     def side_by_side(self) -> None:
         """Grid view of '<name> low', '<name> high' and the restored layer. High and restored share one
