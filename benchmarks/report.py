@@ -74,7 +74,8 @@ def train_all(args, configs: dict[str, dict], folder: Path) -> dict:
     return trained
 
 
-def labelled_spots(image: np.ndarray, truth_yx: np.ndarray, photons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def labelled_spots(image: np.ndarray, truth_yx: np.ndarray,
+                   photons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """FWHM (nm) and SNR of the usable fits at the true spots a user would label (>= MIN_PHOTONS)."""
     table = measure_spots(image, truth_yx[photons >= MIN_PHOTONS], pixel_size_nm=PIXEL_NM)
     good = table[table["flag"] == ""]
@@ -100,7 +101,8 @@ def score(sets: dict, trained: dict) -> tuple[list[dict], dict]:
             kind_rows.append(row)
         raw_low = kind_rows[0]
         for row in kind_rows:
-            row["rmse_low_spots_nm"] = float("nan") if row["method"] == "raw high" else rmse_on_common_spots(row, raw_low)
+            row["rmse_low_spots_nm"] = (float("nan") if row["method"] == "raw high"  # another instant's spots
+                                        else rmse_on_common_spots(row, raw_low))
         rows += kind_rows
         truth = data["low_truth"][0][0]
         crops[kind] = {"truth": care_normalised(truth, truth)[0],
@@ -116,8 +118,8 @@ def table(rows: list[dict], header: str) -> str:
     lines = [header, "",
              "| sample | method | PSNR (dB) | SSIM | spot F1 | precision | localisation RMSE (nm) | RMSE on raw low's "
              "spots (nm) | median FWHM (nm) | median SNR |", "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['kind']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['f1']:.3f} | {r['precision']:.3f} "
-              f"| {_nm(r['rmse_nm'])} | {_nm(r['rmse_low_spots_nm'])} | {_nm(r['fwhm_nm'])} | {_nm(r['snr'])} |"
+    lines += [f"| {r['kind']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['f1']:.3f} "
+              f"| {r['precision']:.3f} | {_nm(r['rmse_nm'])} | {_nm(r['rmse_low_spots_nm'])} | {_nm(r['fwhm_nm'])} | {_nm(r['snr'])} |"
               for r in rows]
     return "\n".join(lines)
 
@@ -199,7 +201,8 @@ def main() -> int:
             how = f"models from {', '.join(path.name for path in args.load)}"
         else:
             trained = train_all(args, model_configs(args.full_size, args.gan_warmup), Path(folder))
-            where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
+            where = (torch.cuda.get_device_name() if torch.cuda.is_available()
+                     else f"{torch.get_num_threads()} CPU threads")
             native = args.cpu_bf16 and not torch.cuda.is_available() and cpu_has_native_bf16()
             how = (f"trained for {args.budget:g} min in all on {where}{' (U-Nets in bf16)' if native else ''}, "
                    f"3 {args.train_kind} movies of {args.frames} frames, seed {args.seed}"

@@ -13,6 +13,7 @@ napari-pgsr.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import io
 import json
@@ -75,10 +76,8 @@ def test_input(model: ModelFile, frames: np.ndarray | None = None, size: int = T
     return np.ascontiguousarray(frames[None, :, top:top + size, left:left + size])
 
 
-def _expected_output(model: ModelFile, x: np.ndarray) -> np.ndarray:
+def _expected_output(network: torch.nn.Module, norm: Normalization, x: np.ndarray) -> np.ndarray:
     """What the packaged pipeline must give: normalise, network in fp32, activation, de-normalise."""
-    norm = model.normalization
-    network = model.network.float().eval()
     with torch.inference_mode():
         raw = network(torch.from_numpy(norm.low(x)))
         return norm.high_inverse(network.activate(raw).numpy()).astype(np.float32)
@@ -136,7 +135,7 @@ def export_bioimageio(model: ModelFile, output: str | os.PathLike, *, name: str 
         from bioimageio.spec.model import v0_5 as spec
     except ImportError as err:
         raise _missing_extra() from err
-    network = model.network.float().cpu().eval()
+    network = copy.deepcopy(model.network).float().cpu().eval()  # the caller's model stays as it is
     architecture = dict(network.architecture)
     kind = architecture.pop("name")
     step = 2 ** network.depth  # the network pads to this multiple itself; tools tile in it
@@ -146,8 +145,8 @@ def export_bioimageio(model: ModelFile, output: str | os.PathLike, *, name: str 
     halo = step * -(-min(network.receptive_field // 2, 32) // step)
     min_size = step * -(-max(TEST_SIZE, 2 * halo + step) // step)  # a valid size above twice the halo
     x = test_input(model, test_frames, size=min_size)
-    y = _expected_output(model, x)
     norm = model.normalization
+    y = _expected_output(network, norm, x)
     citation, doi = CITATIONS[kind]
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -164,12 +163,15 @@ def export_bioimageio(model: ModelFile, output: str | os.PathLike, *, name: str 
         low = spec.TensorId("low")
         space = [spec.SpaceInputAxis(id=spec.AxisId(axis), size=spec.ParameterizedSize(min=min_size, step=step))
                  for axis in ("y", "x")]
+        low_range = norm.low_hi - norm.low_lo
         inputs = [spec.InputTensorDescr(
-            id=low, description="raw low-exposure frame(s)", test_tensor=spec.FileDescr(source=folder / "test_input.npy"),
-            axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in channel_names]), *space],
+            id=low, description="raw low-exposure frame(s)",
+            test_tensor=spec.FileDescr(source=folder / "test_input.npy"),
+            axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in channel_names]),
+                  *space],
             preprocessing=[spec.EnsureDtypeDescr(kwargs=spec.EnsureDtypeKwargs(dtype="float32")),
-                           spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(
-                               gain=1.0 / (norm.low_hi - norm.low_lo), offset=-norm.low_lo / (norm.low_hi - norm.low_lo)))])]
+                           spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=1.0 / low_range,
+                                                                               offset=-norm.low_lo / low_range))])]
         post = [spec.SigmoidDescr()] if architecture.get("output_activation") == "sigmoid" else []
         post.append(spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=norm.high_hi - norm.high_lo,
                                                                         offset=norm.high_lo)))
@@ -182,8 +184,8 @@ def export_bioimageio(model: ModelFile, output: str | os.PathLike, *, name: str 
             postprocessing=post)]
         weights = spec.WeightsDescr(pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
             source=folder / WEIGHTS_NAME, pytorch_version=spec.Version(torch.__version__.split("+")[0]),
-            architecture=spec.ArchitectureFromFileDescr(source=source, callable=spec.Identifier(type(network).__name__),
-                                                        kwargs=architecture)))
+            architecture=spec.ArchitectureFromFileDescr(
+                source=source, callable=spec.Identifier(type(network).__name__), kwargs=architecture)))
         metadata = {**model.metadata, "architecture": network.architecture, "normalization": norm.to_dict()}
         description = spec.ModelDescr(
             name=name or f"napari-pgsr {kind} restoration",
