@@ -122,7 +122,8 @@ def table(rows: list[dict], header: str) -> str:
              "| sample | method | PSNR (dB) | SSIM | spot F1 | precision | localisation RMSE (nm) | RMSE on raw low's "
              "spots (nm) | median FWHM (nm) | median SNR |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['kind']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['f1']:.3f} "
-              f"| {r['precision']:.3f} | {_nm(r['rmse_nm'])} | {_nm(r['rmse_low_spots_nm'])} | {_nm(r['fwhm_nm'])} | {_nm(r['snr'])} |"
+              f"| {r['precision']:.3f} | {_nm(r['rmse_nm'])} | {_nm(r['rmse_low_spots_nm'])} | {_nm(r['fwhm_nm'])} "
+              f"| {_nm(r['snr'])} |"
               for r in rows]
     return "\n".join(lines)
 
