@@ -151,32 +151,42 @@ def crop_figure(crops: dict, true_fwhm: float) -> Figure:
     return figure
 
 
+def colours(rows: list[dict]) -> dict[str, str]:
+    """One colour per method, the same in every figure."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    return {method: f"C{i}" for i, method in enumerate(methods)}
+
+
 def fwhm_figure(rows: list[dict], true_fwhm: float) -> Figure:
     figure = Figure(figsize=(12, 3.2), layout="constrained")
     axes = figure.subplots(1, len(KINDS))
     bins = np.linspace(0.4 * true_fwhm, 2.5 * true_fwhm, 36)
+    colour = colours(rows)
     for ax, kind in zip(axes, KINDS):
         for row in (r for r in rows if r["kind"] == kind and r["method"] != "Gaussian-smoothed low"
                     and r["fwhm_values"].size):
             ax.hist(np.clip(row["fwhm_values"], bins[0], bins[-1]), bins=bins, histtype="step", linewidth=1.4,
-                    density=True, label=row["method"])
+                    density=True, label=row["method"], color=colour[row["method"]])
         ax.axvline(true_fwhm, color="black", linestyle=":", label=f"truth ({true_fwhm:.0f} nm)")
-        ax.set(title=kind.replace("_", " "), xlabel="FWHM at the labelled spots (nm)", yticks=[])
+        ax.set(title=kind.replace("_", " "), xlabel="FWHM at the labelled spots (nm; the last bins hold all beyond)",
+               yticks=[])
     axes[-1].legend(fontsize=7, loc="upper right")
     return figure
 
 
 def f1_figure(rows: list[dict]) -> Figure:
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    figure = Figure(figsize=(9, 3.2), layout="constrained")
+    colour = colours(rows)
+    methods = list(colour)
+    figure = Figure(figsize=(9, 3.6), layout="constrained")
     ax = figure.subplots()
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
         values = [next(r["f1"] for r in rows if r["kind"] == kind and r["method"] == method) for kind in KINDS]
-        ax.bar(np.arange(len(KINDS)) + (i - (len(methods) - 1) / 2) * width, values, width, label=method)
+        ax.bar(np.arange(len(KINDS)) + (i - (len(methods) - 1) / 2) * width, values, width, label=method,
+               color=colour[method])
     ax.set_xticks(range(len(KINDS)), [k.replace("_", " ") for k in KINDS])
-    ax.set(ylabel="spot F1 (true spots found, none invented)", ylim=(0, 1.05))
-    ax.legend(fontsize=7, ncols=4, loc="lower center")
+    ax.set(ylabel="spot F1 (true spots found,\nnone invented)", ylim=(0, 1.0))
+    figure.legend(*ax.get_legend_handles_labels(), fontsize=7, ncols=len(methods), loc="outside upper center")
     return figure
 
 
