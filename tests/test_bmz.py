@@ -49,7 +49,9 @@ def test_the_bioimageio_validator_passes_the_package_and_runs_it_as_napari_pgsr_
     # a border as wide as the declared halo sees how the tool pads the frame; inside it, the same numbers
     halo = yaml.safe_load(zipfile.ZipFile(package).read("rdf.yaml"))["outputs"][0]["axes"][2]["halo"]
     assert halo == 24  # the depth-2 U-Net's reach (23 px), on its 4 px pooling grid
-    np.testing.assert_allclose(theirs[0, 0, halo:-halo, halo:-halo], ours[halo:-halo, halo:-halo], rtol=1e-4, atol=1e-2)
+    # (fp32 sums in another order: differences of a few 1e-6 of the output's range)
+    np.testing.assert_allclose(theirs[0, 0, halo:-halo, halo:-halo], ours[halo:-halo, halo:-halo], rtol=1e-4,
+                               atol=1e-5 * np.ptp(ours))
     assert np.ptp(ours) > 100  # a model far from the identity, in the high exposure's units
 
 
