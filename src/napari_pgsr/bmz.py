@@ -156,7 +156,7 @@ def export_bioimageio(model: ModelFile, output: str | os.PathLike, *, name: str 
         np.save(folder / "test_input.npy", x)
         np.save(folder / "test_output.npy", y)
         for stem, tensor in (("sample_input", x), ("sample_output", y)):  # for the zoo's previews
-            tifffile.imwrite(folder / f"{stem}.tif", tensor[0, tensor.shape[1] // 2])
+            tifffile.imwrite(folder / f"{stem}.tif", tensor[0], photometric="minisblack")  # C x Y x X
         torch.save({key: value.contiguous() for key, value in network.state_dict().items()}, folder / WEIGHTS_NAME)
         source = folder / f"{kind}.py"
         source.write_text(inspect.getsource(inspect.getmodule(type(network))))
