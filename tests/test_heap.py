@@ -21,12 +21,6 @@ pytestmark = pytest.mark.skipif(heap._glibc is None, reason="glibc's mallopt onl
 BLOCK = 96 * 2**20  # above glibc's largest mmap threshold (32 MiB): mmapped afresh on every allocation
 
 
-@pytest.fixture
-def network_and_input():
-    torch.manual_seed(0)
-    return UNet(depth=2, width=32).eval(), torch.rand(1, 1, 320, 320)  # its concatenation takes 38 MiB
-
-
 def faults_per_forward(network, x, repeats: int = 2, warmup: int = 2) -> float:
     """Minor page faults of one forward pass, once the allocations have settled (a ratio between two of
     these does not depend on the page size the kernel faults in)."""
@@ -44,11 +38,30 @@ def rss_mib() -> float:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
 
 
-def test_forward_passes_reuse_their_memory_inside_and_refault_it_outside(network_and_input):
-    outside = faults_per_forward(*network_and_input)
-    with heap.reusing_freed_memory():
-        inside = faults_per_forward(*network_and_input)
-    after = faults_per_forward(*network_and_input)
+MAIN_THREAD_JOB = """
+import resource, torch
+from napari_pgsr import heap
+from napari_pgsr.models.unet import UNet
+torch.manual_seed(0)
+network, x = UNet(depth=2, width=32).eval(), torch.rand(1, 1, 320, 320)
+outside = faults_per_forward(network, x)
+with heap.reusing_freed_memory():
+    inside = faults_per_forward(network, x)
+print(inside, outside, faults_per_forward(network, x))
+"""
+
+
+def _run_fresh(job: str) -> list[float]:
+    """Run `job` (with faults_per_forward) in a fresh process and return the numbers it prints: the page
+    faults count every thread of a process, and earlier tests leave threads and arenas behind."""
+    result = subprocess.run([sys.executable, "-c", inspect.getsource(faults_per_forward) + job],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return [float(value) for value in result.stdout.split()]
+
+
+def test_forward_passes_reuse_their_memory_inside_and_refault_it_outside():
+    inside, outside, after = _run_fresh(MAIN_THREAD_JOB)
     assert inside < 0.2 * outside and inside < 0.2 * after, (inside, outside, after)
 
 
@@ -75,10 +88,7 @@ print(faults[0], outside)
 def test_threads_started_after_sharing_the_arena_reuse_memory_too():
     # A fresh process: in this one, earlier tests' ended threads left arenas that a new thread may take
     # over (the module's best-effort note), which made the figure depend on the test order.
-    script = inspect.getsource(faults_per_forward) + THREAD_JOB
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    inside, outside = map(float, result.stdout.split())
+    inside, outside = _run_fresh(THREAD_JOB)
     assert inside < 0.2 * outside, (inside, outside)  # its memory stayed mapped
 
 
