@@ -112,6 +112,10 @@ def test_export_refuses_to_overwrite_and_import_refuses_foreign_or_newer_package
                                                                    "format_version": 99}}})
     with pytest.raises(ValueError, match="newer.zip holds napari-pgsr model format version 99"):
         import_bioimageio(newer)
+    damaged = repack("damaged.zip", {**rdf, "config": {"napari_pgsr": {**rdf["config"]["napari_pgsr"],
+                                                                       "metadata_json": "{"}}})
+    with pytest.raises(ValueError, match="damaged.zip: damaged bioimage.io package"):
+        load_model(damaged)
 
 
 def test_export_command_uses_the_users_movie_for_the_test_tensors(exported, tmp_path, movie_file, capsys):

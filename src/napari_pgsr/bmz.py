@@ -241,13 +241,13 @@ def import_bioimageio(path: str | os.PathLike, device: str | torch.device = "cpu
                                  f"newer than this napari-pgsr reads ({FORMAT_VERSION}); upgrade napari-pgsr")
             weights_name = rdf["weights"]["pytorch_state_dict"]["source"]
             state = torch.load(io.BytesIO(archive.read(weights_name)), map_location=device, weights_only=True)
+        metadata = json.loads(ours["metadata_json"])
+        network = build_model(metadata["architecture"])
+        network.load_state_dict(state)
     except StopIteration:
         raise ValueError(f"{path} is a zip but not a bioimage.io package (no rdf.yaml)") from None
-    except (zipfile.BadZipFile, KeyError, TypeError, yaml.YAMLError) as err:
+    except (zipfile.BadZipFile, KeyError, TypeError, RuntimeError, yaml.YAMLError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: damaged bioimage.io package ({type(err).__name__}: {err})") from err
-    metadata = json.loads(ours["metadata_json"])
-    network = build_model(metadata["architecture"])
-    network.load_state_dict(state)
     return ModelFile(network.to(device).eval(), Normalization.from_dict(metadata["normalization"]), metadata,
                      None, path)
 

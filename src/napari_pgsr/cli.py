@@ -422,10 +422,7 @@ def export_main(argv: list[str] | None = None) -> int:
             frames = low_frames(pairs, 2 * model.context + 1)
         path = export_bioimageio(model, args.output, name=args.name, authors=args.author, license=args.license,
                                  test_frames=frames, overwrite=args.overwrite)
-    except ImportError as err:
-        print(f"napari-pgsr-export: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
+    except (BadInput, ValueError, FileNotFoundError, FileExistsError, ImportError) as err:  # (the extra missing)
         print(f"napari-pgsr-export: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {model.describe()}")
