@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from quality import MIN_PHOTONS, PIXEL_NM, care_normalised, evaluate, rmse_on_common_spots, test_sets
+from quality import MIN_PHOTONS, PIXEL_NM, _nm, care_normalised, evaluate, rmse_on_common_spots, test_sets
 from scipy import ndimage
 
 from napari_pgsr.analysis import measure_spots
@@ -111,10 +111,6 @@ def score(sets: dict, trained: dict) -> tuple[list[dict], dict]:
         crops[kind] = {"truth": care_normalised(truth, truth)[0],
                        **{name: care_normalised(truth, frames[0])[1] for name, frames in methods.items()}}
     return rows, crops
-
-
-def _nm(value: float) -> str:
-    return f"{value:.1f}" if np.isfinite(value) else "-"
 
 
 def table(rows: list[dict], header: str) -> str:

@@ -316,6 +316,7 @@ def test_restore_widget_exports_the_model_for_bioimage_io(make_napari_viewer, qt
     widget.export_button.clicked.emit()  # in a worker thread: the button is off until it ends
     assert not widget.export_button.enabled
     qtbot.waitUntil(lambda: widget.export_button.enabled, timeout=120_000)
+    assert widget.export_button.text == "Export model for bioimage.io"
     assert infos == [f"Export: {tmp_path / 'm.zip'} written; bioimageio.core's test passed"] and len(errors) == 1
     widget.model_file.value = tmp_path / "m.zip"  # the package opens as a model file
     assert load_model(tmp_path / "m.zip").describe() in widget.about.value

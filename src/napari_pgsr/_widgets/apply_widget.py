@@ -69,7 +69,7 @@ def export_job(model_path: Path, output: Path):
     from ..bmz import check_package, export_bioimageio
     from ..modelfile import load_model
 
-    yield "exporting"
+    yield "writing the package"
     path = export_bioimageio(load_model(model_path), output)
     yield "testing with bioimageio.core"
     passed, summary = check_package(path)
@@ -239,9 +239,14 @@ class ApplyWidget(Container):
             show_error(f"Export: {err}")
             return
         self.export_button.enabled = False
-        start(export_job, Path(self.model_file.value), output, on_yield=lambda step: None,
-              on_return=self._exported, on_finish=lambda: setattr(self.export_button, "enabled", True),
-              context="Export")
+        start(export_job, Path(self.model_file.value), output, on_yield=self._export_step,
+              on_return=self._exported, on_finish=self._export_finished, context="Export")
+
+    def _export_step(self, step: str) -> None:  # the job's stage on the button, while it is off
+        self.export_button.text = f"Export: {step}..."
+
+    def _export_finished(self) -> None:
+        self.export_button.text, self.export_button.enabled = "Export model for bioimage.io", True
 
     def _exported(self, result) -> None:
         path, passed, summary = result
