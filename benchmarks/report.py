@@ -18,6 +18,7 @@ mapped onto the truth's intensity scale), FWHM histograms, F1 per method.
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -65,24 +66,33 @@ def train_all(args, configs: dict[str, dict], folder: Path) -> dict:
     for name, changes in configs.items():
         minutes = args.budget * SHARES[name] / total_share
         bf16 = {"cpu_bf16": True} if args.cpu_bf16 and changes.get("model", "unet") == "unet" else {}
-        config = TrainConfig(minutes=minutes, seed=args.seed, validation_every=500, checkpoint_every=10**9,
+        # steps=None: the time alone ends a run (and the U-Nets get the CLI's plateau schedule for it)
+        config = TrainConfig(steps=None, minutes=minutes, seed=args.seed, validation_every=500, checkpoint_every=10**9,
                              **bf16, **changes)
         start = time.perf_counter()
         result = train(config, training, folder / f"{name.replace(' ', '_')}.pgsr")
+        if args.keep:  # `--load` scores them again (the file names give the rows' names)
+            args.keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(result.path, args.keep / result.path.name)
         trained[name] = load_model(result.path)
         gan_steps = max(0, result.step - config.warmup_steps) if config.model == "progan" else None
         adversarial = "" if gan_steps is None else f" ({gan_steps} adversarial)"
-        trained[name].metadata["report"] = f"{result.step} steps{adversarial} in {time.perf_counter() - start:.0f} s"
+        ended = f"; ended: {result.reason} ({result.note})" if result.note else ""  # a diverged GAN is said
+        trained[name].metadata["report"] = (f"{result.step} steps{adversarial} in {time.perf_counter() - start:.0f} s"
+                                            f"{ended}")
         print(f"trained {name}: {trained[name].metadata['report']}", flush=True)
     return trained
 
 
 def labelled_spots(image: np.ndarray, truth_yx: np.ndarray,
-                   photons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """FWHM (nm) and SNR of the usable fits at the true spots a user would label (>= MIN_PHOTONS)."""
+                   photons: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """FWHM (nm) and SNR of the usable fits at the true spots a user would label (>= MIN_PHOTONS), the number
+    labelled, and how many of them fitted a width at the fit's bound (a spike narrower than the lens draws,
+    or no spot): those are no width measurement, so they leave the median but are counted."""
     table = measure_spots(image, truth_yx[photons >= MIN_PHOTONS], pixel_size_nm=PIXEL_NM)
     good = table[table["flag"] == ""]
-    return good["fwhm_nm"].to_numpy(), good["snr"].to_numpy()
+    at_limit = int(table["flag"].str.contains("width at limit").sum())
+    return good["fwhm_nm"].to_numpy(), good["snr"].to_numpy(), len(table), at_limit
 
 
 def score(sets: dict, trained: dict) -> tuple[list[dict], dict]:
@@ -97,9 +107,12 @@ def score(sets: dict, trained: dict) -> tuple[list[dict], dict]:
             images, spots = data["high_truth"] if name == "raw high" else data["low_truth"]
             row = {"kind": kind, **evaluate(name, frames, images, spots)}
             measured = [labelled_spots(frame, yx, photons) for frame, (yx, photons) in zip(frames, spots)]
-            row["fwhm_values"] = np.concatenate([fwhm for fwhm, _ in measured])
+            row["fwhm_values"] = np.concatenate([fwhm for fwhm, *_ in measured])
             row["fwhm_nm"] = float(np.median(row["fwhm_values"])) if row["fwhm_values"].size else float("nan")
-            snr = np.concatenate([snr for _, snr in measured])
+            labelled = sum(m[2] for m in measured)
+            row["usable_percent"] = 100 * row["fwhm_values"].size / max(labelled, 1)
+            row["at_limit_percent"] = 100 * sum(m[3] for m in measured) / max(labelled, 1)
+            snr = np.concatenate([snr for _, snr, *_ in measured])
             row["snr"] = float(np.median(snr)) if snr.size else float("nan")
             kind_rows.append(row)
         raw_low = kind_rows[0]
@@ -116,15 +129,16 @@ def score(sets: dict, trained: dict) -> tuple[list[dict], dict]:
 def table(rows: list[dict], header: str) -> str:
     lines = [header, "",
              "| sample | method | PSNR (dB) | SSIM | spot F1 | precision | localisation RMSE (nm) | RMSE on raw low's "
-             "spots (nm) | median FWHM (nm) | median SNR |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "spots (nm) | median FWHM (nm) | widths measured (%) | width at the fit's bound (%) | median SNR |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['kind']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['f1']:.3f} "
               f"| {r['precision']:.3f} | {_nm(r['rmse_nm'])} | {_nm(r['rmse_low_spots_nm'])} | {_nm(r['fwhm_nm'])} "
-              f"| {_nm(r['snr'])} |"
+              f"| {r['usable_percent']:.0f} | {r['at_limit_percent']:.1f} | {_nm(r['snr'])} |"
               for r in rows]
     return "\n".join(lines)
 
 
-def crop_figure(crops: dict, true_fwhm: float) -> Figure:
+def crop_figure(crops: dict) -> Figure:
     kinds, methods = list(crops), list(next(iter(crops.values())))
     figure = Figure(figsize=(1.6 * len(methods), 1.75 * len(kinds)), layout="constrained")
     axes = figure.subplots(len(kinds), len(methods), squeeze=False)
@@ -143,7 +157,8 @@ def crop_figure(crops: dict, true_fwhm: float) -> Figure:
             if column == 0:
                 ax.set_ylabel(kind.replace("_", " "), fontsize=9)
     figure.suptitle(f"First test frame, {CROP} x {CROP} px ({CROP * PIXEL_NM / 1000:.1f} um); one contrast: "
-                    f"every image mapped onto the truth's 0.1-99.9 percentiles", fontsize=9)
+                    f"every image mapped onto the truth's 0.1-99.9 percentiles; raw high is its pair's "
+                    f"high-exposure frame, taken next (moving spots have moved)", fontsize=9)
     return figure
 
 
@@ -200,15 +215,25 @@ def main() -> int:
     parser.add_argument("--cpu-bf16", action="store_true", help="U-Nets in bf16 autocast on CPUs with native bf16")
     parser.add_argument("--load", type=Path, nargs="+", metavar="MODEL",
                         help="score these model files (rows named after the files) instead of training")
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="also save the trained models here")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "report",
                         help="folder for report.md and the figures")
     args = parser.parse_args()
+    if args.load:
+        trained_here = [f"--{name.replace('_', '-')}" for name in ("budget", "full_size", "gan_warmup", "train_kind",
+                                                                      "frames", "cpu_bf16", "keep")
+                        if getattr(args, name) != parser.get_default(name)]
+        if trained_here:
+            parser.error(f"{', '.join(trained_here)} set how models are trained here; --load scores given ones")
+        stems = [path.stem for path in args.load]
+        if len(set(stems)) < len(stems):
+            parser.error(f"--load: two models share a file name ({', '.join(stems)}); the rows are named after them")
     start = time.perf_counter()
     true_fwhm = FWHM_PER_SIGMA * Microscope().sigma_nm
     with tempfile.TemporaryDirectory() as folder:
         if args.load:
             trained = {path.stem.replace("_", " "): load_model(path) for path in args.load}
-            how = f"models from {', '.join(path.name for path in args.load)}"
+            how = f"from {', '.join(path.name for path in args.load)}"
         else:
             trained = train_all(args, model_configs(args.full_size, args.gan_warmup), Path(folder))
             where = (torch.cuda.get_device_name() if torch.cuda.is_available()
@@ -220,14 +245,15 @@ def main() -> int:
         descriptions = {name: model.describe() + (f"; {model.metadata['report']}" if "report" in model.metadata
                                                   else "") for name, model in trained.items()}
         rows, crops = score(test_sets(args.test_frames, args.size), trained)
-    header = (f"Models {how}; test: {args.test_frames} held-out frames per kind; true PSF FWHM {true_fwhm:.0f} nm "
+    header = (f"Models {how}; test: a held-out movie of {args.test_frames} frames ({args.test_frames // 2} "
+              f"exposure pairs) per kind; true PSF FWHM {true_fwhm:.0f} nm "
               f"(sigma {Microscope().sigma_nm:.1f} nm); {time.perf_counter() - start:.0f} s in all.\n\n"
               + "\n".join(f"- {name}: {text}" for name, text in descriptions.items()))
     text = table(rows, header)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.md").write_text(text + "\n\n![crops](crops.png)\n\n![FWHM](fwhm.png)\n\n![F1](f1.png)\n")
-    crop_figure(crops, true_fwhm).savefig(args.out / "crops.png", dpi=110)
+    crop_figure(crops).savefig(args.out / "crops.png", dpi=110)
     fwhm_figure(rows, true_fwhm).savefig(args.out / "fwhm.png", dpi=100)
     f1_figure(rows).savefig(args.out / "f1.png", dpi=100)
     print(f"written: {', '.join(str(args.out / name) for name in ('report.md', 'crops.png', 'fwhm.png', 'f1.png'))}")
