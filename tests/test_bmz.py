@@ -1,6 +1,7 @@
 """Export to the BioImage Model Zoo format: bioimageio.core's own validator passes the package, runs it as
 napari-pgsr does, and the package reads back into the same model."""
 
+import json
 import zipfile
 
 import numpy as np
@@ -61,8 +62,10 @@ def test_the_package_reads_back_into_the_same_model_and_predict_uses_it(exported
     assert back.normalization == original.normalization
     assert back.metadata["config"] == original.metadata["config"]
     assert back.metadata["history"] == {"step": 7}
-    for (name, a), (_, b) in zip(original.network.state_dict().items(), back.network.state_dict().items()):
-        assert torch.equal(a, b), name
+    weights, weights_back = original.network.state_dict(), back.network.state_dict()
+    assert weights.keys() == weights_back.keys()
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, weights_back[name]), name
     assert load_model(package).describe() == original.describe()  # load_model reads packages too
     movie = np.random.default_rng(4).integers(90, 900, (6, 40, 36)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "movie.tif", movie, photometric="minisblack")
@@ -88,7 +91,11 @@ def test_context_sigmoid_and_progan_models_export_and_validate(tmp_path, kind):
         assert channels == ["t"] and post == ["scale_linear"]
     else:
         assert channels == ["t_minus_1", "t", "t_plus_1"] and post == ["sigmoid", "scale_linear"]
-    back, original = import_bioimageio(package).network.state_dict(), load_model(path).network.state_dict()
+    network = load_model(path).network
+    reach, step = network.receptive_field // 2, 2 ** network.depth  # progan (32 px): 51 px, halo 56
+    halos = [axis["halo"] for axis in rdf["outputs"][0]["axes"][2:]]
+    assert halos == [step * -(-reach // step)] * 2 and halos[0] >= reach  # tiles crop all of the reach
+    back, original = import_bioimageio(package).network.state_dict(), network.state_dict()
     assert back.keys() == original.keys() and all(torch.equal(back[k], original[k]) for k in back)
 
 
@@ -116,6 +123,17 @@ def test_export_refuses_to_overwrite_and_import_refuses_foreign_or_newer_package
                                                                        "metadata_json": "{"}}})
     with pytest.raises(ValueError, match="damaged.zip: damaged bioimage.io package"):
         load_model(damaged)
+    metadata = json.loads(rdf["config"]["napari_pgsr"]["metadata_json"])
+    del metadata["normalization"]
+    no_norm = repack("no_norm.zip", {**rdf, "config": {"napari_pgsr": {**rdf["config"]["napari_pgsr"],
+                                                                       "metadata_json": json.dumps(metadata)}}})
+    with pytest.raises(ValueError, match="no_norm.zip: damaged bioimage.io package .KeyError: 'normalization'"):
+        load_model(no_norm)
+    other_format = repack("other.zip", {**rdf, "config": {"napari_pgsr": {**rdf["config"]["napari_pgsr"],
+                                                                          "format": "something-else"}}})
+    with pytest.raises(ValueError, match="other.zip: damaged bioimage.io package .config.napari_pgsr names format "
+                       "'something-else'"):
+        load_model(other_format)
 
 
 def test_export_command_uses_the_users_movie_for_the_test_tensors(exported, tmp_path, movie_file, capsys):

@@ -1,16 +1,20 @@
 """Train and Restore dock widgets driven in a real napari viewer."""
 
 import gc
+import io
 import time
+import zipfile
 
 import numpy as np
 import pytest
+import yaml
 from qtpy.QtCore import QTimer
 
 from napari_pgsr._widgets import _workers, apply_widget, pairs_widget, train_widget
 from napari_pgsr._widgets.train_widget import RunState
 from napari_pgsr.io import read_movie, write_movie
 from napari_pgsr.modelfile import load_model
+from napari_pgsr.pairs import split_alternating
 from napari_pgsr.simulate import Acquisition, simulate_movie
 
 
@@ -312,12 +316,23 @@ def test_restore_widget_exports_the_model_for_bioimage_io(make_napari_viewer, qt
     widget.export_to.value = tmp_path / "m.bmz"
     widget.export_button.clicked.emit()
     assert errors == ["Export: the bioimage.io package is a zip: name it *.zip, got 'm.bmz'"]
+    movie = simulate_movie("ap2", 4, (72, 80), seed=3).movie  # alternating; its first low frame is the test input
+    widget.movie.value = viewer.add_image(movie, name="sample")
+    widget.frames.value = "low"
+    widget.export_authors.value = "A. Microscopist,  B. Biologist ,"
     widget.export_to.value = tmp_path / "m.zip"
     widget.export_button.clicked.emit()  # in a worker thread: the button is off until it ends
     assert not widget.export_button.enabled
     qtbot.waitUntil(lambda: widget.export_button.enabled, timeout=120_000)
     assert widget.export_button.text == "Export model for bioimage.io"
     assert infos == [f"Export: {tmp_path / 'm.zip'} written; bioimageio.core's test passed"] and len(errors) == 1
+    with zipfile.ZipFile(tmp_path / "m.zip") as package:
+        rdf = yaml.safe_load(package.read("rdf.yaml"))
+        test_input = np.load(io.BytesIO(package.read(rdf["inputs"][0]["test_tensor"]["source"])))
+    assert [author["name"] for author in rdf["authors"]] == ["A. Microscopist", "B. Biologist"]
+    first_low = split_alternating(movie).read(0)[0]
+    assert test_input.shape == (1, 1, 64, 64)
+    np.testing.assert_array_equal(test_input[0, 0], first_low[4:68, 8:72])
     widget.model_file.value = tmp_path / "m.zip"  # the package opens as a model file
     assert load_model(tmp_path / "m.zip").describe() in widget.about.value
     widget.export_button.clicked.emit()

@@ -58,6 +58,18 @@ def low_frames(pairs, count: int) -> np.ndarray:
     return np.stack([pairs.read(pair)[0] for pair in range(count)]).astype(np.float32)
 
 
+def movie_low_frames(data, count: int, *, alternating: bool, name: str) -> np.ndarray:
+    """The first `count` low-exposure frames (count x Y x X) of a movie array: of its exposure pairs when it
+    alternates, else its first frames (a movie of low-exposure frames, or one frame)."""
+    if alternating:
+        from .pairs import split_alternating
+        return low_frames(split_alternating(data, name=name), count)
+    data = data[None] if data.ndim == 2 else data
+    if data.ndim != 3 or len(data) < count:
+        raise ValueError(f"{name}: {count} frames (T x Y x X) needed for the test input, got shape {data.shape}")
+    return np.asarray(data[:count], np.float32)
+
+
 def test_input(model: ModelFile, frames: np.ndarray | None = None, size: int = TEST_SIZE,
                seed: int = 0) -> np.ndarray:
     """1 x C x size x size raw low-exposure input for the package's test tensors: the centre crop of `frames`
@@ -142,10 +154,9 @@ def export_bioimageio(model: ModelFile, output: str | os.PathLike, *, name: str 
     architecture = dict(network.architecture)
     kind = architecture.pop("name")
     step = 2 ** network.depth  # the network pads to this multiple itself; tools tile in it
-    # tools that tile crop this margin of every block, as napari-pgsr's own tiling does: no seams (at most
-    # about 32 px: a ProGAN's theoretical field is far wider than what its output depends on); a multiple of
-    # `step`, so blocks keep the pooling grid of the whole frame
-    halo = step * -(-min(network.receptive_field // 2, 32) // step)
+    # tools that tile crop this margin of every block: the network's whole reach, as napari-pgsr's own tiling
+    # crops, so no seams; a multiple of `step`, so blocks keep the pooling grid of the whole frame
+    halo = step * -(-(network.receptive_field // 2) // step)
     min_size = step * -(-max(TEST_SIZE, 2 * halo + step) // step)  # a valid size above twice the halo
     x = test_input(model, test_frames, size=min_size)
     norm = model.normalization
@@ -236,20 +247,24 @@ def import_bioimageio(path: str | os.PathLike, device: str | torch.device = "cpu
             if not ours:
                 raise ValueError(f"{path} is a bioimage.io package but not one exported by napari-pgsr "
                                  "(no config.napari_pgsr); run it with bioimageio.core")
-            if ours.get("format") != FORMAT or int(ours.get("format_version", 10**6)) > FORMAT_VERSION:
-                raise ValueError(f"{path} holds napari-pgsr model format version {ours.get('format_version')}, "
+            if ours.get("format") != FORMAT:
+                raise ValueError(f"{path}: damaged bioimage.io package (config.napari_pgsr names format "
+                                 f"{ours.get('format')!r}, expected {FORMAT!r})")
+            if int(ours["format_version"]) > FORMAT_VERSION:
+                raise ValueError(f"{path} holds napari-pgsr model format version {ours['format_version']}, "
                                  f"newer than this napari-pgsr reads ({FORMAT_VERSION}); upgrade napari-pgsr")
             weights_name = rdf["weights"]["pytorch_state_dict"]["source"]
             state = torch.load(io.BytesIO(archive.read(weights_name)), map_location=device, weights_only=True)
         metadata = json.loads(ours["metadata_json"])
         network = build_model(metadata["architecture"])
         network.load_state_dict(state)
+        normalization = Normalization.from_dict(metadata["normalization"])
     except StopIteration:
         raise ValueError(f"{path} is a zip but not a bioimage.io package (no rdf.yaml)") from None
-    except (zipfile.BadZipFile, KeyError, TypeError, RuntimeError, yaml.YAMLError, json.JSONDecodeError) as err:
+    except (zipfile.BadZipFile, KeyError, TypeError, AttributeError, RuntimeError, yaml.YAMLError,
+            json.JSONDecodeError) as err:  # (AttributeError: a yaml entry that is not a mapping)
         raise ValueError(f"{path}: damaged bioimage.io package ({type(err).__name__}: {err})") from err
-    return ModelFile(network.to(device).eval(), Normalization.from_dict(metadata["normalization"]), metadata,
-                     None, path)
+    return ModelFile(network.to(device).eval(), normalization, metadata, None, path)
 
 
 

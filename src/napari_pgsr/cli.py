@@ -428,7 +428,12 @@ def export_main(argv: list[str] | None = None) -> int:
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {model.describe()}")
     if args.no_check:
         return 0
-    passed, summary = check_package(path)
+    try:
+        passed, summary = check_package(path)
+    except Exception as err:  # the validator's own failure (e.g. a version it does not know): the package stays
+        print(f"napari-pgsr-export: bioimageio.core could not test {path.name} ({type(err).__name__}: {err}); "
+              "the package was written, --no-check skips the test", file=sys.stderr)
+        return 1
     print(f"bioimageio.core test of {path.name}: {'passed' if passed else 'FAILED'}")
     if not passed:
         print(summary, file=sys.stderr)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import napari
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox, create_widget
+from magicgui.widgets import (ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, SpinBox,
+                              create_widget)
 from napari.utils.notifications import show_error, show_info
 
 from ..inference import PRECISIONS
@@ -63,14 +64,19 @@ def restore_job(model_path: Path, layer_data, source_path: str | None, pixel_siz
     return output
 
 
-def export_job(model_path: Path, output: Path):
-    """Worker body (a generator, for `start`): write the bioimage.io package and run bioimageio.core's own
-    test of it; returns (output, passed, the test's summary)."""
-    from ..bmz import check_package, export_bioimageio
+def export_job(model_path: Path, output: Path, authors: list[str], movie=None, alternating: bool = False,
+               movie_name: str = ""):
+    """Worker body (a generator, for `start`): write the bioimage.io package, its test input taken from the
+    first low-exposure frames of `movie` (a layer's data) when given, and run bioimageio.core's own test of
+    it; returns (output, passed, the test's summary)."""
+    from ..bmz import check_package, export_bioimageio, movie_low_frames
     from ..modelfile import load_model
 
     yield "writing the package"
-    path = export_bioimageio(load_model(model_path), output)
+    model = load_model(model_path)
+    frames = None if movie is None else movie_low_frames(movie, 2 * model.context + 1, alternating=alternating,
+                                                          name=movie_name)
+    path = export_bioimageio(model, output, authors=authors or None, test_frames=frames)
     yield "testing with bioimageio.core"
     passed, summary = check_package(path)
     return path, passed, summary
@@ -130,10 +136,12 @@ class ApplyWidget(Container):
         self.compare_button = PushButton(text="Side by side: low | high | restored")
         self.export_to = FileEdit(label="bioimage.io package", mode="w", filter="*.zip",
                                   tooltip="export the model for the BioImage Model Zoo's tools (a .zip)")
+        self.export_authors = LineEdit(label="Authors", tooltip="the package's authors, comma-separated (the zoo "
+                                       "shows them); the test input comes from the movie's first low frames")
         self.export_button = PushButton(text="Export model for bioimage.io")
         self.extend([self.model_file, self.about, self.movie, self.frames, self.output, self.device, self.precision,
                      self.batch, self.run_button, self.cancel_button, self.progress, self.compare_button,
-                     self.export_to, self.export_button])
+                     self.export_to, self.export_authors, self.export_button])
         self.model_file.changed.connect(self._show_model)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -238,8 +246,11 @@ class ApplyWidget(Container):
         except (ValueError, FileNotFoundError) as err:
             show_error(f"Export: {err}")
             return
+        authors = [author.strip() for author in self.export_authors.value.split(",") if author.strip()]
+        layer = self.movie.value  # its first low frames become the package's test input (else a simulated movie's)
+        movie = () if layer is None else (layer.data, self.frames.value == "low", layer.name)
         self.export_button.enabled = False
-        start(export_job, Path(self.model_file.value), output, on_yield=self._export_step,
+        start(export_job, Path(self.model_file.value), output, authors, *movie, on_yield=self._export_step,
               on_return=self._exported, on_finish=self._export_finished, context="Export")
 
     def _export_step(self, step: str) -> None:  # the job's stage on the button, while it is off
