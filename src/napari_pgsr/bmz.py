@@ -58,12 +58,13 @@ def low_frames(pairs, count: int) -> np.ndarray:
     return np.stack([pairs.read(pair)[0] for pair in range(count)]).astype(np.float32)
 
 
-def movie_low_frames(data, count: int, *, alternating: bool, name: str) -> np.ndarray:
-    """The first `count` low-exposure frames (count x Y x X) of a movie array: of its exposure pairs when it
-    alternates, else its first frames (a movie of low-exposure frames, or one frame)."""
+def movie_low_frames(data, count: int, *, alternating: bool, name: str, low_first: bool | None = None) -> np.ndarray:
+    """The first `count` low-exposure frames (count x Y x X) of a movie (array or `Movie`): of its exposure
+    pairs when it alternates (`low_first` None: detected), else its first frames (a movie of low-exposure
+    frames, or one frame)."""
     if alternating:
         from .pairs import split_alternating
-        return low_frames(split_alternating(data, name=name), count)
+        return low_frames(split_alternating(data, low_first=low_first, name=name), count)
     data = data[None] if data.ndim == 2 else data
     if data.ndim != 3 or len(data) < count:
         raise ValueError(f"{name}: {count} frames (T x Y x X) needed for the test input, got shape {data.shape}")

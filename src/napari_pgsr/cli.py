@@ -404,10 +404,9 @@ def export_main(argv: list[str] | None = None) -> int:
     """napari-pgsr-export."""
     args = export_parser().parse_args(argv)
     try:
-        from .bmz import check_package, export_bioimageio, low_frames
+        from .bmz import check_package, export_bioimageio, movie_low_frames
         from .io import read_movie
         from .modelfile import load_model
-        from .pairs import split_alternating
 
         if args.output.suffix.lower() != ".zip":
             raise BadInput(f"the package is a zip: name it *.zip, got {args.output}")
@@ -418,8 +417,8 @@ def export_main(argv: list[str] | None = None) -> int:
         model = load_model(args.model)
         frames = None
         if args.sample:
-            pairs = split_alternating(read_movie(args.sample), low_first=args.low_first, name=args.sample.name)
-            frames = low_frames(pairs, 2 * model.context + 1)
+            frames = movie_low_frames(read_movie(args.sample), 2 * model.context + 1, alternating=True,
+                                      name=args.sample.name, low_first=args.low_first)
         path = export_bioimageio(model, args.output, name=args.name, authors=args.author, license=args.license,
                                  test_frames=frames, overwrite=args.overwrite)
     except (BadInput, ValueError, FileNotFoundError, FileExistsError, ImportError) as err:  # (the extra missing)
