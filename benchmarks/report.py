@@ -58,17 +58,23 @@ def model_configs(full_size: bool, gan_warmup: int | None) -> dict[str, dict]:
             "ProGAN gan": {**recipe, "gan_mode": "gan"}}
 
 
+def training_configs(configs: dict[str, dict], budget: float, seed: int, cpu_bf16: bool) -> dict[str, TrainConfig]:
+    """Each row's TrainConfig: `budget` minutes shared out by SHARES, and nothing else ending a run."""
+    total_share = sum(SHARES[name] for name in configs)
+    built = {}
+    for name, changes in configs.items():
+        bf16 = {"cpu_bf16": True} if cpu_bf16 and changes.get("model", "unet") == "unet" else {}
+        # steps=None: the time alone ends a run (and the U-Nets get the CLI's plateau schedule for it)
+        built[name] = TrainConfig(steps=None, minutes=budget * SHARES[name] / total_share, seed=seed,
+                                  validation_every=500, checkpoint_every=10**9, **bf16, **changes)
+    return built
+
+
 def train_all(args, configs: dict[str, dict], folder: Path) -> dict:
     training = [split_alternating(simulate_movie(args.train_kind, args.frames, (args.size, args.size), seed=s).movie,
                                   name=f"{args.train_kind} seed {s}") for s in range(3)]
-    total_share = sum(SHARES[name] for name in configs)
     trained = {}
-    for name, changes in configs.items():
-        minutes = args.budget * SHARES[name] / total_share
-        bf16 = {"cpu_bf16": True} if args.cpu_bf16 and changes.get("model", "unet") == "unet" else {}
-        # steps=None: the time alone ends a run (and the U-Nets get the CLI's plateau schedule for it)
-        config = TrainConfig(steps=None, minutes=minutes, seed=args.seed, validation_every=500, checkpoint_every=10**9,
-                             **bf16, **changes)
+    for name, config in training_configs(configs, args.budget, args.seed, args.cpu_bf16).items():
         start = time.perf_counter()
         result = train(config, training, folder / f"{name.replace(' ', '_')}.pgsr")
         if args.keep:  # `--load` scores them again (the file names give the rows' names)
@@ -225,6 +231,9 @@ def main() -> int:
                         if getattr(args, name) != parser.get_default(name)]
         if trained_here:
             parser.error(f"{', '.join(trained_here)} set how models are trained here; --load scores given ones")
+        missing = [str(path) for path in args.load if not path.is_file()]
+        if missing:
+            parser.error(f"--load: no model file at {', '.join(missing)}")
         stems = [path.stem for path in args.load]
         if len(set(stems)) < len(stems):
             parser.error(f"--load: two models share a file name ({', '.join(stems)}); the rows are named after them")

@@ -1,0 +1,97 @@
+"""benchmarks/report.py, the quality report: its command scores given models on all three kinds with the same
+numbers as the raw frames they return, writes the table and figures, and shares a training budget out as said."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_pgsr.analysis.measure import FWHM_PER_SIGMA
+from napari_pgsr.data import Normalization
+from napari_pgsr.modelfile import save_model
+from napari_pgsr.models.unet import UNet
+from napari_pgsr.physics import Microscope
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import report  # noqa: E402  (a script beside quality.py, which it imports as a sibling)
+
+SAME_RANGE = Normalization(100.0, 1100.0, 100.0, 1100.0)  # low and high alike: output = input in counts
+
+
+def _identity_model(path: Path) -> Path:
+    """A residual U-Net whose correction is zero: it returns its input frame unchanged."""
+    network = UNet(depth=1, width=4)
+    with torch.no_grad():
+        network.head.weight.zero_()
+        network.head.bias.zero_()
+    return save_model(path, network, SAME_RANGE, {"config": {"context": 0, "loss": "mae", "model": "unet"},
+                                                  "history": {"step": 0}, "provenance": {"names": ["none"]}})
+
+
+def _run(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCHMARKS / "report.py"), *arguments], capture_output=True,
+                          text=True, timeout=600)
+
+
+def _table(markdown: str) -> dict[tuple[str, str], list[str]]:
+    """(kind, method) -> the row's remaining cells."""
+    rows = [line.strip("|").split("|") for line in markdown.splitlines() if line.startswith("| ")]
+    header, *body = rows
+    assert header[0].strip() == "sample" and header[1].strip() == "method"
+    return {(cells[0].strip(), cells[1].strip()): [c.strip() for c in cells[2:]] for cells in body}
+
+
+def test_a_model_that_returns_its_input_scores_as_raw_low_in_every_column(tmp_path):
+    model = _identity_model(tmp_path / "identity.pgsr")
+    out = tmp_path / "report"
+    done = _run("--load", str(model), "--test-frames", "6", "--size", "96", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = _table((out / "report.md").read_text())
+    methods = ["raw low", "Gaussian-smoothed low", "raw high", "identity"]
+    assert sorted(rows) == sorted((kind, method) for kind in report.KINDS for method in methods)
+    true_fwhm = FWHM_PER_SIGMA * Microscope().sigma_nm
+    for kind in report.KINDS:
+        assert rows[kind, "identity"] == rows[kind, "raw low"], kind
+        # the high exposure's labelled spots measure the lens's width; smoothing the low frame widens them
+        high_fwhm, smoothed_fwhm = float(rows[kind, "raw high"][6]), float(rows[kind, "Gaussian-smoothed low"][6])
+        assert high_fwhm == pytest.approx(true_fwhm, rel=0.1), kind
+        assert smoothed_fwhm > 1.5 * true_fwhm, kind
+        assert rows[kind, "raw high"][5] == "-"  # raw high's spots are another instant's
+    assert float(rows["ap2", "raw high"][2]) > float(rows["ap2", "raw low"][2]) + 0.3  # spot F1: pits need light
+    assert "identity: unet depth 1 width 4" in (out / "report.md").read_text()
+    for figure in ("crops.png", "fwhm.png", "f1.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+
+
+def test_load_refuses_training_options_missing_files_and_two_models_of_one_name(tmp_path, monkeypatch, capsys):
+    model = _identity_model(tmp_path / "identity.pgsr")
+    (tmp_path / "other").mkdir()
+    twin = _identity_model(tmp_path / "other" / "identity.pgsr")
+    for arguments, said in [
+            (["--budget", "5", "--keep", "kept", "--load", str(model)],
+             "--budget, --keep set how models are trained here; --load scores given ones"),
+            (["--load", str(model), str(tmp_path / "gone.pgsr")], f"--load: no model file at {tmp_path / 'gone.pgsr'}"),
+            (["--load", str(model), str(twin)], "--load: two models share a file name (identity, identity)")]:
+        monkeypatch.setattr(sys, "argv", ["report.py", *arguments])
+        with pytest.raises(SystemExit) as refused:  # before anything is simulated or trained
+            report.main()
+        assert refused.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_the_budget_is_shared_out_and_only_time_ends_a_run():
+    configs = report.training_configs(report.model_configs(full_size=False, gan_warmup=None), budget=30.0,
+                                      seed=3, cpu_bf16=True)
+    assert {name: config.minutes for name, config in configs.items()} == {
+        "U-Net MAE": 5.0, "U-Net BCE": 5.0, "ProGAN joint": 10.0, "ProGAN gan": 10.0}
+    assert all(config.steps is None and config.seed == 3 for config in configs.values())
+    assert configs["U-Net BCE"].loss == "bce" and configs["U-Net MAE"].cpu_bf16
+    assert not configs["ProGAN joint"].cpu_bf16  # bf16 is for the U-Nets only
+    assert (configs["ProGAN joint"].gan_mode, configs["ProGAN gan"].gan_mode) == ("joint", "gan")
+    assert configs["ProGAN joint"].warmup_steps == 200 and configs["ProGAN joint"].width == 0.125
+
+    full = report.model_configs(full_size=True, gan_warmup=None)["ProGAN joint"]
+    assert (full["width"], full["patch"], full["warmup_steps"]) == (1.0, 256, 5000)
+    assert report.model_configs(full_size=True, gan_warmup=600)["ProGAN gan"]["warmup_steps"] == 600
