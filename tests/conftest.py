@@ -23,6 +23,13 @@ def movie_file(tmp_path, ap2_small):
     return path
 
 
+@pytest.fixture(autouse=True)
+def widgets_in_threads(monkeypatch):
+    """Widgets run their work in worker threads, as for users, whatever the shell running the suite set;
+    a test that wants them synchronous sets NAPARI_PGSR_SYNC=1 itself."""
+    monkeypatch.delenv("NAPARI_PGSR_SYNC", raising=False)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -306,7 +306,6 @@ def test_restore_widget_exports_the_model_for_bioimage_io(make_napari_viewer, qt
     from napari_pgsr.modelfile import load_model, save_model
     from napari_pgsr.models.unet import UNet
 
-    monkeypatch.delenv("NAPARI_PGSR_SYNC", raising=False)  # the export's worker thread is part of what is tested
     infos = []
     monkeypatch.setattr(apply_widget, "show_info", infos.append)
     model = save_model(tmp_path / "m.pgsr", UNet(depth=2, width=4), Normalization(100, 300, 100, 2000),
