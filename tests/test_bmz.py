@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from napari_pgsr import cli
-from napari_pgsr.bmz import check_package, export_bioimageio, import_bioimageio
+from napari_pgsr.bmz import _absolute_tolerance, check_package, export_bioimageio, import_bioimageio
 from napari_pgsr.data import Normalization
 from napari_pgsr.inference import restore
 from napari_pgsr.modelfile import load_model, save_model
@@ -97,6 +97,25 @@ def test_context_sigmoid_and_progan_models_export_and_validate(tmp_path, kind):
     assert halos == [step * -(-reach // step)] * 2 and halos[0] >= reach  # tiles crop all of the reach
     back, original = import_bioimageio(package).network.state_dict(), network.state_dict()
     assert back.keys() == original.keys() and all(torch.equal(back[k], original[k]) for k in back)
+
+
+def test_a_dim_test_frame_still_exports_within_the_specs_tolerance_rule(tmp_path):
+    """The spec refuses an absolute tolerance above 1% of the test output's maximum: a dim (here background-
+    subtracted) test frame with the usual 1e-4 of the high range (0.1) crashed the export."""
+    network = UNet(depth=1, width=4)
+    with torch.no_grad():  # a residual U-Net with no correction: it returns its input
+        network.head.weight.zero_(), network.head.bias.zero_()
+    path = save_model(tmp_path / "dim.pgsr", network, Normalization(0.0, 1000.0, 0.0, 1000.0),
+                      {"config": {"context": 0, "loss": "mae", "model": "unet"}, "history": {"step": 1}})
+    package = export_bioimageio(load_model(path), tmp_path / "dim.zip",
+                                test_frames=np.full((2, 64, 64), 0.5, np.float32))
+    passed, summary = check_package(package)
+    assert passed, summary
+    tolerance = yaml.safe_load(zipfile.ZipFile(package).read("rdf.yaml"))["config"]["bioimageio"][
+        "reproducibility_tolerance"][0]["absolute_tolerance"]
+    assert tolerance == pytest.approx(0.005)  # 1% of 0.5, not 0.1
+    assert _absolute_tolerance(NORM, np.full((4, 4), -3.0)) == 0.0  # nothing positive: the relative one alone
+    assert _absolute_tolerance(NORM, np.full((4, 4), 900.0)) == pytest.approx(0.248)  # 1e-4 of 2480
 
 
 def test_export_refuses_to_overwrite_and_import_refuses_foreign_or_newer_packages(exported, tmp_path):
