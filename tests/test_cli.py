@@ -180,8 +180,9 @@ def test_measure_writes_one_table_over_low_and_high_frames(tmp_path, capsys):
     np.testing.assert_allclose(table["fwhm_nm"], expected.table["fwhm_nm"], rtol=1e-9)
     summary = pd.read_csv(tmp_path / "table_summary.csv")
     assert summary["image"].tolist() == ["low", "high"]
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "median_fwhm_nm" in out and "table_summary.csv" in out
+    assert f"{2 * len(truth)}/{2 * len(truth)}" in err and "fit/s" in err  # the progress bar, on stderr
     # existing output, output over an input, images of different shapes: exit 2, inputs untouched
     assert cli.measure_main(args) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err

@@ -5,9 +5,10 @@ from scipy.special import erf
 
 from scipy.integrate import quad
 
-from napari_pgsr.analysis import (CameraCalibration, average_profile, measure_across, measure_spots,
-                                  mortensen_mle_precision, mortensen_precision, read_points_csv, snap_to_maximum,
-                                  write_points_csv)
+from napari_pgsr.analysis import (CameraCalibration, average_profile, iter_measure_across, iter_measure_spots,
+                                  measure_across, measure_spots, mortensen_mle_precision, mortensen_precision,
+                                  read_points_csv, snap_to_maximum, write_points_csv)
+from napari_pgsr.analysis.measure import run_to_end
 from napari_pgsr.physics import EMCCD, Microscope, render_spots
 
 
@@ -144,6 +145,27 @@ def test_measure_across_gives_one_table_and_a_summary_per_image():
     assert profile["profile"][0] == pytest.approx(1.0, abs=0.1) and profile["profile"].iloc[-1] < 0.05
     with pytest.raises(ValueError, match=r"image 'small' has shape \(50, 50\) but 'high' has \(96, 96\)"):
         measure_across({"high": images["high"], "small": np.zeros((50, 50))}, truth)
+
+
+def test_measuring_thousands_of_labels_reports_progress_often_and_gives_the_same_table():
+    rng = np.random.default_rng(5)
+    truth = spot_grid(rng, 300, 6)[:450]  # 450 labels on one frame
+    image = rng.poisson(render_spots((300, 300), truth[:, 0], truth[:, 1], np.full(len(truth), 3000.0), 1.0) + 20)
+    steps = []
+    table = run_to_end(iter_measure_spots(image, truth, pixel_size_nm=100), steps.append)
+    assert steps == [200, 400, 450]  # every 200 fits and at the frame's end: a progress bar, a chance to cancel
+    pd.testing.assert_frame_equal(table, measure_spots(image, truth, pixel_size_nm=100))
+    movie = np.stack([image, image, image])  # (frame, y, x) labels: a step after each frame too
+    labels = np.column_stack([np.repeat([0, 2], [250, 3]), np.concatenate([truth[:250], truth[:3]])])
+    steps = []
+    run_to_end(iter_measure_spots(movie, labels), steps.append)
+    assert steps == [200, 250, 253]
+    across = []
+    report = run_to_end(iter_measure_across({"a": movie, "b": movie}, labels),
+                        lambda *step: across.append(step))
+    assert across[0] == (0, 506, "a") and across[-1] == (506, 506, "")
+    assert (253, 506, "b") in across and [step[0] for step in across] == sorted(step[0] for step in across)
+    assert len(report.table) == 506
 
 
 def test_average_profile_of_a_wider_psf_falls_more_slowly():

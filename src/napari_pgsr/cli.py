@@ -314,7 +314,8 @@ def measure_parser() -> argparse.ArgumentParser:
         prog="napari-pgsr-measure",
         description="Fit hand-labelled spots on one or more images (raw low, raw high, restored) and write one "
                     "table: position, sigma, FWHM, amplitude, background, SNR, SBR, localisation precision, flags.")
-    parser.add_argument("images", type=Path, nargs="+", help="images or movies of one shape (TIFF)")
+    parser.add_argument("images", type=Path, nargs="+", help="images or movies of one shape (TIFF, OME-TIFF, "
+                                                             "ImageJ TIFF or OME-Zarr)")
     parser.add_argument("--points", type=Path, required=True,
                         help="labels CSV: napari points (axis-0, axis-1, ...), 'y,x' or 'frame,y,x' columns")
     parser.add_argument("-o", "--output", type=Path, required=True, help="table CSV; the summary goes beside it")
@@ -329,6 +330,7 @@ def measure_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plots", action="store_true", help="also write FWHM / SNR histograms and average spot "
                                                              "profiles as <output>_plots.png")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -336,7 +338,10 @@ def measure_main(argv: list[str] | None = None) -> int:
     """napari-pgsr-measure."""
     args = measure_parser().parse_args(argv)
     try:
-        from .analysis import CameraCalibration, measure_across, read_points_csv
+        from tqdm import tqdm
+
+        from .analysis import CameraCalibration, iter_measure_across, read_points_csv
+        from .analysis.measure import run_to_end
         from .analysis.points_csv import write_table_atomically
         from .io import read_image
 
@@ -355,8 +360,15 @@ def measure_main(argv: list[str] | None = None) -> int:
             pixel_sizes_um.append(pixel_size_um)
         pixel_size = args.pixel_size_nm or (pixel_sizes_um[0] or 0) * 1000 or None
         camera = CameraCalibration(args.baseline_adu, args.electrons_per_adu, args.excess_noise)
-        report = measure_across(images, read_points_csv(args.points), pixel_size_nm=pixel_size,
-                                radius=args.radius, camera=camera, frame=args.frame)
+        measuring = iter_measure_across(images, read_points_csv(args.points), pixel_size_nm=pixel_size,
+                                        radius=args.radius, camera=camera, frame=args.frame)
+        with tqdm(unit="fit", disable=args.quiet) as bar:  # thousands of labels take minutes
+            def show(done: int, total: int, name: str) -> None:
+                bar.total = total
+                bar.set_description(name, refresh=False)
+                bar.update(done - bar.n)
+
+            report = run_to_end(measuring, show)
         write_table_atomically(report.table, args.output)
         write_table_atomically(report.summary, summary_path)
         if args.plots:

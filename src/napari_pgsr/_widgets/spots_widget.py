@@ -63,7 +63,7 @@ class SpotsWidget(Container):
         self.emccd = CheckBox(text="EMCCD (excess noise 2)", value=True)
         self.measure_button = PushButton(text="Measure")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress = ProgressBar(label="Images", min=0, max=1, value=0)
+        self.progress = ProgressBar(label="Spots fitted", min=0, max=1, value=0)
         self.note = Label(value="")
         self.results: SpotResults | None = None  # made with its dock on the first measurement
         self.extend([self.reference, self.labels_layer, self.new_labels_button, self.snap, self.load_button,
@@ -308,7 +308,7 @@ class SpotsWidget(Container):
         self.results.show(report)
 
     def cancel(self) -> None:
-        """Stop measuring before the next image (the worker ends at its next progress step)."""
+        """Stop measuring (the worker ends at its next progress step: within a frame's or 200 spots' fits)."""
         if self._worker is not None:
             self._worker.quit()
             show_info("Spots: measuring cancelled; nothing was shown")

@@ -12,7 +12,7 @@ import pandas as pd
 from ..io import as_array
 from .detect import suggest_spots
 from .match import compare_to_labels
-from .measure import CameraCalibration, average_profile, locate_points, measure_spots
+from .measure import CameraCalibration, average_profile, iter_measure_spots, locate_points, run_to_end
 
 
 @dataclass
@@ -74,13 +74,22 @@ def iter_measure_across(images: Mapping[str, object], points, pixel_size_nm: flo
                         camera: CameraCalibration | None = None, frame: int | None = None,
                         suggest_sigma: float = 1.0, suggest_threshold: float = 10.0, tolerance_px: float = 2.0,
                         ) -> Generator[tuple[int, int, str], None, SpotReport]:
-    """Generator form of `measure_across`: yields (images done, total, next image name), returns the report."""
+    """Generator form of `measure_across`: yields (spot fits done, fits in all, image being measured) often
+    (`iter_measure_spots`), returns the report."""
     shape = check_same_shape(images)
     frames, yx, note = locate_points(shape, points, frame)
     tables, summaries, profiles = [], [], {}
+    total = len(yx) * len(images)
     for done, (name, image) in enumerate(images.items()):
-        yield done, len(images), name
-        table = measure_spots(image, points, pixel_size_nm, radius, camera, frame)
+        yield done * len(yx), total, name
+        fits = iter_measure_spots(image, points, pixel_size_nm, radius, camera, frame)
+        while True:
+            try:
+                fitted = next(fits)
+            except StopIteration as stop:
+                table = stop.value
+                break
+            yield done * len(yx) + fitted, total, name
         table.insert(0, "image", name)
         tables.append(table)
         inside = (yx[:, 0] >= -0.5) & (yx[:, 0] < shape[-2] - 0.5) & (yx[:, 1] >= -0.5) & (yx[:, 1] < shape[-1] - 0.5)
@@ -92,7 +101,7 @@ def iter_measure_across(images: Mapping[str, object], points, pixel_size_nm: flo
         profile = average_profile(image, table, radius)
         profile["r_nm"] = profile["r_px"] * (pixel_size_nm or float("nan"))
         profiles[name] = profile
-    yield len(images), len(images), ""
+    yield total, total, ""
     return SpotReport(pd.concat(tables, ignore_index=True), pd.DataFrame(summaries), profiles, note)
 
 
@@ -103,9 +112,4 @@ def measure_across(images: Mapping[str, object], points, **options) -> SpotRepor
     counts, median FWHM, SNR, SBR and precision of the usable fits, and the F1, precision and recall of
     `suggest_spots` against the labels. Options are those of `iter_measure_across`.
     """
-    generator = iter_measure_across(images, points, **options)
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(iter_measure_across(images, points, **options))

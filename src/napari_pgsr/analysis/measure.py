@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,6 +162,21 @@ def _measure_one(frame: np.ndarray, y: float, x: float, others: np.ndarray, radi
             "precision_px": precision, "flag": ", ".join(flags)}
 
 
+PROGRESS_EVERY = 200  # fits between progress steps of `iter_measure_spots` (~2-3 s on a slow CPU core)
+
+
+def run_to_end(generator: Generator, progress: Callable[..., object] | None = None):
+    """What a progress-yielding generator returns; each value it yields goes to `progress` (unpacked if a
+    tuple), if given."""
+    while True:
+        try:
+            step = next(generator)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(*step) if isinstance(step, tuple) else progress(step)
+
+
 def measure_spots(image, points, pixel_size_nm: float | None = None, radius: int = 3,
                   camera: CameraCalibration | None = None, frame: int | None = None,
                   sigma_guess: float = 1.0) -> pd.DataFrame:
@@ -178,6 +194,14 @@ def measure_spots(image, points, pixel_size_nm: float | None = None, radius: int
     ...' and/or 'overlap' (another point within radius + 2 sigma). Without `pixel_size_nm`
     the nm columns are NaN.
     """
+    return run_to_end(iter_measure_spots(image, points, pixel_size_nm, radius, camera, frame, sigma_guess))
+
+
+def iter_measure_spots(image, points, pixel_size_nm: float | None = None, radius: int = 3,
+                       camera: CameraCalibration | None = None, frame: int | None = None,
+                       sigma_guess: float = 1.0) -> Generator[int, None, pd.DataFrame]:
+    """Generator form of `measure_spots`: yields the number of points done so far after every frame and every
+    PROGRESS_EVERY fits (a progress bar, a cancel between steps), returns the table."""
     camera = camera or CameraCalibration()
     shape = tuple(image.shape)
     frames, yx, _ = locate_points(shape, points, frame)
@@ -188,11 +212,14 @@ def measure_spots(image, points, pixel_size_nm: float | None = None, radius: int
             rows += [{"point": i, "frame": t, "y": yx[i, 0], "x": yx[i, 1], "flag": "outside image"} for i in in_frame]
             continue
         plane = as_array(image if t < 0 else image[t], np.float64)
-        for i in in_frame:
+        for number, i in enumerate(in_frame, 1):
             others = yx[in_frame[in_frame != i]]
             others = others[np.max(np.abs(others - yx[i]), axis=1) <= 2 * radius + 5]  # only neighbours matter
             rows.append({"point": i, "frame": t, **_measure_one(plane, yx[i, 0], yx[i, 1], others, radius,
                                                                 camera, sigma_guess)})
+            if number % PROGRESS_EVERY == 0 and number < len(in_frame):
+                yield len(rows)
+        yield len(rows)
     table = pd.DataFrame(rows).reindex(columns=COLUMNS).sort_values("point", kind="stable").reset_index(drop=True)
     table["flag"] = table["flag"].fillna("").astype(str)
     scale = float(pixel_size_nm) if pixel_size_nm else float("nan")
