@@ -13,6 +13,7 @@ import numpy as np
 
 from .io import read_movie, write_movie
 from .pairs import split_alternating
+from .physics import EMCCD
 from .simulate import KINDS, simulate_movie, write_spots_csv
 
 
@@ -119,9 +120,14 @@ def measure_suggested_spots(viewer, reference: str) -> None:
 
     high = viewer.layers[reference]
     spots.reference.value = high
+    camera = EMCCD()  # the sample's camera: photon counts and precision in the table are then calibrated
+    spots.baseline.value, spots.electrons.value = camera.baseline_adu, camera.electrons_per_adu / camera.em_gain
     found = suggest_spots(np.asarray(high.data[0], dtype=np.float64))
     spots.new_labels().data = np.column_stack([np.zeros(len(found)), found])  # frame 0
     viewer.dims.set_current_step(0, 0)
+    say(f"Spots widget: the {len(found)} spots suggested on the first high-exposure frame as labels; the simulated "
+        f"EMCCD's calibration: baseline {spots.baseline.value:g} grey levels, {spots.electrons.value:g} e- per grey "
+        "level")
     spots.measure()  # in a worker when the viewer is shown
     report = getattr(spots, "report", None)
     if report is None:
