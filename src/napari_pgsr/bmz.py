@@ -228,8 +228,9 @@ def export_bioimageio(model: ModelFile, output: str | os.PathLike, *, name: str 
 def _absolute_tolerance(norm: Normalization, test_output: np.ndarray) -> float:
     """How far another machine's output may stray, in output units: fp32 sums in another order (other threads,
     another CPU) move it ~1e-6 of the high range, so 1e-4 of it (the default 1e-3 is in raw camera units, too
-    tight near zero); the spec refuses more than 1% of the test output's maximum (a dim test frame)."""
-    return float(max(0.0, min(1e-4 * (norm.high_hi - norm.high_lo), 0.01 * float(test_output.max()))))
+    tight near zero); the spec refuses more than 1% of the test output's maximum (a dim test frame), worked
+    out in float32, so the cap is a hair below it."""
+    return float(max(0.0, min(1e-4 * (norm.high_hi - norm.high_lo), 0.0099 * float(test_output.max()))))
 
 
 def is_bioimageio_package(path: str | os.PathLike) -> bool:
