@@ -8,7 +8,7 @@ from scipy.integrate import quad
 from napari_pgsr.analysis import (CameraCalibration, average_profile, iter_measure_across, iter_measure_spots,
                                   measure_across, measure_spots, mortensen_mle_precision, mortensen_precision,
                                   read_points_csv, snap_to_maximum, write_points_csv)
-from napari_pgsr.analysis.measure import run_to_end
+from napari_pgsr.generators import run_to_end
 from napari_pgsr.physics import EMCCD, Microscope, render_spots
 
 
@@ -161,11 +161,14 @@ def test_measuring_thousands_of_labels_reports_progress_often_and_gives_the_same
     run_to_end(iter_measure_spots(movie, labels), steps.append)
     assert steps == [200, 250, 253]
     across = []
-    report = run_to_end(iter_measure_across({"a": movie, "b": movie}, labels),
-                        lambda *step: across.append(step))
+    report = run_to_end(iter_measure_across({"a": movie, "b": movie}, labels), across.append)
     assert across[0] == (0, 506, "a") and across[-1] == (506, 506, "")
     assert (253, 506, "b") in across and [step[0] for step in across] == sorted(step[0] for step in across)
     assert len(report.table) == 506
+    # labels in frames the movie lacks are rows too ('outside image'): counted, so the bar still ends full
+    steps = []
+    outside = run_to_end(iter_measure_spots(movie, [[9, 5, 5], [0, 30, 30], [7, 5, 5]]), steps.append)
+    assert steps == [1, 2, 3] and outside["flag"].tolist() == ["outside image", "", "outside image"]
 
 
 def test_average_profile_of_a_wider_psf_falls_more_slowly():

@@ -341,7 +341,7 @@ def measure_main(argv: list[str] | None = None) -> int:
         from tqdm import tqdm
 
         from .analysis import CameraCalibration, iter_measure_across, read_points_csv
-        from .analysis.measure import run_to_end
+        from .generators import run_to_end
         from .analysis.points_csv import write_table_atomically
         from .io import read_image
 
@@ -363,7 +363,8 @@ def measure_main(argv: list[str] | None = None) -> int:
         measuring = iter_measure_across(images, read_points_csv(args.points), pixel_size_nm=pixel_size,
                                         radius=args.radius, camera=camera, frame=args.frame)
         with tqdm(unit="fit", disable=args.quiet) as bar:  # thousands of labels take minutes
-            def show(done: int, total: int, name: str) -> None:
+            def show(step: tuple[int, int, str]) -> None:
+                done, total, name = step
                 bar.total = total
                 bar.set_description(name, refresh=False)
                 bar.update(done - bar.n)

@@ -9,6 +9,7 @@ from typing import Any
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error
 
+from ..generators import run_to_end
 from ..heap import share_one_arena
 
 
@@ -29,12 +30,8 @@ def start(job: Callable[..., Generator], *args: Any, on_yield: Callable, on_retu
         show_error(f"{context}: {err}")
 
     if os.environ.get("NAPARI_PGSR_SYNC") == "1":
-        generator = job(*args)
         try:
-            while True:
-                on_yield(next(generator))
-        except StopIteration as stop:
-            on_return(stop.value)
+            on_return(run_to_end(job(*args), on_yield))
         except Exception as err:  # noqa: BLE001 - shown to the user like a worker error
             on_error(err)
         finally:

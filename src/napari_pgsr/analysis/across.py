@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..generators import map_yields, run_to_end
 from ..io import as_array
 from .detect import suggest_spots
 from .match import compare_to_labels
-from .measure import CameraCalibration, average_profile, iter_measure_spots, locate_points, run_to_end
+from .measure import CameraCalibration, average_profile, iter_measure_spots, locate_points
 
 
 @dataclass
@@ -74,22 +75,18 @@ def iter_measure_across(images: Mapping[str, object], points, pixel_size_nm: flo
                         camera: CameraCalibration | None = None, frame: int | None = None,
                         suggest_sigma: float = 1.0, suggest_threshold: float = 10.0, tolerance_px: float = 2.0,
                         ) -> Generator[tuple[int, int, str], None, SpotReport]:
-    """Generator form of `measure_across`: yields (spot fits done, fits in all, image being measured) often
-    (`iter_measure_spots`), returns the report."""
+    """Generator form of `measure_across`: yields (spot fits done, fits in all, image being measured) as each
+    image starts and every frame or 200 fits (`iter_measure_spots`); then (total, total, "") and returns the
+    report. An image's suggestion scores and average profile are computed after its fits, between yields."""
     shape = check_same_shape(images)
     frames, yx, note = locate_points(shape, points, frame)
     tables, summaries, profiles = [], [], {}
     total = len(yx) * len(images)
     for done, (name, image) in enumerate(images.items()):
         yield done * len(yx), total, name
-        fits = iter_measure_spots(image, points, pixel_size_nm, radius, camera, frame)
-        while True:
-            try:
-                fitted = next(fits)
-            except StopIteration as stop:
-                table = stop.value
-                break
-            yield done * len(yx) + fitted, total, name
+        before = done * len(yx)
+        table = yield from map_yields(iter_measure_spots(image, points, pixel_size_nm, radius, camera, frame),
+                                      lambda fitted: (before + fitted, total, name))
         table.insert(0, "image", name)
         tables.append(table)
         inside = (yx[:, 0] >= -0.5) & (yx[:, 0] < shape[-2] - 0.5) & (yx[:, 1] >= -0.5) & (yx[:, 1] < shape[-1] - 0.5)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy.special import erf
 
+from ..generators import run_to_end
 from ..io import as_array
 from .fit import fit_spot
 
@@ -165,18 +166,6 @@ def _measure_one(frame: np.ndarray, y: float, x: float, others: np.ndarray, radi
 PROGRESS_EVERY = 200  # fits between progress steps of `iter_measure_spots` (~2-3 s on a slow CPU core)
 
 
-def run_to_end(generator: Generator, progress: Callable[..., object] | None = None):
-    """What a progress-yielding generator returns; each value it yields goes to `progress` (unpacked if a
-    tuple), if given."""
-    while True:
-        try:
-            step = next(generator)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(*step) if isinstance(step, tuple) else progress(step)
-
-
 def measure_spots(image, points, pixel_size_nm: float | None = None, radius: int = 3,
                   camera: CameraCalibration | None = None, frame: int | None = None,
                   sigma_guess: float = 1.0) -> pd.DataFrame:
@@ -210,6 +199,7 @@ def iter_measure_spots(image, points, pixel_size_nm: float | None = None, radius
         in_frame = np.flatnonzero(frames == t)
         if len(shape) == 3 and not 0 <= t < shape[0]:
             rows += [{"point": i, "frame": t, "y": yx[i, 0], "x": yx[i, 1], "flag": "outside image"} for i in in_frame]
+            yield len(rows)
             continue
         plane = as_array(image if t < 0 else image[t], np.float64)
         for number, i in enumerate(in_frame, 1):

@@ -18,6 +18,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from ..data import PatchDataset, data_provenance, fit_normalization, split_refs
 from .. import devices
 from ..devices import autocast, pick_device
+from ..generators import run_to_end
 from ..heap import reusing_freed_memory
 from ..modelfile import load_model, save_model
 from ..models import build_model
@@ -210,14 +211,8 @@ def train(config: TrainConfig, pairs: Sequence[Pairs], output: str | os.PathLike
     train/validation split. `progress` receives TrainingEvents; `should_stop()` ends at the next step.
     `preview` (raw low frames, C x Y x X with the context) is restored every `preview_every` steps.
     """
-    events = iter_training(config, pairs, output, validation, resume, should_stop, files, preview, preview_every)
-    while True:
-        try:
-            event = next(events)
-        except StopIteration as finished:
-            return finished.value
-        if progress is not None:
-            progress(event)
+    return run_to_end(iter_training(config, pairs, output, validation, resume, should_stop, files, preview,
+                                    preview_every), progress)
 
 
 def _preview(network, normalization, config: TrainConfig, device, frames: np.ndarray) -> np.ndarray:
