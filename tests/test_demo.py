@@ -34,5 +34,5 @@ def test_demo_headless_viewer_docks_widget_and_saves_screenshot(tmp_path, capsys
     # the Spots widget measured the suggested spots of the first high frame on low, high and restored
     assert "ap2_sample high: " in out and "ap2_sample_restored: " in out and "median FWHM" in out
     # the Spots widget holds the simulated camera's calibration, so the table's photons are photons
-    assert "Spots widget: the " in out and "baseline 100 grey levels, 0.1 e- per grey level" in out
+    assert "camera set to the simulated EMCCD: baseline 100 grey levels, 0.1 e- per grey level" in out
     assert shot.stat().st_size > 10_000

@@ -116,18 +116,18 @@ def measure_suggested_spots(viewer, reference: str) -> None:
     """Dock the Spots widget, take the spots it suggests on the first high-exposure frame as labels and
     measure them on raw low, raw high and restored (every layer of that shape)."""
     _, spots = viewer.window.add_plugin_dock_widget("napari-pgsr", "Spots", tabify=True)
-    from .analysis import suggest_spots
+    from .analysis import CameraCalibration, suggest_spots
 
     high = viewer.layers[reference]
     spots.reference.value = high
-    camera = EMCCD()  # the sample's camera: photon counts and precision in the table are then calibrated
-    spots.baseline.value, spots.electrons.value = camera.baseline_adu, camera.electrons_per_adu / camera.em_gain
+    camera = CameraCalibration.from_emccd(EMCCD())  # the sample's camera: the table's photons are then photons
+    spots.baseline.value, spots.electrons.value = camera.baseline_adu, camera.electrons_per_adu
     found = suggest_spots(np.asarray(high.data[0], dtype=np.float64))
     spots.new_labels().data = np.column_stack([np.zeros(len(found)), found])  # frame 0
     viewer.dims.set_current_step(0, 0)
-    say(f"Spots widget: the {len(found)} spots suggested on the first high-exposure frame as labels; the simulated "
-        f"EMCCD's calibration: baseline {spots.baseline.value:g} grey levels, {spots.electrons.value:g} e- per grey "
-        "level")
+    say(f"Spots widget: took the {len(found)} spots it suggests on the first high-exposure frame as labels; "
+        f"camera set to the simulated EMCCD: baseline {spots.baseline.value:g} grey levels, "
+        f"{spots.electrons.value:g} e- per grey level")
     spots.measure()  # in a worker when the viewer is shown
     report = getattr(spots, "report", None)
     if report is None:
