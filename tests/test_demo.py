@@ -13,7 +13,7 @@ def test_demo_core_steps_print_what_they_did(tmp_path, capsys):
     assert "simulated ap2 movie: 20 frames of 64x64 px" in out
     assert "exposure pairs: low exposure first" in out and "10 pairs" in out
     assert read_movie(tmp_path / "ap2_sample.tif").shape == (20, 64, 64)
-    assert (tmp_path / "ap2_sample_spots.csv").exists()
+    assert (tmp_path / "ap2_sample_spots.csv").exists() and (tmp_path / "ap2_sample_low_spots.csv").exists()
     assert "training a U-Net (depth 2, width 4) for 2 steps" in out
     assert read_movie(tmp_path / "ap2_sample_restored.tif").shape == (10, 64, 64)
     before = (tmp_path / "ap2_sample.tif").stat().st_mtime_ns

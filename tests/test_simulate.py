@@ -5,7 +5,7 @@ from scipy import ndimage
 from napari_pgsr import simulate
 from napari_pgsr.io import read_movie
 from napari_pgsr.physics import EMCCD, Microscope
-from napari_pgsr.simulate import Acquisition, Scene, simulate_movie
+from napari_pgsr.simulate import Acquisition, Scene, low_frame_spots, simulate_movie
 
 
 def test_deterministic_from_seed():
@@ -92,6 +92,19 @@ def test_command_line_writes_movie_truth_and_expectation(tmp_path, capsys):
     header = (tmp_path / "sm_spots.csv").read_text().splitlines()[0]
     assert header == "frame,id,y,x,photons" and table.shape[1] == 5
     assert "wrote" in capsys.readouterr().out
+    # the low frames' spots, numbered as the low stack's frames: labels for a `--frames low` restoration
+    low = np.loadtxt(tmp_path / "sm_low_spots.csv", delimiter=",", skiprows=1, ndmin=2)
+    np.testing.assert_array_equal(low[:, 1:], table[table[:, 0] % 2 == 0][:, 1:])  # low first: frames 0, 2, 4
+    np.testing.assert_array_equal(low[:, 0], table[table[:, 0] % 2 == 0][:, 0] // 2)
+
+
+def test_low_frame_spots_follow_the_pairs_of_a_high_first_movie():
+    sim = simulate_movie("beads", 7, (32, 32), seed=2, acquisition=Acquisition(low_first=False))
+    low = low_frame_spots(sim)
+    # high first: low frames 1, 3, 5 are pairs 0-2; the last frame (6, high, unmatched) has no pair
+    assert set(low["frame"]) == {0, 1, 2}
+    for pair, frame in enumerate((1, 3, 5)):
+        np.testing.assert_array_equal(low["y"][low["frame"] == pair], sim.spots["y"][sim.spots["frame"] == frame])
 
 
 def test_simulation_reports_frame_times_and_bleaching():

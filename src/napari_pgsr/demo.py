@@ -14,7 +14,7 @@ import numpy as np
 from .io import read_movie, write_movie
 from .pairs import split_alternating
 from .physics import EMCCD
-from .simulate import KINDS, simulate_movie, write_spots_csv
+from .simulate import KINDS, low_frame_spots, simulate_movie, write_spots_csv
 
 
 def say(message: str) -> None:
@@ -32,6 +32,7 @@ def prepare_sample(kind: str, n_frames: int, size: int, folder: Path) -> Path:
     sim = simulate_movie(kind, n_frames, (size, size))
     write_movie(path, sim.movie, pixel_size_um=sim.pixel_size_um)
     write_spots_csv(folder / f"{kind}_sample_spots.csv", sim.spots)
+    write_spots_csv(folder / f"{kind}_sample_low_spots.csv", low_frame_spots(sim))  # frames of the restored movie
     say(f"simulated {kind} movie: {n_frames} frames of {size}x{size} px, {sim.pixel_size_um * 1000:.0f} nm "
         f"pixels, 10/100 ms alternating -> {path} ({time.perf_counter() - start:.1f} s)")
     return path

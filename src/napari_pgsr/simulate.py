@@ -192,6 +192,19 @@ def write_spots_csv(path: str | Path, spots: dict[str, np.ndarray]) -> None:
     np.savetxt(path, table, delimiter=",", header=",".join(names), comments="", fmt="%d,%d,%.4f,%.4f,%.2f")
 
 
+def low_frame_spots(sim: SimulatedMovie) -> dict[str, np.ndarray]:
+    """The true spots of the low-exposure frames, `frame` renumbered to the pair index: the frames of the
+    low stack (Exposure pairs) and of a movie restored with `--frames low`."""
+    from .pairs import split_alternating
+
+    low_index = split_alternating(sim.movie, low_first=sim.low_first).low_index
+    pair_of_frame = np.full(len(sim.movie), -1)
+    pair_of_frame[low_index] = np.arange(len(low_index))
+    keep = pair_of_frame[sim.spots["frame"]] >= 0
+    return {**{name: values[keep] for name, values in sim.spots.items()},
+            "frame": pair_of_frame[sim.spots["frame"][keep]]}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point: simulate a movie and write it (plus truth) to disk."""
     from .io import write_movie
@@ -212,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     write_movie(out, sim.movie, pixel_size_um=sim.pixel_size_um)
     stem = out.name.removesuffix(".tif").removesuffix(".tiff").removesuffix(".ome")
     write_spots_csv(out.with_name(stem + "_spots.csv"), sim.spots)
+    write_spots_csv(out.with_name(stem + "_low_spots.csv"), low_frame_spots(sim))  # napari-pgsr-measure's labels
     if args.expected:
         write_movie(out.with_name(stem + "_expected.tif"), sim.expected, pixel_size_um=sim.pixel_size_um)
     print(f"wrote {out} ({args.frames} frames of {shape[0]}x{shape[1]}, {sim.spots['frame'].size} spot "
