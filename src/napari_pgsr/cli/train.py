@@ -1,0 +1,202 @@
+"""napari-pgsr-train: train a restoration model on alternating-exposure movies (a config field per flag)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from .common import EXIT_BAD_INPUT, BadInput
+
+
+def _field_type(annotation) -> type:
+    """int / float / str / bool from a dataclass annotation such as 'int | None'."""
+    text = str(annotation)
+    for name, kind in (("bool", bool), ("int", int), ("float", float)):
+        if name in text:
+            return kind
+    return str
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (default None: only flags given override the config file)."""
+    from ..training.config import TrainConfig
+
+    group = parser.add_argument_group("training settings (defaults: the config file, then these)")
+    for spec in fields(TrainConfig):
+        if spec.name in ("low_first", "recipe"):
+            continue  # --low-first / --high-first below; --recipe NAME fills in a recipe's settings
+        flag = "--" + spec.name.replace("_", "-")
+        kind = _field_type(spec.type)
+        help_text = f"{spec.metadata.get('help', '')} [default: {spec.default}]"
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, type=kind, default=None, help=help_text, metavar=spec.name.upper())
+    phase = group.add_mutually_exclusive_group()
+    phase.add_argument("--low-first", dest="low_first", action="store_const", const=True, default=None,
+                       help="alternating movies start with the low exposure [default: detect]")
+    phase.add_argument("--high-first", dest="low_first", action="store_const", const=False,
+                       help="alternating movies start with the high exposure")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """Arguments of napari-pgsr-train."""
+    from ..training.recipes import RECIPES
+
+    parser = argparse.ArgumentParser(
+        prog="napari-pgsr-train", description="Train a restoration model on low/high exposure pairs. Under "
+        "`torchrun --nproc_per_node N -m napari_pgsr.cli train ...` it trains with DistributedDataParallel.")
+    parser.add_argument("movies", nargs="*", type=Path, help="alternating-exposure movies (TIFF)")
+    parser.add_argument("--low", type=Path, nargs="+", default=[], help="low-exposure stacks (with --high)")
+    parser.add_argument("--high", type=Path, nargs="+", default=[], help="matching high-exposure stacks")
+    parser.add_argument("--val", type=Path, nargs="+", default=[], help="alternating movies kept for validation")
+    parser.add_argument("--out", type=Path, required=True, help="model file to write (.pgsr)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES),
+                        help="start from settings measured to work (README: recipes); the config file and "
+                             "the flags given override them")
+    parser.add_argument("--config", type=Path, help="YAML or JSON training config")
+    parser.add_argument("--write-config", type=Path, help="also save the effective config here")
+    parser.add_argument("--resume", type=Path, help="continue exactly from this checkpoint (.pgsr)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(parser)
+    return parser
+
+
+def build_config(args: argparse.Namespace):
+    """The checkpoint's config when resuming, else the recipe's, then the config file's, overridden by the
+    flags given. `--minutes` without `--steps` trains for that time alone."""
+    from ..modelfile import load_model
+    from ..training.config import TrainConfig, as_trained
+    from ..training.recipes import recipe_values
+
+    values, from_recipe = {}, set()
+    if args.resume is not None:
+        if args.recipe:
+            raise BadInput(f"--recipe starts a new run; --resume {args.resume} continues with the settings "
+                           "stored in the checkpoint")
+        values = as_trained(load_model(args.resume).metadata.get("config", {}))
+    elif args.recipe:
+        values = recipe_values(args.recipe)
+        from_recipe = set(values)
+    if args.config:
+        file_values = TrainConfig.read_values(args.config)  # only what the file sets
+        values.update(file_values)
+        from_recipe -= set(file_values)
+    for spec in fields(TrainConfig):
+        given = getattr(args, spec.name, None)
+        if given is not None:
+            values[spec.name] = given
+            from_recipe.discard(spec.name)
+    if args.minutes is not None and args.steps is None:
+        values["steps"] = None
+    try:
+        return TrainConfig.from_dict(values)
+    except ValueError as error:
+        # e.g. --model unet beside a ProGAN recipe: name the recipe's settings that the error is about
+        clashing = sorted(name for name in from_recipe if re.search(rf"\b{name}\b", str(error)))
+        if clashing:
+            raise BadInput(f"{error}. {', '.join(clashing)} came from --recipe {args.recipe}: set them too, or "
+                           "leave out --recipe") from error
+        raise
+
+
+def load_training_pairs(args: argparse.Namespace, low_first):
+    """Pairs from alternating movies, or from --low/--high stacks; validation pairs from --val."""
+    from ..io import read_movie
+    from ..pairs import pair_stacks, split_alternating
+
+    if not args.movies and not args.low:
+        raise BadInput("give alternating-exposure movies, or --low and --high stacks")
+    if len(args.low) != len(args.high):
+        raise BadInput(f"--low has {len(args.low)} files but --high has {len(args.high)}; give them in pairs")
+    pairs = [split_alternating(read_movie(p), low_first=low_first) for p in args.movies]
+    for low, high in zip(args.low, args.high):
+        pairs.append(pair_stacks(read_movie(low).data, read_movie(high).data, name=f"{low.name}+{high.name}"))
+    validation = [split_alternating(read_movie(p), low_first=low_first) for p in args.val]
+    return pairs, validation, [str(p) for p in [*args.movies, *args.low, *args.high, *args.val]]
+
+
+def _progress_bar(quiet: bool):
+    """A tqdm bar fed by training events (rank 0 only)."""
+    from tqdm import tqdm
+
+    from ..training.events import EventKind
+
+    if quiet or int(os.environ.get("RANK", "0")) != 0:
+        return lambda event: None, lambda: None
+    bars = []
+
+    def update(event) -> None:
+        if event.kind is EventKind.STARTED:  # the bar appears once the data have been checked
+            bars.append(tqdm(total=event.total_steps, initial=event.step, unit="step", dynamic_ncols=True))
+        bar = bars[0]
+        if event.kind is EventKind.STARTED:
+            bar.write(f"training on {event.values['device']} (x{event.values['world_size']}): "
+                      f"{event.values['train_pairs']} training pairs, {event.values['validation_pairs']} "
+                      "validation pairs" + (f", resumed from {event.values['resumed_from']}"
+                                            if event.values["resumed_from"] else ""))
+        elif event.kind is EventKind.STEP:
+            bar.update(event.step - bar.n)
+            bar.set_postfix(loss=f"{event.values['loss']:.4f}", patches_s=f"{event.values['patches_per_s']:.0f}")
+        elif event.kind is EventKind.VALIDATION:
+            bar.write(f"step {event.step}: validation loss {event.values['loss']:.4f}, PSNR "
+                      f"{event.values['psnr']:.2f} dB, SSIM {event.values['ssim']:.3f}")
+        elif event.kind is EventKind.FINISHED:
+            bar.write(f"{event.values['reason']} at step {event.step}: model written to {event.values['path']}")
+
+    return update, lambda: [bar.close() for bar in bars]
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """napari-pgsr-train."""
+    args = train_parser().parse_args(argv)
+    try:
+        config = build_config(args)
+        if args.recipe and int(os.environ.get("RANK", "0")) == 0:  # once under torchrun
+            from ..training.recipes import RECIPE_SCOPES
+
+            print(f"recipe {args.recipe}: {RECIPE_SCOPES[args.recipe]}", file=sys.stderr)
+        resuming_in_place = args.resume is not None and args.resume.resolve() == args.out.resolve()
+        if args.out.exists() and not args.overwrite and not resuming_in_place:
+            raise BadInput(f"{args.out} exists; pass --overwrite to replace it, or --resume {args.out}")
+        pairs, validation, files = load_training_pairs(args, config.low_first)
+        from ..training.events import EventKind
+        from ..training.loop import train
+
+        show, close = _progress_bar(args.quiet)
+
+        def update(event) -> None:
+            if event.kind is EventKind.STARTED and args.write_config:  # the data passed their checks
+                config.save(args.write_config)
+            show(event)
+
+        interrupted = []
+
+        def on_interrupt(signum, frame) -> None:  # first Ctrl-C: stop after this step and save
+            interrupted.append(signum)
+            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
+            print("\nstopping after this step; the model will be saved (Ctrl-C again to abort)", file=sys.stderr)
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+        try:
+            result = train(config, pairs, args.out, validation=validation, resume=args.resume, progress=update,
+                           should_stop=lambda: bool(interrupted), files=files)
+            if result.note and int(os.environ.get("RANK", "0")) == 0:  # (also with --quiet)
+                print(f"napari-pgsr-train: warning: {result.note}", file=sys.stderr)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            close()
+            import torch.distributed as dist
+
+            if dist.is_initialized():  # launched by torchrun
+                dist.destroy_process_group()
+    except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"napari-pgsr-train: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
