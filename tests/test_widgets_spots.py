@@ -63,6 +63,7 @@ def test_labels_measured_across_two_layers_match_the_core_call(make_napari_viewe
     assert not widget.measure_button.enabled
     qtbot.waitUntil(lambda: widget.measure_button.enabled, timeout=20_000)
     assert messages["error"] == [] and widget.progress.value == widget.progress.max == 2 * len(TRUTH)  # fits
+    assert widget.progress.native.text() == f"{2 * len(TRUTH)} / {2 * len(TRUTH)} fitted"
     results = widget.results
     assert results.spot_table.rowCount() == 2 * len(TRUTH) and results.summary_table.rowCount() == 2
     core = measure_across(images, TRUTH, pixel_size_nm=160.0, camera=CameraCalibration(0.0, 1.0, 2.0))
@@ -229,6 +230,7 @@ def test_measuring_can_be_cancelled(make_napari_viewer, rng, messages, qtbot, mo
     widget.measure()
     assert widget.cancel_button.enabled and not widget.measure_button.enabled
     qtbot.waitUntil(lambda: widget.progress.value > 2, timeout=10_000)
+    assert widget.progress.native.text().startswith("high: ")  # the image being fitted
     widget.cancel_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.measure_button.enabled, timeout=10_000)
     assert not widget.cancel_button.enabled and not hasattr(widget, "report") and messages["error"] == []

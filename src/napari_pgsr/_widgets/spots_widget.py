@@ -294,7 +294,10 @@ class SpotsWidget(Container):
         return {lay.name: lay.data for lay in layers}, points, frame
 
     def _on_progress(self, value: tuple[int, int, str]) -> None:
-        self.progress.max, self.progress.value = value[1], value[0]
+        done, total, image = value
+        self.progress.max, self.progress.value = total, done
+        # the bar's own text names the image being fitted (a longer label would reflow the whole form)
+        self.progress.native.setFormat(f"{image}: %v / %m" if image else "%v / %m fitted")
 
     def _show_report(self, report: SpotReport) -> None:
         self.report = report
