@@ -17,7 +17,9 @@ os.environ["NAPARI_PGSR_SYNC"] = "1"  # run the widgets' work in this thread: no
 import napari  # noqa: E402
 
 from napari_pgsr._widgets._spot_results import viewer_camera  # noqa: E402
+from napari_pgsr.analysis import CameraCalibration  # noqa: E402
 from napari_pgsr.io import write_movie  # noqa: E402
+from napari_pgsr.physics import EMCCD  # noqa: E402
 from napari_pgsr.simulate import simulate_movie  # noqa: E402
 
 
@@ -60,6 +62,8 @@ def spots_screenshot(viewer, model: Path, path: Path) -> None:
     restorer.run()
     _, spots = viewer.window.add_plugin_dock_widget("napari-pgsr", "Spots", tabify=True)
     spots.reference.value = viewer.layers["ap2_sample high"]
+    camera = CameraCalibration.from_emccd(EMCCD())  # the simulated camera, as command (1) sets it
+    spots.baseline.value, spots.electrons.value = camera.baseline_adu, camera.electrons_per_adu
     viewer.dims.set_current_step(0, 0)
     spots.suggest()
     spots.accept_suggestions()
