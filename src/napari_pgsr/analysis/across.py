@@ -83,8 +83,8 @@ def iter_measure_across(images: Mapping[str, object], points, pixel_size_nm: flo
     tables, summaries, profiles = [], [], {}
     total = len(yx) * len(images)
     for done, (name, image) in enumerate(images.items()):
-        yield done * len(yx), total, name
-        before = done * len(yx)
+        before = done * len(yx)  # fits of the images already measured
+        yield before, total, name
         table = yield from map_yields(iter_measure_spots(image, points, pixel_size_nm, radius, camera, frame),
                                       lambda fitted: (before + fitted, total, name))
         table.insert(0, "image", name)
