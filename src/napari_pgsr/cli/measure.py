@@ -42,8 +42,8 @@ def measure_main(argv: list[str] | None = None) -> int:
         from tqdm import tqdm
 
         from ..analysis import CameraCalibration, iter_measure_across, read_points_csv
-        from ..generators import run_to_end
         from ..analysis.points_csv import write_table_atomically
+        from ..generators import run_to_end
         from ..io import read_image
 
         summary_path = args.output.with_name(f"{args.output.stem}_summary.csv")
