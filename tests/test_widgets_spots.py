@@ -10,6 +10,7 @@ from napari.utils._proxies import ReadOnlyWrapper
 from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 
 from napari_pgsr._widgets import _workers, spots_widget
+from napari_pgsr._widgets._grid_view import canvas_grid
 from napari_pgsr._widgets._spot_results import viewer_camera
 from napari_pgsr._widgets.spots_widget import SpotsWidget
 from napari_pgsr.analysis import CameraCalibration, measure_across, read_points_csv
@@ -119,6 +120,63 @@ def test_clicks_snap_unless_shift_is_held_also_on_a_shifted_image(make_napari_vi
     widget.measure()
     row = widget.report.table.iloc[0]
     assert row["flag"] == "" and row["y"] == pytest.approx(30.0, abs=0.1) and row["x"] == pytest.approx(40.0, abs=0.1)
+
+
+def test_grid_view_shows_the_labels_on_every_image_and_edits_on_any_reach_all(make_napari_viewer, rng,
+                                                                                messages):
+    viewer, widget, images = _viewer_with_images(make_napari_viewer, rng)
+    viewer.add_image(images["high"] * 2, name="restored", scale=(0.16, 0.16))
+    viewer.add_image(images["low"], name="hidden", visible=False)
+    grid = canvas_grid(viewer)
+    grid.shape, grid.enabled = (1, 3), True
+    labels = widget.new_labels()
+    layers = viewer.layers
+    cells = {layer.name: grid.position(i, layers) for i, layer in enumerate(layers)}
+    # one image and its labels per cell, the images in their order; the labels themselves over the reference
+    assert cells == {"high": (0, 0), "spot labels": (0, 0), "low": (0, 1), "spot labels on low": (0, 1),
+                     "restored": (0, 2), "spot labels on restored": (0, 2), "hidden": (-1, -1)}
+    on_low = layers["spot labels on low"]
+    click(on_low, np.array([31.0, 41.0]) * 0.16)  # on the low image's cell, a pixel off: snaps on the high
+    click(layers["spot labels on restored"], np.array([13.0, 13.0]) * 0.16, modifiers=("Shift",))
+    expected = [[30.0, 40.0], [13.0, 13.0]]
+    for name in ("spot labels", "spot labels on low", "spot labels on restored"):
+        np.testing.assert_allclose(layers[name].data, expected, atol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(layers[name].size, [6, 6])  # the labels' look, not napari's default
+        np.testing.assert_array_equal(layers[name].border_color, labels.border_color)
+    on_low.selected_data = {1}
+    on_low.remove_selected()
+    labels.add([45.0, 20.0])
+    for name in ("spot labels", "spot labels on low", "spot labels on restored"):
+        np.testing.assert_allclose(layers[name].data, [[30.0, 40.0], [45.0, 20.0]], atol=1e-6, err_msg=name)
+    widget.images.value = ["low", "high"]
+    widget.measure()  # the copies change nothing in what is measured
+    assert list(widget.report.summary["spots"]) == [2, 2]
+    grid.enabled = False
+    assert [layer.name for layer in layers] == ["high", "low", "restored", "hidden", "spot labels"]  # on top
+    assert grid.stride == 1
+    grid.enabled = True
+    widget.on_every_image.value = False
+    assert "spot labels on low" not in layers and grid.stride == 1
+
+
+def test_side_by_side_again_keeps_the_labels_on_every_image(make_napari_viewer, rng, messages):
+    viewer = make_napari_viewer()
+    images = _images(rng)
+    low = viewer.add_image(images["low"], name="cells low")
+    viewer.add_image(images["high"], name="cells high")
+    _, restore = viewer.window.add_plugin_dock_widget("napari-pgsr", "Restore")
+    restore.movie.value = low
+    restore.restored_layer = viewer.add_image(images["high"] * 2, name="restored")
+    restore.side_by_side()
+    widget = _widget(viewer)
+    widget.reference.value = viewer.layers["cells high"]
+    widget.new_labels().add([30.0, 40.0])
+    restore.side_by_side()  # hides every other layer, the labels too, and reorders: they come back
+    grid = canvas_grid(viewer)
+    cells = {layer.name: grid.position(i, viewer.layers) for i, layer in enumerate(viewer.layers)}
+    assert cells["cells low"] == cells["spot labels on cells low"] and cells["cells high"] == cells["spot labels"]
+    assert cells["restored"] == cells["spot labels on restored"] and len(set(cells.values())) == 3
+    assert len(viewer.layers["spot labels on restored"].data) == 1
 
 
 def test_frame_y_x_csv_on_a_scaled_single_frame(make_napari_viewer, rng, messages, tmp_path):

@@ -16,6 +16,7 @@ from ..analysis import (CameraCalibration, new_points, read_points_csv, snap_to_
                         write_points_csv)
 from ..analysis.across import SpotReport, iter_measure_across
 from ..io import as_array
+from ._grid_view import GridLabels, canvas_grid, is_copy
 from ._spot_results import SpotResults
 from ._workers import start
 
@@ -45,6 +46,7 @@ class SpotsWidget(Container):
         self.labels_layer = create_widget(label="Labels", annotation="napari.layers.Points")
         self.new_labels_button = PushButton(text="New labels layer")
         self.snap = CheckBox(text="Clicks snap to the brightest pixel within 2 px (hold Shift: exact)", value=True)
+        self.on_every_image = CheckBox(text="Grid view: labels on every image", value=True)
         self.load_button, self.save_button = PushButton(text="Load labels CSV"), PushButton(text="Save labels CSV")
         self.suggest_sigma = FloatSpinBox(label="Spot sigma (px)", value=1.0, min=0.3, max=10, step=0.1,
                                           tooltip="LoG scale of the suggestions")
@@ -66,7 +68,8 @@ class SpotsWidget(Container):
         self.progress = ProgressBar(label="Spots fitted", min=0, max=1, value=0)
         self.note = Label(value="")
         self.results: SpotResults | None = None  # made with its dock on the first measurement
-        self.extend([self.reference, self.labels_layer, self.new_labels_button, self.snap, self.load_button,
+        self.extend([self.reference, self.labels_layer, self.new_labels_button, self.snap, self.on_every_image,
+                     self.load_button,
                      self.save_button, self.suggest_sigma, self.suggest_threshold, self.suggest_button,
                      self.accept_button, self.images, self.pixel_size, self.radius, self.baseline, self.electrons,
                      self.emccd, self.measure_button, self.cancel_button, self.progress, self.note])
@@ -79,14 +82,18 @@ class SpotsWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.reference.changed.connect(self._reference_changed)
         self.labels_layer.changed.connect(self._watch_labels)
+        self.labels_layer.changed.connect(self._show_on_every_image)
+        self.on_every_image.changed.connect(self._show_on_every_image)
+        canvas_grid(viewer).events.enabled.connect(self._show_on_every_image)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh_images)
         viewer.layers.events.inserted.connect(self._follow_renames)
         for layer in viewer.layers:
             layer.events.name.connect(self._refresh_images)
-        self._watched = self._results_dock = None
+        self._watched = self._results_dock = self._grid_labels = None
         self._reference_changed()
         self._watch_labels()
+        self._show_on_every_image()
 
     # ---- layers ---------------------------------------------------------------------------------------
     def _image_names(self, *_) -> list[str]:
@@ -133,6 +140,20 @@ class SpotsWidget(Container):
         if self._watched is not None:
             self._watched.events.data.connect(self._on_points_changed)
             self._watched.mouse_drag_callbacks.insert(0, self._record_modifiers)
+
+    def _show_on_every_image(self, *_) -> None:
+        """In grid view, a copy of the labels over each visible image (napari draws a layer in one cell)."""
+        if self._grid_labels is not None:
+            self._grid_labels.remove()
+            self._grid_labels = None
+        labels, reference = self.labels_layer.value, self.reference.value
+        images = [layer for layer in self._viewer.layers
+                  if isinstance(layer, napari.layers.Image) and layer.visible and not layer.rgb]
+        if not (self.on_every_image.value and canvas_grid(self._viewer).enabled and labels is not None
+                and not is_copy(labels) and len(images) > 1):
+            return
+        home = next((image for image in images if reference is not None and image.name == reference.name), images[-1])
+        self._grid_labels = GridLabels(self._viewer, labels, images, home, on_mouse_drag=self._record_modifiers)
 
     def _record_modifiers(self, layer, event) -> None:
         self._shift_held = "Shift" in event.modifiers
