@@ -244,6 +244,25 @@ def test_restore_widget_lazily_to_file_and_side_by_side(viewer_with_pairs, qtbot
     low = viewer.layers["cells low"]
     ratio, baseline = low.metadata["ratio"], low.metadata["baseline"]
     np.testing.assert_allclose(low.contrast_limits, [baseline + (v - baseline) / ratio for v in (100, 900)])
+    grid = viewer.canvas.grid
+    viewer.canvas.size = (400, 1300)  # wide: one row; the grid follows the canvas as it is resized
+    assert grid.enabled and tuple(grid.shape) == (1, 3)
+    viewer.canvas.size = (1300, 400)
+    assert tuple(grid.shape) == (3, 1)
+    grid.shape = (2, 2)  # the user's own shape is kept
+    viewer.canvas.size = (400, 1300)
+    assert tuple(grid.shape) == (2, 2)
+
+
+def test_best_grid_shape_shows_the_images_largest():
+    from napari_pgsr._widgets._grid_view import best_grid_shape
+
+    assert best_grid_shape(3, (600, 1800), (100, 100)) == (1, 3)
+    assert best_grid_shape(3, (680, 470), (256, 256)) == (2, 2)  # a tall canvas between docks
+    assert best_grid_shape(3, (1800, 500), (100, 100)) == (3, 1)
+    assert best_grid_shape(4, (100, 100), (10, 10)) == (2, 2)
+    assert best_grid_shape(2, (100, 400), (50, 10)) == (1, 2)  # tall images side by side
+    assert best_grid_shape(1, (100, 100), (10, 10)) == (1, 1)
 
 
 def test_bad_inputs_give_notifications_not_crashes(make_napari_viewer, tmp_path, errors, monkeypatch):

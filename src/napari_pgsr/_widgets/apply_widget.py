@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import napari
+import numpy as np
 from magicgui.widgets import (ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, SpinBox,
                               create_widget)
 from napari.utils.notifications import show_error, show_info
 
 from ..inference import PRECISIONS
 from ..io import Movie, display_range, frame_source, read_movie
+from ._grid_view import FitGridToCanvas, canvas_grid
 from ._workers import start
 
 
@@ -147,7 +149,7 @@ class ApplyWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.compare_button.changed.connect(self.side_by_side)
         self.export_button.changed.connect(self.export)
-        self.restored_layer = None
+        self.restored_layer = self._fit_grid = None
 
     def _model(self):
         from ..modelfile import load_model
@@ -280,6 +282,8 @@ class ApplyWidget(Container):
         if len(shown) < 2:
             show_error("Restore: restore a movie first (and split it with Exposure pairs for the high layer)")
             return
+        grid = canvas_grid(self._viewer)
+        grid.enabled = False  # off and on again: whatever follows the grid (the Spots widget's labels) redoes it
         for layer in layers:
             layer.visible = layer in shown
         for layer in shown:  # grid order, left to right
@@ -296,6 +300,8 @@ class ApplyWidget(Container):
 
                 follow()
                 high.events.contrast_limits.connect(follow)
-        grid = self._viewer.canvas.grid if hasattr(self._viewer, "canvas") else self._viewer.grid
-        grid.shape, grid.enabled = (1, len(shown)), True
-        self._viewer.reset_view()
+        grid.enabled = True
+        if self._fit_grid is not None:
+            self._fit_grid.stop()
+        extent = np.asarray(shown[-1].extent.world, dtype=float)[:, -2:]
+        self._fit_grid = FitGridToCanvas(self._viewer, extent[1] - extent[0])
