@@ -29,7 +29,7 @@ def test_demo_headless_viewer_docks_widget_and_saves_screenshot(tmp_path, capsys
     assert demo.main(["--headless", "--frames", "20", "--size", "64", "--output", str(tmp_path),
                       "--screenshot", str(shot), "--steps", "2", "--width", "4"]) == 0
     out = capsys.readouterr().out
-    assert "'ap2_sample low', 'ap2_sample high', 'ap2_sample_restored'" in out
+    assert "napari: ap2_sample low | ap2_sample high | ap2_sample_restored side by side, spot labels on each" in out
     assert "docked: Exposure pairs, Train, Restore, Spots" in out
     # the Spots widget measured the suggested spots of the first high frame on low, high and restored
     assert "ap2_sample high: " in out and "ap2_sample_restored: " in out and "median FWHM" in out

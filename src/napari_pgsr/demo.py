@@ -102,7 +102,10 @@ def run_viewer(path: Path, restored: Path | None, model: Path | None, folder: Pa
         restore_widget.restored_layer = viewer.open(str(restored), plugin="napari-pgsr")[0]
         restore_widget.side_by_side()
     measure_suggested_spots(viewer, f"{raw.name} high")
-    say(f"napari: layers {[layer.name for layer in viewer.layers]}; docked: Exposure pairs, Train, Restore, Spots")
+    shown = [layer.name for layer in viewer.layers if isinstance(layer, napari.layers.Image) and layer.visible]
+    labelled = [layer.name for layer in viewer.layers if isinstance(layer, napari.layers.Points) and layer.visible]
+    say(f"napari: {' | '.join(shown)}{' side by side' if len(shown) > 1 else ''}, spot labels on "
+        f"{'each' if len(labelled) == len(shown) else 'one'}; docked: Exposure pairs, Train, Restore, Spots")
     if headless:
         shot = screenshot or folder / "napari_demo.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
