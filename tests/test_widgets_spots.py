@@ -148,6 +148,8 @@ def test_grid_view_shows_the_labels_on_every_image_and_edits_on_any_reach_all(ma
     labels.add([45.0, 20.0])
     for name in ("spot labels", "spot labels on low", "spot labels on restored"):
         np.testing.assert_allclose(layers[name].data, [[30.0, 40.0], [45.0, 20.0]], atol=1e-6, err_msg=name)
+    labels.border_color = "magenta"  # restyled in the layer controls: every copy follows
+    np.testing.assert_allclose(layers["spot labels on restored"].border_color, [[1, 0, 1, 1]] * 2)
     widget.images.value = ["low", "high"]
     widget.measure()  # the copies change nothing in what is measured
     assert list(widget.report.summary["spots"]) == [2, 2]

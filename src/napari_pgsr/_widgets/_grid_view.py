@@ -79,6 +79,8 @@ class GridLabels:
         labels.visible = True
         labels.events.data.connect(self._from_labels)
         labels.events.mode.connect(self._follow_mode)
+        for name in POINT_STYLE + NEXT_STYLE:  # restyled in the layer controls: the copies follow
+            getattr(labels.events, name).connect(self._restyle)
         viewer.layers.events.removed.connect(self._on_removed)
         canvas_grid(viewer).stride = 2
 
@@ -123,6 +125,10 @@ class GridLabels:
         # not back onto a copy that removed or moved points: its selection is not yet updated to its data
         self._push(skip=() if added else (copy.name,))
 
+    def _restyle(self, *_) -> None:
+        if not self._syncing:
+            self._push()
+
     def _follow_mode(self, *_) -> None:
         """Adding on the labels means adding on every image."""
         for copy in self.copies:
@@ -160,6 +166,8 @@ class GridLabels:
         self.removed = True
         self.labels.events.data.disconnect(self._from_labels)
         self.labels.events.mode.disconnect(self._follow_mode)
+        for name in POINT_STYLE + NEXT_STYLE:
+            getattr(self.labels.events, name).disconnect(self._restyle)
         self._viewer.layers.events.removed.disconnect(self._on_removed)
         copies, self.copies = self.copies, []
         for copy in copies:
