@@ -183,6 +183,7 @@ def test_measure_writes_one_table_over_low_and_high_frames(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "median_fwhm_nm" in out and "table_summary.csv" in out
     assert f"{2 * len(truth)}/{2 * len(truth)}" in err and "fit/s" in err  # the progress bar, on stderr
+    assert "low: suggestions" in err and "high: profile" in err  # the steps after the fits are named
     assert cli.measure_main([*args, "-o", str(tmp_path / "quiet.csv"), "--quiet"]) == 0
     assert "fit/s" not in capsys.readouterr().err
     # existing output, output over an input, images of different shapes: exit 2, inputs untouched

@@ -164,6 +164,9 @@ def test_measuring_thousands_of_labels_reports_progress_often_and_gives_the_same
     report = run_to_end(iter_measure_across({"a": movie, "b": movie}, labels), across.append)
     assert across[0] == (0, 506, "a") and across[-1] == (506, 506, "")
     assert (253, 506, "b") in across and [step[0] for step in across] == sorted(step[0] for step in across)
+    # after an image's fits, a step per labelled frame (0 and 2) of its suggestion scores and average profile
+    assert across.count((253, 506, "a: suggestions")) == 2 and across.count((253, 506, "a: profile")) == 2
+    assert across.count((506, 506, "b: suggestions")) == 2
     assert len(report.table) == 506
     # labels in frames the movie lacks are rows too ('outside image'): counted, so the bar still ends full
     steps = []

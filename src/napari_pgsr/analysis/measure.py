@@ -220,14 +220,13 @@ def iter_measure_spots(image, points, pixel_size_nm: float | None = None, radius
     return table
 
 
-def average_profile(image, table: pd.DataFrame, radius: int = 3, bin_px: float = 0.25) -> pd.DataFrame:
-    """Mean radial profile of the usable spots of `table` (measured on `image`): pixel values minus the
-    fitted background, divided by what a pixel centred on the spot holds by the fit (so 1 at the centre of
-    an undistorted spot), binned by distance to the fitted centre (px)."""
+def iter_average_profile(image, table: pd.DataFrame, radius: int = 3, bin_px: float = 0.25
+                         ) -> Generator[int, None, pd.DataFrame]:
+    """Generator form of `average_profile`: yields the frames done after each frame, returns the profile."""
     edges = np.arange(0.0, radius + 1.0 + bin_px, bin_px)
     total, count = np.zeros(len(edges) - 1), np.zeros(len(edges) - 1)
     good = table[(table["flag"] == "") & (table["peak"] > 0)]
-    for t, spots in good.groupby("frame"):
+    for done, (t, spots) in enumerate(good.groupby("frame"), start=1):
         plane = as_array(image if t < 0 else image[t], np.float64)
         for spot in spots.itertuples():
             top, left = max(int(round(spot.y)) - radius - 1, 0), max(int(round(spot.x)) - radius - 1, 0)
@@ -238,6 +237,14 @@ def average_profile(image, table: pd.DataFrame, radius: int = 3, bin_px: float =
             inside = which < len(total)
             np.add.at(total, which[inside], ((window.ravel() - spot.background) / spot.peak)[inside])
             np.add.at(count, which[inside], 1)
+        yield done
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / count
     return pd.DataFrame({"r_px": (edges[:-1] + edges[1:]) / 2, "profile": mean, "pixels": count.astype(int)})
+
+
+def average_profile(image, table: pd.DataFrame, radius: int = 3, bin_px: float = 0.25) -> pd.DataFrame:
+    """Mean radial profile of the usable spots of `table` (measured on `image`): pixel values minus the
+    fitted background, divided by what a pixel centred on the spot holds by the fit (so 1 at the centre of
+    an undistorted spot), binned by distance to the fitted centre (px)."""
+    return run_to_end(iter_average_profile(image, table, radius, bin_px))

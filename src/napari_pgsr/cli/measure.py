@@ -64,10 +64,15 @@ def measure_main(argv: list[str] | None = None) -> int:
         measuring = iter_measure_across(images, read_points_csv(args.points), pixel_size_nm=pixel_size,
                                         radius=args.radius, camera=camera, frame=args.frame)
         with tqdm(unit="fit", disable=args.quiet) as bar:  # thousands of labels take minutes
+            shown = ""
+
             def show(step: tuple[int, int, str]) -> None:
+                nonlocal shown
                 done, total, name = step
                 bar.total = total
-                bar.set_description(name, refresh=False)
+                if name != shown:  # a new image, or its suggestion scores / profile after its fits
+                    bar.set_description(name)
+                    shown = name
                 bar.update(done - bar.n)
 
             report = run_to_end(measuring, show)
