@@ -143,9 +143,15 @@ def test_grid_view_shows_the_labels_on_every_image_and_edits_on_any_reach_all(ma
         np.testing.assert_allclose(layers[name].data, expected, atol=1e-6, err_msg=name)
         np.testing.assert_array_equal(layers[name].size, [6, 6])  # the labels' look, not napari's default
         np.testing.assert_array_equal(layers[name].border_color, labels.border_color)
-    on_low.selected_data = {1}
+    labels.size = [6, 9]
+    on_low.selected_data = {0}  # deleted on a copy: the labels lose that point, with its own size
     on_low.remove_selected()
-    labels.add([45.0, 20.0])
+    np.testing.assert_allclose(labels.data, [[13.0, 13.0]])
+    np.testing.assert_array_equal(labels.size, [9])
+    labels.size = [6]
+    on_low.selected_data = {0}
+    on_low.remove_selected()
+    labels.add([[30.0, 40.0], [45.0, 20.0]])
     for name in ("spot labels", "spot labels on low", "spot labels on restored"):
         np.testing.assert_allclose(layers[name].data, [[30.0, 40.0], [45.0, 20.0]], atol=1e-6, err_msg=name)
     labels.border_color = "magenta"  # restyled in the layer controls: every copy follows
@@ -159,6 +165,45 @@ def test_grid_view_shows_the_labels_on_every_image_and_edits_on_any_reach_all(ma
     grid.enabled = True
     widget.on_every_image.value = False
     assert "spot labels on low" not in layers and grid.stride == 1
+
+
+def _cells(viewer) -> dict[tuple, list[str]]:
+    grid = canvas_grid(viewer)
+    cells = {}
+    for i, layer in enumerate(viewer.layers):
+        if layer.visible:
+            cells.setdefault(grid.position(i, viewer.layers), []).append(layer.name)
+    return cells
+
+
+def test_grid_labels_follow_renames_deletions_and_hidden_images(make_napari_viewer, rng, messages, qtbot):
+    viewer, widget, images = _viewer_with_images(make_napari_viewer, rng)
+    viewer.add_image(images["high"] * 2, name="restored")
+    grid = canvas_grid(viewer)
+    grid.stride = -1  # the user's own stride comes back when the copies go
+    grid.enabled = True
+    labels = widget.new_labels()
+    labels.add([30.0, 40.0])
+    labels.name = "mine"  # rebuilt once the event is over: copies named after it, no stale ones
+    qtbot.waitUntil(lambda: "mine on low" in viewer.layers)
+    assert sorted(cell for cell in _cells(viewer).values()) == [["high", "mine"], ["low", "mine on low"],
+                                                                ["restored", "mine on restored"]]
+    before = [layer.name for layer in viewer.layers]
+    widget.labels_layer.value = viewer.layers["mine on low"]  # a copy chosen means its labels layer
+    qtbot.wait(20)
+    assert widget.labels_layer.value.name == "mine" and [layer.name for layer in viewer.layers] == before
+    viewer.layers.remove("mine on restored")  # pairs would shift: rebuilt
+    qtbot.waitUntil(lambda: "mine on restored" in viewer.layers)
+    labels.visible = False  # hidden labels: hidden on every image
+    assert not viewer.layers["mine on low"].visible
+    labels.visible = True
+    viewer.layers["low"].visible = False  # a hidden image loses its copy
+    qtbot.waitUntil(lambda: "mine on low" not in viewer.layers)
+    assert sorted(_cells(viewer).values()) == [["high", "mine"], ["restored", "mine on restored"]]
+    viewer.layers.remove("restored")
+    qtbot.waitUntil(lambda: "mine on restored" not in viewer.layers)  # one image left: nothing to copy
+    labels.add([45.0, 20.0])
+    assert len(labels.data) == 2 and len(viewer.layers) == 3 and grid.stride == -1
 
 
 def test_side_by_side_again_keeps_the_labels_on_every_image(make_napari_viewer, rng, messages):

@@ -247,6 +247,9 @@ def test_restore_widget_lazily_to_file_and_side_by_side(viewer_with_pairs, qtbot
     grid = viewer.canvas.grid
     viewer.canvas.size = (400, 1300)  # wide: one row; the grid follows the canvas as it is resized
     assert grid.enabled and tuple(grid.shape) == (1, 3)
+    viewer.camera.zoom = 20.0
+    viewer.canvas.size = (420, 1300)  # same shape: the user's zoom stays
+    assert viewer.camera.zoom == 20.0
     viewer.canvas.size = (1300, 400)
     assert tuple(grid.shape) == (3, 1)
     grid.shape = (2, 2)  # the user's own shape is kept
@@ -255,7 +258,9 @@ def test_restore_widget_lazily_to_file_and_side_by_side(viewer_with_pairs, qtbot
 
 
 def test_best_grid_shape_shows_the_images_largest():
-    from napari_pgsr._widgets._grid_view import best_grid_shape
+    from types import SimpleNamespace
+
+    from napari_pgsr._widgets._grid_view import best_grid_shape, occupied_cells
 
     assert best_grid_shape(3, (600, 1800), (100, 100)) == (1, 3)
     assert best_grid_shape(3, (680, 470), (256, 256)) == (2, 2)  # a tall canvas between docks
@@ -263,6 +268,10 @@ def test_best_grid_shape_shows_the_images_largest():
     assert best_grid_shape(4, (100, 100), (10, 10)) == (2, 2)
     assert best_grid_shape(2, (100, 400), (50, 10)) == (1, 2)  # tall images side by side
     assert best_grid_shape(1, (100, 100), (10, 10)) == (1, 1)
+    layers = [SimpleNamespace(visible=visible) for visible in (True, True, False, False, True, False, True)]
+    assert occupied_cells(layers, 1) == 4 and occupied_cells(layers, 2) == 3  # pairs (0,1), (4,5), (6)
+    assert occupied_cells(layers, -2) == 4  # from the top: (6,5), (4,3), (2,1), (0)
+    assert occupied_cells(layers[2:4], 1) == 1  # none visible: still 1
 
 
 def test_bad_inputs_give_notifications_not_crashes(make_napari_viewer, tmp_path, errors, monkeypatch):

@@ -103,9 +103,9 @@ def run_viewer(path: Path, restored: Path | None, model: Path | None, folder: Pa
         restore_widget.side_by_side()
     measure_suggested_spots(viewer, f"{raw.name} high")
     shown = [layer.name for layer in viewer.layers if isinstance(layer, napari.layers.Image) and layer.visible]
-    labelled = [layer.name for layer in viewer.layers if isinstance(layer, napari.layers.Points) and layer.visible]
+    copies = [layer for layer in viewer.layers if layer.visible and layer.metadata.get("grid_copy_of")]
     say(f"napari: {' | '.join(shown)}{' side by side' if len(shown) > 1 else ''}, spot labels on "
-        f"{'each' if len(labelled) == len(shown) else 'one'}; docked: Exposure pairs, Train, Restore, Spots")
+        f"{'each' if len(copies) == len(shown) - 1 else 'one'}; docked: Exposure pairs, Train, Restore, Spots")
     if headless:
         shot = screenshot or folder / "napari_demo.png"
         shot.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from ..analysis import (CameraCalibration, new_points, read_points_csv, snap_to_
                         write_points_csv)
 from ..analysis.across import SpotReport, iter_measure_across
 from ..io import as_array
-from ._grid_view import GridLabels, canvas_grid, is_copy
+from ._grid_labels import LabelsOnEveryImage, copy_source
 from ._spot_results import SpotResults
 from ._workers import start
 
@@ -82,18 +82,20 @@ class SpotsWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.reference.changed.connect(self._reference_changed)
         self.labels_layer.changed.connect(self._watch_labels)
-        self.labels_layer.changed.connect(self._show_on_every_image)
-        self.on_every_image.changed.connect(self._show_on_every_image)
-        canvas_grid(viewer).events.enabled.connect(self._show_on_every_image)
+        self.labels_layer.changed.connect(self._labels_chosen)
+        self.on_every_image.changed.connect(self._on_every_image_toggled)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh_images)
         viewer.layers.events.inserted.connect(self._follow_renames)
         for layer in viewer.layers:
             layer.events.name.connect(self._refresh_images)
-        self._watched = self._results_dock = self._grid_labels = None
+        self._watched = self._results_dock = None
+        self.grid_labels = LabelsOnEveryImage(viewer, lambda: self.labels_layer.value,
+                                              lambda: getattr(self.reference.value, "name", None),
+                                              defer=self._after_event, on_mouse_drag=self._record_modifiers)
         self._reference_changed()
         self._watch_labels()
-        self._show_on_every_image()
+        self.grid_labels.update()
 
     # ---- layers ---------------------------------------------------------------------------------------
     def _image_names(self, *_) -> list[str]:
@@ -141,19 +143,28 @@ class SpotsWidget(Container):
             self._watched.events.data.connect(self._on_points_changed)
             self._watched.mouse_drag_callbacks.insert(0, self._record_modifiers)
 
-    def _show_on_every_image(self, *_) -> None:
-        """In grid view, a copy of the labels over each visible image (napari draws a layer in one cell)."""
-        if self._grid_labels is not None:
-            self._grid_labels.remove()
-            self._grid_labels = None
-        labels, reference = self.labels_layer.value, self.reference.value
-        images = [layer for layer in self._viewer.layers
-                  if isinstance(layer, napari.layers.Image) and layer.visible and not layer.rgb]
-        if not (self.on_every_image.value and canvas_grid(self._viewer).enabled and labels is not None
-                and not is_copy(labels) and len(images) > 1):
+    def _labels_chosen(self, *_) -> None:
+        """A grid copy chosen in the combobox means its labels layer; then the copies follow the choice."""
+        chosen = self.labels_layer.value
+        source = copy_source(chosen) if chosen is not None else None
+        if source is not None and source in self._viewer.layers:
+            self.labels_layer.value = self._viewer.layers[source]  # back in here, with the source
             return
-        home = next((image for image in images if reference is not None and image.name == reference.name), images[-1])
-        self._grid_labels = GridLabels(self._viewer, labels, images, home, on_mouse_drag=self._record_modifiers)
+        self.grid_labels.update()
+
+    def _after_event(self, function) -> None:
+        """`function` from Qt's event loop, unless this widget is gone by then."""
+        from qtpy.QtCore import QTimer
+
+        timer = QTimer(self.native)  # a child: deleted with the widget, never firing after it
+        timer.setSingleShot(True)
+        timer.timeout.connect(function)
+        timer.timeout.connect(timer.deleteLater)
+        timer.start(0)
+
+    def _on_every_image_toggled(self, on: bool) -> None:
+        self.grid_labels.enabled = on
+        self.grid_labels.update()
 
     def _record_modifiers(self, layer, event) -> None:
         self._shift_held = "Shift" in event.modifiers
