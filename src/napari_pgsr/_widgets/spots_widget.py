@@ -12,28 +12,15 @@ from magicgui.widgets import (CheckBox, Container, FloatSpinBox, Label, Progress
                               create_widget)
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..analysis import (CameraCalibration, new_points, read_points_csv, snap_to_maximum, suggest_spots,
-                        write_points_csv)
+from ..analysis import CameraCalibration, new_points, read_points_csv, suggest_spots, write_points_csv
 from ..analysis.across import SpotReport, iter_measure_across
 from ..io import as_array
 from ._grid_labels import LabelsOnEveryImage, copy_source
+from ._label_points import LABEL_STYLE, SUGGESTION_STYLE, placement, snapped, to_image_coordinates
 from ._spot_results import SpotResults
 from ._workers import start
 
 LABELS_NAME, SUGGESTIONS_NAME, RESULTS_NAME = "spot labels", "suggested spots", "Spot measurements"
-LABEL_STYLE = {"size": 6, "border_width": 0.12, "border_color": "yellow", "face_color": "transparent", "symbol": "disc"}
-SUGGESTION_STYLE = {**LABEL_STYLE, "border_color": "cyan", "symbol": "square"}
-
-
-def to_image_coordinates(points_layer, image_layer) -> np.ndarray:
-    """Points of `points_layer` with their last axes (up to the image's dimensions) in the data coordinates
-    of `image_layer` (scale and translate); a leading frame axis the image lacks stays as it is."""
-    data = np.asarray(points_layer.data, dtype=np.float64).reshape(len(points_layer.data), -1)
-    shared = min(data.shape[1], image_layer.ndim)
-    world = data[:, -shared:] * points_layer.scale[-shared:] + points_layer.translate[-shared:]
-    result = data.copy()
-    result[:, -shared:] = (world - image_layer.translate[-shared:]) / image_layer.scale[-shared:]
-    return result
 
 
 class SpotsWidget(Container):
@@ -127,7 +114,7 @@ class SpotsWidget(Container):
         reference = self.reference.value
         ndim = reference.ndim if reference is not None else 2
         layer = self._viewer.add_points(np.empty((0, ndim)), ndim=ndim, name=LABELS_NAME,
-                                        **_placement(reference, ndim), **LABEL_STYLE)
+                                        **placement(reference, ndim), **LABEL_STYLE)
         layer.mode = "add"
         self.labels_layer.value = layer
         return layer
@@ -190,18 +177,7 @@ class SpotsWidget(Container):
 
     def _snap_one(self, layer, reference, point: np.ndarray) -> np.ndarray | None:
         """`point` (in the labels layer's coordinates) moved to the reference image's local maximum."""
-        probe = napari.layers.Points(point[None], scale=layer.scale, translate=layer.translate)
-        at = to_image_coordinates(probe, reference)[0]
-        if reference.ndim == 3:
-            t = int(round(at[-3])) if len(at) >= 3 else self._current_frame()  # 2-D labels: the frame shown
-            if not 0 <= t < reference.data.shape[0]:
-                return None
-        frame = as_array(reference.data[t] if reference.ndim == 3 else reference.data, np.float64)
-        y, x = snap_to_maximum(frame, at[-2], at[-1])
-        world = np.array([y, x]) * reference.scale[-2:] + reference.translate[-2:]
-        moved = point.copy()
-        moved[-2:] = np.round((world - layer.translate[-2:]) / layer.scale[-2:], 9)  # no 14.000000000000002
-        return moved
+        return snapped(layer, reference, point, self._current_frame())
 
     # ---- CSV --------------------------------------------------------------------------------------------
     def load_labels(self, path: str | Path | None = None) -> None:
@@ -215,7 +191,7 @@ class SpotsWidget(Container):
             show_error(f"Spots: {err}")
             return
         layer = self._viewer.add_points(points, ndim=points.shape[1], name=Path(path).stem,
-                                        **_placement(self.reference.value, points.shape[1]), **LABEL_STYLE)
+                                        **placement(self.reference.value, points.shape[1]), **LABEL_STYLE)
         self.labels_layer.value = layer
         show_info(f"Spots: {len(points)} labels read from {path}")
 
@@ -351,17 +327,6 @@ class SpotsWidget(Container):
     def _on_finish(self) -> None:
         self.measure_button.enabled, self.cancel_button.enabled = True, False
         self._worker = None
-
-
-def _placement(reference, ndim: int) -> dict:
-    """Scale and translate for a points layer of `ndim` dimensions over `reference`: the image's own on the
-    axes they share, 1 and 0 on a leading frame axis the image lacks."""
-    if reference is None:
-        return {}
-    shared = min(ndim, reference.ndim)
-    lead = ndim - shared
-    return {"scale": (1.0,) * lead + tuple(reference.scale[-shared:]),
-            "translate": (0.0,) * lead + tuple(reference.translate[-shared:])}
 
 
 def _file_dialog(parent, title: str, save: bool) -> str:
