@@ -206,6 +206,29 @@ def test_grid_labels_follow_renames_deletions_and_hidden_images(make_napari_view
     assert len(labels.data) == 2 and len(viewer.layers) == 3 and grid.stride == -1
 
 
+def test_grid_labels_survive_a_reopened_dock_hidden_labels_and_a_deletion_with_a_copy(make_napari_viewer, rng,
+                                                                                         messages, qtbot):
+    viewer, widget, images = _viewer_with_images(make_napari_viewer, rng)
+    canvas_grid(viewer).enabled = True
+    widget.new_labels().add([30.0, 40.0])
+    viewer.window.remove_dock_widget(widget.native.parent())  # the dock's close button; napari keeps the widget
+    again = _widget(viewer)  # the new one takes over: one set of copies, no rebuilding each other's copies
+    again.reference.value = viewer.layers["high"]
+    qtbot.wait(100)
+    names = [layer.name for layer in viewer.layers]
+    qtbot.wait(100)
+    assert [layer.name for layer in viewer.layers] == names and sorted(names) == [
+        "high", "low", "spot labels", "spot labels on low"]
+    viewer.layers["spot labels"].visible = False
+    viewer.add_image(images["high"], name="restored")  # a rebuild keeps the hidden labels hidden
+    qtbot.waitUntil(lambda: "spot labels on restored" in viewer.layers)
+    assert not any(layer.visible for layer in viewer.layers if layer.name.startswith("spot labels"))
+    viewer.layers.selection = {viewer.layers["spot labels on low"], viewer.layers["spot labels"]}
+    viewer.layers.remove_selected()  # the labels and a copy at once: no error, no copies left
+    qtbot.waitUntil(lambda: "spot labels on restored" not in viewer.layers)
+    assert [layer.name for layer in viewer.layers] == ["high", "low", "restored"] and not messages["error"]
+
+
 def test_side_by_side_again_keeps_the_labels_on_every_image(make_napari_viewer, rng, messages):
     viewer = make_napari_viewer()
     images = _images(rng)

@@ -7,6 +7,7 @@ per cell), kept in step both ways: a point added (snapped), moved or deleted on 
 from __future__ import annotations
 
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 
 import napari
@@ -28,11 +29,12 @@ def copy_source(layer) -> str | None:
 class GridLabels:
     """Copies of `labels` over each of `images` but `home` (the image the labels layer itself sits on).
     `on_layout_change` is called (inside napari's event) when layers are added, removed, moved, renamed or
-    hidden, as that breaks the image-and-points pairs: rebuild after the event."""
+    hidden, as that breaks the image-and-points pairs: rebuild after the event. `show`: make the labels
+    visible."""
 
     def __init__(self, viewer, labels: napari.layers.Points, images: Sequence[napari.layers.Image],
                  home: napari.layers.Image, on_mouse_drag: Callable | None = None,
-                 on_layout_change: Callable[[], None] = lambda: None):
+                 on_layout_change: Callable[[], None] = lambda: None, show: bool = False):
         self._viewer, self.labels, self._syncing, self.removed = viewer, labels, False, False
         self._id, self._on_layout_change, self._images = uuid.uuid4().hex, on_layout_change, list(images)
         grid = canvas_grid(viewer)
@@ -40,8 +42,10 @@ class GridLabels:
         cells = [(image, labels if image is home else self._copy_for(image, on_mouse_drag)) for image in images]
         self.copies: list[napari.layers.Points] = [points for _, points in cells if points is not labels]
         self._arrange(cells)
-        labels.visible = True
+        if show and not labels.visible:  # grid view just switched on (Side by side hides the labels too)
+            labels.visible = True
         self._push()
+        self._follow_visible()
         grid.stride = 2
         labels.events.data.connect(self._from_labels)
         labels.events.mode.connect(self._follow_mode)
@@ -115,7 +119,9 @@ class GridLabels:
     def _follow_visible(self, *_) -> None:
         """Labels hidden: on every image."""
         for copy in self.copies:
-            copy.visible = self.labels.visible
+            if copy.visible != self.labels.visible:  # setting it at all puts a napari layer in pan-zoom mode
+                copy.visible = self.labels.visible
+                copy.mode = self.labels.mode
 
     def _push(self, skip: Sequence[str] = ()) -> None:
         """The labels' points, and how they look, onto every copy (but those named in `skip`)."""
@@ -159,18 +165,30 @@ class GridLabels:
 class LabelsOnEveryImage:
     """While napari's grid is on: the labels that `labels_of()` gives on every visible grey-scale image, the
     labels themselves over the image named `home_of()` (else the last). Rebuilt when the grid is switched,
-    `update()` is called, or when the layers change: then `defer(update)` must run it once napari's event
-    is over (changing the layer list inside it is unsafe)."""
+    `update()` is called, or after `schedule()`: layer-list events call it, and `defer(update)` must run
+    `update` once napari's event is over (changing the layer list inside it is unsafe).
+
+    One per viewer: a new one (the Spots dock closed and opened again; napari keeps the old widget alive)
+    retires the one before, whose copies would otherwise be rebuilt against the new ones without end."""
+
+    _by_viewer: dict[int, weakref.ref] = {}  # hash(viewer): a plugin's viewer proxy hashes as the viewer
 
     def __init__(self, viewer, labels_of: Callable, home_of: Callable[[], str | None],
                  defer: Callable[[Callable], None], on_mouse_drag: Callable | None = None):
         self._viewer, self._labels_of, self._home_of, self._on_mouse_drag = viewer, labels_of, home_of, on_mouse_drag
         self._defer = defer
-        self.enabled, self.current, self._busy, self._pending = True, None, False, False
-        canvas_grid(viewer).events.enabled.connect(self.update)
+        self.enabled, self.current, self._busy, self._pending, self.retired = True, None, False, False, False
+        before = self._by_viewer.get(hash(viewer))
+        if before is not None and before() is not None:
+            before().retire()
+        self._by_viewer[hash(viewer)] = weakref.ref(self)
+        canvas_grid(viewer).events.enabled.connect(self._grid_switched)
 
-    def update(self, *_) -> None:
-        if self._busy:  # our own layer changes, or a combobox that follows them
+    def _grid_switched(self, *_) -> None:
+        self.update(show=True)
+
+    def update(self, *_, show: bool = False) -> None:
+        if self._busy or self.retired:  # our own layer changes, or a combobox that follows them
             return
         self._busy, self._pending = True, False
         try:
@@ -184,14 +202,23 @@ class LabelsOnEveryImage:
                     and copy_source(labels) is None and len(images) > 1):
                 return
             home = next((image for image in images if image.name == self._home_of()), images[-1])
-            self.current = GridLabels(self._viewer, labels, images, home, self._on_mouse_drag, self._later)
+            self.current = GridLabels(self._viewer, labels, images, home, self._on_mouse_drag, self.schedule, show)
         finally:
             self._busy = False
 
-    def _later(self) -> None:
-        if not self._busy and not self._pending:
+    def schedule(self) -> None:
+        """`update` once the current event is over (once, however many events ask for it)."""
+        if not self._busy and not self._pending and not self.retired:
             self._pending = True
             self._defer(self.update)
+
+    def retire(self) -> None:
+        """Remove the copies and stop following the grid and the layers."""
+        if self.current is not None:
+            self.current.remove()
+            self.current = None
+        self.retired = True
+        canvas_grid(self._viewer).events.enabled.disconnect(self._grid_switched)
 
 
 def _done(event) -> bool:

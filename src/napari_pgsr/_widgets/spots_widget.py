@@ -108,6 +108,7 @@ class SpotsWidget(Container):
         if reference is not None and reference.metadata.get("pixel_size_um"):
             self.pixel_size.value = round(float(reference.metadata["pixel_size_um"]) * 1000, 3)
         self._select_same_shape()
+        self.grid_labels.schedule()  # the labels themselves go over the reference
 
     def new_labels(self) -> napari.layers.Points:
         """Add an empty Points layer for labels (the reference image's dimensions and scale), in add mode."""
@@ -117,6 +118,7 @@ class SpotsWidget(Container):
                                         **placement(reference, ndim), **LABEL_STYLE)
         layer.mode = "add"
         self.labels_layer.value = layer
+        self.grid_labels.update()  # now, not after the event: a caller may label on a copy at once
         return layer
 
     def _watch_labels(self, *_) -> None:
@@ -137,7 +139,7 @@ class SpotsWidget(Container):
         if source is not None and source in self._viewer.layers:
             self.labels_layer.value = self._viewer.layers[source]  # back in here, with the source
             return
-        self.grid_labels.update()
+        self.grid_labels.schedule()  # after the event: the choice may follow a layer's removal
 
     def _after_event(self, function) -> None:
         """`function` from Qt's event loop, unless this widget is gone by then."""
@@ -193,6 +195,7 @@ class SpotsWidget(Container):
         layer = self._viewer.add_points(points, ndim=points.shape[1], name=Path(path).stem,
                                         **placement(self.reference.value, points.shape[1]), **LABEL_STYLE)
         self.labels_layer.value = layer
+        self.grid_labels.update()
         show_info(f"Spots: {len(points)} labels read from {path}")
 
     def save_labels(self, path: str | Path | None = None) -> None:
