@@ -135,6 +135,7 @@ def test_grid_view_shows_the_labels_on_every_image_and_edits_on_any_reach_all(ma
     # one image and its labels per cell, the images in their order; the labels themselves over the reference
     assert cells == {"high": (0, 0), "spot labels": (0, 0), "low": (0, 1), "spot labels on low": (0, 1),
                      "restored": (0, 2), "spot labels on restored": (0, 2), "hidden": (-1, -1)}
+    assert layers.selection.active.name == "spot labels"  # still the one the layer controls show
     on_low = layers["spot labels on low"]
     click(on_low, np.array([31.0, 41.0]) * 0.16)  # on the low image's cell, a pixel off: snaps on the high
     click(layers["spot labels on restored"], np.array([13.0, 13.0]) * 0.16, modifiers=("Shift",))

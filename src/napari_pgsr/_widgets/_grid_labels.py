@@ -39,6 +39,7 @@ class GridLabels:
         self._id, self._on_layout_change, self._images = uuid.uuid4().hex, on_layout_change, list(images)
         grid = canvas_grid(viewer)
         self._stride_before = grid.stride
+        active = getattr(viewer.layers.selection.active, "name", None)  # each copy added becomes the active one
         cells = [(image, labels if image is home else self._copy_for(image, on_mouse_drag)) for image in images]
         self.copies: list[napari.layers.Points] = [points for _, points in cells if points is not labels]
         self._arrange(cells)
@@ -46,6 +47,8 @@ class GridLabels:
             labels.visible = True
         self._push()
         self._follow_visible()
+        if active in viewer.layers:
+            viewer.layers.selection.active = viewer.layers[active]
         grid.stride = 2
         labels.events.data.connect(self._from_labels)
         labels.events.mode.connect(self._follow_mode)
