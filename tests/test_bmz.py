@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from napari_pgsr import cli
-from napari_pgsr.bmz import _absolute_tolerance, check_package, export_bioimageio, import_bioimageio
+from napari_pgsr.bmz import _absolute_tolerance, _torchscript, check_package, export_bioimageio, import_bioimageio
 from napari_pgsr.data import Normalization
 from napari_pgsr.inference import restore
 from napari_pgsr.modelfile import load_model, save_model
@@ -36,15 +36,25 @@ def exported(tmp_path_factory):
     return model_path, export_bioimageio(load_model(model_path), folder / "m.zip", authors=["A. Tester"])
 
 
-def test_the_bioimageio_validator_passes_the_package_and_runs_it_as_napari_pgsr_does(exported):
-    from bioimageio.core import predict
+def test_the_bioimageio_validator_passes_the_package_with_both_weight_formats(exported):
+    rdf = yaml.safe_load(zipfile.ZipFile(exported[1]).read("rdf.yaml"))
+    assert rdf["weights"]["torchscript"]["parent"] == "pytorch_state_dict"  # for deepImageJ, QuPath: no Python
+    passed, summary = check_package(exported[1])  # each weight format in turn, on several allowed sizes
+    assert passed, summary
+    for weights in ("pytorch_state_dict", "torchscript"):
+        assert f"Reproduce test outputs from test inputs ({weights})" in summary, summary
+        assert f"Run {weights} inference for inputs with batch_size: 2 and size parameter n: 2" in summary, summary
+
+
+@pytest.mark.parametrize("weights", ["pytorch_state_dict", "torchscript"])
+def test_bioimageio_core_runs_the_package_as_napari_pgsr_does(exported, weights):
+    from bioimageio.core import create_prediction_pipeline, load_model_description, predict
 
     model_path, package = exported
-    passed, summary = check_package(package)
-    assert passed, summary
     # on another frame, of a size not seen in the package: raw intensities in, raw intensities out
     frame = np.random.default_rng(3).integers(90, 900, (96, 80)).astype(np.float32)
-    theirs = predict(model=package, inputs={"low": frame[None, None]}).members["restored"].data.to_numpy()
+    pipeline = create_prediction_pipeline(load_model_description(package), weight_format=weights)
+    theirs = predict(model=pipeline, inputs={"low": frame[None, None]}).members["restored"].data.to_numpy()
     ours = restore(load_model(model_path), frame[None])[0]
     assert theirs.shape == (1, 1, 96, 80)
     # a border as wide as the declared halo sees how the tool pads the frame; inside it, the same numbers
@@ -97,6 +107,19 @@ def test_context_sigmoid_and_progan_models_export_and_validate(tmp_path, kind):
     assert halos == [step * -(-reach // step)] * 2 and halos[0] >= reach  # tiles crop all of the reach
     back, original = import_bioimageio(package).network.state_dict(), network.state_dict()
     assert back.keys() == original.keys() and all(torch.equal(back[k], original[k]) for k in back)
+
+
+def test_a_trace_that_only_holds_for_the_traced_size_is_refused(tmp_path):
+    class SizeDependent(torch.nn.Module):  # a branch on the size: the trace keeps the one it took
+        def forward(self, x):
+            return x * 2 if x.shape[-1] == 64 else x
+
+    refused = r"TorchScript trace of the SizeDependent differs from it on \(2, 1, 72, 80\)"
+    with pytest.raises(RuntimeError, match=refused):
+        _torchscript(SizeDependent(), torch.rand(1, 1, 64, 64), 8, tmp_path / "t.pt")
+    assert not (tmp_path / "t.pt").exists()
+    _torchscript(torch.nn.Conv2d(1, 1, 3, padding=1), torch.rand(1, 1, 64, 64), 8, tmp_path / "t.pt")
+    assert torch.jit.load(tmp_path / "t.pt")(torch.rand(3, 1, 8, 16)).shape == (3, 1, 8, 16)
 
 
 def test_a_dim_test_frame_still_exports_within_the_specs_tolerance_rule(tmp_path):

@@ -1,11 +1,12 @@
 """Export a trained model to the BioImage Model Zoo format (bioimage.io, model spec 0.5) and read it back.
 
-The package is a zip that bioimage.io tools (bioimageio.core, ilastik, the zoo's website) run without
-napari-pgsr: the weights as a PyTorch state dict with the network's own source file (it needs only torch),
-the model file's normalisation as fixed linear pre- and post-processing (raw intensities in, raw
-intensities out), test tensors, a cover and a README. The whole model-file metadata (architecture,
-config, normalisation, training history) travels in `config.napari_pgsr`, so `import_bioimageio` rebuilds
-the same `ModelFile` from the package, loading the weights with `torch.load(weights_only=True)`.
+The package is a zip that bioimage.io tools run without napari-pgsr: the weights as a PyTorch state dict
+with the network's own source file (bioimageio.core, ilastik: needs only torch) and as TorchScript (deepImageJ
+in Fiji, QuPath, the BioEngine: no Python), the model file's normalisation as fixed linear pre- and
+post-processing (raw intensities in, raw intensities out), test tensors, a cover and a README. The whole
+model-file metadata (architecture, config, normalisation, training history) travels in
+`config.napari_pgsr`, so `import_bioimageio` rebuilds the same `ModelFile` from the package, loading the
+state dict with `torch.load(weights_only=True)`.
 
 Writing needs the `bioimageio` extra (`pip install "napari-pgsr[bioimageio]"`); reading back needs only
 napari-pgsr.
@@ -20,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from .training.recipes import RECIPE_SCOPES
 
 CONFIG_KEY = "napari_pgsr"
 WEIGHTS_NAME = "weights.pt"
+TORCHSCRIPT_NAME = "weights_torchscript.pt"
 TEST_SIZE = 64
 CITATIONS = {
     "unet": ("Weigert et al. (2018) Content-aware image restoration: pushing the limits of fluorescence "
@@ -97,6 +100,26 @@ def _expected_output(network: torch.nn.Module, norm: Normalization, x: np.ndarra
         return norm.high_inverse(network.activate(raw).numpy()).astype(np.float32)
 
 
+def _torchscript(network: torch.nn.Module, example: torch.Tensor, step: int, path: Path) -> None:
+    """Save `network` traced on `example` as TorchScript at `path`. A trace records the branches one input
+    took: the network's padding to its pooling grid is left out, which the package allows (its sizes are
+    multiples of `step`); checked on another allowed size and batch before saving."""
+    with warnings.catch_warnings():
+        # torch deprecates tracing in favour of torch.export, which the Java tools cannot run; and it warns
+        # that the padding branch is taken as fixed
+        warnings.filterwarnings("ignore", "`torch.jit.trace", DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        traced = torch.jit.trace(network, example)
+    other = torch.rand(2, example.shape[1], example.shape[2] + step, example.shape[3] + 2 * step,
+                       generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected, got = network(other), traced(other)
+    if expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-5):
+        raise RuntimeError(f"the TorchScript trace of the {type(network).__name__} differs from it on "
+                           f"{tuple(other.shape)} inputs")
+    torch.jit.save(traced, path)
+
+
 def _cover(x: np.ndarray, y: np.ndarray, path: Path) -> None:
     from matplotlib.figure import Figure
     figure = Figure(figsize=(4, 2), layout="constrained")
@@ -124,6 +147,8 @@ def _readme(model: ModelFile) -> str:
              "- output `restored`: batch x 1 x Y x X float32 in the high exposure's intensities "
              f"(post-processing: y * {norm.high_hi - norm.high_lo:g} + {norm.high_lo:g}).", "",
              "Frames larger than memory allows are restored in overlapping tiles by the running tool.", "",
+             f"Weights: a PyTorch state dict (`{WEIGHTS_NAME}`, with the network's source) and TorchScript "
+             f"(`{TORCHSCRIPT_NAME}`, traced: give it the sizes the package declares, as the tools do).", "",
              "## Training", "", f"- config: `{json.dumps(config, sort_keys=True)}`",
              f"- steps: {meta.get('history', {}).get('step', '?')}",
              f"- data: {', '.join(meta.get('provenance', {}).get('names', [])) or '?'}", "",
@@ -170,6 +195,7 @@ def export_bioimageio(model: ModelFile, output: str | os.PathLike, *, name: str 
         for stem, tensor in (("sample_input", x), ("sample_output", y)):  # for the zoo's previews
             tifffile.imwrite(folder / f"{stem}.tif", tensor[0], photometric="minisblack")  # C x Y x X
         torch.save({key: value.contiguous() for key, value in network.state_dict().items()}, folder / WEIGHTS_NAME)
+        _torchscript(network, torch.from_numpy(norm.low(x)), step, folder / TORCHSCRIPT_NAME)
         source = folder / f"{kind}.py"
         source.write_text(inspect.getsource(inspect.getmodule(type(network))))
         _cover(x, y, folder / "cover.png")
@@ -201,10 +227,14 @@ def export_bioimageio(model: ModelFile, output: str | os.PathLike, *, name: str 
                   *[spec.SpaceOutputAxisWithHalo(id=spec.AxisId(axis), halo=halo, size=spec.SizeReference(
                       tensor_id=low, axis_id=spec.AxisId(axis))) for axis in ("y", "x")]],
             postprocessing=post)]
-        weights = spec.WeightsDescr(pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
-            source=folder / WEIGHTS_NAME, pytorch_version=spec.Version(torch.__version__.split("+")[0]),
-            architecture=spec.ArchitectureFromFileDescr(
-                source=source, callable=spec.Identifier(type(network).__name__), kwargs=architecture)))
+        torch_version = spec.Version(torch.__version__.split("+")[0])
+        weights = spec.WeightsDescr(
+            pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
+                source=folder / WEIGHTS_NAME, pytorch_version=torch_version,
+                architecture=spec.ArchitectureFromFileDescr(
+                    source=source, callable=spec.Identifier(type(network).__name__), kwargs=architecture)),
+            torchscript=spec.TorchscriptWeightsDescr(source=folder / TORCHSCRIPT_NAME, pytorch_version=torch_version,
+                                                     parent="pytorch_state_dict"))
         metadata = {**model.metadata, "architecture": network.architecture, "normalization": norm.to_dict()}
         description = spec.ModelDescr(
             name=name or f"napari-pgsr {kind} restoration",
