@@ -199,6 +199,34 @@ def test_measure_writes_one_table_over_low_and_high_frames(tmp_path, capsys):
     assert not (tmp_path / "t2.csv").exists()
 
 
+def test_measure_names_images_of_one_file_name_apart_and_checks_their_pixel_sizes(tmp_path, capsys):
+    import pandas as pd
+
+    from napari_pgsr.analysis import write_points_csv
+
+    sim = simulate_movie("beads", n_frames=2, shape=(48, 48), seed=5)
+    for folder, frame, size in (("a", 0, 0.16), ("b", 1, 0.16), ("c", 1, None)):
+        (tmp_path / folder).mkdir()
+        write_movie(tmp_path / folder / "restored.tif", sim.movie[frame], pixel_size_um=size)
+    write_movie(tmp_path / "d.tif", sim.movie[1], pixel_size_um=0.1)
+    labels = np.column_stack([sim.spots["y"], sim.spots["x"]])[sim.spots["frame"] == 1]
+    write_points_csv(tmp_path / "labels.csv", labels)
+    common = ["--points", str(tmp_path / "labels.csv"), "--quiet"]
+    images = [str(tmp_path / folder / "restored.tif") for folder in "abc"]
+    assert cli.measure_main([*images, *common, "-o", str(tmp_path / "t.csv")]) == 0
+    summary = pd.read_csv(tmp_path / "t_summary.csv")
+    assert summary["image"].tolist() == images and (summary["spots"] == len(labels)).all()  # none dropped
+    table = pd.read_csv(tmp_path / "t.csv")
+    np.testing.assert_allclose(table["fwhm_nm"], table["fwhm_px"] * 160.0)  # from a and b; c has none
+    assert cli.measure_main([images[0], str(tmp_path / "d.tif"), *common, "-o", str(tmp_path / "u.csv")]) == 2
+    assert "different pixel sizes (restored: 160 nm, d: 100 nm); pass the right one with --pixel-size-nm" in (
+        capsys.readouterr().err)
+    assert cli.measure_main([images[0], str(tmp_path / "d.tif"), *common, "-o", str(tmp_path / "u.csv"),
+                             "--pixel-size-nm", "160"]) == 0
+    assert cli.measure_main([images[0], images[0], *common, "-o", str(tmp_path / "v.csv")]) == 2
+    assert "an image is given twice" in capsys.readouterr().err
+
+
 def test_recipe_sets_the_measured_progan_settings_and_flags_override_it(tmp_path, movie, capsys):
     model = tmp_path / "gan.pgsr"
     assert cli.train_main([str(movie), "--out", str(model), "--recipe", "progan-spots", "--steps", "3",

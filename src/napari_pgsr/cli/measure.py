@@ -35,6 +35,37 @@ def measure_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def image_names(paths: list[Path]) -> list[str]:
+    """The table's name of each image: its file stem, else its file name when another has the same stem, else
+    the path as given (the same name in two folders)."""
+    if len({path.resolve() for path in paths}) < len(paths):
+        raise BadInput("an image is given twice: " + ", ".join(str(path) for path in paths))
+    names = []
+    for path in paths:
+        others = [other for other in paths if other != path]
+        if path.stem not in {other.stem for other in others}:
+            names.append(path.stem)
+        elif path.name not in {other.name for other in others}:
+            names.append(path.name)
+        else:
+            names.append(str(path))
+    return names
+
+
+def common_pixel_size_nm(pixel_sizes_um: dict[str, float | None]) -> float | None:
+    """The pixel size (nm) the images' files agree on; None when none has one. Files that disagree (by more
+    than 1%) are refused: spot widths in nm would not compare."""
+    known = {name: size * 1000 for name, size in pixel_sizes_um.items() if size}
+    if not known:
+        return None
+    sizes = list(known.values())
+    if max(sizes) > 1.01 * min(sizes):
+        raise BadInput("the images' files give different pixel sizes ("
+                       + ", ".join(f"{name}: {size:g} nm" for name, size in known.items())
+                       + "); pass the right one with --pixel-size-nm")
+    return sizes[0]
+
+
 def measure_main(argv: list[str] | None = None) -> int:
     """napari-pgsr-measure."""
     args = measure_parser().parse_args(argv)
@@ -54,12 +85,10 @@ def measure_main(argv: list[str] | None = None) -> int:
                 raise BadInput(f"{path} is one of the inputs; choose another output name")
             if path.exists() and not args.overwrite:
                 raise BadInput(f"{path} exists; pass --overwrite to replace it")
-        images, pixel_sizes_um = {}, []
-        for path in args.images:
-            name = path.name if path.stem in {p.stem for p in args.images if p != path} else path.stem
-            images[name], pixel_size_um = read_image(path)
-            pixel_sizes_um.append(pixel_size_um)
-        pixel_size = args.pixel_size_nm or (pixel_sizes_um[0] or 0) * 1000 or None
+        images, pixel_sizes_um = {}, {}
+        for path, name in zip(args.images, image_names(args.images)):
+            images[name], pixel_sizes_um[name] = read_image(path)
+        pixel_size = args.pixel_size_nm or common_pixel_size_nm(pixel_sizes_um)
         camera = CameraCalibration(args.baseline_adu, args.electrons_per_adu, args.excess_noise)
         measuring = iter_measure_across(images, read_points_csv(args.points), pixel_size_nm=pixel_size,
                                         radius=args.radius, camera=camera, frame=args.frame)
