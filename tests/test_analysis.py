@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_pgsr.analysis import compare_to_labels, fit_spot, new_points, suggest_spots
+from napari_pgsr.analysis import compare_to_labels, fit_spot, fit_spots, new_points, suggest_spots
 from napari_pgsr.physics import render_spots
 
 
@@ -53,6 +53,21 @@ def test_matching_scores_on_constructed_sets():
     assert (dim.true_positives, dim.false_positives, dim.false_negatives) == (0, 0, 0) and dim.f1 == 1.0
     empty = compare_to_labels(np.empty((0, 2)), labels)
     assert empty.recall == 0.0 and np.isnan(empty.rmse)
+    assert compare_to_labels([], [5, 5]).false_negatives == 1  # no detections; one label as a bare pair
+    # (frame, y, x) rows of a movie's points were read as pairs of numbers: 2 matching spots scored 1 TP, 1 FP
+    with pytest.raises(ValueError, match=r"labels must be \(y, x\) rows of one frame, got shape \(2, 3\); "
+                                         "pass the rows of one frame without the frame column"):
+        compare_to_labels(labels[:2], np.column_stack([[0, 0], labels[:2]]))
+
+
+def test_fit_spots_takes_y_x_rows_only():
+    image = np.full((15, 15), 10.0)
+    image[7, 5] = image[7, 9] = 100.0
+    fits = fit_spots(image, [[7, 5], [7, 9]])
+    assert [(round(f.y), round(f.x)) for f in fits] == [(7, 5), (7, 9)]
+    assert len(fit_spots(image, [7, 5])) == 1 and fit_spots(image, np.empty((0, 2))) == []
+    with pytest.raises(ValueError, match=r"points must be \(y, x\) rows of one frame, got shape \(2, 3\)"):
+        fit_spots(image, [[0, 7, 5], [0, 7, 9]])  # gave 3 fits at made-up places
 
 
 def test_new_points_leave_out_candidates_already_labelled():

@@ -63,6 +63,20 @@ def fit_spot(image: np.ndarray, y: float, x: float, radius: int = 3, sigma_guess
     return SpotFit(float(fy), float(fx), float(sigma), float(amp), float(bg), flag)
 
 
+def as_yx(points, what: str = "points") -> np.ndarray:
+    """`points` as an (N, 2) float array of (y, x) rows: one (y, x) pair, N pairs or none. Other widths are
+    refused, so (frame, y, x) rows of a movie's points are not read as pairs of numbers."""
+    array = np.asarray(points, dtype=np.float64)
+    if array.size == 0:
+        return array.reshape(0, 2)
+    array = array[None] if array.ndim == 1 else array
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise ValueError(f"{what} must be (y, x) rows of one frame, got shape {np.shape(points)}"
+                         + ("; pass the rows of one frame without the frame column"
+                            if array.ndim == 2 and array.shape[1] == 3 else ""))
+    return array
+
+
 def fit_spots(image: np.ndarray, points: np.ndarray, radius: int = 3, sigma_guess: float = 1.0) -> list[SpotFit]:
     """fit_spot for every (y, x) row of `points`."""
-    return [fit_spot(image, float(y), float(x), radius, sigma_guess) for y, x in np.asarray(points).reshape(-1, 2)]
+    return [fit_spot(image, y, x, radius, sigma_guess) for y, x in as_yx(points).tolist()]

@@ -9,6 +9,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
+from .fit import as_yx
+
 
 @dataclass(frozen=True)
 class MatchResult:
@@ -48,8 +50,7 @@ def compare_to_labels(detected: np.ndarray, labels: np.ndarray, tolerance_px: fl
     `ignore` marks labels that may be found but need not be (too dim to count): a detection matched to
     one is neither a true nor a false positive, and missing one is no false negative.
     """
-    detected = np.asarray(detected, dtype=np.float64).reshape(-1, 2)
-    labels = np.asarray(labels, dtype=np.float64).reshape(-1, 2)
+    detected, labels = as_yx(detected, "detections"), as_yx(labels, "labels")
     ignore = np.zeros(len(labels), bool) if ignore is None else np.asarray(ignore, bool)
     if len(detected) and len(labels):
         distance = cdist(detected, labels)
