@@ -32,6 +32,18 @@ def test_config_round_trips_through_yaml_and_json(tmp_path):
     (tmp_path / "bad.yaml").write_text("loss: mae\nwdith: 3\n")
     with pytest.raises(ValueError, match=r"bad.yaml: unknown training config keys \['wdith'\]"):
         TrainConfig.load(tmp_path / "bad.yaml")
+    # YAML 1.1 reads 1e-3 (no dot) as text: it failed deep in training ('>' between str and int)
+    (tmp_path / "hand.yaml").write_text("model: progan\nlr: 1e-3\nlambda_gan: 1e-2\nsteps: 5e3\nminutes: null\n")
+    hand = TrainConfig.load(tmp_path / "hand.yaml")
+    assert (hand.lr, hand.lambda_gan, hand.steps, hand.minutes) == (0.001, 0.01, 5000, None)
+    assert isinstance(hand.steps, int) and isinstance(hand.lr, float)
+    for text, message in (("steps: 2.5", "steps must be a whole number or null, got 2.5"),
+                          ("amp: 'yes'", "amp must be true or false, got 'yes'"),
+                          ("lr: fast", "lr must be a number, got 'fast'"),
+                          ("loss: 1", "loss must be text, got 1")):
+        (tmp_path / "bad.yaml").write_text(text + "\n")
+        with pytest.raises(ValueError, match=f"bad.yaml: {message}"):
+            TrainConfig.load(tmp_path / "bad.yaml")
     with pytest.raises(ValueError, match="loss must be one of"):
         TrainConfig(loss="l3")
     with pytest.raises(ValueError, match="patch 30 must be a multiple of 2\\*\\*depth = 4"):

@@ -28,6 +28,27 @@ def as_trained(stored: dict) -> dict:
     return values
 
 
+def _typed(path: Path, name: str, value, kind: str):
+    """A config file's value as its field's type: YAML reads 1e-3 (no dot) as a string, and a number given
+    for a text field or text for a number would fail deep inside training."""
+    if value is None and "None" in kind:
+        return None
+    expected = kind.split(" | ")[0]
+    if expected == "bool" and isinstance(value, bool):
+        return value
+    if expected in ("int", "float") and not isinstance(value, bool):
+        try:
+            number = float(value) if isinstance(value, str) else value
+        except ValueError:
+            number = None
+        if isinstance(number, (int, float)) and (expected == "float" or float(number).is_integer()):
+            return float(number) if expected == "float" else int(number)
+    if expected == "str" and isinstance(value, str):
+        return value
+    wanted = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text"}[expected]
+    raise ValueError(f"{path}: {name} must be {wanted}{' or null' if 'None' in kind else ''}, got {value!r}")
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run (defaults follow CARE where it has one)."""
@@ -220,7 +241,8 @@ class TrainConfig:
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"{path}: unknown training config keys {unknown}")
-        return values
+        kinds = {f.name: f.type for f in fields(cls)}  # (strings: the module's annotations are postponed)
+        return {name: _typed(path, name, value, kinds[name]) for name, value in values.items()}
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
