@@ -100,6 +100,11 @@ def test_border_overlapping_and_outside_points_are_flagged_not_crashed_on():
     assert measure_spots(image, [[-0.3, 20]])["flag"][0] != "outside image"
     with pytest.raises(ValueError, match=r"point 1 has a coordinate that is not a number"):
         measure_spots(image, [[5, 5], [np.nan, 3]])
+    # NaN pixels (a frame not restored yet) are named, not reported as a bad starting point of the fit
+    holes = image.copy()
+    holes[29:31, 30] = np.nan
+    assert measure_spots(holes, [[30, 30], [20, 10]])["flag"].tolist() == [
+        "fit failed: 2 NaN/inf pixels in the 7x7 fit window", ""]
 
 
 def test_points_and_frames_of_movies():

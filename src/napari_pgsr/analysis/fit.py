@@ -44,6 +44,9 @@ def fit_spot(image: np.ndarray, y: float, x: float, radius: int = 3, sigma_guess
     top = int(np.clip(round(y) - radius, 0, height - size))
     left = int(np.clip(round(x) - radius, 0, width - size))
     window = np.asarray(image[top:top + size, left:left + size], dtype=np.float64)
+    missing = int(np.count_nonzero(~np.isfinite(window)))
+    if missing:  # e.g. frames not restored yet in a partly written OME-Zarr
+        raise ValueError(f"{missing} NaN/inf pixel{'s' * (missing > 1)} in the {size}x{size} fit window")
     rows, cols = np.arange(top, top + size, dtype=np.float64), np.arange(left, left + size, dtype=np.float64)
     background = float(np.percentile(window, 20))
     amplitude = max(float(window.sum() - background * window.size), 1e-6)
