@@ -88,6 +88,7 @@ def test_border_overlapping_and_outside_points_are_flagged_not_crashed_on():
     assert np.isnan(table.loc[4, "fwhm_nm"]) and table.loc[4, "y"] == 55
     assert table.loc[3, "fwhm_nm"] == pytest.approx(235.5, rel=0.01)
     assert np.isnan(measure_spots(image, [[30, 30]])["fwhm_nm"][0])  # no pixel size, no nm
+    assert measure_spots(image, [30, 30])["fwhm_px"][0] == measure_spots(image, [[30, 30]])["fwhm_px"][0]  # one
     # a neighbour just outside the window still sends light into it; a blank image has no spot to measure
     pair = render_spots((40, 40), [20.0, 20.0], [10.0, 14.5], [5e3] * 2, 1.0) + 10
     assert measure_spots(pair, [[20, 10], [20, 14.5]])["flag"].tolist() == ["overlap", "overlap"]

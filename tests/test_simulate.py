@@ -96,6 +96,17 @@ def test_command_line_writes_movie_truth_and_expectation(tmp_path, capsys):
     low = np.loadtxt(tmp_path / "sm_low_spots.csv", delimiter=",", skiprows=1, ndmin=2)
     np.testing.assert_array_equal(low[:, 1:], table[table[:, 0] % 2 == 0][:, 1:])  # low first: frames 0, 2, 4
     np.testing.assert_array_equal(low[:, 0], table[table[:, 0] % 2 == 0][:, 0] // 2)
+    # existing outputs are kept unless --overwrite; one frame (no pair) is refused before anything is written
+    before = out.read_bytes()
+    with pytest.raises(SystemExit):
+        simulate.main(["--frames", "4", "--size", "32", "-o", str(out)])
+    assert "sm.ome.tif" in capsys.readouterr().err and out.read_bytes() == before
+    assert simulate.main(["--frames", "4", "--size", "32", "-o", str(out), "--overwrite"]) == 0
+    assert read_movie(out).shape == (4, 32, 32)
+    with pytest.raises(SystemExit):
+        simulate.main(["--frames", "1", "--size", "32", "-o", str(tmp_path / "one.tif")])
+    assert "--frames: at least 2 (a low and a high exposure), got 1" in capsys.readouterr().err
+    assert not (tmp_path / "one.tif").exists()
 
 
 def test_low_frame_spots_follow_the_pairs_of_a_high_first_movie():

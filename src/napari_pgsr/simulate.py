@@ -217,17 +217,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--high-first", action="store_true", help="start with the long exposure")
     parser.add_argument("--expected", action="store_true", help="also write the noise-free movie")
     parser.add_argument("-o", "--output", required=True, help="output .tif / .ome.tif")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     args = parser.parse_args(argv)
+    if args.frames < 2:
+        parser.error(f"--frames: at least 2 (a low and a high exposure), got {args.frames}")
+    out = Path(args.output)
+    stem = out.name.removesuffix(".tif").removesuffix(".tiff").removesuffix(".ome")
+    spots_path, low_spots_path = out.with_name(stem + "_spots.csv"), out.with_name(stem + "_low_spots.csv")
+    expected_path = out.with_name(stem + "_expected.tif")
+    existing = [str(path) for path in (out, spots_path, low_spots_path) + ((expected_path,) if args.expected else ())
+                if path.exists()]
+    if existing and not args.overwrite:
+        parser.error(f"{', '.join(existing)} exist{'s' * (len(existing) == 1)}; pass --overwrite to replace")
     shape = (args.size[0], args.size[-1])
     sim = simulate_movie(args.kind, args.frames, shape, args.seed,
                          acquisition=Acquisition(low_first=not args.high_first))
-    out = Path(args.output)
-    write_movie(out, sim.movie, pixel_size_um=sim.pixel_size_um)
-    stem = out.name.removesuffix(".tif").removesuffix(".tiff").removesuffix(".ome")
-    write_spots_csv(out.with_name(stem + "_spots.csv"), sim.spots)
-    write_spots_csv(out.with_name(stem + "_low_spots.csv"), low_frame_spots(sim))  # napari-pgsr-measure's labels
+    write_movie(out, sim.movie, pixel_size_um=sim.pixel_size_um, overwrite=args.overwrite)
+    write_spots_csv(spots_path, sim.spots)
+    write_spots_csv(low_spots_path, low_frame_spots(sim))  # napari-pgsr-measure's labels
     if args.expected:
-        write_movie(out.with_name(stem + "_expected.tif"), sim.expected, pixel_size_um=sim.pixel_size_um)
+        write_movie(expected_path, sim.expected, pixel_size_um=sim.pixel_size_um, overwrite=args.overwrite)
     print(f"wrote {out} ({args.frames} frames of {shape[0]}x{shape[1]}, {sim.spots['frame'].size} spot "
           f"instances, pixel {sim.pixel_size_um * 1000:.0f} nm, low exposure first: {sim.low_first})")
     return 0

@@ -50,7 +50,7 @@ def locate_points(image_shape: tuple[int, ...], points, frame: int | None = None
     points = np.asarray(points, dtype=np.float64)
     if points.size == 0:
         raise ValueError("there are no points to measure: add spot labels first")
-    points = points.reshape(len(points), -1)
+    points = points[None] if points.ndim == 1 else points.reshape(len(points), -1)  # 1-D: one point
     if points.shape[1] < 2:
         raise ValueError(f"points need (y, x) coordinates, got {points.shape[1]} column(s)")
     bad = np.flatnonzero(~np.all(np.isfinite(points), axis=1))
