@@ -24,7 +24,7 @@ def test_the_photon_transfer_line_is_recovered_from_noisy_frames():
     assert model.slope == pytest.approx(3.0, rel=0.05)
     assert model.variance([100.0, 900.0]) == pytest.approx([200.0, 2600.0], rel=0.08)
     flat = [tuple(np.full((64, 64), 100.0) + rng.normal(0, 1, (64, 64)) for _ in range(2)) for _ in range(2)]
-    with pytest.raises(ValueError, match="too narrow a range"):
+    with pytest.raises(ValueError, match=r"too narrow a range .*: \d+ of 24 intensity bins hold 200 pixels or more"):
         fit_noise_model([flat])
     with pytest.raises(ValueError, match="at least 2 couples"):
         fit_noise_model([flat[:1]])

@@ -86,8 +86,10 @@ def fit_noise_model(movies: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], b
         counts.append(int(kept.sum()))
     noise_sd = np.sqrt(np.median(differences**2) / _MEDIAN_OF_SQUARES)
     if len(centres) < 2 or np.ptp(centres) < 3.0 * noise_sd:
-        raise ValueError("noise model: the frames hold too narrow a range of values to fit variance against "
-                         "intensity")
+        raise ValueError(f"noise model: the frames hold too narrow a range of values to fit variance against "
+                         f"intensity: {len(centres)} of {bins} intensity bins hold {min_pixels} pixels or more, "
+                         f"their means span {np.ptp(centres) if centres else 0:.3g} grey levels (noise SD "
+                         f"{noise_sd:.3g}); more or larger frames fill the bright bins")
     # each bin's variance is known to about v * sqrt(2 / n): weigh by the inverse
     slope, intercept = np.polyfit(centres, variances, 1, w=np.sqrt(counts) / np.asarray(variances))
     if slope <= 0:
