@@ -5,7 +5,7 @@ import psutil
 import pytest
 import tifffile
 
-from napari_pgsr.io import read_movie, write_movie
+from napari_pgsr.io import read_image, read_movie, source_files, write_movie
 
 
 @pytest.mark.parametrize("name", ["movie.tif", "movie.ome.tif"])
@@ -65,7 +65,11 @@ def test_user_data_is_never_overwritten(tmp_path, movie_file):
         write_movie(movie_file, data.frames, overwrite=True)  # the memory-mapped source itself
     with pytest.raises(ValueError, match="file the data was read from"):
         write_movie(movie_file, data.data, overwrite=True, protected=(movie_file,))
+    for derived in (data.data, data.data * 2, data.data[1:3]):  # the lazy movie and what is computed from it
+        with pytest.raises(ValueError, match="file the data was read from"):
+            write_movie(movie_file, derived, overwrite=True)
     assert movie_file.read_bytes() == before
+    assert source_files(data.data + 1) == {movie_file.resolve()} and source_files(np.zeros(3)) == set()
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path):
@@ -91,6 +95,15 @@ def test_bad_files_get_clear_errors(tmp_path, movie_file):
     (tmp_path / "cut.tif").write_bytes(movie_file.read_bytes()[:100])
     with pytest.raises(ValueError, match=r"cut.tif"):
         read_movie(tmp_path / "cut.tif")
+    # a copy cut short keeps the first frame's index only: it was read as a single frame, or one frame
+    frames = np.random.default_rng(0).integers(0, 1000, (20, 32, 32)).astype(np.uint16)
+    for name, message in (("cut.tif", "its ImageJ header announces 20 frames but 1 frame can be read"),
+                          ("cut.ome.tif", "1 frame can be read and the last reaches past the end of the file")):
+        whole = write_movie(tmp_path / f"whole_{name}", frames).read_bytes()
+        (tmp_path / name).write_bytes(whole[:len(whole) * 6 // 10])
+        for read in (read_movie, read_image):
+            with pytest.raises(ValueError, match=f"{name} is truncated or damaged: {message}"):
+                read(tmp_path / name)
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((16, 16, 3), np.uint8), photometric="rgb")
     with pytest.raises(ValueError, match=r"rgb.tif has axes YXS .*S=3 \(colour sample \(RGB\)\).*T x Y x X"):
         read_movie(tmp_path / "rgb.tif")

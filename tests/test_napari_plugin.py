@@ -25,6 +25,16 @@ def test_movie_without_pixel_size_keeps_unit_scale_and_says_so(make_napari_viewe
     assert "pixel size not recorded" in layer.metadata["note"]
 
 
+def test_a_single_frame_opens_as_an_image_with_its_pixel_size(make_napari_viewer, tmp_path):
+    frame = np.arange(256, dtype=np.uint16).reshape(16, 16)
+    path = write_movie(tmp_path / "snapshot.tif", frame, pixel_size_um=0.16)
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(path), plugin="napari-pgsr")[0]  # (refused as "not a movie" before)
+    assert layer.name == "snapshot" and layer.ndim == 2
+    np.testing.assert_array_equal(layer.data, frame)
+    np.testing.assert_allclose(layer.scale, (0.16, 0.16))
+
+
 def test_bad_file_error_names_the_file(make_napari_viewer, tmp_path):
     (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
     viewer = make_napari_viewer()

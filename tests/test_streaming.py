@@ -67,8 +67,37 @@ def test_a_stopped_run_leaves_a_valid_partial_store_that_resume_completes(files,
     # resuming with another model (or movie) is refused
     other = save_model(tmp_path / "other.pgsr", load_model(model).network, load_model(model).normalization,
                        {"config": {"context": 0}})
-    with pytest.raises(ValueError, match="restored with other model"):
+    with pytest.raises(ValueError, match=r"part.zarr was begun with another model file \('model.pgsr', now "
+                                         r"'other.pgsr'\); resume with the same, or --overwrite"):
         restore_to_file(Restorer(load_model(other), device="cpu"), source, tmp_path / "part.zarr", resume=True)
+
+
+def test_resume_refuses_a_model_trained_further_in_place_and_another_phase_but_not_another_path_spelling(
+        files, tmp_path, monkeypatch):
+    model, _ = files
+    movie = write_movie(tmp_path / "odd.tif", simulate_movie("beads", 13, (40, 36), seed=1).movie)
+    original = load_model(model)
+    stop_at_once = dict(should_stop=lambda: True, frames="low")
+    restore_to_file(Restorer(original, device="cpu"), read_movie(movie), tmp_path / "r.zarr", **stop_at_once)
+    # the same file name, other weights (napari-pgsr-train --resume model.pgsr): the store would mix two models
+    (tmp_path / "m").mkdir()
+    changed = load_model(model).network
+    with torch.no_grad():
+        changed.head.bias += 0.1
+    save_model(tmp_path / "m" / "model.pgsr", changed, original.normalization, original.metadata)
+    with pytest.raises(ValueError, match=r"another model weights \(trained further since\?\)"):
+        restore_to_file(Restorer(load_model(tmp_path / "m" / "model.pgsr"), device="cpu"), read_movie(movie),
+                        tmp_path / "r.zarr", frames="low", resume=True)
+    # the other exposure phase takes other frames (as many of them, in a 13-frame movie)
+    with pytest.raises(ValueError, match=r"another frame selection \(another exposure phase\?\)"):
+        restore_to_file(Restorer(original, device="cpu"), read_movie(movie), tmp_path / "r.zarr", frames="low",
+                        low_first=False, resume=True)
+    # the same movie by a relative path from its folder
+    monkeypatch.chdir(movie.parent)
+    assert restore_to_file(Restorer(original, device="cpu"), read_movie(movie.name), tmp_path / "r.zarr",
+                           frames="low", resume=True) == 5  # (6 pairs, 1 frame restored before the stop)
+    assert load_model(model).fingerprint() == original.fingerprint() != load_model(
+        tmp_path / "m" / "model.pgsr").fingerprint()
 
 
 def test_prefetching_hands_over_read_errors_and_keeps_order(files):
@@ -230,7 +259,7 @@ def _ome_zarr(path, axes: str, shape: tuple[int, ...]) -> None:
 
 def test_restored_ome_zarr_opens_as_a_movie_for_napari_and_measuring(files, tmp_path):
     from napari_pgsr._reader import get_reader
-    from napari_pgsr.io import SingleFrameError
+    from napari_pgsr.io import SingleFrameError, read_image
 
     model, movie = files
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "out.zarr"), "--quiet"]) == 0
@@ -246,6 +275,12 @@ def test_restored_ome_zarr_opens_as_a_movie_for_napari_and_measuring(files, tmp_
     _ome_zarr(tmp_path / "frame.zarr", "tyx", (1, 8, 8))
     with pytest.raises(SingleFrameError, match="frame.zarr holds axes tyx of shape \\(1, 8, 8\\): a single frame"):
         read_movie(tmp_path / "frame.zarr")
+    # the one restored low frame of a single exposure pair opens as an image (in napari too) and is measured
+    zarr.open_array(str(tmp_path / "frame.zarr" / "0"), mode="r+")[0] = np.arange(64).reshape(8, 8)
+    frame, _ = read_image(tmp_path / "frame.zarr")
+    np.testing.assert_array_equal(np.asarray(frame), np.arange(64).reshape(8, 8))
+    data, kwargs, _ = get_reader(str(tmp_path / "frame.zarr"))(str(tmp_path / "frame.zarr"))[0]
+    assert data.shape == (8, 8) and kwargs["name"] == "frame" and kwargs["scale"] == (1.0, 1.0)
     zarr.open_group(str(tmp_path / "plain.zarr"), mode="w", zarr_format=2)
     with pytest.raises(ValueError, match="plain.zarr is not an OME-Zarr image"):
         read_movie(tmp_path / "plain.zarr")

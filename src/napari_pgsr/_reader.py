@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
-from .io import Movie, display_range, is_tiff_path, read_movie
+from .io import Movie, SingleFrameError, display_range, is_tiff_path, read_image, read_movie
 from .zarr_movie import is_zarr_movie
 
 
@@ -21,15 +22,27 @@ def movie_layer_data(movie: Movie, name: str | None = None) -> tuple:
     """A (data, kwargs, 'image') tuple for napari, with the file's pixel size as scale."""
     pixel = movie.pixel_size_um
     scale = (1.0, pixel, pixel) if pixel else (1.0, 1.0, 1.0)
-    stem = movie.path.name if movie.path else "movie"
-    for suffix in (".tiff", ".tif", ".zarr", ".ome"):
-        stem = stem.removesuffix(suffix)
-    kwargs = {"name": name or stem, "scale": scale, "metadata": dict(movie.metadata),
+    kwargs = {"name": name or (_stem(movie.path) if movie.path else "movie"), "scale": scale, "metadata": dict(movie.metadata),
               "contrast_limits": display_range(movie.data)}
     return movie.data, kwargs, "image"
 
 
+def _stem(path: Path) -> str:
+    stem = path.name
+    for suffix in (".tiff", ".tif", ".zarr", ".ome"):
+        stem = stem.removesuffix(suffix)
+    return stem
+
+
 def read_movies(path: str | list[str]) -> list[tuple]:
-    """Read one or several movie files; errors name the file and what was expected."""
-    paths = path if isinstance(path, list) else [path]
-    return [movie_layer_data(read_movie(p)) for p in paths]
+    """Read one or several movie files; errors name the file and what was expected. A file of one frame (a
+    snapshot, one restored pair) opens as a 2-D image."""
+    layers = []
+    for one in path if isinstance(path, list) else [path]:
+        try:
+            layers.append(movie_layer_data(read_movie(one)))
+        except SingleFrameError:
+            frame, pixel = read_image(one)
+            layers.append((frame, {"name": _stem(Path(one)), "scale": (pixel, pixel) if pixel else (1.0, 1.0),
+                                   "contrast_limits": display_range(frame[None], 1)}, "image"))
+    return layers

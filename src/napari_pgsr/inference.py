@@ -8,6 +8,7 @@ result equals the whole-frame result.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -343,6 +344,11 @@ def _alternates(movie: Movie) -> bool:
     return True
 
 
+def _digest(indices: np.ndarray) -> str:
+    """A short hash of which frames are restored (another phase of an alternating movie takes others)."""
+    return hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()[:16]
+
+
 def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all", low_first: bool | None = None,
                     overwrite: bool = False, protected=(), progress: Callable[[int, int], None] | None = None,
                     should_stop: Callable[[], bool] | None = None, resume: bool = False, rank: int = 0,
@@ -366,8 +372,9 @@ def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all
     sources = tuple(p for p in (movie.path, *protected) if p is not None)
     model_path = restorer.model.path
     attributes = {"model": model_path.name if model_path else None, "model_format_version": FORMAT_VERSION,
-                  "model_description": restorer.model.describe(), "frames": frames,
-                  "source": str(movie.path) if movie.path else None}
+                  "model_description": restorer.model.describe(), "model_fingerprint": restorer.model.fingerprint(),
+                  "frames": frames, "frame_indices": _digest(indices),
+                  "source": str(movie.path.resolve()) if movie.path else None}
     if is_zarr_path(output):
         written, _ = restore_to_zarr(restorer, movie.frames, indices, output, movie.pixel_size_um, attributes,
                                      overwrite, resume, sources, progress, should_stop, rank, world, barrier)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import uuid
 import warnings
 import weakref
@@ -47,8 +48,9 @@ class _FrameReader:
     """Array-like view of a memmap/zarr array. dask slices real numpy arrays (memmaps too) into chunks
     when the graph is built, which would read the whole movie; through this wrapper it reads on demand."""
 
-    def __init__(self, frames):
+    def __init__(self, frames, path: Path | None = None):
         self.frames, self.shape, self.dtype, self.ndim = frames, tuple(frames.shape), frames.dtype, frames.ndim
+        self.path = path  # the file read from, which writers must not replace
 
     def __getitem__(self, index):
         return np.array(self.frames[index])
@@ -57,13 +59,13 @@ class _FrameReader:
 _SOURCES: weakref.WeakValueDictionary[str, _FrameReader] = weakref.WeakValueDictionary()
 
 
-def lazy_frames(frames, name: str) -> da.Array:
-    """A dask array with one chunk per frame that reads from `frames` only when computed.
+def lazy_frames(frames, name: str, path: str | os.PathLike | None = None) -> da.Array:
+    """A dask array with one chunk per frame that reads from `frames` (of the file `path`) only when computed.
 
     `name` must change when the file changes (napari caches chunks by name); a random suffix keeps two
     arrays of the same name apart.
     """
-    reader = _FrameReader(frames)
+    reader = _FrameReader(frames, None if path is None else Path(path).resolve())
     name = f"{name}-{uuid.uuid4().hex[:12]}"
     _SOURCES[name] = reader
     return da.from_array(reader, chunks=(1, *frames.shape[1:]), asarray=True, lock=False, name=name,
@@ -76,6 +78,19 @@ def frame_source(data):
         return data.frames
     reader = _SOURCES.get(getattr(data, "name", None) or "") if isinstance(data, da.Array) else None
     return reader.frames if reader is not None else data
+
+
+def source_files(array) -> set[Path]:
+    """The files a lazily read array, or one computed from it, reads from (so none is written over)."""
+    files = set()
+    if getattr(array, "filename", None):  # a memmap
+        files.add(Path(array.filename).resolve())
+    if isinstance(array, da.Array):
+        for layer in array.dask.layers:  # the lazy reads this array's graph starts from
+            reader = _SOURCES.get(layer)
+            if reader is not None and reader.path is not None:
+                files.add(reader.path)
+    return files
 
 
 def is_tiff_path(path: str | os.PathLike) -> bool:
@@ -173,6 +188,31 @@ def _imagej_plain_stack(tif: tifffile.TiffFile) -> bool:
                 and "spacing" not in meta and "channels" not in meta)
 
 
+def _next_page_offset(tif: tifffile.TiffFile, page_offset: int) -> int:
+    """Where the file says the page after the one at `page_offset` starts (0: it is the last)."""
+    layout, handle = tif.tiff, tif.filehandle
+    handle.seek(page_offset)
+    (tags,) = struct.unpack(layout.tagnoformat, handle.read(layout.tagnosize))
+    handle.seek(page_offset + layout.tagnosize + tags * layout.tagsize)
+    (offset,) = struct.unpack(layout.offsetformat, handle.read(layout.offsetsize))
+    return offset
+
+
+def _check_not_truncated(tif: tifffile.TiffFile, path: Path, shape: tuple[int, ...]) -> None:
+    """A copy cut short loses the frames past the cut and, as writers put it at the end, often the index of
+    all but the first: refuse it by name rather than read it as fewer frames or a single one."""
+    held = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    announced = int((tif.imagej_metadata or {}).get("images", 0)) if tif.is_imagej else 0
+    last, size = tif.pages[len(tif.pages) - 1], tif.filehandle.size
+    ends = [offset + count for offset, count in zip(last.dataoffsets, last.databytecounts) if count]
+    past_end = _next_page_offset(tif, last.offset) >= size or (ends and max(ends) > size)
+    if announced > held or past_end:
+        said = f"its ImageJ header announces {announced} frames but " if announced > held else ""
+        raise ValueError(f"{path} is truncated or damaged: {said}{held} frame{'s' * (held > 1)} can be read"
+                         f"{'' if said else ' and the last reaches past the end of the file'} (a copy or "
+                         "download cut short?)")
+
+
 def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
     """Open a T x Y x X movie (TIFF, or an OME-Zarr store) lazily; only frames that are indexed are read."""
     from .zarr_movie import is_zarr_path, read_zarr_movie
@@ -193,6 +233,7 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
                 raise ValueError(f"{path.name}: axes={axes!r} given but the file's image has {len(shape)} "
                                  f"dimensions {shape} (axes {file_axes})")
             file_axes = axes.upper()
+        _check_not_truncated(tif, path, shape)
         z_is_time = axes is None and _imagej_plain_stack(tif)
         movie_axes, movie_shape = _movie_axes(path, file_axes, shape, z_is_time)
         dtype = np.dtype(series.dtype)
@@ -208,7 +249,7 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
                 frames = da.from_zarr(frames).reshape(movie_shape)
         stat = path.stat()  # in the name, so a rewritten file is never shown from a stale cache
         data = frames if isinstance(frames, da.Array) else lazy_frames(
-            frames, f"movie-{path.name}-{stat.st_mtime_ns}-{stat.st_size}")
+            frames, f"movie-{path.name}-{stat.st_mtime_ns}-{stat.st_size}", path)
         pixel_size = _pixel_size_um(tif)
         description = _description(tif)
     except ValueError:
@@ -237,10 +278,11 @@ def read_image(path: str | os.PathLike) -> tuple[Any, float | None]:
     try:
         movie = read_movie(path)
     except SingleFrameError:
-        from .zarr_movie import is_zarr_path
+        from .zarr_movie import is_zarr_path, read_zarr_movie
 
-        if is_zarr_path(path):  # a single-frame store: read_movie's message says what it holds
-            raise
+        if is_zarr_path(path):  # e.g. the low frame of one exposure pair, restored
+            movie = read_zarr_movie(Path(path), single_frame=True)
+            return movie.data[0], movie.pixel_size_um
         with tifffile.TiffFile(path) as tif:
             return np.squeeze(tif.asarray()), _pixel_size_um(tif)
     return movie.data, movie.pixel_size_um
@@ -285,10 +327,7 @@ def write_movie(
     path = Path(path)
     if not is_tiff_path(path):
         raise ValueError(f"{path}: expected a file name ending in .tif, .tiff or .ome.tif")
-    sources = {Path(p).resolve() for p in protected}
-    filename = getattr(array, "filename", None)
-    if filename:
-        sources.add(Path(filename).resolve())
+    sources = {Path(p).resolve() for p in protected} | source_files(array)
     if path.resolve() in sources:
         raise ValueError(f"refusing to write {path}: it is the file the data was read from")
     if path.exists() and not overwrite:

@@ -7,6 +7,7 @@ A file is a torch zip archive holding only tensors, numbers and strings, so it l
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -42,6 +43,15 @@ class ModelFile:
     def context(self) -> int:
         """Neighbouring low frames on each side the network expects."""
         return int(self.metadata.get("config", {}).get("context", 0))
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights and normalisation: tells two models of one file name apart (a model
+        trained further in place), e.g. before an output restored by one is continued by the other."""
+        digest = hashlib.sha256(json.dumps(self.normalization.to_dict(), sort_keys=True).encode())
+        for name, tensor in sorted(self.network.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def describe(self) -> str:
         """One line for logs and the GUI."""

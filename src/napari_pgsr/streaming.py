@@ -269,6 +269,27 @@ def stream_to_tiff(restorer, frames, indices: np.ndarray, output, pixel_size_um:
     return len(indices)
 
 
+RESUME_KEYS = {"model": "model file", "model_fingerprint": "model weights (trained further since?)",
+               "source": "movie", "frames": "frames", "frame_indices": "frame selection (another exposure phase?)"}
+
+
+def _check_same_run(output, stored: dict, attributes: dict) -> None:
+    """Refuse to continue a store begun with another model, movie or frame selection: it would mix them.
+    (Keys that a store of an older version lacks are not compared.)"""
+    def same(key):
+        if key not in stored:
+            return True
+        if key == "source" and stored[key] and attributes.get(key):  # another spelling of the same path
+            return Path(stored[key]).resolve() == Path(attributes[key]).resolve()
+        return stored[key] == attributes.get(key)
+
+    changed = [key for key in RESUME_KEYS if not same(key)]
+    if changed:
+        raise ValueError(f"{output} was begun with another " + ", ".join(
+            f"{RESUME_KEYS[key]} ({stored.get(key)!r}, now {attributes.get(key)!r})" for key in changed)
+            + "; resume with the same, or --overwrite to start again")
+
+
 def restore_to_zarr(restorer, frames, indices: np.ndarray, output, pixel_size_um: float | None,
                     attributes: dict, overwrite: bool = False, resume: bool = False, protected: Sequence = (),
                     progress: Callable[[int, int], None] | None = None,
@@ -296,11 +317,7 @@ def restore_to_zarr(restorer, frames, indices: np.ndarray, output, pixel_size_um
         writer = ZarrMovieWriter(output, shape, rank=rank, create=False)
     try:
         if resume:
-            stored = writer.attributes
-            changed = [key for key in ("model", "source", "frames") if stored.get(key) != attributes.get(key)]
-            if changed:
-                raise ValueError(f"{output} was restored with other {', '.join(changed)} "
-                                 f"({', '.join(f'{k}={stored.get(k)!r}' for k in changed)}); resume with the same")
+            _check_same_run(output, writer.attributes, attributes)
         done = writer.done()
         positions = [p for p in range(shape[0]) if p % world == rank and p not in done]
         written = stream_restore(restorer, frames, writer.write, indices, positions, progress=progress,

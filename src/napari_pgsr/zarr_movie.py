@@ -41,8 +41,9 @@ def is_zarr_movie(path) -> bool:
     return "t" in names
 
 
-def read_zarr_movie(path: Path):
-    """A Movie from the full-resolution level of an OME-Zarr image; frames not yet written read as NaN."""
+def read_zarr_movie(path: Path, single_frame: bool = False):
+    """A Movie from the full-resolution level of an OME-Zarr image; frames not yet written read as NaN.
+    A store of one frame is refused unless `single_frame` (then a movie of that one frame)."""
     import dask.array as da
     import zarr
 
@@ -59,12 +60,13 @@ def read_zarr_movie(path: Path):
     names = _axis_names(multiscale, array.ndim)
     kept = [i for i, n in enumerate(array.shape) if n > 1 or names[i] in ("y", "x")]
     found = f"{path.name} holds axes {''.join(names)} of shape {tuple(array.shape)}"
-    if [names[i] for i in kept] == ["y", "x"]:
+    one_frame = [names[i] for i in kept] == ["y", "x"]
+    if one_frame and not single_frame:
         raise SingleFrameError(f"{found}: a single frame; expected a movie T x Y x X")
-    if [names[i] for i in kept] != ["t", "y", "x"]:
+    if not one_frame and [names[i] for i in kept] != ["t", "y", "x"]:
         raise ValueError(f"{found}; expected a movie T x Y x X (time, height, width; other axes of length 1)")
-    shape = tuple(array.shape[i] for i in kept)
-    frames = array if len(kept) == array.ndim else da.from_zarr(array).reshape(shape)
+    shape = (1,) * one_frame + tuple(array.shape[i] for i in kept)
+    frames = array if tuple(array.shape) == shape else da.from_zarr(array).reshape(shape)
     if np.dtype(frames.dtype).kind not in "uif":
         raise ValueError(f"{path.name} holds {frames.dtype} pixels; expected integer or floating point intensities")
     pixel_size = None
@@ -84,5 +86,5 @@ def read_zarr_movie(path: Path):
     if written.get("complete") is False:
         metadata["incomplete"] = ("the restoration was stopped before every frame was written: the missing "
                                   "frames read as NaN (napari-pgsr-predict --resume completes it)")
-    data = frames if isinstance(frames, da.Array) else lazy_frames(frames, f"zarr-{path.name}")
+    data = frames if isinstance(frames, da.Array) else lazy_frames(frames, f"zarr-{path.name}", path)
     return Movie(data, frames, Path(path), pixel_size, "TYX", metadata)
