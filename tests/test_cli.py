@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_pgsr import cli
-from napari_pgsr.io import read_movie, write_movie
+from napari_pgsr.io import read_image, read_movie, write_movie
 from napari_pgsr.modelfile import load_model
 from napari_pgsr.simulate import Acquisition, simulate_movie
 
@@ -101,6 +101,41 @@ def test_bad_prediction_input_exits_2_and_keeps_files(tmp_path, movie, capsys):
     assert cli.predict_main([str(tmp_path / "junk.pgsr"), str(movie), "-o", str(tmp_path / "x.tif")]) == 2
     assert "not a readable napari-pgsr model file" in capsys.readouterr().err
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_predict_restores_a_single_snapshot_and_a_ctrl_c_in_the_last_frames_is_no_stop(tmp_path, movie, capsys,
+                                                                                         monkeypatch):
+    import signal
+
+    from napari_pgsr import inference
+
+    model = tmp_path / "m.pgsr"
+    assert cli.train_main([str(movie), "--out", str(model), *TINY]) == 0
+    snapshot = write_movie(tmp_path / "snap.tif", read_movie(movie).data[0].compute(), pixel_size_um=0.16)
+    assert cli.predict_main([str(model), str(snapshot), "-o", str(tmp_path / "r.tif"), "--quiet"]) == 0  # was 2
+    frame, pixel = read_image(tmp_path / "r.tif")
+    np.testing.assert_allclose(frame, inference.restore(load_model(model), read_image(snapshot)[0][None])[0],
+                               rtol=1e-5, atol=1e-3)
+    assert pixel == pytest.approx(0.16)
+
+    def restoring(done, total):
+        def fake(restorer, movie, output, progress, **kwargs):
+            progress(done, total)
+            signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, while these frames are restored
+            return done
+        return fake
+
+    capsys.readouterr()
+    monkeypatch.setattr(inference, "restore_to_file", restoring(24, 24))
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "a.zarr")]) == 0
+    out, err = capsys.readouterr()
+    assert "restored 24 frames" in out and "stopped" not in err
+    monkeypatch.setattr(inference, "restore_to_file", restoring(10, 24))
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "b.zarr")]) == 130
+    assert "stopped after 10 frames; " in capsys.readouterr().err
+    monkeypatch.undo()
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "c.tif"), "--device", "gpu"]) == 2
+    assert "unknown device 'gpu'; expected auto, cpu, cuda, cuda:N or mps" in capsys.readouterr().err  # (a traceback)
 
 
 def test_help_documents_every_config_field(capsys):

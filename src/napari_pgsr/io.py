@@ -273,6 +273,18 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
     return Movie(data, frames, path, pixel_size, movie_axes, metadata, handle)
 
 
+def read_movie_or_frame(path: str | os.PathLike) -> Movie:
+    """`read_movie`, or a movie of its one frame for a file that holds a single frame (a snapshot)."""
+    try:
+        return read_movie(path)
+    except SingleFrameError:
+        frame, pixel_size = read_image(path)
+        frames = np.asarray(frame)[None]
+        path = Path(path)
+        return Movie(lazy_frames(frames, f"frame-{path.name}", path), frames, path, pixel_size, "TYX",
+                     {"source_path": str(path.resolve()), "pixel_size_um": pixel_size})
+
+
 def read_image(path: str | os.PathLike) -> tuple[Any, float | None]:
     """A lazy T x Y x X movie or a single Y x X frame (read into memory), with the pixel size in µm."""
     try:

@@ -69,7 +69,7 @@ def predict_main(argv: list[str] | None = None) -> int:
         from tqdm import tqdm
 
         from ..inference import Restorer, restore_to_file
-        from ..io import read_movie
+        from ..io import read_movie_or_frame
         from ..modelfile import load_model
         from ..zarr_movie import is_zarr_path
 
@@ -80,11 +80,13 @@ def predict_main(argv: list[str] | None = None) -> int:
                            + (" or --resume to continue it" if is_zarr_path(args.output) else ""))
         rank, world, barrier = _process_group()
         model = load_model(args.model)
-        movie = read_movie(args.movie)
+        movie = read_movie_or_frame(args.movie)  # (a single low-exposure snapshot too)
         restorer = Restorer(model, args.tile, args.overlap, args.batch, args.device, args.precision,
                             compile=args.compile)
+        progress = [0, 1]  # frames done, of
         with tqdm(unit="frame", disable=args.quiet or rank > 0) as bar:
             def show(done: int, total: int) -> None:
+                progress[:] = done, total
                 bar.total = total
                 bar.update(done - bar.n)
 
@@ -103,7 +105,7 @@ def predict_main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGINT, previous)
-    if interrupted:
+    if interrupted and progress[0] < progress[1]:  # (a Ctrl-C during the last frames: the output is whole)
         print(f"stopped after {restored} frames; {args.output} is valid, --resume continues it", file=sys.stderr)
         return 130
     if not args.quiet and rank == 0:
