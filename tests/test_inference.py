@@ -5,6 +5,7 @@ import torch
 from napari_pgsr.data import Normalization
 from napari_pgsr.inference import Restorer, restore
 from napari_pgsr.modelfile import ModelFile
+from napari_pgsr.models.progan import ProGANGenerator
 from napari_pgsr.models.unet import UNet
 
 
@@ -69,6 +70,21 @@ def test_batches_of_whole_frames_stay_within_the_memory_budget():
     compiled.restore_many(list(movie[:3]))
     assert shapes == [3, 3, 3]  # 2 + 2 frames, each pass filled up to the one compiled shape
     np.testing.assert_allclose(first[3], together[3], rtol=1e-5, atol=1e-3)
+
+
+def test_the_memory_estimate_counts_a_progans_full_resolution_channels():
+    norm, config = Normalization(100.0, 300.0, 100.0, 2100.0), {"config": {"context": 0}}
+
+    def per_pixel(network):
+        return Restorer(ModelFile(network.eval(), norm, config), device="cpu")._bytes_per_pixel()
+
+    # the progan-spots generator (width 0.125, 64 px) has 32 channels at 64 px, as the default U-Net at level 0;
+    # its width was taken for 0.125 x 32 = 4 channels, and a 768² frame took 6x the memory budgeted
+    assert ProGANGenerator(1, 64, 0.125, resolution=64).top_channels == UNet(width=32).top_channels == 32
+    assert per_pixel(ProGANGenerator(1, 64, 0.125, resolution=64)) == per_pixel(UNet(width=32))
+    assert per_pixel(ProGANGenerator(1, 64, 0.125, resolution=64, rot180_average=True)) == 2 * per_pixel(
+        UNet(width=32))  # each input runs twice
+    assert per_pixel(ProGANGenerator(1, 256, 1.0, resolution=256)) == per_pixel(UNet(width=64))  # Karras: 64 at 256 px
 
 
 def test_tiles_per_pass_stay_within_the_memory_budget():

@@ -94,10 +94,9 @@ class Restorer:
         self._staging_lock = threading.Lock()
 
     def _bytes_per_pixel(self) -> float:
-        """Rough peak activation memory per input pixel: a few float tensors of the first level's width,
-        the deeper levels adding as much again."""
-        width = getattr(self.network, "width", 32)
-        channels = width * 32 if isinstance(width, float) else width  # a ProGAN's width is a multiplier
+        """Rough peak activation memory per input pixel: a few float tensors of the full-resolution level's
+        width, the deeper levels adding as much again."""
+        channels = getattr(self.network, "top_channels", 32)
         copies = 2 if getattr(self.network, "rot180_average", False) else 1  # it runs each input twice
         return 4.0 * 2 * channels * 6 * copies
 

@@ -151,6 +151,11 @@ class ProGANGenerator(_Growing):
                 **({"rot180_average": True} if self.rot180_average else {})}
 
     @property
+    def top_channels(self) -> int:
+        """Feature channels at the full resolution (what an input pixel costs in memory)."""
+        return channels(self.resolution, self.width)
+
+    @property
     def receptive_field(self) -> int:
         """As for a U-Net of the same depth: two 3x3 convolutions per level down, at the bottom and up."""
         return 2 * (7 * 2**self.depth - 5) + 1

@@ -44,6 +44,11 @@ class UNet(nn.Module):
                 "residual": self.residual, "output_activation": self.output_activation}
 
     @property
+    def top_channels(self) -> int:
+        """Feature channels at the full resolution (what an input pixel costs in memory)."""
+        return self.width
+
+    @property
     def receptive_field(self) -> int:
         """Pixels an output pixel can see along one axis, at the worst phase of the pooling grid: 3x3 convs
         reach 2 * 2**l per level l down and up, pooling/upsampling 2**l more: radius 7 * 2**depth - 5."""
