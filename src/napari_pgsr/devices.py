@@ -32,6 +32,22 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def available_memory() -> float:
+    """Bytes of RAM a process can take: Linux's MemAvailable, which counts the page cache a big movie just
+    read has filled (free memory alone would shrink after every movie), else the free pages, else 4 GiB."""
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4.0 * 2**30
+
+
 def available_devices() -> list[str]:
     """Devices a user can choose from (for GUIs and --help)."""
     found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]

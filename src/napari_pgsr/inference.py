@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from collections.abc import Callable, Iterator
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from .data import context_indices
-from .devices import CompiledForward, autocast, pick_device
+from .devices import CompiledForward, autocast, available_memory, pick_device
 from .heap import reusing_freed_memory
 from .io import Movie, as_array, write_movie
 from .modelfile import ModelFile
@@ -110,11 +109,7 @@ class Restorer:
             # the driver counts them as taken)
             cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
             return 0.5 * (free + cached)
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            available = 4 * 2**30
-        return min(0.25 * available, 2**30)
+        return min(0.25 * available_memory(), 2**30)
 
     def tile_for(self, height: int, width: int) -> int:
         """The tile for frames of this size: the whole frame when it fits the memory budget, else the

@@ -23,7 +23,9 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="restored movie (.tif, .ome.tif, or .zarr for OME-Zarr)")
     parser.add_argument("--frames", choices=("all", "low"), default="all",
-                        help="every frame, or only the low-exposure frames of an alternating movie")
+                        help="every frame, or the low-exposure frame of each exposure pair of an alternating "
+                        "movie (as Exposure pairs splits it: restored frame i pairs with high frame i; a low frame "
+                        "without its high one, at the end or where the alternation breaks, is left out)")
     phase = parser.add_mutually_exclusive_group()
     phase.add_argument("--low-first", dest="low_first", action="store_const", const=True, default=None)
     phase.add_argument("--high-first", dest="low_first", action="store_const", const=False)
