@@ -115,6 +115,22 @@ def test_dataset_samples_from_the_file_not_through_dask(movie_file):
         assert low.shape == (1, 16, 16)
 
 
+def test_dataloader_workers_read_a_compressed_movie_through_handles_of_their_own(tmp_path):
+    import tifffile
+
+    from napari_pgsr.simulate import simulate_movie
+
+    path = tmp_path / "zlib.tif"  # compressed: read through tifffile's file handle, not a memory map
+    tifffile.imwrite(path, simulate_movie("beads", 24, (128, 128), seed=2).movie, photometric="minisblack",
+                     metadata={"axes": "TYX"}, compression="zlib", rowsperstrip=16)
+    dataset = PatchDataset(split_alternating(read_movie(path)), patch_size=32, length=96)
+    expected = [dataset[i] for i in range(96)]
+    # forked workers shared the parent's file offset: zlib reads interleaved (DeflateError, or wrong patches)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2, multiprocessing_context="fork")
+    for (low, high), (expected_low, expected_high) in zip(loader, expected, strict=True):
+        assert torch.equal(low[0], expected_low) and torch.equal(high[0], expected_high)
+
+
 def test_reads_only_the_frames_it_needs():
     class CountingFrames:
         def __init__(self, array):

@@ -59,6 +59,21 @@ class _FrameReader:
 _SOURCES: weakref.WeakValueDictionary[str, _FrameReader] = weakref.WeakValueDictionary()
 
 
+_OPEN_TIFFS: weakref.WeakSet[tifffile.TiffFile] = weakref.WeakSet()  # compressed movies read through them
+
+
+def _reopen_tiffs_in_child() -> None:
+    """A forked process (a DataLoader worker) shares the parent's file offsets: reads of compressed frames
+    through the shared handle would interleave and garble; give the child handles of its own."""
+    for tif in list(_OPEN_TIFFS):
+        tif.filehandle.close()
+        tif.filehandle.open()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reopen_tiffs_in_child)
+
+
 def lazy_frames(frames, name: str, path: str | os.PathLike | None = None) -> da.Array:
     """A dask array with one chunk per frame that reads from `frames` (of the file `path`) only when computed.
 
@@ -263,6 +278,7 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
         tif.close()
     else:
         handle = tif  # the zarr store reads through this open file
+        _OPEN_TIFFS.add(tif)
     metadata = {"source_path": str(path.resolve()), "file_axes": series.axes, "pixel_size_um": pixel_size}
     if description:
         metadata["description"] = description
