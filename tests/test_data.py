@@ -115,17 +115,44 @@ def test_dataset_samples_from_the_file_not_through_dask(movie_file):
         assert low.shape == (1, 16, 16)
 
 
-def test_dataloader_workers_read_a_compressed_movie_through_handles_of_their_own(tmp_path):
+def _two_file_ome(folder, movie):
+    """A zlib OME-TIFF dataset of two files (as Micro-Manager splits long acquisitions)."""
+    import uuid
+
+    import tifffile
+
+    half, (count, height, width) = len(movie) // 2, movie.shape
+    ids = [f"urn:uuid:{uuid.uuid4()}" for _ in range(2)]
+    planes = "".join(f'<TiffData FirstT="{i * half}" IFD="0" PlaneCount="{half}"><UUID FileName="{i}.ome.tif">'
+                     f"{ids[i]}</UUID></TiffData>" for i in range(2))
+    for i in range(2):
+        xml = (f'<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/'
+               f'2016-06" UUID="{ids[i]}"><Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" '
+               f'Type="uint16" SizeX="{width}" SizeY="{height}" SizeC="1" SizeZ="1" SizeT="{count}">{planes}'
+               "</Pixels></Image></OME>")
+        tifffile.imwrite(folder / f"{i}.ome.tif", movie[i * half:(i + 1) * half], description=xml, metadata=None,
+                         compression="zlib", photometric="minisblack")
+    return folder / "0.ome.tif"
+
+
+@pytest.mark.parametrize("files", [1, 2])
+def test_dataloader_workers_read_a_compressed_movie_through_handles_of_their_own(tmp_path, files):
     import tifffile
 
     from napari_pgsr.simulate import simulate_movie
 
-    path = tmp_path / "zlib.tif"  # compressed: read through tifffile's file handle, not a memory map
-    tifffile.imwrite(path, simulate_movie("beads", 24, (128, 128), seed=2).movie, photometric="minisblack",
-                     metadata={"axes": "TYX"}, compression="zlib", rowsperstrip=16)
-    dataset = PatchDataset(split_alternating(read_movie(path)), patch_size=32, length=96)
+    frames = simulate_movie("beads", 24, (128, 128), seed=2).movie
+    path = tmp_path / "zlib.tif"  # compressed: read through tifffile's file handles, not a memory map
+    if files == 1:
+        tifffile.imwrite(path, frames, photometric="minisblack", metadata={"axes": "TYX"}, compression="zlib",
+                         rowsperstrip=16)
+    else:
+        path = _two_file_ome(tmp_path, frames)
+    movie = read_movie(path)
+    np.testing.assert_array_equal(movie.data.compute(), frames)
+    dataset = PatchDataset(split_alternating(movie), patch_size=32, length=96)
     expected = [dataset[i] for i in range(96)]
-    # forked workers shared the parent's file offset: zlib reads interleaved (DeflateError, or wrong patches)
+    # forked workers shared the parent's file offsets: zlib reads interleaved (DeflateError, or wrong patches)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2, multiprocessing_context="fork")
     for (low, high), (expected_low, expected_high) in zip(loader, expected, strict=True):
         assert torch.equal(low[0], expected_low) and torch.equal(high[0], expected_high)

@@ -86,6 +86,16 @@ def test_failed_write_leaves_no_partial_file(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("layout", [dict(bigtiff=True), dict(tile=(16, 16), compression="zlib"),
+                                    dict(imagej=True, truncate=True), dict(rowsperstrip=4, compression="zlib"),
+                                    dict(ome=True, bigtiff=True)])
+def test_whole_files_of_other_layouts_are_not_taken_for_truncated_ones(tmp_path, layout):
+    frames = np.random.default_rng(1).integers(0, 1000, (6, 32, 32)).astype(np.uint16)
+    path = tmp_path / ("m.ome.tif" if layout.get("ome") else "m.tif")
+    tifffile.imwrite(path, frames, photometric="minisblack", metadata={"axes": "TYX"}, **layout)
+    np.testing.assert_array_equal(read_movie(path).data.compute(), frames)
+
+
 def test_bad_files_get_clear_errors(tmp_path, movie_file):
     with pytest.raises(FileNotFoundError, match="nope.tif"):
         read_movie(tmp_path / "nope.tif")

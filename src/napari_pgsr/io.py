@@ -64,10 +64,17 @@ _OPEN_TIFFS: weakref.WeakSet[tifffile.TiffFile] = weakref.WeakSet()  # compresse
 
 def _reopen_tiffs_in_child() -> None:
     """A forked process (a DataLoader worker) shares the parent's file offsets: reads of compressed frames
-    through the shared handle would interleave and garble; give the child handles of its own."""
+    through the shared handle would interleave and garble; give the child handles of its own. A file no
+    longer at its path (deleted, replaced) keeps the shared handle, as before."""
     for tif in list(_OPEN_TIFFS):
-        tif.filehandle.close()
-        tif.filehandle.open()
+        handle = tif.filehandle
+        try:
+            if handle.closed or os.stat(handle.path).st_ino != os.fstat(handle.fileno()).st_ino:
+                continue
+            handle.close()
+            handle.open()
+        except (OSError, ValueError):
+            continue
 
 
 if hasattr(os, "register_at_fork"):
@@ -217,7 +224,9 @@ def _check_not_truncated(tif: tifffile.TiffFile, path: Path, shape: tuple[int, .
     """A copy cut short loses the frames past the cut and, as writers put it at the end, often the index of
     all but the first: refuse it by name rather than read it as fewer frames or a single one."""
     held = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-    announced = int((tif.imagej_metadata or {}).get("images", 0)) if tif.is_imagej else 0
+    # (ImageJ's count is of the whole file; an OME or Micro-Manager series read instead may be one position)
+    imagej_count = tif.is_imagej and tif.series[0].kind not in ("ome", "mmstack")
+    announced = int((tif.imagej_metadata or {}).get("images", 0)) if imagej_count else 0
     last, size = tif.pages[len(tif.pages) - 1], tif.filehandle.size
     ends = [offset + count for offset, count in zip(last.dataoffsets, last.databytecounts) if count]
     past_end = _next_page_offset(tif, last.offset) >= size or (ends and max(ends) > size)
@@ -279,6 +288,8 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
     else:
         handle = tif  # the zarr store reads through this open file
         _OPEN_TIFFS.add(tif)
+        if series.kind in ("ome", "mmstack"):  # a dataset of several files reads through each one's handle
+            _OPEN_TIFFS.update(page.parent for page in series.pages if page is not None)
     metadata = {"source_path": str(path.resolve()), "file_axes": series.axes, "pixel_size_um": pixel_size}
     if description:
         metadata["description"] = description
