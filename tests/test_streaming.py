@@ -96,6 +96,15 @@ def test_resume_refuses_a_model_trained_further_in_place_and_another_phase_but_n
     monkeypatch.chdir(movie.parent)
     assert restore_to_file(Restorer(original, device="cpu"), read_movie(movie.name), tmp_path / "r.zarr",
                            frames="low", resume=True) == 5  # (6 pairs, 1 frame restored before the stop)
+    # the movie and its output moved together (to a cluster, say): the same name and size
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    restore_to_file(Restorer(original, device="cpu"), read_movie(movie), moved / "m.zarr", **stop_at_once)
+    (moved / "m.zarr").rename(tmp_path / "m.zarr")
+    (tmp_path / "elsewhere").mkdir()
+    copy = write_movie(tmp_path / "elsewhere" / "odd.tif", read_movie(movie).data)
+    assert restore_to_file(Restorer(original, device="cpu"), read_movie(copy), tmp_path / "m.zarr", frames="low",
+                           resume=True) == 5
     assert load_model(model).fingerprint() == original.fingerprint() != load_model(
         tmp_path / "m" / "model.pgsr").fingerprint()
 

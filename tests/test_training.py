@@ -37,10 +37,15 @@ def test_config_round_trips_through_yaml_and_json(tmp_path):
     hand = TrainConfig.load(tmp_path / "hand.yaml")
     assert (hand.lr, hand.lambda_gan, hand.steps, hand.minutes) == (0.001, 0.01, 5000, None)
     assert isinstance(hand.steps, int) and isinstance(hand.lr, float)
+    (tmp_path / "flags.json").write_text('{"amp": 0, "offset": 1}')  # JSON's 0 and 1 for booleans, as before
+    assert (TrainConfig.load(tmp_path / "flags.json").amp, TrainConfig.load(tmp_path / "flags.json").offset) == (
+        False, True)
     for text, message in (("steps: 2.5", "steps must be a whole number or null, got 2.5"),
                           ("amp: 'yes'", "amp must be true or false, got 'yes'"),
                           ("lr: fast", "lr must be a number, got 'fast'"),
-                          ("loss: 1", "loss must be text, got 1")):
+                          ("loss: 1", "loss must be text, got 1"),
+                          ("resolution_batches: 4:32", "resolution_batches must be text, got 272 .YAML reads 4:32 as "
+                                                       "a number in base 60: quote it, '4:32'.")):
         (tmp_path / "bad.yaml").write_text(text + "\n")
         with pytest.raises(ValueError, match=f"bad.yaml: {message}"):
             TrainConfig.load(tmp_path / "bad.yaml")

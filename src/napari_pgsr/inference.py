@@ -338,6 +338,11 @@ def _alternates(movie: Movie) -> bool:
     return True
 
 
+def _size(path) -> int | None:
+    """Bytes of a movie file (None for a folder store or none): with its name, it recognises a movie moved."""
+    return path.stat().st_size if path is not None and path.is_file() else None
+
+
 def _digest(indices: np.ndarray) -> str:
     """A short hash of which frames are restored (another phase of an alternating movie takes others)."""
     return hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()[:16]
@@ -368,7 +373,8 @@ def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all
     attributes = {"model": model_path.name if model_path else None, "model_format_version": FORMAT_VERSION,
                   "model_description": restorer.model.describe(), "model_fingerprint": restorer.model.fingerprint(),
                   "frames": frames, "frame_indices": _digest(indices),
-                  "source": str(movie.path.resolve()) if movie.path else None}
+                  "source": str(movie.path.resolve()) if movie.path else None,
+                  "source_bytes": _size(movie.path)}
     if is_zarr_path(output):
         written, _ = restore_to_zarr(restorer, movie.frames, indices, output, movie.pixel_size_um, attributes,
                                      overwrite, resume, sources, progress, should_stop, rank, world, barrier)

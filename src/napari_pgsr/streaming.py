@@ -279,8 +279,13 @@ def _check_same_run(output, stored: dict, attributes: dict) -> None:
     def same(key):
         if key not in stored:
             return True
-        if key == "source" and stored[key] and attributes.get(key):  # another spelling of the same path
-            return Path(stored[key]).resolve() == Path(attributes[key]).resolve()
+        if key == "source" and stored[key] and attributes.get(key):
+            before, now = Path(stored[key]), Path(attributes[key])
+            if before.resolve() == now.resolve():  # another spelling of the same path
+                return True
+            # moved together with its output (to a cluster, say): the same name and size
+            size = attributes.get("source_bytes")
+            return before.name == now.name and size is not None and stored.get("source_bytes") == size
         return stored[key] == attributes.get(key)
 
     changed = [key for key in RESUME_KEYS if not same(key)]

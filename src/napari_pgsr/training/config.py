@@ -34,8 +34,8 @@ def _typed(path: Path, name: str, value, kind: str):
     if value is None and "None" in kind:
         return None
     expected = kind.split(" | ")[0]
-    if expected == "bool" and isinstance(value, bool):
-        return value
+    if expected == "bool" and (isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))):
+        return bool(value)
     if expected in ("int", "float") and not isinstance(value, bool):
         try:
             number = float(value) if isinstance(value, str) else value
@@ -46,7 +46,9 @@ def _typed(path: Path, name: str, value, kind: str):
     if expected == "str" and isinstance(value, str):
         return value
     wanted = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text"}[expected]
-    raise ValueError(f"{path}: {name} must be {wanted}{' or null' if 'None' in kind else ''}, got {value!r}")
+    hint = " (YAML reads 4:32 as a number in base 60: quote it, '4:32')" if expected == "str" and isinstance(
+        value, int) and name == "resolution_batches" else ""
+    raise ValueError(f"{path}: {name} must be {wanted}{' or null' if 'None' in kind else ''}, got {value!r}{hint}")
 
 
 @dataclass
