@@ -22,8 +22,8 @@ def movie_layer_data(movie: Movie, name: str | None = None) -> tuple:
     """A (data, kwargs, 'image') tuple for napari, with the file's pixel size as scale."""
     pixel = movie.pixel_size_um
     scale = (1.0, pixel, pixel) if pixel else (1.0, 1.0, 1.0)
-    kwargs = {"name": name or (_stem(movie.path) if movie.path else "movie"), "scale": scale, "metadata": dict(movie.metadata),
-              "contrast_limits": display_range(movie.data)}
+    kwargs = {"name": name or (_stem(movie.path) if movie.path else "movie"), "scale": scale,
+              "metadata": dict(movie.metadata), "contrast_limits": display_range(movie.data)}
     return movie.data, kwargs, "image"
 
 
