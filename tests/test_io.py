@@ -107,12 +107,12 @@ def test_bad_files_get_clear_errors(tmp_path, movie_file):
         read_movie(tmp_path / "cut.tif")
     # a copy cut short keeps the first frame's index only: it was read as a single frame, or one frame
     frames = np.random.default_rng(0).integers(0, 1000, (20, 32, 32)).astype(np.uint16)
-    for name, message in (("cut.tif", "its ImageJ header announces 20 frames but 1 frame can be read"),
-                          ("cut.ome.tif", "1 frame can be read and the last reaches past the end of the file")):
+    for name, message in (("cut.tif", "its ImageJ header announces 20 frames but the file indexes 1"),
+                          ("cut.ome.tif", "its last frame reaches past the end of the file")):
         whole = write_movie(tmp_path / f"whole_{name}", frames).read_bytes()
         (tmp_path / name).write_bytes(whole[:len(whole) * 6 // 10])
         for read in (read_movie, read_image):
-            with pytest.raises(ValueError, match=f"{name} is truncated or damaged: {message}"):
+            with pytest.raises(ValueError, match=f"{name} is truncated or damaged: {message}.*napari-pgsr-recover"):
                 read(tmp_path / name)
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((16, 16, 3), np.uint8), photometric="rgb")
     with pytest.raises(ValueError, match=r"rgb.tif has axes YXS .*S=3 \(colour sample \(RGB\)\).*T x Y x X"):

@@ -230,11 +230,17 @@ def _check_not_truncated(tif: tifffile.TiffFile, path: Path, shape: tuple[int, .
     last, size = tif.pages[len(tif.pages) - 1], tif.filehandle.size
     ends = [offset + count for offset, count in zip(last.dataoffsets, last.databytecounts) if count]
     past_end = _next_page_offset(tif, last.offset) >= size or (ends and max(ends) > size)
+    recover = f"napari-pgsr-recover {path.name} -o recovered.tif copies the complete frames to a new movie"
     if announced > held or past_end:
-        said = f"its ImageJ header announces {announced} frames but " if announced > held else ""
-        raise ValueError(f"{path} is truncated or damaged: {said}{held} frame{'s' * (held > 1)} can be read"
-                         f"{'' if said else ' and the last reaches past the end of the file'} (a copy or "
-                         "download cut short?)")
+        found = (f"its ImageJ header announces {announced} frames but the file indexes {held}"
+                 if announced > held else "its last frame reaches past the end of the file")
+        raise ValueError(f"{path} is truncated or damaged: {found} (a copy or download cut short?); {recover}")
+    frame_bytes = int(np.prod(shape[-2:])) * last.dtype.itemsize if last.dtype is not None else 0
+    if held == 1 and len(tif.pages) == 1 and last.is_contiguous and last.compression == 1 and frame_bytes:
+        following = (size - last.dataoffsets[0]) // frame_bytes - 1
+        if following > 0:  # a writer that stores the index of the other frames only when the file is closed
+            raise ValueError(f"{path} indexes one frame, but the pixel data of {following} more follow it: an "
+                             f"acquisition that stopped before its file was closed?; {recover}")
 
 
 def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:

@@ -1,0 +1,159 @@
+"""Recover the complete frames of a TIFF movie cut short: an acquisition that stopped before its file was
+closed (the frame index is written last), or a copy or download that stopped part way."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from .io import _description, _pixel_size_um, lazy_frames, read_movie, write_movie
+
+
+@dataclass
+class Recovery:
+    """The complete frames found in a damaged TIFF, and how they were found."""
+
+    path: Path
+    frames: Any  # T x Y x X array-like that reads frame by frame (a memmap, or the pages one by one)
+    pixel_size_um: float | None
+    description: str | None
+    how: str  # e.g. "pixel data that follow the first page" or "pages whose data lie inside the file"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """T, Y, X of what was recovered."""
+        return tuple(self.frames.shape)
+
+
+class _Pages:
+    """T x Y x X reads of a list of same-shaped TIFF pages (each page one frame)."""
+
+    def __init__(self, path: Path, offsets: list[int], shape: tuple[int, int], dtype: np.dtype):
+        self.path, self.offsets = path, offsets
+        self.shape, self.dtype, self.ndim = (len(offsets), *shape), dtype, 3
+
+    def __getitem__(self, index):
+        index = index if isinstance(index, tuple) else (index,)
+        picked = np.arange(self.shape[0])[index[0]]
+        # opened per read, so nothing stays open once the frames are copied
+        with tifffile.TiffFile(self.path) as tif, _quiet_tifffile():
+            def read(offset: int) -> np.ndarray:
+                tif.filehandle.seek(offset)
+                return tifffile.TiffPage(tif, index=0).asarray()
+
+            if np.ndim(picked) == 0:
+                return read(self.offsets[int(picked)])[index[1:]]
+            frames = np.stack([read(self.offsets[i]) for i in picked]) if len(picked) else np.empty(
+                (0, *self.shape[1:]), self.dtype)
+            return frames[(slice(None), *index[1:])]
+
+
+@contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """Silence tifffile's log about the broken index or tags of a damaged file: that it is damaged is known."""
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _readable_pages(tif: tifffile.TiffFile, size: int, shape: tuple[int, ...], dtype: np.dtype) -> list[int]:
+    """Offsets of the pages, in order, until the first one that is broken, of another kind or reaches past
+    the end of the file."""
+    offsets = []
+    for position in range(len(tif.pages)):
+        try:
+            page = tif.pages[position]
+        except Exception:  # an index entry pointing past the end of the file
+            break
+        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
+        if (page.shape != shape or page.dtype != dtype or not ends or 0 in page.databytecounts
+                or max(ends) > size):
+            break
+        offsets.append(page.offset)
+    return offsets
+
+
+def find_complete_frames(path: str | os.PathLike) -> Recovery:
+    """The frames of a damaged grey-scale TIFF movie that are wholly in the file. An uncompressed stack is
+    contiguous, so frames past the last indexed page are found from the file size; the frames of a
+    compressed one are the pages that are whole. A file that reads as a movie is refused: nothing is lost."""
+    path = Path(path)
+    try:
+        with _quiet_tifffile():
+            movie = read_movie(path)
+    except FileNotFoundError:
+        raise
+    except ValueError:  # damaged, or one frame: what follows decides
+        pass
+    else:
+        raise ValueError(f"{path} is not damaged: it reads as a movie of {movie.shape[0]} frames of "
+                         f"{movie.shape[1]} x {movie.shape[2]}; nothing to recover")
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as err:
+        raise ValueError(f"{path}: not even its first page can be read ({err}); nothing to recover") from err
+    with tif, _quiet_tifffile():
+        first, size = tif.pages.first, tif.filehandle.size
+        if first.ndim != 2:
+            raise ValueError(f"{path}: its first page has shape {first.shape}; only grey-scale Y x X frames "
+                             "are recovered")
+        shape, dtype = tuple(first.shape), np.dtype(first.dtype)
+        pages = _readable_pages(tif, size, shape, dtype)
+        start, stacked = first.dataoffsets[0], 0
+        if first.is_contiguous and first.compression == 1:  # uncompressed data in one piece
+            stacked = (size - start) // (int(np.prod(shape)) * dtype.itemsize)
+            announced = int((tif.imagej_metadata or {}).get("images", 0))
+            if announced > 1:  # ImageJ's count of the whole file: data past it are not frames
+                stacked = min(stacked, announced)
+        pixel_size, description = _pixel_size_um(tif), _description(tif)
+        byteorder = tif.byteorder
+    if stacked > len(pages):
+        frames = np.memmap(path, dtype=dtype.newbyteorder(byteorder), mode="r", offset=start,
+                           shape=(stacked, *shape))
+        how = "uncompressed frames stored one after another from the first page"
+    else:
+        frames, how = _Pages(path, pages, shape, dtype), "pages whose data lie wholly inside the file"
+    if frames.shape[0] < 2:
+        raise ValueError(f"{path}: only {frames.shape[0]} complete frame found; a movie needs at least 2")
+    return Recovery(path, frames, pixel_size, description, how)
+
+
+def recover_movie(path: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False,
+                  progress: Callable[[int, int], None] | None = None) -> Recovery:
+    """Copy the complete frames of the damaged movie `path` to a new movie file `output` (ImageJ TIFF, or
+    OME-TIFF for .ome.tif names), keeping the pixel size; `path` itself is never changed."""
+    found = find_complete_frames(path)
+    lazy = lazy_frames(found.frames, f"recover-{found.path.name}", found.path)
+    if progress is not None:
+        lazy = _Reported(lazy, progress)
+    description = f"recovered from the damaged file {found.path.name}"
+    if found.description:
+        description += f"; its description: {found.description}"
+    write_movie(output, lazy, found.pixel_size_um, overwrite=overwrite, protected=(found.path,),
+                description=description)
+    return found
+
+
+class _Reported:
+    """An array whose frame reads call `progress(done, total)`."""
+
+    def __init__(self, array, progress: Callable[[int, int], None]):
+        self.array, self.progress = array, progress
+        self.shape, self.ndim, self.dtype, self.size = array.shape, array.ndim, array.dtype, array.size
+
+    def __getitem__(self, index: int):
+        frame = self.array[index]
+        self.progress(index + 1, self.shape[0])
+        return frame

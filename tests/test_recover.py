@@ -1,0 +1,90 @@
+"""Recovering the complete frames of damaged movies: a crashed acquisition and copies cut short."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_pgsr.cli import recover_main
+from napari_pgsr.io import read_movie, write_movie
+from napari_pgsr.recover import find_complete_frames, recover_movie
+
+FRAMES = np.random.default_rng(3).integers(0, 4000, (6, 32, 48)).astype(np.uint16)
+
+# an acquisition writing frame by frame into one stack that dies before closing the file
+CRASH = """
+import os, sys, numpy as np, tifffile
+frames = np.load(sys.argv[2])
+layout = {"imagej": dict(imagej=True), "ome": dict(ome=True)}[sys.argv[3]]
+writer = tifffile.TiffWriter(sys.argv[1], **layout)
+for frame in frames:
+    writer.write(frame, contiguous=True, resolution=(1 / 0.16, 1 / 0.16), metadata={"unit": "um"})
+writer._fh.flush()
+os._exit(1)
+"""
+
+
+@pytest.mark.parametrize("layout", ["imagej", "ome"])
+def test_crashed_acquisition_is_recovered(tmp_path, layout):
+    np.save(tmp_path / "frames.npy", FRAMES)
+    crashed = tmp_path / f"crashed_{layout}.tif"
+    subprocess.run([sys.executable, "-c", CRASH, str(crashed), str(tmp_path / "frames.npy"), layout])
+    before = crashed.read_bytes()
+    # the file indexes only its first frame: it is not taken for a snapshot
+    with pytest.raises(ValueError, match=f"crashed_{layout}.tif indexes one frame, but the pixel data of 5 more "
+                       "follow it.*napari-pgsr-recover"):
+        read_movie(crashed)
+    found = recover_movie(crashed, tmp_path / "recovered.tif")
+    assert found.shape == (6, 32, 48)
+    recovered = read_movie(tmp_path / "recovered.tif")
+    np.testing.assert_array_equal(recovered.data.compute(), FRAMES)
+    if layout == "imagej":  # (tifffile writes an OME file's metadata only when it is closed)
+        assert recovered.pixel_size_um == pytest.approx(0.16)
+    assert "recovered from the damaged file" in recovered.metadata["description"]
+    assert crashed.read_bytes() == before  # only read
+
+
+@pytest.mark.parametrize("name, compression", [("cut.tif", None), ("cut.ome.tif", "zlib")])
+def test_copy_cut_short_gives_its_complete_frames(tmp_path, name, compression):
+    whole = tmp_path / f"whole_{name}"
+    ome = name.endswith(".ome.tif")
+    tifffile.imwrite(whole, FRAMES, imagej=not ome, ome=ome, compression=compression, metadata={"axes": "TYX"})
+    data = whole.read_bytes()
+    cut = tmp_path / name
+    cut.write_bytes(data[:len(data) * 6 // 10])
+    with tifffile.TiffFile(whole) as tif:  # frames whose data end before the cut are complete
+        complete = sum(page.dataoffsets[-1] + page.databytecounts[-1] <= len(data) * 6 // 10
+                       for page in tif.pages)
+    assert 1 < complete < 6
+    found = find_complete_frames(cut)
+    assert found.shape == (complete, 32, 48)
+    # read in chunks as a lazy array would, a frame, a slice and a crop
+    np.testing.assert_array_equal(np.asarray(found.frames[1]), FRAMES[1])
+    np.testing.assert_array_equal(np.asarray(found.frames[0:2, 3:9]), FRAMES[0:2, 3:9])
+    recover_movie(cut, tmp_path / "recovered.ome.tif")
+    np.testing.assert_array_equal(read_movie(tmp_path / "recovered.ome.tif").data.compute(), FRAMES[:complete])
+
+
+def test_recover_refuses_whole_files_and_keeps_outputs(tmp_path, capsys):
+    whole = write_movie(tmp_path / "whole.tif", FRAMES)
+    with pytest.raises(ValueError, match="whole.tif is not damaged: it reads as a movie of 6 frames"):
+        find_complete_frames(whole)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[:len(data) // 2])
+    (tmp_path / "taken.tif").write_bytes(b"a user's file")
+    assert recover_main([str(cut), "-o", str(tmp_path / "taken.tif")]) == 2
+    assert "taken.tif exists" in capsys.readouterr().err
+    assert (tmp_path / "taken.tif").read_bytes() == b"a user's file"
+    assert recover_main([str(cut), "-o", str(cut)]) == 2
+    assert "refusing to write over the damaged file" in capsys.readouterr().err
+    assert cut.read_bytes() == data[:len(data) // 2]
+    cut.write_bytes(data[:len(data) // 4])  # one frame and a half left
+    assert recover_main([str(cut), "-o", str(tmp_path / "out.tif")]) == 2
+    assert "only 1 complete frame found; a movie needs at least 2" in capsys.readouterr().err
+    cut.write_bytes(data[:len(data) * 3 // 4])
+    assert recover_main([str(cut), "-o", str(tmp_path / "out.tif")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    np.testing.assert_array_equal(read_movie(tmp_path / "out.tif").data.compute(), FRAMES[:4])
