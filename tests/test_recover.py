@@ -88,3 +88,16 @@ def test_recover_refuses_whole_files_and_keeps_outputs(tmp_path, capsys):
     assert recover_main([str(cut), "-o", str(tmp_path / "out.tif")]) == 0
     assert "wrote" in capsys.readouterr().out
     np.testing.assert_array_equal(read_movie(tmp_path / "out.tif").data.compute(), FRAMES[:4])
+
+
+def test_single_frame_with_metadata_after_its_pixels_stays_a_single_frame(tmp_path):
+    # a snapshot whose description, rewritten longer, was appended after the pixel data (Micro-Manager also
+    # stores its metadata there)
+    path = tmp_path / "snapshot.tif"
+    tifffile.imwrite(path, FRAMES[0], description="short", metadata=None)
+    tifffile.tiffcomment(path, "a long note " * 1000)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        assert page.tags["ImageDescription"].valueoffset > page.dataoffsets[0]  # else this test tests nothing
+    with pytest.raises(ValueError, match="snapshot.tif .*single frame"):
+        read_movie(path)

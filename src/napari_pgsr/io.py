@@ -238,7 +238,10 @@ def _check_not_truncated(tif: tifffile.TiffFile, path: Path, shape: tuple[int, .
     frame_bytes = int(np.prod(shape[-2:])) * last.dtype.itemsize if last.dtype is not None else 0
     if held == 1 and len(tif.pages) == 1 and last.is_contiguous and last.compression == 1 and frame_bytes:
         following = (size - last.dataoffsets[0]) // frame_bytes - 1
-        if following > 0:  # a writer that stores the index of the other frames only when the file is closed
+        # (a writer storing metadata after the pixels, as Micro-Manager does, points a tag or header to it)
+        metadata_after = tif.is_micromanager or any(
+            tag.valueoffset > last.dataoffsets[0] for tag in last.tags.values())
+        if following > 0 and not metadata_after:  # a writer storing the frame index only when it closes the file
             raise ValueError(f"{path} indexes one frame, but the pixel data of {following} more follow it: an "
                              f"acquisition that stopped before its file was closed?; {recover}")
 
