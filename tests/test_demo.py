@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from napari_pgsr import demo
 from napari_pgsr.io import read_movie
 
@@ -36,3 +38,39 @@ def test_demo_headless_viewer_docks_widget_and_saves_screenshot(tmp_path, capsys
     # the Spots widget holds the simulated camera's calibration, so the table's photons are photons
     assert "camera set to the simulated EMCCD: baseline 100 grey levels, 0.1 e- per grey level" in out
     assert shot.stat().st_size > 10_000
+
+
+def test_demo_resumes_an_interrupted_training_and_restores_with_the_finished_model(tmp_path, capsys, monkeypatch):
+    from napari_pgsr.modelfile import load_model
+
+    args = ["--no-viewer", "--frames", "20", "--size", "64", "--output", str(tmp_path), "--steps", "4",
+            "--width", "4"]
+    say = demo.say
+
+    def interrupt_at_step_3(message: str) -> None:
+        say(message)
+        if "step 3:" in message:
+            raise KeyboardInterrupt  # Ctrl-C after the checkpoint of step 2
+    monkeypatch.setattr(demo, "say", interrupt_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        demo.main(args)
+    model_path = tmp_path / "ap2_sample_unet.pgsr"
+    assert load_model(model_path).training_state["step"] == 2
+    assert not (tmp_path / "ap2_sample_restored.tif").exists()
+    monkeypatch.setattr(demo, "say", say)
+    capsys.readouterr()
+    assert demo.main(args) == 0
+    out = capsys.readouterr().out
+    assert f"resuming the unfinished training in {model_path} at step 2" in out
+    state = load_model(model_path).training_state
+    assert (state["step"], state["reason"]) == (4, "done")
+    # a model trained again (here: deleted and retrained) makes the restored movie again
+    restored = tmp_path / "ap2_sample_restored.tif"
+    before = restored.stat().st_mtime_ns
+    model_path.unlink()
+    assert demo.main([*args[:-4], "--steps", "3", "--width", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "using the sample movie already" in out and "restored 10 low-exposure frames" in out
+    assert restored.stat().st_mtime_ns > before
+    assert demo.main([*args[:4], "32", *args[5:]]) == 0  # another size: the kept sample is said to differ
+    assert "(20 frames of 64x64 px: --frames and --size apply to a new --output folder)" in capsys.readouterr().out

@@ -26,13 +26,17 @@ def prepare_sample(kind: str, n_frames: int, size: int, folder: Path) -> Path:
     """Simulate the sample movie once and keep it (never overwritten) with its true spots."""
     path = folder / f"{kind}_sample.tif"
     if path.exists():
-        say(f"using the sample movie already in {path}")
+        shape = read_movie(path).shape
+        differs = "" if shape == (n_frames, size, size) else (
+            f" ({shape[0]} frames of {shape[1]}x{shape[2]} px: --frames and --size apply to a new --output folder)")
+        say(f"using the sample movie already in {path}{differs}")
         return path
     start = time.perf_counter()
     sim = simulate_movie(kind, n_frames, (size, size))
-    write_movie(path, sim.movie, pixel_size_um=sim.pixel_size_um)
+    # the truth first: the movie (written atomically) is what a re-run looks for
     write_spots_csv(folder / f"{kind}_sample_spots.csv", sim.spots)
     write_spots_csv(folder / f"{kind}_sample_low_spots.csv", low_frame_spots(sim))  # frames of the restored movie
+    write_movie(path, sim.movie, pixel_size_um=sim.pixel_size_um)
     say(f"simulated {kind} movie: {n_frames} frames of {size}x{size} px, {sim.pixel_size_um * 1000:.0f} nm "
         f"pixels, 10/100 ms alternating -> {path} ({time.perf_counter() - start:.1f} s)")
     return path
@@ -47,7 +51,9 @@ def train_and_restore(movie, pairs, folder: Path, steps: int, width: int) -> tup
     from .training.loop import train
 
     model_path = folder / f"{pairs.name.removesuffix('.tif')}_unet.pgsr"
-    if model_path.exists():
+    state = load_model(model_path).training_state if model_path.exists() else None
+    unfinished = state is not None and state.get("reason") != "done"  # stopped part way: its last checkpoint
+    if model_path.exists() and not unfinished:
         say(f"using the model already in {model_path}")
     else:
         # A short run: no random offset (that augmentation pays off only over long training) and a higher
@@ -65,14 +71,17 @@ def train_and_restore(movie, pairs, folder: Path, steps: int, width: int) -> tup
                     f"{event.values['ssim']:.3f}")
 
         start = time.perf_counter()
-        train(config, [pairs], model_path, progress=report)
+        if unfinished:
+            say(f"resuming the unfinished training in {model_path} at step {state['step']}")
+        train(config, [pairs], model_path, resume=model_path if unfinished else None, progress=report)
         say(f"model written to {model_path} ({time.perf_counter() - start:.0f} s)")
     restored = folder / f"{pairs.name.removesuffix('.tif')}_restored.tif"
-    if restored.exists():
+    if restored.exists() and restored.stat().st_mtime_ns > model_path.stat().st_mtime_ns:
         say(f"using the restored movie already in {restored}")
         return model_path, restored
     start = time.perf_counter()
-    count = restore_to_file(Restorer(load_model(model_path)), movie, restored, frames="low")
+    count = restore_to_file(Restorer(load_model(model_path)), movie, restored, frames="low",
+                            overwrite=restored.exists())  # (made by an earlier model of the demo's own)
     say(f"restored {count} low-exposure frames -> {restored} ({time.perf_counter() - start:.1f} s)")
     return model_path, restored
 
