@@ -90,12 +90,23 @@ def train_all(args, configs: dict[str, dict], folder: Path) -> dict:
     return trained
 
 
+BASELINES = ("raw low", "Gaussian-smoothed low", "raw high")  # the rows that are not models
+
+
+def row_name(path: Path) -> str:
+    """The report's row for a model loaded from `path`."""
+    return path.stem.replace("_", " ")
+
+
 def labelled_spots(image: np.ndarray, truth_yx: np.ndarray,
                    photons: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
     """FWHM (nm) and SNR of the usable fits at the true spots a user would label (>= MIN_PHOTONS), the number
     labelled, and how many of them fitted a width at the fit's bound (a spike narrower than the lens draws,
     or no spot): those are no width measurement, so they leave the median but are counted."""
-    table = measure_spots(image, truth_yx[photons >= MIN_PHOTONS], pixel_size_nm=PIXEL_NM)
+    labelled = truth_yx[photons >= MIN_PHOTONS]
+    if not len(labelled):  # (a small frame of single molecules may hold none)
+        return np.empty(0), np.empty(0), 0, 0
+    table = measure_spots(image, labelled, pixel_size_nm=PIXEL_NM)
     good = table[table["flag"] == ""]
     at_limit = int(table["flag"].str.contains("width at limit").sum())
     return good["fwhm_nm"].to_numpy(), good["snr"].to_numpy(), len(table), at_limit
@@ -107,6 +118,7 @@ def score(sets: dict, trained: dict) -> tuple[list[dict], dict]:
         methods = {"raw low": list(data["low"]),
                    "Gaussian-smoothed low": [ndimage.gaussian_filter(f, 1.0) for f in data["low"]],
                    "raw high": list(data["high"])}
+        assert list(methods) == list(BASELINES) and not set(trained) & set(methods), "a model named as a baseline"
         methods.update({name: list(restore(model, data["low"])) for name, model in trained.items()})
         kind_rows = []
         for name, frames in methods.items():
@@ -148,21 +160,22 @@ def crop_figure(crops: dict) -> Figure:
     kinds, methods = list(crops), list(next(iter(crops.values())))
     figure = Figure(figsize=(1.6 * len(methods), 1.75 * len(kinds)), layout="constrained")
     axes = figure.subplots(len(kinds), len(methods), squeeze=False)
+    crop = min(CROP, *next(iter(crops.values()))["truth"].shape)  # (test frames may be smaller)
     for row, kind in enumerate(kinds):
         image = crops[kind]["truth"]
         # the crop around the brightest part of the truth, so it holds spots
-        y, x = np.unravel_index(np.argmax(ndimage.uniform_filter(image, CROP)), image.shape)
-        y, x = np.clip([y - CROP // 2, x - CROP // 2], 0, np.array(image.shape) - CROP)
+        y, x = np.unravel_index(np.argmax(ndimage.uniform_filter(image, crop)), image.shape)
+        y, x = np.clip([y - crop // 2, x - crop // 2], 0, np.array(image.shape) - crop)
         for column, method in enumerate(methods):
             ax = axes[row, column]
-            ax.imshow(crops[kind][method][y:y + CROP, x:x + CROP], cmap="magma", vmin=0, vmax=1,
+            ax.imshow(crops[kind][method][y:y + crop, x:x + crop], cmap="magma", vmin=0, vmax=1,
                       interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
             if row == 0:
                 ax.set_title(method, fontsize=8)
             if column == 0:
                 ax.set_ylabel(kind.replace("_", " "), fontsize=9)
-    figure.suptitle(f"First test frame, {CROP} x {CROP} px ({CROP * PIXEL_NM / 1000:.1f} um); one contrast: "
+    figure.suptitle(f"First test frame, {crop} x {crop} px ({crop * PIXEL_NM / 1000:.1f} um); one contrast: "
                     f"every image mapped onto the truth's 0.1-99.9 percentiles; raw high is its pair's "
                     f"high-exposure frame, taken next (moving spots have moved)", fontsize=9)
     return figure
@@ -234,14 +247,17 @@ def main() -> int:
         missing = [str(path) for path in args.load if not path.is_file()]
         if missing:
             parser.error(f"--load: no model file at {', '.join(missing)}")
-        stems = [path.stem for path in args.load]
-        if len(set(stems)) < len(stems):
-            parser.error(f"--load: two models share a file name ({', '.join(stems)}); the rows are named after them")
+        names = [row_name(path) for path in args.load]
+        if len(set(names)) < len(names):
+            parser.error(f"--load: two models give the same row name ({', '.join(names)}); rename a file")
+        taken = sorted(set(names) & set(BASELINES))
+        if taken:
+            parser.error(f"--load: {', '.join(taken)} is the name of a row of raw or smoothed frames; rename the file")
     start = time.perf_counter()
     true_fwhm = FWHM_PER_SIGMA * Microscope().sigma_nm
     with tempfile.TemporaryDirectory() as folder:
         if args.load:
-            trained = {path.stem.replace("_", " "): load_model(path) for path in args.load}
+            trained = {row_name(path): load_model(path) for path in args.load}
             how = f"from {', '.join(path.name for path in args.load)}"
         else:
             trained = train_all(args, model_configs(args.full_size, args.gan_warmup), Path(folder))

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,11 +71,16 @@ def test_load_refuses_training_options_missing_files_and_two_models_of_one_name(
     model = _identity_model(tmp_path / "identity.pgsr")
     (tmp_path / "other").mkdir()
     twin = _identity_model(tmp_path / "other" / "identity.pgsr")
+    spaced = _identity_model(tmp_path / "other" / "identity model.pgsr")
+    underscored = _identity_model(tmp_path / "identity_model.pgsr")
+    baseline = _identity_model(tmp_path / "raw_high.pgsr")
     for arguments, said in [
             (["--budget", "5", "--keep", "kept", "--load", str(model)],
              "--budget, --keep set how models are trained here; --load scores given ones"),
             (["--load", str(model), str(tmp_path / "gone.pgsr")], f"--load: no model file at {tmp_path / 'gone.pgsr'}"),
-            (["--load", str(model), str(twin)], "--load: two models share a file name (identity, identity)")]:
+            (["--load", str(model), str(twin)], "--load: two models give the same row name (identity, identity)"),
+            (["--load", str(spaced), str(underscored)], "the same row name (identity model, identity model)"),
+            (["--load", str(baseline)], "--load: raw high is the name of a row of raw or smoothed frames")]:
         monkeypatch.setattr(sys, "argv", ["report.py", *arguments])
         with pytest.raises(SystemExit) as refused:  # before anything is simulated or trained
             report.main()
@@ -95,3 +101,12 @@ def test_the_budget_is_shared_out_and_only_time_ends_a_run():
     full = report.model_configs(full_size=True, gan_warmup=None)["ProGAN joint"]
     assert (full["width"], full["patch"], full["warmup_steps"]) == (1.0, 256, 5000)
     assert report.model_configs(full_size=True, gan_warmup=600)["ProGAN gan"]["warmup_steps"] == 600
+
+
+def test_a_frame_without_a_labelled_spot_and_frames_smaller_than_the_crop(tmp_path):
+    frame = np.random.default_rng(0).normal(100, 5, (32, 32))
+    fwhm, snr, labelled, at_limit = report.labelled_spots(frame, np.array([[16.0, 16.0]]), np.array([100.0]))
+    assert (fwhm.size, snr.size, labelled, at_limit) == (0, 0, 0, 0)  # too dim to be labelled: none
+    crops = {"ap2": {"truth": frame / 200, "raw low": frame / 200}}
+    figure = report.crop_figure(crops)
+    assert figure.axes[0].images[0].get_array().shape == (32, 32)
