@@ -1,5 +1,7 @@
 """napari-pgsr-train and napari-pgsr-predict end to end on a small simulated movie."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -260,6 +262,9 @@ def test_measure_names_images_of_one_file_name_apart_and_checks_their_pixel_size
                              "--pixel-size-nm", "160"]) == 0
     assert cli.measure_main([images[0], images[0], *common, "-o", str(tmp_path / "v.csv")]) == 2
     assert "an image is given twice" in capsys.readouterr().err
+    # a stem that is another file's name: b.tif and b.tif.tif would both be "b.tif"
+    paths = [Path("b.tif"), Path("x/b.tif"), Path("y/b.tif.tif")]
+    assert cli.measure.image_names(paths) == ["b.tif", "x/b.tif", "y/b.tif.tif"]
 
 
 def test_recipe_sets_the_measured_progan_settings_and_flags_override_it(tmp_path, movie, capsys):

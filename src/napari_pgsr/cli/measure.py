@@ -49,7 +49,8 @@ def image_names(paths: list[Path]) -> list[str]:
             names.append(path.name)
         else:
             names.append(str(path))
-    return names
+    # a stem can equal another file's name (b.tif and b.tif.tif): those are named by their paths
+    return [str(path) if names.count(name) > 1 else name for path, name in zip(paths, names)]
 
 
 def common_pixel_size_nm(pixel_sizes_um: dict[str, float | None]) -> float | None:
