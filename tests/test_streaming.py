@@ -259,11 +259,27 @@ def test_a_compiled_model_restores_the_same_and_a_failed_compile_falls_back(file
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "c.tif"), "--compile", "--quiet"]) == 0
 
 
-def _ome_zarr(path, axes: str, shape: tuple[int, ...]) -> None:
-    """A minimal NGFF 0.4 image with the named axes."""
+def _ome_zarr(path, axes: str, shape: tuple[int, ...], scale: tuple[float, ...] | None = None,
+              unit: str = "") -> None:
+    """A minimal NGFF 0.4 image with the named axes (and a scale whose y and x axes have `unit`)."""
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
     group.create_array("0", shape=shape, dtype="f4")
-    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a} for a in axes], "datasets": [{"path": "0"}]}]
+    dataset = {"path": "0"}
+    if scale:
+        dataset["coordinateTransformations"] = [{"type": "scale", "scale": list(scale)}]
+    named = [{"name": a, **({"unit": unit} if unit and a.lower() in "yx" else {})} for a in axes]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": named, "datasets": [dataset]}]
+
+
+def test_pixel_size_of_other_writers_ome_zarr(tmp_path):
+    _ome_zarr(tmp_path / "upper.zarr", "TYX", (4, 8, 8), (1.0, 0.1, 0.1), "micrometer")
+    assert read_movie(tmp_path / "upper.zarr").pixel_size_um == pytest.approx(0.1)
+    _ome_zarr(tmp_path / "czyx.zarr", "tcyx", (4, 1, 8, 6), (1.0, 1.0, 80.0, 80.0), "nanometer")
+    assert read_movie(tmp_path / "czyx.zarr").pixel_size_um == pytest.approx(0.08)
+    _ome_zarr(tmp_path / "odd.zarr", "tyx", (4, 8, 8), (1.0, 2.0, 2.0), "parsec")
+    movie = read_movie(tmp_path / "odd.zarr")
+    assert movie.pixel_size_um is None and "its scale's unit 'parsec' is not one of micrometer" in (
+        movie.metadata["note"])
 
 
 def test_restored_ome_zarr_opens_as_a_movie_for_napari_and_measuring(files, tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-_UNIT_TO_UM = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3}
+_UNIT_TO_UM = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "um": 1.0, "µm": 1.0, "nm": 1e-3}
 
 
 def is_zarr_path(path) -> bool:
@@ -69,12 +69,16 @@ def read_zarr_movie(path: Path, single_frame: bool = False):
     frames = array if tuple(array.shape) == shape else da.from_zarr(array).reshape(shape)
     if np.dtype(frames.dtype).kind not in "uif":
         raise ValueError(f"{path.name} holds {frames.dtype} pixels; expected integer or floating point intensities")
-    pixel_size = None
+    pixel_size, unit_note = None, ""
+    x_axis = names.index("x")
     for transform in dataset.get("coordinateTransformations", []):
         if transform.get("type") == "scale":
-            axis = next((a for a in multiscale.get("axes", []) if isinstance(a, dict) and a.get("name") == "x"), {})
-            factor = _UNIT_TO_UM.get(axis.get("unit", ""))  # no unit: the scale is not a physical size
-            pixel_size = float(transform["scale"][-1]) * factor if factor else None
+            axis = (multiscale.get("axes") or [{}] * array.ndim)[x_axis]
+            unit = str(axis.get("unit", "") if isinstance(axis, dict) else "")
+            factor = _UNIT_TO_UM.get(unit.lower())  # no unit: the scale is not a physical size
+            pixel_size = float(transform["scale"][x_axis]) * factor if factor else None
+            if unit and not factor:
+                unit_note = f" (its scale's unit {unit!r} is not one of {', '.join(_UNIT_TO_UM)})"
     written = dict(group.attrs.get("napari_pgsr", {}))
     if "pixel_size_um" in written:  # ours: None where the source had none (the scale then says 1.0)
         pixel_size = written["pixel_size_um"]
@@ -82,7 +86,7 @@ def read_zarr_movie(path: Path, single_frame: bool = False):
     if written:
         metadata["napari_pgsr"] = written
     if pixel_size is None:
-        metadata["note"] = "pixel size not recorded in the store; scale left at 1 pixel"
+        metadata["note"] = f"pixel size not recorded in the store{unit_note}; scale left at 1 pixel"
     if written.get("complete") is False:
         metadata["incomplete"] = ("the restoration was stopped before every frame was written: the missing "
                                   "frames read as NaN (napari-pgsr-predict --resume completes it)")
