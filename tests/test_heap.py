@@ -139,3 +139,10 @@ def test_restorations_run_inside_the_block():
     assert seen == [True] * 4 and not heap.active()
     restore(model, movie)  # the in-memory path
     assert not heap.active()
+
+
+def test_off_glibc_the_allocator_is_left_alone(monkeypatch):
+    def musl_confstr(name):
+        raise OSError(22, "Invalid argument")  # musl's answer for a GNU-only name
+    monkeypatch.setattr(heap.os, "confstr", musl_confstr)
+    assert heap._load_glibc() is None

@@ -156,6 +156,16 @@ def test_recipes_are_valid_configs_and_unknown_names_are_listed():
         recipe_config("fast")
 
 
+def test_a_gpu_that_is_not_there_is_named(monkeypatch):
+    from napari_pgsr import devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert devices.pick_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="'cuda:2' asked for, but torch sees 2 CUDA GPU\\(s\\): cuda:0 to cuda:1"):
+        devices.pick_device("cuda:2")
+
+
 def test_cpu_bf16_autocasts_only_where_the_cpu_computes_bf16(tmp_path, pairs, monkeypatch):
     from napari_pgsr import devices
 

@@ -35,7 +35,13 @@ _one_arena = False
 
 
 def _load_glibc():
-    if not sys.platform.startswith("linux") or not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc_name = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (OSError, ValueError):  # musl (Alpine) has no such name
+        return None
+    if not libc_name.startswith("glibc"):
         return None
     if "GLIBC_TUNABLES" in os.environ or any(name.startswith("MALLOC_") for name in os.environ):
         return None  # the user's own malloc settings win
