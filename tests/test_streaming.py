@@ -50,7 +50,7 @@ def test_zarr_output_is_ome_ngff_and_equals_the_in_memory_restoration(files, tmp
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "out.zarr"), "--quiet"]) == 2
 
 
-def test_a_stopped_run_leaves_a_valid_partial_store_that_resume_completes(files, tmp_path):
+def test_a_stopped_run_leaves_a_valid_partial_store_that_resume_completes(files, tmp_path, capsys):
     model, movie = files
     restorer, source = Restorer(load_model(model), device="cpu"), read_movie(movie)
     calls = []
@@ -60,6 +60,11 @@ def test_a_stopped_run_leaves_a_valid_partial_store_that_resume_completes(files,
     partial = group["0"][:]
     assert written == 2 and not group.attrs["napari_pgsr"]["complete"]  # two batches of one frame (CPU)
     assert np.isfinite(partial[:2]).all() and np.isnan(partial[2:]).all()  # unwritten frames read as NaN
+    labels = tmp_path / "labels.csv"
+    labels.write_text("frame,y,x\n5,20,18\n")
+    assert cli.measure_main([str(tmp_path / "part.zarr"), "--points", str(labels), "-o", str(tmp_path / "t.csv"),
+                             "--quiet"]) == 0
+    assert "part.zarr: the restoration was stopped before every frame was written" in capsys.readouterr().out
     assert restore_to_file(restorer, source, tmp_path / "part.zarr", resume=True) == 10  # only the rest
     group = zarr.open_group(str(tmp_path / "part.zarr"), mode="r")
     assert group.attrs["napari_pgsr"]["complete"]

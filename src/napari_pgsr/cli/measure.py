@@ -77,6 +77,7 @@ def measure_main(argv: list[str] | None = None) -> int:
         from ..analysis.points_csv import write_table_atomically
         from ..generators import run_to_end
         from ..io import read_image
+        from ..zarr_movie import is_zarr_path, read_zarr_movie
 
         summary_path = args.output.with_name(f"{args.output.stem}_summary.csv")
         plots_path = args.output.with_name(f"{args.output.stem}_plots.png")
@@ -86,9 +87,13 @@ def measure_main(argv: list[str] | None = None) -> int:
                 raise BadInput(f"{path} is one of the inputs; choose another output name")
             if path.exists() and not args.overwrite:
                 raise BadInput(f"{path} exists; pass --overwrite to replace it")
-        images, pixel_sizes_um = {}, {}
+        images, pixel_sizes_um, notes = {}, {}, []
         for path, name in zip(args.images, image_names(args.images)):
             images[name], pixel_sizes_um[name] = read_image(path)
+            unfinished = read_zarr_movie(path, single_frame=True).metadata.get("incomplete") if is_zarr_path(
+                path) else None
+            if unfinished:
+                notes.append(f"{path}: {unfinished}; their spots are flagged")
         pixel_size = args.pixel_size_nm or common_pixel_size_nm(pixel_sizes_um)
         camera = CameraCalibration(args.baseline_adu, args.electrons_per_adu, args.excess_noise)
         measuring = iter_measure_across(images, read_points_csv(args.points), pixel_size_nm=pixel_size,
@@ -117,8 +122,9 @@ def measure_main(argv: list[str] | None = None) -> int:
     except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"napari-pgsr-measure: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if report.note:
-        print(f"note: {report.note}")
+    for note in [report.note, *notes]:
+        if note:
+            print(f"note: {note}")
     if pixel_size is None:
         print("note: no pixel size in the file or on the command line: nm columns are empty (--pixel-size-nm)")
     columns = ["image", "spots", "fitted", "median_fwhm_nm", "median_snr", "median_sbr", "suggested_f1"]
