@@ -186,6 +186,18 @@ def test_resume_takes_the_stored_settings_and_minutes_alone_lift_the_step_cap(tm
     args = cli.train_parser().parse_args([str(movie), "--out", "x.pgsr", "--minutes", "3"])
     config = cli.build_config(args)
     assert config.steps is None and config.minutes == 3
+    (tmp_path / "minutes.yaml").write_text("minutes: 1440\n")  # a config file alike: not capped at 2000 steps
+    config = cli.build_config(cli.train_parser().parse_args([str(movie), "--out", "x.pgsr", "--config",
+                                                             str(tmp_path / "minutes.yaml")]))
+    assert config.steps is None and config.minutes == 1440
+    # a run that trained for a time, resumed for a number of steps: its spent time no longer stops it at once
+    timed = tmp_path / "timed.pgsr"
+    assert cli.train_main([str(movie), "--out", str(timed), *TINY, "--minutes", "0.002"]) == 0
+    assert load_model(timed).metadata["config"]["minutes"] == 0.002
+    step = load_model(timed).metadata["history"]["step"]
+    assert cli.train_main([str(movie), "--out", str(timed), "--resume", str(timed), "--steps", str(step + 2),
+                           "--quiet"]) == 0
+    assert load_model(timed).metadata["history"]["step"] == step + 2
 
 
 def test_context_model_refuses_alternating_movie_with_all_frames(tmp_path, movie, capsys):

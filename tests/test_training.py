@@ -25,6 +25,19 @@ def _weights(path):
     return load_model(path).network.state_dict()
 
 
+@pytest.mark.parametrize("values, message", [
+    ({"steps": 0}, "steps must be >= 1, got 0"),
+    ({"steps": None, "minutes": -1.0}, "minutes must be > 0, got -1.0"),
+    ({"offset_max": -5}, "offset_max must be >= 0, got -5"),
+    ({"model": "progan", "ema_decay": -0.5}, r"ema_decay must be in \[0, 1\), got -0.5"),
+    ({"model": "progan", "lambda_gan": -1.0}, "lambda_gan must be >= 0, got -1.0"),
+    ({"model": "progan", "warmup_steps": -3}, "warmup_steps must be >= 0, got -3"),
+    ({"model": "progan", "phase_scale": -1.0}, "phase_scale must be > 0, got -1.0")])
+def test_a_training_of_no_length_or_with_settings_out_of_range_is_refused(values, message):
+    with pytest.raises(ValueError, match=f"invalid training config: .*{message}"):
+        TrainConfig(**values)
+
+
 def test_config_round_trips_through_yaml_and_json(tmp_path):
     config = TrainConfig(loss="mse", steps=7, context=2, offset=False, low_first=False)
     for name in ("c.yaml", "c.json"):

@@ -70,7 +70,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace):
     """The checkpoint's config when resuming, else the recipe's, then the config file's, overridden by the
-    flags given. `--minutes` without `--steps` trains for that time alone."""
+    flags given. Minutes without steps (or steps without minutes) set the length of training alone."""
     from ..modelfile import load_model
     from ..training.config import TrainConfig, as_trained
     from ..training.recipes import recipe_values
@@ -84,17 +84,23 @@ def build_config(args: argparse.Namespace):
     elif args.recipe:
         values = recipe_values(args.recipe)
         from_recipe = set(values)
+    chosen = set()  # what the config file and the flags set
     if args.config:
         file_values = TrainConfig.read_values(args.config)  # only what the file sets
         values.update(file_values)
         from_recipe -= set(file_values)
+        chosen |= set(file_values)
     for spec in fields(TrainConfig):
         given = getattr(args, spec.name, None)
         if given is not None:
             values[spec.name] = given
             from_recipe.discard(spec.name)
-    if args.minutes is not None and args.steps is None:
+            chosen.add(spec.name)
+    # a length of training given alone is the only one: the default steps, or those of the run resumed, go
+    if "minutes" in chosen and "steps" not in chosen:
         values["steps"] = None
+    if "steps" in chosen and "minutes" not in chosen:
+        values["minutes"] = None
     try:
         return TrainConfig.from_dict(values)
     except ValueError as error:

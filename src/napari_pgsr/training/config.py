@@ -156,6 +156,12 @@ class TrainConfig:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         if self.steps is None and self.minutes is None:
             problems.append("give steps or minutes")
+        if self.steps is not None and self.steps < 1:
+            problems.append(f"steps must be >= 1, got {self.steps}")
+        if self.minutes is not None and not self.minutes > 0:
+            problems.append(f"minutes must be > 0, got {self.minutes}")
+        if self.offset_max < 0:
+            problems.append(f"offset_max must be >= 0, got {self.offset_max}")
         if not progan and self.patch % 2**self.depth:
             problems.append(f"patch {self.patch} must be a multiple of 2**depth = {2**self.depth}")
         if problems:
@@ -187,6 +193,13 @@ class TrainConfig:
         for name in ("critic_steps", "phase_images"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:  # a negative decay would extrapolate the weights
+            problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name in ("lambda_gan", "warmup_steps"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.phase_scale > 0:
+            problems.append(f"phase_scale must be > 0, got {self.phase_scale}")
         return problems
 
     def batch_at(self, resolution: int) -> int:
