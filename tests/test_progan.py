@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_pgsr import cli
+from napari_pgsr.inference import Restorer
 from napari_pgsr.io import write_movie
 from napari_pgsr.modelfile import load_model
 from napari_pgsr.models.progan import (EqualizedConv2d, EqualizedLinear, MinibatchStdDev, ProGANCritic,
@@ -204,6 +205,17 @@ def test_resume_in_the_middle_of_a_fade_is_exact(tmp_path, small_pairs):
     edge = load_model(tmp_path / "edge.pgsr")
     for name, value in a.network.state_dict().items():
         torch.testing.assert_close(edge.network.state_dict()[name], value, atol=0, rtol=0)
+    # resumed on that boundary but stopped before a step: the file keeps the stage its weights were trained
+    # at (4 px), not the next step's (8 px at alpha 0, which would pool every input and change the output)
+    train(_config(steps=2), [small_pairs], tmp_path / "stop.pgsr")
+    before = load_model(tmp_path / "stop.pgsr")
+    stopped = train(_config(), [small_pairs], tmp_path / "stop.pgsr", resume=tmp_path / "stop.pgsr",
+                    should_stop=lambda: True)
+    after = load_model(tmp_path / "stop.pgsr")
+    assert stopped.step == 2 and after.network.architecture == before.network.architecture
+    assert after.network.architecture["resolution"] == 4
+    frame = small_pairs.read(0)[0][None].astype(np.float32)
+    np.testing.assert_array_equal(Restorer(after, device="cpu")(frame), Restorer(before, device="cpu")(frame))
 
 
 def test_warm_up_then_gan_and_the_gan_mode(tmp_path, small_pairs):

@@ -262,7 +262,9 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         critic.load_state_dict(saved["critic"])
         ema.load_state_dict(ema_weights)
         step, images_seen, cursor = int(saved["step"]), int(saved["images_seen"]), int(saved["cursor"])
-        phase = phase_at(config, images_seen)
+        # the stage the weights were trained at, so a run that stops before its next step saves them as they
+        # were (the next step moves on by itself); older checkpoints stored only the next step's
+        phase = Phase(**saved["trained_phase"]) if "trained_phase" in saved else phase_at(config, images_seen)
         optimizer_resolution = int(saved["optimizer_resolution"])
         optimizer_warming = bool(saved.get("optimizer_warming", False))
         g_opt, d_opt = _optimizers(generator, critic, config, optimizer_warming)
@@ -285,6 +287,7 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         return {
             "step": step, "images_seen": images_seen, "cursor": cursor,
             "phase": vars(phase_at(config, images_seen)).copy(),  # what the next step trains
+            "trained_phase": vars(phase).copy(),  # what the last step trained
             "optimizer_resolution": optimizer_resolution, "optimizer_warming": optimizer_warming,
             "generator": generator.state_dict(), "critic": critic.state_dict(),
             "generator_optimizer": g_opt.state_dict(), "critic_optimizer": d_opt.state_dict(),
@@ -308,7 +311,7 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
     def go_back(to: dict, record: dict) -> None:
         nonlocal phase
         restore(to["state"], to["ema"])
-        phase = to["phase"]  # the stage it was validated at (restore() sets the next step's, for resuming)
+        phase = to["phase"]  # the stage it was validated at
         _set_phase(phase, generator, critic, ema)
         for key, length in to["history"].items():
             del history[key][length:]
