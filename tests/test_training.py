@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -167,6 +168,22 @@ def test_recipes_are_valid_configs_and_unknown_names_are_listed():
     assert config.steps == 10 and not config.offset_enabled and config.critic_noise
     with pytest.raises(ValueError, match="unknown recipe 'fast'; recipes: progan-spots"):
         recipe_config("fast")
+
+
+def test_a_timed_run_resumed_for_a_number_of_steps_decays_to_the_end_of_that_cosine(tmp_path, pairs):
+    tiny = {**TINY, "validation_every": 1000}
+    timed = train(TrainConfig(steps=None, minutes=0.003, **tiny), [pairs], tmp_path / "t.pgsr")
+    assert timed.reason == "time" and timed.step >= 1
+    events, total = [], timed.step + 6
+    train(TrainConfig(steps=total, **tiny), [pairs], tmp_path / "t.pgsr", resume=tmp_path / "t.pgsr",
+          progress=events.append)
+    rates = [event.values["lr"] for event in events if event.kind is EventKind.STEP]
+    lr = TrainConfig.lr
+    floor = lr / 50  # the cosine's end
+    expected = [floor + (lr - floor) * (1 + math.cos(math.pi * s / total)) / 2 for s in range(timed.step + 1,
+                                                                                                total + 1)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-6)
+    assert rates[-1] == pytest.approx(floor)
 
 
 def test_a_gpu_that_is_not_there_is_named(monkeypatch):

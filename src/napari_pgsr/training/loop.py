@@ -3,6 +3,7 @@ resume, and DistributedDataParallel when launched by torchrun (rank 0 alone writ
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -270,11 +271,16 @@ def _iter_unet_training(config: TrainConfig, pairs: Sequence[Pairs], output: str
     if state is not None:
         network.load_state_dict(checkpoint.network.state_dict())
         optimizer.load_state_dict(state["optimizer"])
+        step, elapsed_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
         if scheduler is not None and state.get("scheduler") and state.get("schedule", schedule) == schedule:
             scheduler.load_state_dict(state["scheduler"])
             if schedule == "cosine":  # a resumed run may be longer: decay over the new number of steps
                 scheduler.T_max = config.steps
-        step, elapsed_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
+        elif schedule == "cosine":  # a timed run given a number of steps: on to the cosine of that many steps
+            scheduler.last_epoch = step
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (
+                    1 + math.cos(math.pi * min(step, config.steps) / config.steps)) / 2
         torch.set_rng_state(state["torch_rng"])
     model = network
     if world > 1:
