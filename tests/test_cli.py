@@ -105,6 +105,20 @@ def test_bad_prediction_input_exits_2_and_keeps_files(tmp_path, movie, capsys):
     assert not (tmp_path / "x.tif").exists()
 
 
+def test_train_refuses_outputs_it_could_not_write_before_training(tmp_path, movie, capsys):
+    (tmp_path / "afile").write_text("a user's file")
+    (tmp_path / "cfgdir").mkdir()
+    for arguments, said in (
+            (["--out", str(tmp_path / "afile" / "m.pgsr")], f"cannot write {tmp_path / 'afile' / 'm.pgsr'}: "
+                                                            f"{tmp_path / 'afile'} is a file, not a folder"),
+            (["--out", str(tmp_path / "cfgdir")], f"cannot write {tmp_path / 'cfgdir'}: it is a folder"),
+            (["--out", str(tmp_path / "m.pgsr"), "--config", str(tmp_path / "cfgdir")], "Is a directory")):
+        assert cli.train_main([str(movie), *arguments, *TINY]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err and "step" not in err, err
+    assert not (tmp_path / "m.pgsr").exists() and (tmp_path / "afile").read_text() == "a user's file"
+
+
 def test_predict_restores_a_single_snapshot_and_a_ctrl_c_in_the_last_frames_is_no_stop(tmp_path, movie, capsys,
                                                                                          monkeypatch):
     import signal

@@ -43,6 +43,10 @@ def test_bad_files_are_explained(tmp_path):
                tmp_path / "future.pgsr")
     with pytest.raises(ValueError, match="format version 99, newer than this napari-pgsr reads"):
         load_model(tmp_path / "future.pgsr")
+    torch.save({"code": NORM}, tmp_path / "pickled.pt")  # a Python object: refused, with no unsafe advice
+    with pytest.raises(ValueError, match=r"pickled.pt is not a readable napari-pgsr model file \(it holds Python "
+                       r"objects that a safe load refuses\)$"):
+        load_model(tmp_path / "pickled.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a napari-pgsr model file"):
         load_model(tmp_path / "other.pt")

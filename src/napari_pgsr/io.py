@@ -422,7 +422,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         yield tmp
+        _sync(tmp)  # on disk before it takes the name: a power cut then leaves the old file, not an empty one
         os.replace(tmp, path)
+        _sync(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _sync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to the disk, where the system allows it."""
+    if not path.exists() or (path.is_dir() and os.name == "nt"):
+        return
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    except OSError:  # some file systems cannot sync a folder
+        pass
+    finally:
+        os.close(descriptor)

@@ -106,8 +106,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
     try:
         archive = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # zip errors, unpickling refusals, truncated files
-        raise ValueError(f"{path} is not a readable napari-pgsr model file ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
+        # (torch's refusal goes on to advise loading unsafely, which a model file never needs)
+        why = ("it holds Python objects that a safe load refuses" if "Weights only load failed" in str(err) else
+               f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        raise ValueError(f"{path} is not a readable napari-pgsr model file ({why})") from err
     if not isinstance(archive, dict) or archive.get("format") != FORMAT:
         raise ValueError(f"{path} is not a napari-pgsr model file (no '{FORMAT}' marker)")
     version = archive.get("format_version")

@@ -112,6 +112,19 @@ def build_config(args: argparse.Namespace):
         raise
 
 
+def check_writable(path: Path) -> None:
+    """Refuse an output whose folder cannot be made or written to."""
+    if path.is_dir():
+        raise BadInput(f"cannot write {path}: it is a folder; give a file name")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise BadInput(f"cannot write {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK):
+        raise BadInput(f"cannot write {path}: no permission to write in {folder}")
+
+
 def load_training_pairs(args: argparse.Namespace, low_first):
     """Pairs from alternating movies, or from --low/--high stacks; validation pairs from --val."""
     from ..io import read_movie
@@ -169,6 +182,8 @@ def train_main(argv: list[str] | None = None) -> int:
 
             print(f"recipe {args.recipe}: {RECIPE_SCOPES[args.recipe]}", file=sys.stderr)
         resuming_in_place = args.resume is not None and args.resume.resolve() == args.out.resolve()
+        for output in filter(None, (args.out, args.write_config)):  # found now, not after the training
+            check_writable(output)
         if args.out.exists() and not args.overwrite and not resuming_in_place:
             raise BadInput(f"{args.out} exists; pass --overwrite to replace it, or --resume {args.out}")
         pairs, validation, files = load_training_pairs(args, config.low_first)
@@ -202,7 +217,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
             if dist.is_initialized():  # launched by torchrun
                 dist.destroy_process_group()
-    except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
+    except (BadInput, ValueError, OSError) as err:  # OSError: e.g. a folder given for a file, a full disk
         print(f"napari-pgsr-train: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
