@@ -33,6 +33,10 @@ def test_a_single_frame_opens_as_an_image_with_its_pixel_size(make_napari_viewer
     assert layer.name == "snapshot" and layer.ndim == 2
     np.testing.assert_array_equal(layer.data, frame)
     np.testing.assert_allclose(layer.scale, (0.16, 0.16))
+    before = path.read_bytes()  # and, read into memory, it is still never saved over its file
+    with pytest.warns(UserWarning, match="not a valid writer"):
+        assert viewer.layers.save(str(path), selected=False, plugin="napari-pgsr") == []
+    assert path.read_bytes() == before
 
 
 def test_bad_file_error_names_the_file(make_napari_viewer, tmp_path):

@@ -43,6 +43,9 @@ def read_movies(path: str | list[str]) -> list[tuple]:
             layers.append(movie_layer_data(read_movie(one)))
         except SingleFrameError:
             frame, pixel = read_image(one)
+            # the source path: so the plugin's writer never saves over the file (its metadata would be lost)
             layers.append((frame, {"name": _stem(Path(one)), "scale": (pixel, pixel) if pixel else (1.0, 1.0),
-                                   "contrast_limits": display_range(frame[None], 1)}, "image"))
+                                   "contrast_limits": display_range(frame[None], 1),
+                                   "metadata": {"source_path": str(Path(one).resolve()),
+                                                "pixel_size_um": pixel}}, "image"))
     return layers
