@@ -363,3 +363,28 @@ def test_measuring_can_be_cancelled(make_napari_viewer, rng, messages, qtbot, mo
     widget.cancel_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.measure_button.enabled, timeout=10_000)
     assert not widget.cancel_button.enabled and not hasattr(widget, "report") and messages["error"] == []
+
+
+def test_suggestions_sit_on_a_moved_image_and_a_frame_it_lacks_is_said(make_napari_viewer, rng, messages,
+                                                                        tmp_path):
+    viewer = make_napari_viewer()
+    high = viewer.add_image(_images(rng)["high"], name="high", translate=(10, 20))
+    widget = _widget(viewer)
+    widget.reference.value = high
+    widget.suggest()
+    widget.accept_suggestions()
+    labels = widget.labels_layer.value
+    world = labels.data * labels.scale + labels.translate
+    found = sorted(np.round(world - high.translate).tolist())  # in the image's pixels
+    assert len(found) == len(TRUTH) and np.allclose(found, sorted(TRUTH.tolist()), atol=1)
+    # a 10-frame movie while the time slider is at frame 30 of a longer one
+    viewer.add_image(np.zeros((40, 32, 32), np.float32), name="long")
+    short = viewer.add_image(rng.random((10, 32, 32)).astype(np.float32), name="short")
+    viewer.dims.set_current_step(0, 30)
+    widget.reference.value = short
+    widget.suggest()
+    assert messages["error"][-1] == ("Spots: the frame shown (30) is outside 'short' (10 frames); move the time "
+                                     "slider onto it")
+    (tmp_path / "afile").write_text("")
+    widget.save_labels(tmp_path / "afile" / "labels.csv")  # (a read-only folder, a full disk alike)
+    assert messages["error"][-1].startswith("Spots: labels not saved: ")

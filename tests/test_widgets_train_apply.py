@@ -299,6 +299,39 @@ def test_bad_inputs_give_notifications_not_crashes(make_napari_viewer, tmp_path,
     assert "expected a movie T x Y x X, got 4 dimensions" in errors[-1] and len(viewer.layers) == count
 
 
+def test_results_sit_over_their_input_and_never_replace_a_layer_of_the_user(make_napari_viewer, tmp_path, errors,
+                                                                            monkeypatch):
+    from napari_pgsr.data import Normalization
+    from napari_pgsr.modelfile import save_model
+    from napari_pgsr.models.unet import UNet
+
+    monkeypatch.setenv("NAPARI_PGSR_SYNC", "1")
+    model = save_model(tmp_path / "m.pgsr", UNet(depth=1, width=4), Normalization(0, 1, 0, 1), {})
+    viewer = make_napari_viewer()
+    movie = viewer.add_image(simulate_movie("ap2", 8, (32, 32), seed=0).movie, name="m", scale=(1, 0.16, 0.16),
+                             translate=(0, 3.2, 1.6))
+    _, pairs = viewer.window.add_plugin_dock_widget("napari-pgsr", "Exposure pairs")
+    pairs.movie.value = movie
+    pairs.run()
+    np.testing.assert_allclose(viewer.layers["m low"].translate, (0, 3.2, 1.6))  # (was drawn at the origin)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Restore")
+    widget.model_file.value = model
+    snapshot = viewer.add_image(np.random.default_rng(0).random((32, 32), np.float32), name="cells",
+                                scale=(0.2, 0.2), translate=(5, 7))
+    widget.movie.value = snapshot
+    widget.run()  # a single frame restored lazily gains a frame axis that starts at 0
+    restored = viewer.layers["cells restored"]
+    assert restored.data.shape == (1, 32, 32)
+    np.testing.assert_allclose(restored.translate, (0, 5, 7))
+    np.testing.assert_allclose(restored.scale, (1, 0.2, 0.2))
+    (tmp_path / "out").mkdir()
+    widget.output.value = tmp_path / "out" / "cells.tif"  # the result's name is the input layer's
+    widget.run()
+    assert snapshot in viewer.layers and viewer.layers["cells"] is snapshot and not errors
+    assert [layer.name for layer in viewer.layers][-3:] == ["cells", "cells restored", "cells [1]"]
+    np.testing.assert_allclose(viewer.layers["cells [1]"].translate, (0, 5, 7))  # the saved result
+
+
 @pytest.mark.parametrize("name", ["out.tif", "out.zarr"])
 def test_streaming_restoration_can_be_cancelled(make_napari_viewer, qtbot, tmp_path, errors, monkeypatch, name):
     from napari_pgsr.data import Normalization
@@ -365,3 +398,7 @@ def test_restore_widget_exports_the_model_for_bioimage_io(make_napari_viewer, qt
     assert load_model(tmp_path / "m.zip").describe() in widget.about.value
     widget.export_button.clicked.emit()
     assert errors[-1] == f"Export: {tmp_path / 'm.zip'} exists; choose another name"
+
+
+def test_the_training_eta_counts_hours():
+    assert train_widget._clock(75) == "1:15" and train_widget._clock(3900) == "1:05:00"  # (was 05:00)

@@ -110,9 +110,13 @@ class SpotResults:
                 return []
         path = Path(path)
         summary, plots = path.with_name(f"{path.stem}_summary.csv"), path.with_name(f"{path.stem}_plots.png")
-        write_table_atomically(self.report.table, path)
-        write_table_atomically(self.report.summary, summary)
-        with atomic_path(plots) as tmp:
-            plot_report(self.report).savefig(tmp, dpi=120, format="png")
+        try:
+            write_table_atomically(self.report.table, path)
+            write_table_atomically(self.report.summary, summary)
+            with atomic_path(plots) as tmp:
+                plot_report(self.report).savefig(tmp, dpi=120, format="png")
+        except OSError as err:  # a read-only folder, a full disk...
+            show_error(f"Spots: export failed: {err}")
+            return []
         show_info(f"Spots: wrote {path.name}, {summary.name} and {plots.name} to {path.parent}")
         return [path, summary, plots]

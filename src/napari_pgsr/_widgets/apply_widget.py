@@ -14,7 +14,7 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, Label, LineEdit, Pr
 from napari.utils.notifications import show_error, show_info
 
 from ..inference import PRECISIONS
-from ..io import Movie, display_range, frame_source, read_movie
+from ..io import Movie, display_range, frame_source, read_movie_or_frame
 from ._grid_view import FitGridToCanvas, canvas_grid
 from ._workers import start
 
@@ -213,16 +213,18 @@ class ApplyWidget(Container):
             self._open_result(layer, result)
 
     def _open_result(self, layer, path: Path) -> None:
-        movie = read_movie(path)
+        movie = read_movie_or_frame(path)  # (a single frame restored is a file of one frame)
         self._add_result(layer, movie.data, path.stem.removesuffix(".ome"), {"source_path": str(path)})
         show_info(f"Restore: {movie.shape[0]} frames written to {path}")
 
     def _add_result(self, layer, data, name: str, metadata: dict | None = None) -> None:
-        scale = layer.scale if data.ndim == layer.data.ndim else layer.scale[-2:]
-        if name in self._viewer.layers:
-            self._viewer.layers.remove(name)
-        self.restored_layer = self._viewer.add_image(data, name=name, scale=scale, colormap="gray",
-                                                     contrast_limits=display_range(data, 1),
+        # placed over the input (a frame axis added to a single frame starts at 0)
+        lead = data.ndim - layer.data.ndim
+        scale, translate = ((1.0,) * lead + tuple(layer.scale), (0.0,) * lead + tuple(layer.translate))
+        if name in self._viewer.layers and "model" in self._viewer.layers[name].metadata:
+            self._viewer.layers.remove(name)  # an earlier restoration; any other layer of the name stays
+        self.restored_layer = self._viewer.add_image(data, name=name, scale=scale, translate=translate,
+                                                     colormap="gray", contrast_limits=display_range(data, 1),
                                                      metadata={**(metadata or {}), "model": str(self.model_file.value)})
 
     def cancel(self) -> None:

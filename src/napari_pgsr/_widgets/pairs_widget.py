@@ -94,6 +94,6 @@ class ExposurePairsWidget(Container):
             name = f"{layer.name} {kind}"
             if name in self._viewer.layers:
                 self._viewer.layers.remove(name)
-            self._viewer.add_image(stack, name=name, scale=layer.scale, colormap="gray",
+            self._viewer.add_image(stack, name=name, scale=layer.scale, translate=layer.translate, colormap="gray",
                                    contrast_limits=display_range(stack),
                                    metadata={**metadata, "exposure": kind})

@@ -189,7 +189,7 @@ class SpotsWidget(Container):
             return
         try:
             points = read_points_csv(path)
-        except (ValueError, FileNotFoundError) as err:
+        except (ValueError, OSError) as err:  # OSError: unreadable, a folder...
             show_error(f"Spots: {err}")
             return
         layer = self._viewer.add_points(points, ndim=points.shape[1], name=Path(path).stem,
@@ -205,9 +205,14 @@ class SpotsWidget(Container):
             show_error("Spots: choose or create a labels layer first")
             return
         path = path or _file_dialog(self.native, "Save spot labels", save=True)
-        if path:
+        if not path:
+            return
+        try:
             write_points_csv(path, layer.data)
-            show_info(f"Spots: {len(layer.data)} labels written to {path}")
+        except OSError as err:  # a read-only folder, a full disk...
+            show_error(f"Spots: labels not saved: {err}")
+            return
+        show_info(f"Spots: {len(layer.data)} labels written to {path}")
 
     # ---- suggestions ------------------------------------------------------------------------------------
     def _current_frame(self, layer=None) -> int:
@@ -224,6 +229,10 @@ class SpotsWidget(Container):
             show_error("Spots: choose an image to suggest spots on")
             return
         frame = self._current_frame(reference) if reference.ndim == 3 else None
+        if frame is not None and not 0 <= frame < reference.data.shape[0]:
+            show_error(f"Spots: the frame shown ({frame}) is outside '{reference.name}' ({reference.data.shape[0]} "
+                       "frames); move the time slider onto it")
+            return
         plane = reference.data[frame] if frame is not None else reference.data
         sigma, threshold = self.suggest_sigma.value, self.suggest_threshold.value  # read here, not in the worker
 
@@ -236,7 +245,7 @@ class SpotsWidget(Container):
             if SUGGESTIONS_NAME in self._viewer.layers:
                 self._viewer.layers.remove(SUGGESTIONS_NAME)
             self._viewer.add_points(data.reshape(-1, reference.ndim), ndim=reference.ndim, name=SUGGESTIONS_NAME,
-                                    scale=reference.scale, **SUGGESTION_STYLE)
+                                    **placement(reference, reference.ndim), **SUGGESTION_STYLE)
             where = f", frame {frame}" if frame is not None else ""
             show_info(f"Spots: {len(found)} suggestions on {reference.name}{where}")
 

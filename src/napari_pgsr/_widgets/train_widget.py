@@ -4,7 +4,6 @@ preview; Stop leaves a usable model file, Resume continues it."""
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -349,7 +348,7 @@ class TrainWidget(Container):
         elif event.kind is EventKind.STEP:
             self.status.step = event.step
             self.progress.value = min(event.step, self.progress.max) if event.total_steps else 0
-            eta = time.strftime("%M:%S", time.gmtime(values["eta_s"]))
+            eta = _clock(values["eta_s"])
             self.info.value = (f"step {event.step}: loss {values['loss']:.4f}, {values['patches_per_s']:.0f} "
                                f"patches/s, ETA {eta}")
             self.plot.add("training", event.step, values["loss"])
@@ -388,3 +387,10 @@ class TrainWidget(Container):
         self.stop_button.enabled = state is RunState.TRAINING
         if not running:
             self.info.value = f"{state.value} at step {self.status.step}"
+
+
+def _clock(seconds: float) -> str:
+    """M:SS, or H:MM:SS from an hour on."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
