@@ -388,3 +388,18 @@ def test_suggestions_sit_on_a_moved_image_and_a_frame_it_lacks_is_said(make_napa
     (tmp_path / "afile").write_text("")
     widget.save_labels(tmp_path / "afile" / "labels.csv")  # (a read-only folder, a full disk alike)
     assert messages["error"][-1].startswith("Spots: labels not saved: ")
+
+
+def test_measure_on_keeps_the_users_picks_when_layers_come_and_go(make_napari_viewer, rng, messages):
+    viewer, widget, _ = _viewer_with_images(make_napari_viewer, rng)
+    assert set(widget.images.value) == {"high", "low"}
+    widget.images.value = ["high"]  # the user measures on one
+    widget.suggest()  # adds a points layer
+    widget.new_labels()
+    viewer.layers["high"].name = "high exposure"
+    assert widget.images.value == ["high exposure"]
+    viewer.add_image(np.zeros((64, 64), np.float32), name="restored")  # a new image of the shape joins
+    viewer.add_image(np.zeros((8, 8), np.float32), name="small")
+    assert widget.images.value == ["high exposure", "restored"]
+    viewer.layers.remove("restored")
+    assert widget.images.value == ["high exposure"]

@@ -63,6 +63,20 @@ def test_a_closed_train_widget_stops_following_the_layer_list(make_napari_viewer
     viewer.add_image(np.zeros((8, 8)), name="x high")  # would have reached the deleted widget
 
 
+def test_the_users_choice_of_pairs_survives_other_layers_added(make_napari_viewer):
+    viewer = make_napari_viewer()
+    for name in ("x low", "x high", "A", "B"):
+        viewer.add_image(np.zeros((4, 8, 8)), name=name)
+    widget = train_widget.TrainWidget(viewer)
+    assert (widget.low.value.name, widget.high.value.name) == ("x low", "x high")
+    widget.low.value, widget.high.value = viewer.layers["A"], viewer.layers["B"]
+    viewer.add_points(np.zeros((1, 3)), name="labels")
+    assert (widget.low.value.name, widget.high.value.name) == ("A", "B")
+    viewer.add_image(np.zeros((4, 8, 8)), name="y low")
+    viewer.add_image(np.zeros((4, 8, 8)), name="y high")  # a new split: taken
+    assert (widget.low.value.name, widget.high.value.name) == ("y low", "y high")
+
+
 def test_training_runs_in_a_worker_with_progress_plot_and_preview(viewer_with_pairs, qtbot, tmp_path):
     viewer = viewer_with_pairs
     widget = _train_widget(viewer, tmp_path, steps=30)

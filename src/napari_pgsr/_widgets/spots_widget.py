@@ -71,6 +71,8 @@ class SpotsWidget(Container):
         self.labels_layer.changed.connect(self._watch_labels)
         self.labels_layer.changed.connect(self._labels_chosen)
         self.on_every_image.changed.connect(self._on_every_image_toggled)
+        self._chosen: list = []  # (layer, its name then) picked under "Measure on": names change, layers stay
+        self.images.changed.connect(self._remember_chosen)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh_images)
         viewer.layers.events.inserted.connect(self._follow_renames)
@@ -92,8 +94,25 @@ class SpotsWidget(Container):
     def _follow_renames(self, event) -> None:
         event.value.events.name.connect(self._refresh_images)
 
-    def _refresh_images(self, *_) -> None:
-        self._select_same_shape()
+    def _remember_chosen(self, *_) -> None:
+        picked = set(self.images.value or ())
+        renamed = [layer for layer, name in self._chosen if layer.name != name]  # dropped by the rename alone
+        self._chosen = [(layer, layer.name) for layer in self._viewer.layers
+                        if layer.name in picked or any(layer is other for other in renamed)]
+
+    def _refresh_images(self, event=None) -> None:
+        """The layer list changed: keep the user's picks (renamed or not), and pick a new image of the
+        reference's shape too (a restoration just made), but not one the user left out before."""
+        reference = self.reference.value
+        new = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        chosen = [layer for layer, _ in self._chosen]
+        if (reference is not None and isinstance(new, napari.layers.Image) and not new.rgb
+                and new.data.shape == reference.data.shape):
+            chosen.append(new)
+        kept = [layer for layer in self._viewer.layers if any(layer is c for c in chosen)]
+        self.images.reset_choices()
+        self.images.value = [layer.name for layer in kept]
+        self._chosen = [(layer, layer.name) for layer in kept]
 
     def _select_same_shape(self) -> None:
         """Default selection: every grey-scale image layer of the reference layer's shape."""
@@ -107,7 +126,9 @@ class SpotsWidget(Container):
         reference = self.reference.value
         if reference is not None and reference.metadata.get("pixel_size_um"):
             self.pixel_size.value = round(float(reference.metadata["pixel_size_um"]) * 1000, 3)
-        self._select_same_shape()
+        if reference is not getattr(self, "_reference", None):  # (not when the same layer is renamed)
+            self._reference = reference
+            self._select_same_shape()
         self.grid_labels.schedule()  # the labels themselves go over the reference
 
     def new_labels(self) -> napari.layers.Points:

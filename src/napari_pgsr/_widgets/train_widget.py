@@ -201,8 +201,12 @@ class TrainWidget(Container):
         # a closed widget must stop following the layer list (its Qt parts are gone)
         self.native.destroyed.connect(lambda *_: viewer.layers.events.inserted.disconnect(self._pick_pair_layers))
 
-    def _pick_pair_layers(self, *_):
-        """Default to the newest '<name> low' / '<name> high' layers of the Exposure pairs widget."""
+    def _pick_pair_layers(self, event=None):
+        """Default to the newest '<name> low' / '<name> high' layers of the Exposure pairs widget; later, only a
+        new pair (just split) replaces what is chosen, not any layer added (points, a restoration)."""
+        added = getattr(event, "value", None)
+        if added is not None and not added.name.endswith((" low", " high")):
+            return
         for layer in reversed(self._viewer.layers):
             if layer.name.endswith(" low") and layer.name[:-4] + " high" in self._viewer.layers:
                 self.low.reset_choices()
