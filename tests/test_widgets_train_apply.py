@@ -416,3 +416,73 @@ def test_restore_widget_exports_the_model_for_bioimage_io(make_napari_viewer, qt
 
 def test_the_training_eta_counts_hours():
     assert train_widget._clock(75) == "1:15" and train_widget._clock(3900) == "1:05:00"  # (was 05:00)
+
+
+def test_the_exposure_check_reads_the_movie_off_the_gui_thread(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    import threading
+
+    from napari_pgsr import pairs as pairs_module
+
+    readers = []
+    read = pairs_module.iter_frame_means
+
+    def spy(*args, **kwargs):
+        readers.append(threading.current_thread() is threading.main_thread())
+        return read(*args, **kwargs)
+    monkeypatch.setattr(pairs_module, "iter_frame_means", spy)
+    path = write_movie(tmp_path / "m.tif", simulate_movie("ap2", 20, (64, 64), seed=0).movie, pixel_size_um=0.16)
+    viewer = make_napari_viewer()
+    trainer = _train_widget(viewer, tmp_path, 2)
+    trainer.movies.value = [path]
+    trainer.run()  # every frame is read for the exposures: in the worker, as napari keeps drawing
+    qtbot.waitUntil(lambda: trainer._worker is None, timeout=60_000)
+    assert readers == [False] and trainer.status.state is RunState.DONE
+    _, restorer = viewer.window.add_plugin_dock_widget("napari-pgsr", "Restore")
+    restorer.model_file.value, restorer.frames.value = tmp_path / "gui.pgsr", "low"
+    restorer.movie.value = viewer.open(str(path), plugin="napari-pgsr")[0]
+    restorer.run()  # lazily: only the low frames' indices are worked out first
+    qtbot.waitUntil(lambda: "m restored" in viewer.layers, timeout=60_000)
+    assert readers == [False, False] and viewer.layers["m restored"].data.shape == (10, 64, 64)
+
+
+def _threads_named(prefix: str) -> list:
+    import threading
+
+    return [thread for thread in threading.enumerate() if thread.name.startswith(prefix)]
+
+
+def test_closing_napari_mid_run_stops_training_with_its_model_saved_and_restoring(make_napari_viewer, qtbot,
+                                                                                  tmp_path, monkeypatch):
+    from napari_pgsr.data import Normalization
+    from napari_pgsr.modelfile import save_model
+    from napari_pgsr.models.unet import UNet
+
+    shown = []
+    for module in (_workers, train_widget, apply_widget):
+        monkeypatch.setattr(module, "show_error", shown.append)
+        monkeypatch.setattr(module, "show_info", shown.append, raising=False)
+    path = write_movie(tmp_path / "m.tif", simulate_movie("ap2", 20, (64, 64), seed=0).movie, pixel_size_um=0.16)
+    viewer = make_napari_viewer()
+    _, trainer = viewer.window.add_plugin_dock_widget("napari-pgsr", "Train")
+    trainer.channels.value, trainer.patch.value, trainer.batch.value = 4, 32, 2
+    trainer.steps.value, trainer.preview_every.value, trainer.device.value = 100_000, 0, "cpu"
+    trainer.output.value = tmp_path / "t.pgsr"
+    trainer.movies.value = [path]
+    trainer.run()
+    qtbot.waitUntil(lambda: trainer.status.step >= 2, timeout=60_000)
+    viewer.close()  # napari asks its workers to quit and deletes the widgets
+    qtbot.waitUntil(lambda: not _threads_named("napari-pgsr-training_job"), timeout=60_000)
+    state = load_model(tmp_path / "t.pgsr").training_state  # saved as after Stop (the first checkpoint: 200)
+    assert state["reason"] == "stopped" and 2 <= state["step"] < 200 and not shown
+
+    model = save_model(tmp_path / "m.pgsr", UNet(depth=1, width=8), Normalization(0, 1, 0, 1), {})
+    viewer = make_napari_viewer()
+    _, restorer = viewer.window.add_plugin_dock_widget("napari-pgsr", "Restore")
+    restorer.model_file.value = model
+    restorer.movie.value = viewer.add_image(np.random.default_rng(0).random((300, 128, 128), np.float32), name="m")
+    restorer.output.value, restorer.device.value = tmp_path / "out.tif", "cpu"
+    restorer.run()
+    qtbot.waitUntil(lambda: restorer.progress.value >= 1, timeout=60_000)
+    viewer.close()
+    qtbot.waitUntil(lambda: not _threads_named("napari-pgsr-restore-job"), timeout=30_000)
+    assert not (tmp_path / "out.tif").exists() and not list(tmp_path.glob(".out.tif*")) and not shown

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -21,13 +23,29 @@ class SyncJob:
 
 
 def start(job: Callable[..., Generator], *args: Any, on_yield: Callable, on_return: Callable,
-          on_finish: Callable[[], None], context: str, computes: bool = False) -> GeneratorWorker | SyncJob:
+          on_finish: Callable[[], None], context: str, computes: bool = False, owner=None,
+          on_abort: Callable[[], None] | None = None) -> GeneratorWorker | SyncJob:
     """Start `job(*args)`; progress goes to on_yield, the result to on_return, errors to a notification.
     `computes`: a training or restoration, whose thread should share the arena that keeps freed memory
-    during CPU jobs (heap.py)."""
+    during CPU jobs (heap.py). `owner` (the widget's Qt part): once it is deleted (the viewer closed) the
+    callbacks are left out and `on_abort` (what stops the job cooperatively) is called, as when napari asks
+    the worker to quit; a job that must finish its work (save a model) runs it `in_own_thread`."""
+    alive = [True]
+
+    def guarded(callback: Callable) -> Callable:
+        return lambda *values: callback(*values) if alive[0] else None
 
     def on_error(err: Exception) -> None:
         show_error(f"{context}: {err}")
+
+    if owner is not None:
+        def gone(*_) -> None:
+            alive[0] = False
+            if on_abort is not None:
+                on_abort()
+
+        owner.destroyed.connect(gone)
+        on_yield, on_return, on_finish = guarded(on_yield), guarded(on_return), guarded(on_finish)
 
     if os.environ.get("NAPARI_PGSR_SYNC") == "1":
         try:
@@ -44,5 +62,34 @@ def start(job: Callable[..., Generator], *args: Any, on_yield: Callable, on_retu
     worker.returned.connect(on_return)
     worker.errored.connect(on_error)
     worker.finished.connect(on_finish)
+    if on_abort is not None:
+        worker.aborted.connect(on_abort)
     worker.start()
     return worker
+
+
+def in_own_thread(job: Callable[..., Generator], *args: Any) -> Generator:
+    """Run the generator `job(*args)` in a thread of its own and yield what it yields; returns its result.
+    A worker that napari asks to quit (the viewer closing) stops reading it, but the job goes on until it
+    ends by itself (told by `start`'s `on_abort`: a training then saves its model), and, not a daemon, it
+    finishes before Python exits."""
+    updates: queue.Queue = queue.Queue()
+    finished = object()
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = run_to_end(job(*args), updates.put)
+        except BaseException as err:  # handed on to the worker's error handler
+            outcome["error"] = err
+        finally:
+            updates.put(finished)
+
+    thread = threading.Thread(target=target, name=f"napari-pgsr-{getattr(job, '__name__', 'job')}")
+    thread.start()
+    while (item := updates.get()) is not finished:
+        yield item
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

@@ -100,7 +100,8 @@ def progress_job(function, *args):
         finally:
             updates.put(finished)
 
-    thread = threading.Thread(target=target, daemon=True)
+    # not a daemon: when napari closes mid-run, the job (told to stop by `start`'s on_abort) ends cleanly
+    thread = threading.Thread(target=target, name="napari-pgsr-restore-job")
     thread.start()
     while (item := updates.get()) is not finished:
         yield item
@@ -190,14 +191,27 @@ class ApplyWidget(Container):
                              layer.metadata.get("source_path"), pixel, self.frames.value, Path(output),
                              self.device.value, self.batch.value or None, self.precision.value, self._cancel,
                              on_yield=self._on_progress, on_return=lambda result: self._finished(layer, result),
-                             on_finish=self._on_finish, context=f"Restore ({layer.name})", computes=True)
+                             on_finish=self._on_finish, context=f"Restore ({layer.name})", computes=True,
+                             owner=self.native, on_abort=self._cancel.set)
 
     def _add_lazy(self, layer, model, data) -> None:
-        from ..inference import Restorer, restore_lazily
         from ..pairs import split_alternating
 
+        def low_frames():  # the exposure check reads every frame: in a worker
+            yield 0, 1
+            return split_alternating(data, name=layer.name).low_index
+
+        if self.frames.value != "low":
+            self._add_lazy_frames(layer, model, data, None)
+            return
+        start(low_frames, on_yield=self._on_progress,
+              on_return=lambda indices: self._add_lazy_frames(layer, model, data, indices),
+              on_finish=lambda: None, context=f"Restore ({layer.name})", owner=self.native)
+
+    def _add_lazy_frames(self, layer, model, data, indices) -> None:
+        from ..inference import Restorer, restore_lazily
+
         try:
-            indices = split_alternating(data, name=layer.name).low_index if self.frames.value == "low" else None
             restorer = Restorer(model, batch=self.batch.value or None, device=self.device.value,
                                 precision=self.precision.value)
         except ValueError as err:
@@ -255,7 +269,7 @@ class ApplyWidget(Container):
         movie = () if layer is None else (layer.data, self.frames.value == "low", layer.name)
         self.export_button.enabled = False
         start(export_job, Path(self.model_file.value), output, authors, *movie, on_yield=self._export_step,
-              on_return=self._exported, on_finish=self._export_finished, context="Export")
+              on_return=self._exported, on_finish=self._export_finished, context="Export", owner=self.native)
 
     def _export_step(self, step: str) -> None:  # the job's stage on the button, while it is off
         self.export_button.text = f"Export: {step}..."

@@ -68,7 +68,7 @@ class ExposurePairsWidget(Container):
         self.progress.max, self.progress.value = layer.data.shape[0], 0
         self._worker = start(split_job, layer.data, PHASES[self.phase.value], layer.name,
                              on_yield=self._on_progress, on_return=lambda p: self._show(layer, p),
-                             on_finish=self._on_finish, context=f"Exposure pairs ({layer.name})")
+                             on_finish=self._on_finish, context=f"Exposure pairs ({layer.name})", owner=self.native)
 
     def cancel(self) -> None:
         """Stop reading at the next chunk of frames."""

@@ -270,7 +270,8 @@ class SpotsWidget(Container):
             where = f", frame {frame}" if frame is not None else ""
             show_info(f"Spots: {len(found)} suggestions on {reference.name}{where}")
 
-        start(job, on_yield=lambda _: None, on_return=show, on_finish=lambda: None, context="Suggest spots")
+        start(job, on_yield=lambda _: None, on_return=show, on_finish=lambda: None, context="Suggest spots",
+              owner=self.native)
 
     def accept_suggestions(self) -> None:
         """Add the suggestions that are not already labelled (within 1 px) to the labels layer."""
@@ -310,7 +311,8 @@ class SpotsWidget(Container):
                    "suggest_threshold": self.suggest_threshold.value}
         self.measure_button.enabled, self.cancel_button.enabled = False, True
         self._worker = start(partial(iter_measure_across, **options), images, points, on_yield=self._on_progress,
-                             on_return=self._show_report, on_finish=self._on_finish, context="Measure spots")
+                             on_return=self._show_report, on_finish=self._on_finish, context="Measure spots",
+                             owner=self.native)
 
     def _measure_inputs(self) -> tuple[dict, np.ndarray, int | None]:
         layer = self.labels_layer.value

@@ -4,6 +4,7 @@ preview; Stop leaves a usable model file, Resume continues it."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -24,7 +25,7 @@ from ..training.config import GAN_MODES, LOSSES, NOISE_SHAPES, TrainConfig
 from ..training.events import EventKind, TrainingEvent
 from ..training.recipes import RECIPE_SCOPES, RECIPES, recipe_values
 from ._loss_plot import LossPlot
-from ._workers import start
+from ._workers import in_own_thread, start
 
 
 class RunState(Enum):
@@ -60,13 +61,16 @@ def pairs_from_layers(low_layer, high_layer) -> Pairs:
     return pair_stacks(low_layer.data, high_layer.data, name=low_layer.name)
 
 
-def training_job(config: TrainConfig, pairs: list[Pairs], output: Path, resume: Path | None,
-                 stop: threading.Event, preview: np.ndarray | None, preview_every: int):
-    """Worker body: the core training generator, stopped cooperatively through `stop`."""
+def training_job(config: TrainConfig, make_pairs: Callable[[], list[Pairs]], output: Path, resume: Path | None,
+                 stop: threading.Event, preview_every: int):
+    """Worker body: the pairs made (their exposure check reads every frame: not on the GUI thread), then the
+    core training generator, stopped cooperatively through `stop`."""
     import torch
 
     from ..training.loop import iter_training
 
+    pairs = make_pairs()
+    preview = preview_frames(pairs[0], config.context) if preview_every else None
     threads = torch.get_num_threads()
     if threads > 1:  # leave a core to napari's drawing, or the viewer stutters on small machines
         torch.set_num_threads(threads - 1)
@@ -76,6 +80,14 @@ def training_job(config: TrainConfig, pairs: list[Pairs], output: Path, resume: 
     finally:
         torch.set_num_threads(threads)
         _free_gpu_memory()
+
+
+def preview_frames(pairs: Pairs, context: int) -> np.ndarray:
+    """The low frames (with their context) of the middle pair, inside the validation block of a single movie,
+    at most 256 x 256: what the preview restores as training goes on."""
+    middle, corner = len(pairs) // 2, slice(0, 256)
+    return np.stack([pairs.read(int(i), corner, corner)[0] for i in
+                     context_indices(middle, len(pairs), context)]).astype(np.float32)
 
 
 def _free_gpu_memory() -> None:
@@ -103,6 +115,7 @@ class TrainWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self._viewer, self._worker, self._stop = viewer, None, threading.Event()
+        self._preview = None  # the layer showing the preview
         self._preview_scaled = False
         self.status = RunStatus()
         defaults = TrainConfig()
@@ -298,14 +311,18 @@ class TrainWidget(Container):
                               "cpu_bf16": self.cpu_bf16.value and self.cpu_bf16.enabled,
                               "validation_every": max(1, min(100, self.steps.value // 10)), **gan})
 
-    def training_pairs(self) -> list[Pairs]:
-        """Pairs from the chosen movie files, else from the chosen low/high layers."""
+    def training_pairs(self) -> Callable[[], list[Pairs]]:
+        """What makes the pairs, in the worker: from the chosen movie files, else the chosen low/high layers."""
         files = [Path(p) for p in (self.movies.value or []) if str(p) not in ("", ".")]
         if files:
-            return [split_alternating(read_movie(p)) for p in files]
-        if self.low.value is None or self.high.value is None:
+            missing = [str(p) for p in files if not p.exists()]
+            if missing:
+                raise FileNotFoundError(f"movie file not found: {', '.join(missing)}")
+            return lambda: [split_alternating(read_movie(p)) for p in files]
+        low, high = self.low.value, self.high.value
+        if low is None or high is None:
             raise ValueError("choose a low and a high layer (Exposure pairs widget) or movie files")
-        return [pairs_from_layers(self.low.value, self.high.value)]
+        return lambda: [pairs_from_layers(low, high)]
 
     def run(self, resume: bool = False) -> None:
         """Start (or resume) training in a worker."""
@@ -315,28 +332,21 @@ class TrainWidget(Container):
         try:
             if resume and not output.exists():
                 raise ValueError(f"nothing to resume: {output} does not exist")
-            config, pairs = self.config(), self.training_pairs()
+            config, make_pairs = self.config(), self.training_pairs()
         except (ValueError, FileNotFoundError) as err:
             show_error(f"Train: {err}")
             return
-        preview = None
-        if self.preview_every.value:  # the middle pair: inside the validation block of a single movie
-            movie = pairs[0]
-            middle = len(movie) // 2
-            rows = cols = slice(0, 256)
-            preview = np.stack([movie.read(int(i), rows, cols)[0] for i in
-                                context_indices(middle, len(movie), config.context)]).astype(np.float32)
-        if preview is not None:  # created now, so preview events only swap its data (cheap on the GUI thread)
-            self._preview_layer(np.zeros(preview.shape[-2:], np.float32))
-            self._preview_scaled = False
+        self._preview_scaled = False
         self._stop.clear()
         self.plot.clear()
         self.status.step, self.status.total = 0, config.steps or 0
         self.status.model_path = str(output)
         self.status.state = RunState.TRAINING
-        self._worker = start(training_job, config, pairs, output, output if resume else None, self._stop, preview,
-                             self.preview_every.value, on_yield=self._on_event, on_return=self._on_result,
-                             on_finish=self._on_finish, context="Train", computes=True)
+        # in a thread of its own: closing napari mid-run stops it like Stop does, and the model is saved
+        self._worker = start(in_own_thread, training_job, config, make_pairs, output, output if resume else None,
+                             self._stop, self.preview_every.value, on_yield=self._on_event,
+                             on_return=self._on_result, on_finish=self._on_finish, context="Train", computes=True,
+                             owner=self.native, on_abort=self._stop.set)
 
     def stop(self) -> None:
         """Stop at the next step; the model is saved."""
@@ -366,12 +376,15 @@ class TrainWidget(Container):
                 self._preview_scaled = True
 
     def _preview_layer(self, image: np.ndarray):
-        name = "training preview"
-        if name in self._viewer.layers:
-            self._viewer.layers[name].data = image
-            return self._viewer.layers[name]
+        name, layers = "training preview", self._viewer.layers
+        if self._preview not in layers and name in layers and isinstance(layers[name], napari.layers.Image):
+            self._preview = layers[name]  # an earlier run's
+        if self._preview in layers:
+            self._preview.data = image
+            return self._preview
         scale = self.low.value.scale[-2:] if self.low.value is not None else (1, 1)
-        return self._viewer.add_image(image, name=name, scale=scale, colormap="gray")
+        self._preview = self._viewer.add_image(image, name=name, scale=scale, colormap="gray")
+        return self._preview
 
     def _on_result(self, result) -> None:
         self.status.state = RunState.STOPPED if result.reason == "stopped" else RunState.DONE
