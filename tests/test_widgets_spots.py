@@ -403,3 +403,13 @@ def test_measure_on_keeps_the_users_picks_when_layers_come_and_go(make_napari_vi
     assert widget.images.value == ["high exposure", "restored"]
     viewer.layers.remove("restored")
     assert widget.images.value == ["high exposure"]
+
+
+def test_images_placed_differently_are_not_measured_at_one_set_of_pixels(make_napari_viewer, rng, messages):
+    viewer, widget, _ = _viewer_with_images(make_napari_viewer, rng)
+    viewer.layers["low"].translate = (3.2, 0)  # 20 pixels down
+    widget.images.value = ["high", "low"]
+    widget.new_labels().data = TRUTH
+    widget.measure()
+    assert messages["error"][-1] == ("Spots: image layer(s) ['low'] are placed differently from 'high' (scale or "
+                                     "translate): the labels would fall on other pixels; measure them separately")

@@ -258,6 +258,9 @@ def test_restore_widget_lazily_to_file_and_side_by_side(viewer_with_pairs, qtbot
     low = viewer.layers["cells low"]
     ratio, baseline = low.metadata["ratio"], low.metadata["baseline"]
     np.testing.assert_allclose(low.contrast_limits, [baseline + (v - baseline) / ratio for v in (100, 900)])
+    callbacks = len(viewer.layers["cells high"].events.contrast_limits.callbacks)
+    widget.side_by_side()  # pressed again: still one link from high to low
+    assert len(viewer.layers["cells high"].events.contrast_limits.callbacks) == callbacks
     grid = viewer.canvas.grid
     viewer.canvas.size = (400, 1300)  # wide: one row; the grid follows the canvas as it is resized
     assert grid.enabled and tuple(grid.shape) == (1, 3)

@@ -117,6 +117,7 @@ class ApplyWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self._viewer, self._worker, self._cancel = viewer, None, threading.Event()
+        self._follow = None  # (high layer, the callback that makes low's contrast follow it)
         self.model_file = FileEdit(label="Model file", mode="r", filter="*.pgsr *.zip")
         self.about = Label(label="Model", value="-")
         self.about.native.setWordWrap(True)  # long descriptions wrap instead of widening the dock
@@ -315,7 +316,10 @@ class ApplyWidget(Container):
                     low.contrast_limits = tuple(baseline + (value - baseline) / ratio for value in high.contrast_limits)
 
                 follow()
+                if self._follow is not None:  # one link at a time, however often this is pressed
+                    self._follow[0].events.contrast_limits.disconnect(self._follow[1])
                 high.events.contrast_limits.connect(follow)
+                self._follow = (high, follow)
         grid.enabled = True
         if self._fit_grid is not None:
             self._fit_grid.stop()

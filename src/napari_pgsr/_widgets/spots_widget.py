@@ -328,6 +328,13 @@ class SpotsWidget(Container):
         if missing:
             raise ValueError(f"image layer(s) {missing} are gone; choose the images again")
         layers = [self._viewer.layers[name] for name in names]
+        # one set of pixel positions serves every image: each must lie where the first does
+        moved = [other.name for other in layers[1:] if not (
+            np.allclose(other.scale[-2:], layers[0].scale[-2:]) and np.allclose(other.translate[-2:],
+                                                                                layers[0].translate[-2:]))]
+        if moved:
+            raise ValueError(f"image layer(s) {moved} are placed differently from '{layers[0].name}' (scale or "
+                             "translate): the labels would fall on other pixels; measure them separately")
         points = to_image_coordinates(layer, layers[0])
         frame = None
         if points.shape[1] != layers[0].ndim:
