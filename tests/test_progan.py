@@ -44,6 +44,11 @@ def test_minibatch_stddev_appends_the_group_mean_std():
     torch.testing.assert_close(out[:, 3], torch.full((4, 2, 2), float(np.std([0, 1, 2, 3]))))
     pairs = MinibatchStdDev(group_size=2)(x)  # groups {0, 2} and {1, 3}: std 1 each
     torch.testing.assert_close(pairs[:, 3], torch.ones(4, 2, 2), atol=1e-4, rtol=0)
+    # batches 4 does not divide: groups of 3 for 9 (samples i, i + 3, i + 6: std of 0, 3, 6), one of all for 7
+    nine = MinibatchStdDev()(torch.arange(9.0).reshape(9, 1, 1, 1))[:, 1].flatten()
+    torch.testing.assert_close(nine, torch.full((9,), float(np.std([0, 3, 6]))))
+    seven = MinibatchStdDev()(torch.arange(7.0).reshape(7, 1, 1, 1))[:, 1].flatten()
+    torch.testing.assert_close(seven, torch.full((7,), float(np.std(np.arange(7)))))  # (not 0: a signal)
 
 
 def _grown(width=0.05, resolution=16, alpha=0.0):

@@ -63,6 +63,16 @@ def test_a_closed_train_widget_stops_following_the_layer_list(make_napari_viewer
     viewer.add_image(np.zeros((8, 8)), name="x high")  # would have reached the deleted widget
 
 
+def test_pairs_come_from_the_file_only_while_it_holds_what_the_layers_show(viewer_with_pairs):
+    low, high = viewer_with_pairs.layers["cells low"], viewer_with_pairs.layers["cells high"]
+    from_file = train_widget.pairs_from_layers(low, high)
+    assert from_file.read(0)[0].shape == (64, 64) and len(from_file) == 24
+    low.data, high.data = np.asarray(low.data[:, :32, :40]), np.asarray(high.data[:, :32, :40])  # cropped
+    cropped = train_widget.pairs_from_layers(low, high)
+    assert cropped.read(0)[0].shape == (32, 40) and len(cropped) == 24
+    np.testing.assert_array_equal(cropped.read(5)[0], low.data[5])
+
+
 def test_the_users_choice_of_pairs_survives_other_layers_added(make_napari_viewer):
     viewer = make_napari_viewer()
     for name in ("x low", "x high", "A", "B"):

@@ -57,7 +57,11 @@ def pairs_from_layers(low_layer, high_layer) -> Pairs:
     meta = low_layer.metadata
     source = meta.get("source_path")
     if "low_index" in meta and source and Path(source).exists():
-        return pairs_at(read_movie(source), meta["low_index"], meta["high_index"], low_first=meta.get("low_first"))
+        movie = read_movie(source)
+        # the file still holds what was split (not rewritten since, nor the layer cropped or a copy's)
+        if movie.shape[1:] == tuple(low_layer.data.shape[1:]) and max(meta["low_index"] + meta["high_index"]) < len(
+                movie.data) and len(meta["low_index"]) == len(low_layer.data):
+            return pairs_at(movie, meta["low_index"], meta["high_index"], low_first=meta.get("low_first"))
     return pair_stacks(low_layer.data, high_layer.data, name=low_layer.name)
 
 

@@ -71,9 +71,11 @@ class MinibatchStdDev(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, chans, height, width = x.shape
-        group = min(self.group_size, batch)
-        if batch % group:
-            group = 1 if batch % 2 else 2
+        # Karras: groups of 4 (or the batch); a batch that 4 does not divide takes the largest size that does
+        # divide it, or one group of all (a prime batch): groups of 1 would give a constant channel
+        group = max(size for size in range(1, min(self.group_size, batch) + 1) if batch % size == 0)
+        if group == 1:
+            group = batch
         y = x.float().reshape(group, -1, chans, height, width)  # sample i is in group i % (batch / group)
         std = torch.sqrt(y.var(dim=0, unbiased=False) + 1e-8).mean(dim=(1, 2, 3))  # one per group
         std = std.to(x.dtype).repeat(group).reshape(batch, 1, 1, 1).expand(batch, 1, height, width)
