@@ -329,7 +329,8 @@ class SpotsWidget(Container):
             raise ValueError(f"image layer(s) {missing} are gone; choose the images again")
         layers = [self._viewer.layers[name] for name in names]
         # one set of pixel positions serves every image: each must lie where the first does
-        moved = [other.name for other in layers[1:] if not (
+        # (images of another shape are refused by the measurement itself, with their shapes)
+        moved = [other.name for other in layers[1:] if other.data.shape == layers[0].data.shape and not (
             np.allclose(other.scale[-2:], layers[0].scale[-2:]) and np.allclose(other.translate[-2:],
                                                                                 layers[0].translate[-2:]))]
         if moved:
