@@ -17,7 +17,7 @@ FRAMES = np.random.default_rng(3).integers(0, 4000, (6, 32, 48)).astype(np.uint1
 CRASH = """
 import os, sys, numpy as np, tifffile
 frames = np.load(sys.argv[2])
-layout = {"imagej": dict(imagej=True), "ome": dict(ome=True)}[sys.argv[3]]
+layout = {"imagej": dict(imagej=True), "ome": dict(ome=True), "big-endian": dict(byteorder=">")}[sys.argv[3]]
 writer = tifffile.TiffWriter(sys.argv[1], **layout)
 for frame in frames:
     writer.write(frame, contiguous=True, resolution=(1 / 0.16, 1 / 0.16), metadata={"unit": "um"})
@@ -26,7 +26,7 @@ os._exit(1)
 """
 
 
-@pytest.mark.parametrize("layout", ["imagej", "ome"])
+@pytest.mark.parametrize("layout", ["imagej", "ome", "big-endian"])
 def test_crashed_acquisition_is_recovered(tmp_path, layout):
     np.save(tmp_path / "frames.npy", FRAMES)
     crashed = tmp_path / f"crashed_{layout}.tif"
@@ -40,6 +40,7 @@ def test_crashed_acquisition_is_recovered(tmp_path, layout):
     assert found.shape == (6, 32, 48)
     recovered = read_movie(tmp_path / "recovered.tif")
     np.testing.assert_array_equal(recovered.data.compute(), FRAMES)
+    assert recovered.data.dtype == np.uint16  # (a big-endian file's frames were saved as float32)
     if layout == "imagej":  # (tifffile writes an OME file's metadata only when it is closed)
         assert recovered.pixel_size_um == pytest.approx(0.16)
     assert "recovered from the damaged file" in recovered.metadata["description"]
@@ -65,6 +66,28 @@ def test_copy_cut_short_gives_its_complete_frames(tmp_path, name, compression):
     np.testing.assert_array_equal(np.asarray(found.frames[0:2, 3:9]), FRAMES[0:2, 3:9])
     recover_movie(cut, tmp_path / "recovered.ome.tif")
     np.testing.assert_array_equal(read_movie(tmp_path / "recovered.ome.tif").data.compute(), FRAMES[:complete])
+
+
+@pytest.mark.parametrize("cut", [0.6, 0.8])
+def test_frames_stored_each_with_its_index_entry_or_before_the_whole_index_are_not_mixed_with_it(tmp_path, cut):
+    # each frame beside its own index entry (as libtiff and Micro-Manager write): only the pages tell where
+    # pixels are; and a stack whose index of the other frames follows all the pixels, cut inside that index
+    interleaved, stacked = tmp_path / "interleaved.tif", tmp_path / "stacked.ome.tif"
+    with tifffile.TiffWriter(interleaved) as writer:
+        for frame in FRAMES:
+            writer.write(frame, contiguous=False, metadata=None)
+    small = FRAMES[:, :8, :8].repeat(7, axis=0)  # 42 frames smaller than their index entries: a big index
+    tifffile.imwrite(stacked, small, ome=True, metadata={"axes": "TYX"})
+    for path, frames in ((interleaved, FRAMES), (stacked, small)):
+        data = path.read_bytes()
+        with tifffile.TiffFile(path) as tif:  # frames whose pixels end before the cut
+            complete = sum(page.dataoffsets[-1] + page.databytecounts[-1] <= int(len(data) * cut)
+                           for page in tif.pages)
+        path.write_bytes(data[:int(len(data) * cut)])
+        found = find_complete_frames(path)
+        assert found.shape[0] == complete >= 2, path.name
+        np.testing.assert_array_equal(np.asarray(found.frames[:complete]), frames[:complete])
+    assert complete == 42  # the stack's pixels are whole, its index cut: no index bytes read as frames
 
 
 def test_recover_refuses_whole_files_and_keeps_outputs(tmp_path, capsys):
@@ -101,3 +124,5 @@ def test_single_frame_with_metadata_after_its_pixels_stays_a_single_frame(tmp_pa
         assert page.tags["ImageDescription"].valueoffset > page.dataoffsets[0]  # else this test tests nothing
     with pytest.raises(ValueError, match="snapshot.tif .*single frame"):
         read_movie(path)
+    with pytest.raises(ValueError, match="only 1 complete frame found"):  # its description is no frame
+        find_complete_frames(path)

@@ -458,6 +458,39 @@ def test_the_exposure_check_reads_the_movie_off_the_gui_thread(make_napari_viewe
     assert readers == [False, False] and viewer.layers["m restored"].data.shape == (10, 64, 64)
 
 
+QUIT_MID_TRAINING = """
+import sys, time
+import napari
+from qtpy.QtWidgets import QApplication
+
+movie, output = sys.argv[1:]
+viewer = napari.Viewer(show=False)
+_, widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Train")
+# steps of about a second: the one under way when napari closes is still running as Python exits
+widget.channels.value, widget.patch.value, widget.batch.value = 32, 64, 16
+widget.steps.value, widget.preview_every.value, widget.device.value = 100_000, 0, "cpu"
+widget.output.value, widget.movies.value = output, [movie]
+widget.run()
+began = time.time()
+while widget.status.step < 2 and time.time() - began < 60:
+    QApplication.instance().processEvents()
+    time.sleep(0.01)
+viewer.close()
+"""  # and Python exits, as after napari's window is closed
+
+
+def test_quitting_napari_mid_training_saves_the_model_before_python_exits(tmp_path):
+    import subprocess
+    import sys
+
+    path = write_movie(tmp_path / "m.tif", simulate_movie("ap2", 20, (64, 64), seed=0).movie, pixel_size_um=0.16)
+    done = subprocess.run([sys.executable, "-c", QUIT_MID_TRAINING, str(path), str(tmp_path / "t.pgsr")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = load_model(tmp_path / "t.pgsr").training_state  # (a daemon thread was killed before saving)
+    assert state["reason"] == "stopped" and 2 <= state["step"] < 200
+
+
 def _threads_named(prefix: str) -> list:
     import threading
 

@@ -233,7 +233,8 @@ def _check_not_truncated(tif: tifffile.TiffFile, path: Path, shape: tuple[int, .
     recover = f"napari-pgsr-recover {path.name} -o recovered.tif copies the complete frames to a new movie"
     if announced > held or past_end:
         found = (f"its ImageJ header announces {announced} frames but the file indexes {held}"
-                 if announced > held else "its last frame reaches past the end of the file")
+                 if announced > held else "its last page (a frame, or the index of the frames) reaches past the end "
+                 "of the file")
         raise ValueError(f"{path} is truncated or damaged: {found} (a copy or download cut short?); {recover}")
     frame_bytes = int(np.prod(shape[-2:])) * last.dtype.itemsize if last.dtype is not None else 0
     if held == 1 and len(tif.pages) == 1 and last.is_contiguous and last.compression == 1 and frame_bytes:
@@ -285,6 +286,9 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
             frames, f"movie-{path.name}-{stat.st_mtime_ns}-{stat.st_size}", path)
         pixel_size = _pixel_size_um(tif)
         description = _description(tif)
+    except tifffile.TiffFileError as err:  # (a ValueError, but one that does not name the file)
+        tif.close()
+        raise ValueError(f"{path} is a damaged TIFF ({err})") from err
     except ValueError:
         tif.close()
         raise
@@ -386,7 +390,7 @@ def write_movie(
     ome = path.name.lower().endswith((".ome.tif", ".ome.tiff"))
     if not ome and dtype not in (np.uint8, np.uint16, np.float32):
         warnings.warn(f"{path}: ImageJ TIFF cannot hold {dtype} pixels; saving float32 (name the file "
-                      ".ome.tif to keep {dtype})", stacklevel=2)
+                      f".ome.tif to keep {dtype})", stacklevel=2)
         dtype = np.dtype(np.float32)
     stack = array if array.ndim == 3 else array[None]
     # minisblack: otherwise tifffile takes a last axis of 3 or 4 pixels for colour samples

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from .io import _description, _pixel_size_um, lazy_frames, read_movie, write_movie
+from .io import _description, _next_page_offset, _pixel_size_um, lazy_frames, read_movie, write_movie
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Recovery:
     """The complete frames found in a damaged TIFF, and how they were found."""
 
     path: Path
-    frames: Any  # T x Y x X array-like that reads frame by frame (a memmap, or the pages one by one)
+    frames: Any  # T x Y x X array-like that reads frame by frame (from a memory map, or page by page)
     pixel_size_um: float | None
     description: str | None
     how: str  # e.g. "pixel data that follow the first page" or "pages whose data lie inside the file"
@@ -56,6 +56,17 @@ class _Pages:
             return frames[(slice(None), *index[1:])]
 
 
+class _Native:
+    """Frames of a memory map read in this machine's byte order (a big-endian file's too)."""
+
+    def __init__(self, frames: np.memmap):
+        self.frames, self.shape, self.ndim = frames, frames.shape, frames.ndim
+        self.dtype = frames.dtype.newbyteorder("=")
+
+    def __getitem__(self, index):
+        return np.asarray(self.frames[index]).astype(self.dtype)
+
+
 @contextmanager
 def _quiet_tifffile() -> Iterator[None]:
     """Silence tifffile's log about the broken index or tags of a damaged file: that it is damaged is known."""
@@ -68,10 +79,11 @@ def _quiet_tifffile() -> Iterator[None]:
         log.setLevel(level)
 
 
-def _readable_pages(tif: tifffile.TiffFile, size: int, shape: tuple[int, ...], dtype: np.dtype) -> list[int]:
-    """Offsets of the pages, in order, until the first one that is broken, of another kind or reaches past
-    the end of the file."""
-    offsets = []
+def _readable_pages(tif: tifffile.TiffFile, size: int, shape: tuple[int, ...],
+                    dtype: np.dtype) -> list[tuple[int, int]]:
+    """(index entry, first pixel) offsets of the pages, in order, until the first one that is broken, of
+    another kind or reaches past the end of the file."""
+    pages = []
     for position in range(len(tif.pages)):
         try:
             page = tif.pages[position]
@@ -81,8 +93,24 @@ def _readable_pages(tif: tifffile.TiffFile, size: int, shape: tuple[int, ...], d
         if (page.shape != shape or page.dtype != dtype or not ends or 0 in page.databytecounts
                 or max(ends) > size):
             break
-        offsets.append(page.offset)
-    return offsets
+        pages.append((page.offset, page.dataoffsets[0]))
+    return pages
+
+
+def _stacked_frames(tif: tifffile.TiffFile, pages: list[tuple[int, int]], frame_bytes: int) -> int:
+    """How many frames lie one after another from the first page's pixels: 0 unless those are uncompressed,
+    in one piece, and every readable page's pixels follow the one before. They end at the end of the file,
+    or where anything the first page points to (the next index entry, a tag's value) starts."""
+    first, size = tif.pages.first, tif.filehandle.size
+    start = first.dataoffsets[0]
+    if not first.is_contiguous or first.compression != 1 or any(
+            data != start + i * frame_bytes for i, (_, data) in enumerate(pages)):
+        return 0  # compressed, or each frame stored with its own index entry: the pages tell
+    pointed = [_next_page_offset(tif, first.offset)] + [tag.valueoffset for tag in first.tags.values()]
+    end = min([size] + [offset for offset in pointed if offset > start])
+    stacked = max(0, end - start) // frame_bytes
+    announced = int((tif.imagej_metadata or {}).get("images", 0))
+    return min(stacked, announced) if announced > 1 else stacked  # ImageJ counts the frames of the whole file
 
 
 def find_complete_frames(path: str | os.PathLike) -> Recovery:
@@ -111,20 +139,16 @@ def find_complete_frames(path: str | os.PathLike) -> Recovery:
                              "are recovered")
         shape, dtype = tuple(first.shape), np.dtype(first.dtype)
         pages = _readable_pages(tif, size, shape, dtype)
-        start, stacked = first.dataoffsets[0], 0
-        if first.is_contiguous and first.compression == 1:  # uncompressed data in one piece
-            stacked = (size - start) // (int(np.prod(shape)) * dtype.itemsize)
-            announced = int((tif.imagej_metadata or {}).get("images", 0))
-            if announced > 1:  # ImageJ's count of the whole file: data past it are not frames
-                stacked = min(stacked, announced)
-        pixel_size, description = _pixel_size_um(tif), _description(tif)
+        stacked = _stacked_frames(tif, pages, int(np.prod(shape)) * dtype.itemsize)
+        start, pixel_size, description = first.dataoffsets[0], _pixel_size_um(tif), _description(tif)
         byteorder = tif.byteorder
     if stacked > len(pages):
-        frames = np.memmap(path, dtype=dtype.newbyteorder(byteorder), mode="r", offset=start,
-                           shape=(stacked, *shape))
+        frames = _Native(np.memmap(path, dtype=dtype.newbyteorder(byteorder), mode="r", offset=start,
+                                   shape=(stacked, *shape)))
         how = "uncompressed frames stored one after another from the first page"
     else:
-        frames, how = _Pages(path, pages, shape, dtype), "pages whose data lie wholly inside the file"
+        frames = _Pages(path, [entry for entry, _ in pages], shape, dtype)
+        how = "pages whose data lie wholly inside the file"
     if frames.shape[0] < 2:
         raise ValueError(f"{path}: only {frames.shape[0]} complete frame found; a movie needs at least 2")
     return Recovery(path, frames, pixel_size, description, how)

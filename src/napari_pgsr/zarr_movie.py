@@ -73,7 +73,8 @@ def read_zarr_movie(path: Path, single_frame: bool = False):
     x_axis = names.index("x")
     for transform in dataset.get("coordinateTransformations", []):
         if transform.get("type") == "scale":
-            axis = (multiscale.get("axes") or [{}] * array.ndim)[x_axis]
+            axes = multiscale.get("axes") or []
+            axis = axes[x_axis] if len(axes) == array.ndim else {}  # (unnamed axes: no unit either)
             unit = str(axis.get("unit", "") if isinstance(axis, dict) else "")
             factor = _UNIT_TO_UM.get(unit.lower())  # no unit: the scale is not a physical size
             pixel_size = float(transform["scale"][x_axis]) * factor if factor else None

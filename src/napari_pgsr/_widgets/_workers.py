@@ -62,8 +62,14 @@ def start(job: Callable[..., Generator], *args: Any, on_yield: Callable, on_retu
     worker.returned.connect(on_return)
     worker.errored.connect(on_error)
     worker.finished.connect(on_finish)
-    if on_abort is not None:
-        worker.aborted.connect(on_abort)
+    if on_abort is not None:  # napari quits its workers as the viewer closes: tell the job at once (a queued
+        quit = worker.quit     # 'aborted' signal would wait for a GUI thread that is busy closing)
+
+        def quit_and_abort() -> None:
+            on_abort()
+            quit()
+
+        worker.quit = quit_and_abort
     worker.start()
     return worker
 
@@ -85,7 +91,9 @@ def in_own_thread(job: Callable[..., Generator], *args: Any) -> Generator:
         finally:
             updates.put(finished)
 
-    thread = threading.Thread(target=target, name=f"napari-pgsr-{getattr(job, '__name__', 'job')}")
+    # daemon=False said outright: a thread started from a worker's (foreign, daemon) thread is a daemon
+    # otherwise, and Python would kill it at exit instead of letting it save
+    thread = threading.Thread(target=target, name=f"napari-pgsr-{getattr(job, '__name__', 'job')}", daemon=False)
     thread.start()
     while (item := updates.get()) is not finished:
         yield item

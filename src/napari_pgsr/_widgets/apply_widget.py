@@ -101,7 +101,7 @@ def progress_job(function, *args):
             updates.put(finished)
 
     # not a daemon: when napari closes mid-run, the job (told to stop by `start`'s on_abort) ends cleanly
-    thread = threading.Thread(target=target, name="napari-pgsr-restore-job")
+    thread = threading.Thread(target=target, name="napari-pgsr-restore-job", daemon=False)  # (see in_own_thread)
     thread.start()
     while (item := updates.get()) is not finished:
         yield item
@@ -200,14 +200,17 @@ class ApplyWidget(Container):
 
         def low_frames():  # the exposure check reads every frame: in a worker
             yield 0, 1
-            return split_alternating(data, name=layer.name).low_index
+            indices = split_alternating(data, name=layer.name).low_index
+            yield 1, 1
+            return indices
 
         if self.frames.value != "low":
             self._add_lazy_frames(layer, model, data, None)
             return
-        start(low_frames, on_yield=self._on_progress,
-              on_return=lambda indices: self._add_lazy_frames(layer, model, data, indices),
-              on_finish=lambda: None, context=f"Restore ({layer.name})", owner=self.native)
+        self.run_button.enabled = False
+        self._worker = start(low_frames, on_yield=self._on_progress,
+                             on_return=lambda indices: self._add_lazy_frames(layer, model, data, indices),
+                             on_finish=self._on_finish, context=f"Restore ({layer.name})", owner=self.native)
 
     def _add_lazy_frames(self, layer, model, data, indices) -> None:
         from ..inference import Restorer, restore_lazily
