@@ -79,13 +79,26 @@ def in_own_thread(job: Callable[..., Generator], *args: Any) -> Generator:
     A worker that napari asks to quit (the viewer closing) stops reading it, but the job goes on until it
     ends by itself (told by `start`'s `on_abort`: a training then saves its model), and, not a daemon, it
     finishes before Python exits."""
+    return (yield from _forwarded(lambda put: run_to_end(job(*args), put),
+                                  f"napari-pgsr-{getattr(job, '__name__', 'job')}"))
+
+
+def progress_job(function: Callable, *args: Any) -> Generator:
+    """Run `function(*args, progress)` in a thread of its own (as `in_own_thread`) and yield its (done, total)
+    progress: a generator for the worker."""
+    return (yield from _forwarded(lambda put: function(*args, lambda done, total: put((done, total))),
+                                  "napari-pgsr-restore-job"))
+
+
+def _forwarded(run: Callable[[Callable[[Any], None]], Any], name: str) -> Generator:
+    """Yield what `run(put)` puts, from a thread of its own; return its result or raise its error."""
     updates: queue.Queue = queue.Queue()
     finished = object()
     outcome: dict = {}
 
     def target() -> None:
         try:
-            outcome["value"] = run_to_end(job(*args), updates.put)
+            outcome["value"] = run(updates.put)
         except BaseException as err:  # handed on to the worker's error handler
             outcome["error"] = err
         finally:
@@ -93,7 +106,7 @@ def in_own_thread(job: Callable[..., Generator], *args: Any) -> Generator:
 
     # daemon=False said outright: a thread started from a worker's (foreign, daemon) thread is a daemon
     # otherwise, and Python would kill it at exit instead of letting it save
-    thread = threading.Thread(target=target, name=f"napari-pgsr-{getattr(job, '__name__', 'job')}", daemon=False)
+    thread = threading.Thread(target=target, name=name, daemon=False)
     thread.start()
     while (item := updates.get()) is not finished:
         yield item

@@ -4,7 +4,6 @@ streamed to a file in a worker; and a one-click side-by-side view with linked co
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import napari
@@ -14,20 +13,10 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, Label, LineEdit, Pr
 from napari.utils.notifications import show_error, show_info
 
 from ..inference import PRECISIONS
-from ..io import Movie, display_range, frame_source, read_movie_or_frame
+from ..io import display_range, frame_source, read_movie_or_frame
 from ._grid_view import FitGridToCanvas, canvas_grid
-from ._workers import start
-
-
-class Cancelled(Exception):
-    """Raised inside the worker when the user cancels."""
-
-
-@dataclass(frozen=True)
-class CancelledRun:
-    """What the worker returns after a cancel (a returned exception would count as a worker error)."""
-
-    message: str
+from ._restore_jobs import CancelledRun, export_job, restore_job
+from ._workers import progress_job, start
 
 
 def describe_model(model) -> str:
@@ -37,78 +26,6 @@ def describe_model(model) -> str:
     metrics = (f"validation PSNR {validation['psnr']:.2f} dB, SSIM {validation['ssim']:.3f}"
                if "psnr" in validation else "no validation")
     return f"{model.describe()}\nsaved {meta.get('saved', '?')}\n{metrics}"
-
-
-def restore_job(model_path: Path, layer_data, source_path: str | None, pixel_size, frames: str, output: Path,
-                device: str, batch: int | None, precision: str, cancel: threading.Event, progress):
-    """Worker body (plain function): stream the restored movie to `output` (TIFF or OME-Zarr); returns the
-    output path, or a CancelledRun when the user cancelled (a TIFF is then not written; an OME-Zarr store
-    keeps the frames restored so far)."""
-    from ..inference import Restorer, restore_to_file
-    from ..modelfile import load_model
-
-    movie = Movie(layer_data, frame_source(layer_data), Path(source_path) if source_path else None, pixel_size)
-    done = [0, -1]  # frames written, of how many
-
-    def report(count: int, total: int) -> None:
-        done[:] = count, total
-        progress(count, total)
-
-    restorer = Restorer(load_model(model_path), batch=batch, device=device, precision=precision)
-    try:
-        restore_to_file(restorer, movie, output, frames=frames, progress=report, should_stop=cancel.is_set)
-    except InterruptedError:  # not an error: reported as information
-        return CancelledRun(f"cancelled after {done[0]} frames; {output.name} was not written (a TIFF is written "
-                            "whole; save to a .zarr name to keep what was restored)")
-    if cancel.is_set() and done[0] != done[1]:  # a cancel after the last frame changes nothing
-        return CancelledRun(f"cancelled after {done[0]} frames; they are kept in {output} (unwritten frames read "
-                            "as NaN; napari-pgsr-predict --resume completes it)")
-    return output
-
-
-def export_job(model_path: Path, output: Path, authors: list[str], movie=None, alternating: bool = False,
-               movie_name: str = ""):
-    """Worker body (a generator, for `start`): write the bioimage.io package, its test input taken from the
-    first low-exposure frames of `movie` (a layer's data) when given, and run bioimageio.core's own test of
-    it; returns (output, passed, the test's summary)."""
-    from ..bmz import check_package, export_bioimageio, movie_low_frames
-    from ..modelfile import load_model
-
-    yield "writing the package"
-    model = load_model(model_path)
-    frames = None if movie is None else movie_low_frames(movie, 2 * model.context + 1, alternating=alternating,
-                                                          name=movie_name)
-    path = export_bioimageio(model, output, authors=authors or None, test_frames=frames)
-    yield "testing with bioimageio.core"
-    passed, summary = check_package(path)
-    return path, passed, summary
-
-
-def progress_job(function, *args):
-    """Run `function(*args, progress)` and yield its (done, total) progress: a generator for the worker."""
-    import queue
-
-    updates: queue.Queue = queue.Queue()
-    finished = object()
-    outcome = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = function(*args, lambda done, total: updates.put((done, total)))
-        except BaseException as err:  # handed to the worker's error handler below
-            outcome["error"] = err
-        finally:
-            updates.put(finished)
-
-    # not a daemon: when napari closes mid-run, the job (told to stop by `start`'s on_abort) ends cleanly
-    thread = threading.Thread(target=target, name="napari-pgsr-restore-job", daemon=False)  # (see in_own_thread)
-    thread.start()
-    while (item := updates.get()) is not finished:
-        yield item
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 class ApplyWidget(Container):

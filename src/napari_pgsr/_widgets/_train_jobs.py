@@ -1,0 +1,65 @@
+"""What the Train widget runs in its worker: the pairs made from layers or movie files, a preview's frames,
+and the core training loop (plain functions, with no widget in them)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..data import context_indices
+from ..io import read_movie
+from ..pairs import Pairs, pair_stacks, pairs_at
+from ..training.config import TrainConfig
+
+
+def pairs_from_layers(low_layer, high_layer) -> Pairs:
+    """Pairs from the Exposure pairs widget's layers: read straight from the movie file when it is known
+    (fast patch sampling), else from the layers' data."""
+    meta = low_layer.metadata
+    source = meta.get("source_path")
+    if "low_index" in meta and source and Path(source).exists():
+        movie = read_movie(source)
+        # the file still holds what was split (not rewritten since, nor the layer cropped or a copy's)
+        if movie.shape[1:] == tuple(low_layer.data.shape[1:]) and max(meta["low_index"] + meta["high_index"]) < len(
+                movie.data) and len(meta["low_index"]) == len(low_layer.data):
+            return pairs_at(movie, meta["low_index"], meta["high_index"], low_first=meta.get("low_first"))
+    return pair_stacks(low_layer.data, high_layer.data, name=low_layer.name)
+
+
+def training_job(config: TrainConfig, make_pairs: Callable[[], list[Pairs]], output: Path, resume: Path | None,
+                 stop: threading.Event, preview_every: int):
+    """Worker body: the pairs made (their exposure check reads every frame: not on the GUI thread), then the
+    core training generator, stopped cooperatively through `stop`."""
+    import torch
+
+    from ..training.loop import iter_training
+
+    pairs = make_pairs()
+    preview = preview_frames(pairs[0], config.context) if preview_every else None
+    threads = torch.get_num_threads()
+    if threads > 1:  # leave a core to napari's drawing, or the viewer stutters on small machines
+        torch.set_num_threads(threads - 1)
+    try:
+        return (yield from iter_training(config, pairs, output, resume=resume, should_stop=stop.is_set,
+                                         preview=preview, preview_every=preview_every))
+    finally:
+        torch.set_num_threads(threads)
+        _free_gpu_memory()
+
+
+def preview_frames(pairs: Pairs, context: int) -> np.ndarray:
+    """The low frames (with their context) of the middle pair, inside the validation block of a single movie,
+    at most 256 x 256: what the preview restores as training goes on."""
+    middle, corner = len(pairs) // 2, slice(0, 256)
+    return np.stack([pairs.read(int(i), corner, corner)[0] for i in
+                     context_indices(middle, len(pairs), context)]).astype(np.float32)
+
+
+def _free_gpu_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
