@@ -126,3 +126,14 @@ def test_single_frame_with_metadata_after_its_pixels_stays_a_single_frame(tmp_pa
         read_movie(path)
     with pytest.raises(ValueError, match="only 1 complete frame found"):  # its description is no frame
         find_complete_frames(path)
+
+
+def test_the_cli_reports_in_one_line_without_tifffile_logging_the_damage(tmp_path, capfd):
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, FRAMES, compression="zlib", metadata={"axes": "TYX"})  # its description at the end
+    data = whole.read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[:len(data) * 6 // 10])
+    assert recover_main([str(tmp_path / "cut.tif"), "-o", str(tmp_path / "out.tif")]) == 0
+    out, err = capfd.readouterr()
+    assert out.startswith(f"wrote {tmp_path / 'out.tif'}: ") and " complete frames of 32 x 48 uint16" in out
+    assert err == ""

@@ -44,7 +44,7 @@ class _Pages:
         index = index if isinstance(index, tuple) else (index,)
         picked = np.arange(self.shape[0])[index[0]]
         # opened per read, so nothing stays open once the frames are copied
-        with tifffile.TiffFile(self.path) as tif, _quiet_tifffile():
+        with _quiet_tifffile(), tifffile.TiffFile(self.path) as tif:
             def read(offset: int) -> np.ndarray:
                 tif.filehandle.seek(offset)
                 return tifffile.TiffPage(tif, index=0).asarray()
@@ -129,7 +129,8 @@ def find_complete_frames(path: str | os.PathLike) -> Recovery:
         raise ValueError(f"{path} is not damaged: it reads as a movie of {movie.shape[0]} frames of "
                          f"{movie.shape[1]} x {movie.shape[2]}; nothing to recover")
     try:
-        tif = tifffile.TiffFile(path)
+        with _quiet_tifffile():  # (its log of the broken parts: that the file is damaged is known)
+            tif = tifffile.TiffFile(path)
     except Exception as err:
         raise ValueError(f"{path}: not even its first page can be read ({err}); nothing to recover") from err
     with tif, _quiet_tifffile():
