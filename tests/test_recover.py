@@ -128,12 +128,13 @@ def test_single_frame_with_metadata_after_its_pixels_stays_a_single_frame(tmp_pa
         find_complete_frames(path)
 
 
-def test_the_cli_reports_in_one_line_without_tifffile_logging_the_damage(tmp_path, capfd):
+def test_the_cli_reports_in_one_line_without_tifffile_logging_the_damage(tmp_path, capfd, caplog):
     whole = tmp_path / "whole.tif"
-    tifffile.imwrite(whole, FRAMES, compression="zlib", metadata={"axes": "TYX"})  # its description at the end
+    tifffile.imwrite(whole, FRAMES, compression="zlib", metadata={"axes": "TYX"})
+    tifffile.tiffcomment(whole, "a long note " * 100)  # appended at the end: cut off with it, and logged
     data = whole.read_bytes()
     (tmp_path / "cut.tif").write_bytes(data[:len(data) * 6 // 10])
     assert recover_main([str(tmp_path / "cut.tif"), "-o", str(tmp_path / "out.tif")]) == 0
     out, err = capfd.readouterr()
     assert out.startswith(f"wrote {tmp_path / 'out.tif'}: ") and " complete frames of 32 x 48 uint16" in out
-    assert err == ""
+    assert err == "" and not [record for record in caplog.records if record.name == "tifffile"]
