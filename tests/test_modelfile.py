@@ -35,6 +35,10 @@ def test_bad_files_are_explained(tmp_path):
     (tmp_path / "text.pgsr").write_text("not a model")
     with pytest.raises(ValueError, match="text.pgsr is not a readable napari-pgsr model file"):
         load_model(tmp_path / "text.pgsr")
+    (tmp_path / "movie.tif").write_bytes(b"II*\x00" + bytes(100))  # the movie given where the model goes
+    with pytest.raises(ValueError, match=r"movie.tif is not a readable napari-pgsr model file \(it is a TIFF "
+                       r"image: give the model file first, then the movie\)"):
+        load_model(tmp_path / "movie.tif")
     good = save_model(tmp_path / "good.pgsr", UNet(depth=1, width=2), NORM, {})
     (tmp_path / "cut.pgsr").write_bytes(good.read_bytes()[:300])
     with pytest.raises(ValueError, match="cut.pgsr is not a readable"):

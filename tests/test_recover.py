@@ -99,7 +99,7 @@ def test_recover_refuses_whole_files_and_keeps_outputs(tmp_path, capsys):
     cut.write_bytes(data[:len(data) // 2])
     (tmp_path / "taken.tif").write_bytes(b"a user's file")
     assert recover_main([str(cut), "-o", str(tmp_path / "taken.tif")]) == 2
-    assert "taken.tif exists" in capsys.readouterr().err
+    assert "taken.tif exists; pass --overwrite to replace it" in capsys.readouterr().err
     assert (tmp_path / "taken.tif").read_bytes() == b"a user's file"
     assert recover_main([str(cut), "-o", str(cut)]) == 2
     assert "refusing to write over the damaged file" in capsys.readouterr().err

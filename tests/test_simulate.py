@@ -98,13 +98,13 @@ def test_command_line_writes_movie_truth_and_expectation(tmp_path, capsys):
     np.testing.assert_array_equal(low[:, 0], table[table[:, 0] % 2 == 0][:, 0] // 2)
     # existing outputs are kept unless --overwrite; one frame (no pair) is refused before anything is written
     before = out.read_bytes()
-    with pytest.raises(SystemExit):
-        simulate.main(["--frames", "4", "--size", "32", "-o", str(out)])
-    assert "sm.ome.tif" in capsys.readouterr().err and out.read_bytes() == before
+    assert simulate.main(["--frames", "4", "--size", "32", "-o", str(out)]) == 2
+    err = capsys.readouterr().err  # one line, as the other commands say it (no usage dump)
+    assert err.startswith("napari-pgsr-simulate: error: ") and "sm.ome.tif" in err and err.count("\n") == 1
+    assert out.read_bytes() == before
     assert simulate.main(["--frames", "4", "--size", "32", "-o", str(out), "--overwrite"]) == 0
     assert read_movie(out).shape == (4, 32, 32)
-    with pytest.raises(SystemExit):
-        simulate.main(["--frames", "1", "--size", "32", "-o", str(tmp_path / "one.tif")])
+    assert simulate.main(["--frames", "1", "--size", "32", "-o", str(tmp_path / "one.tif")]) == 2
     assert "--frames: at least 2 (a low and a high exposure), got 1" in capsys.readouterr().err
     assert not (tmp_path / "one.tif").exists()
 

@@ -81,8 +81,9 @@ def split_refs(pairs: Sequence[Pairs], validation_fraction: float = 0.1, block_p
         return ([r for r in everything if r[0] not in val_movies], [r for r in everything if r[0] in val_movies])
     n = len(pairs[0])
     if n < 2 + 2 * gap:
-        raise ValueError(f"{pairs[0].name}: {n} pairs are too few to hold out validation pairs with a gap of "
-                         f"{gap}; need at least {2 + 2 * gap} (or set validation_fraction=0)")
+        raise ValueError(f"{pairs[0].name}: {n} pair{'s are' if n != 1 else ' is'} too few to hold out validation "
+                         f"pairs with a gap of {gap}; need at least {2 + 2 * gap} (or set validation_fraction to 0: "
+                         "--validation-fraction 0)")
     n_val = max(1, int(round(validation_fraction * n)))
     n_blocks = int(np.ceil(n_val / max(1, block_pairs)))
     block = max(1, int(round(n_val / n_blocks)))

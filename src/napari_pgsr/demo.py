@@ -152,7 +152,7 @@ def measure_suggested_spots(viewer, reference: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point `napari-pgsr-demo`."""
-    parser = argparse.ArgumentParser(prog="napari-pgsr-demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="napari-pgsr-demo", description=" ".join(__doc__.split()))
     parser.add_argument("--kind", choices=KINDS, default="ap2")
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--size", type=int, default=256)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
 
     if is_bioimageio_package(path):
         return import_bioimageio(path, device)
+    if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes zip archives
+        with open(path, "rb") as handle:
+            tiff = handle.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+        raise ValueError(f"{path} is not a readable napari-pgsr model file ("
+                         + ("it is a TIFF image: give the model file first, then the movie)" if tiff else
+                            "a model file is the zip archive napari-pgsr-train writes)"))
     try:
         archive = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # zip errors, unpickling refusals, truncated files

@@ -7,6 +7,7 @@ noise-free expected image (``--expected``) and a CSV of the true spots.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry point: simulate a movie and write it (plus truth) to disk."""
     from .io import write_movie
 
-    parser = argparse.ArgumentParser(prog="napari-pgsr-simulate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="napari-pgsr-simulate", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--kind", choices=KINDS, default="ap2")
     parser.add_argument("--frames", type=int, default=100, help="number of frames (low and high together)")
     parser.add_argument("--size", type=int, nargs="+", default=[256], help="frame size: N or H W pixels")
@@ -220,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     args = parser.parse_args(argv)
     if args.frames < 2:
-        parser.error(f"--frames: at least 2 (a low and a high exposure), got {args.frames}")
+        print(f"napari-pgsr-simulate: error: --frames: at least 2 (a low and a high exposure), got {args.frames}",
+              file=sys.stderr)
+        return 2
     out = Path(args.output)
     stem = out.name.removesuffix(".tif").removesuffix(".tiff").removesuffix(".ome")
     spots_path, low_spots_path = out.with_name(stem + "_spots.csv"), out.with_name(stem + "_low_spots.csv")
@@ -228,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     existing = [str(path) for path in (out, spots_path, low_spots_path) + ((expected_path,) if args.expected else ())
                 if path.exists()]
     if existing and not args.overwrite:
-        parser.error(f"{', '.join(existing)} exist{'s' * (len(existing) == 1)}; pass --overwrite to replace")
+        print(f"napari-pgsr-simulate: error: {', '.join(existing)} exist{'s' * (len(existing) == 1)}; pass "
+              "--overwrite to replace", file=sys.stderr)
+        return 2
     shape = (args.size[0], args.size[-1])
     sim = simulate_movie(args.kind, args.frames, shape, args.seed,
                          acquisition=Acquisition(low_first=not args.high_first))
@@ -238,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.expected:
         write_movie(expected_path, sim.expected, pixel_size_um=sim.pixel_size_um, overwrite=args.overwrite)
     print(f"wrote {out} ({args.frames} frames of {shape[0]}x{shape[1]}, {sim.spots['frame'].size} spot "
-          f"instances, pixel {sim.pixel_size_um * 1000:.0f} nm, low exposure first: {sim.low_first})")
+          f"instances, pixel {sim.pixel_size_um * 1000:.0f} nm, low exposure first: {sim.low_first}); true spots: "
+          f"{spots_path.name}, and numbered as the low frames (labels for napari-pgsr-measure): "
+          f"{low_spots_path.name}{f'; noise-free movie: {expected_path.name}' if args.expected else ''}")
     return 0
 
 

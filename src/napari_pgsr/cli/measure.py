@@ -31,7 +31,8 @@ def measure_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plots", action="store_true", help="also write FWHM / SNR histograms and average spot "
                                                              "profiles as <output>_plots.png")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary (errors and "
+                        "warnings are still printed)")
     return parser
 
 

@@ -42,7 +42,8 @@ def predict_parser() -> argparse.ArgumentParser:
                              "C++ compiler on CPUs; falls back with a warning)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--resume", action="store_true", help="continue a partial .zarr output where it stopped")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary (errors and "
+                        "warnings are still printed)")
     return parser
 
 

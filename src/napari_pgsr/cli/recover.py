@@ -31,6 +31,8 @@ def recover_main(argv: list[str] | None = None) -> int:
 
         if args.output.exists() and args.output.resolve() == args.movie.resolve():
             raise BadInput(f"refusing to write over the damaged file {args.movie}; choose another output name")
+        if args.output.exists() and not args.overwrite:
+            raise BadInput(f"{args.output} exists; pass --overwrite to replace it")
         found = recover_movie(args.movie, args.output, overwrite=args.overwrite)
     except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"napari-pgsr-recover: error: {err}", file=sys.stderr)

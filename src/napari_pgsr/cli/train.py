@@ -32,7 +32,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             continue  # --low-first / --high-first below; --recipe NAME fills in a recipe's settings
         flag = "--" + spec.name.replace("_", "-")
         kind = _field_type(spec.type)
-        help_text = f"{spec.metadata.get('help', '')} [default: {spec.default}]"
+        described = spec.metadata.get("help", "")
+        # (a default that depends on other settings is told in the help itself)
+        shown = "none" if spec.default in (None, "") else spec.default
+        help_text = described if "default" in described else f"{described} [default: {shown}]"
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
@@ -63,7 +66,8 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--write-config", type=Path, help="also save the effective config here")
     parser.add_argument("--resume", type=Path, help="continue exactly from this checkpoint (.pgsr)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary (errors and "
+                        "warnings are still printed)")
     _add_config_flags(parser)
     return parser
 
