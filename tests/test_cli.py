@@ -335,3 +335,25 @@ def test_a_config_file_overrides_only_what_it_sets(tmp_path, movie):
     args = cli.train_parser().parse_args([str(movie), "--out", "x.pgsr", "--config", str(tmp_path / "bad.yaml")])
     with pytest.raises(ValueError, match=r"bad.yaml: unknown training config keys \['stepz'\]"):
         cli.build_config(args)
+
+
+def test_split_writes_the_low_and_high_stacks_the_pairs_are_made_of(tmp_path, capsys):
+    from napari_pgsr.pairs import split_alternating
+
+    sim = simulate_movie("beads", n_frames=9, shape=(32, 32), seed=1)  # an odd count: the last frame unmatched
+    movie = write_movie(tmp_path / "cells.tif", sim.movie, pixel_size_um=0.16)
+    assert cli.split_main([str(movie), "-o", str(tmp_path / "out")]) == 0
+    assert "cells.tif: low exposure first" in capsys.readouterr().out
+    pairs = split_alternating(read_movie(movie))
+    for kind, stack in (("low", pairs.low), ("high", pairs.high)):
+        written = read_movie(tmp_path / "out" / f"cells_{kind}.tif")
+        assert written.shape == (4, 32, 32) and written.pixel_size_um == pytest.approx(0.16)
+        np.testing.assert_array_equal(written.data.compute(), stack.compute())
+    before = (tmp_path / "out" / "cells_low.tif").read_bytes()
+    assert cli.split_main([str(movie), "-o", str(tmp_path / "out"), "--high-first"]) == 2
+    assert "cells_low.tif" in capsys.readouterr().err
+    assert (tmp_path / "out" / "cells_low.tif").read_bytes() == before
+    assert cli.split_main([str(movie), "-o", str(tmp_path / "out"), "--high-first", "--overwrite"]) == 0
+    # told the other phase: each low frame (still the dim ones) is paired with the high frame before it
+    np.testing.assert_array_equal(read_movie(tmp_path / "out" / "cells_high.tif").data.compute(), sim.movie[1:9:2])
+    np.testing.assert_array_equal(read_movie(tmp_path / "out" / "cells_low.tif").data.compute(), sim.movie[2:9:2])
