@@ -137,4 +137,6 @@ def test_the_cli_reports_in_one_line_without_tifffile_logging_the_damage(tmp_pat
     assert recover_main([str(tmp_path / "cut.tif"), "-o", str(tmp_path / "out.tif")]) == 0
     out, err = capfd.readouterr()
     assert out.startswith(f"wrote {tmp_path / 'out.tif'}: ") and " complete frames of 32 x 48 uint16" in out
-    assert err == "" and not [record for record in caplog.records if record.name == "tifffile"]
+    assert "frame/s]" in err and not [record for record in caplog.records if record.name == "tifffile"]
+    assert recover_main([str(tmp_path / "cut.tif"), "-o", str(tmp_path / "out.tif"), "--overwrite", "--quiet"]) == 0
+    assert capfd.readouterr() == ("", "")

@@ -114,9 +114,9 @@ def _stacked_frames(tif: tifffile.TiffFile, pages: list[tuple[int, int]], frame_
 
 
 def find_complete_frames(path: str | os.PathLike) -> Recovery:
-    """The frames of a damaged grey-scale TIFF movie that are wholly in the file. An uncompressed stack is
-    contiguous, so frames past the last indexed page are found from the file size; the frames of a
-    compressed one are the pages that are whole. A file that reads as a movie is refused: nothing is lost."""
+    """The frames of a damaged grey-scale TIFF movie that are wholly in the file: those of an uncompressed
+    stack stored in one piece are found past its last indexed page (`_stacked_frames`); otherwise they are
+    the pages that are whole. A file that reads as a movie is refused: nothing is lost."""
     path = Path(path)
     try:
         with _quiet_tifffile():

@@ -20,6 +20,8 @@ def recover_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="the new movie (.tif: ImageJ TIFF, .ome.tif: OME-TIFF)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary (errors are still "
+                        "printed)")
     return parser
 
 
@@ -27,16 +29,26 @@ def recover_main(argv: list[str] | None = None) -> int:
     """napari-pgsr-recover."""
     args = recover_parser().parse_args(argv)
     try:
+        from tqdm import tqdm
+
         from ..recover import recover_movie
 
         if args.output.exists() and args.output.resolve() == args.movie.resolve():
             raise BadInput(f"refusing to write over the damaged file {args.movie}; choose another output name")
         if args.output.exists() and not args.overwrite:
             raise BadInput(f"{args.output} exists; pass --overwrite to replace it")
-        found = recover_movie(args.movie, args.output, overwrite=args.overwrite)
+        with tqdm(unit="frame", disable=args.quiet) as bar:  # a movie of thousands of frames takes minutes
+
+            def show(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            found = recover_movie(args.movie, args.output, overwrite=args.overwrite, progress=show)
     except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"napari-pgsr-recover: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.quiet:
+        return 0
     frames, height, width = found.shape
     size = "pixel size unknown" if found.pixel_size_um is None else f"{found.pixel_size_um * 1e3:g} nm pixels"
     print(f"wrote {args.output}: {frames} complete frames of {height} x {width} {found.frames.dtype} "
