@@ -343,7 +343,9 @@ def test_split_writes_the_low_and_high_stacks_the_pairs_are_made_of(tmp_path, ca
     sim = simulate_movie("beads", n_frames=9, shape=(32, 32), seed=1)  # an odd count: the last frame unmatched
     movie = write_movie(tmp_path / "cells.tif", sim.movie, pixel_size_um=0.16)
     assert cli.split_main([str(movie), "-o", str(tmp_path / "out")]) == 0
-    assert "cells.tif: low exposure first" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "cells.tif: low exposure first" in said.out
+    assert "exposures:" in said.err and "cells_high.tif: 100%" in said.err and "| 4/4" in said.err
     pairs = split_alternating(read_movie(movie))
     for kind, stack in (("low", pairs.low), ("high", pairs.high)):
         written = read_movie(tmp_path / "out" / f"cells_{kind}.tif")

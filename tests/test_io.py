@@ -12,7 +12,9 @@ from napari_pgsr.io import read_image, read_movie, source_files, write_movie
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
 def test_write_read_round_trip_keeps_pixels_and_pixel_size(tmp_path, name, dtype):
     data = (np.random.default_rng(0).random((5, 24, 31)) * 200).astype(dtype)
-    path = write_movie(tmp_path / name, data, pixel_size_um=0.16)
+    written = []
+    path = write_movie(tmp_path / name, data, pixel_size_um=0.16, progress=lambda *step: written.append(step))
+    assert written == [(i, 5) for i in range(1, 6)]  # after each frame
     movie = read_movie(path)
     assert movie.shape == (5, 24, 31) and movie.data.dtype == dtype
     assert movie.pixel_size_um == pytest.approx(0.16)

@@ -8,7 +8,7 @@ import uuid
 import warnings
 import weakref
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -355,11 +355,13 @@ def display_range(data, n_frames: int = 2) -> tuple[float, float]:
     return float(low), float(max(high, low + 1))
 
 
-def _frames(array) -> Any:
+def _frames(array, progress: Callable[[int, int], None] | None = None) -> Any:
     """Iterate over frames without loading a lazy movie into memory."""
     for index in range(array.shape[0]):
         frame = array[index]
         yield as_array(frame)
+        if progress is not None:
+            progress(index + 1, array.shape[0])
 
 
 def write_movie(
@@ -369,12 +371,14 @@ def write_movie(
     overwrite: bool = False,
     protected: tuple[str | os.PathLike, ...] = (),
     description: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write a T x Y x X (or Y x X) array as ImageJ TIFF, or OME-TIFF for names ending .ome.tif, atomically.
 
     Frames are written one by one (lazy arrays are never loaded whole). Existing files are kept unless
     `overwrite`; files in `protected` (the movie being shown, say) and the memory-mapped source of `array`
-    are never written to. `description` (how the data was made) goes to ImageJ's Info or OME's Description.
+    are never written to. `description` (how the data was made) goes to ImageJ's Info or OME's Description;
+    `progress(done, total)` is called after each frame.
     """
     path = Path(path)
     if not is_tiff_path(path):
@@ -411,7 +415,7 @@ def write_movie(
         if pixel_size_um:
             kwargs["resolution"] = (1.0 / pixel_size_um, 1.0 / pixel_size_um)
     with atomic_path(path) as tmp:
-        frames = (f.astype(dtype, copy=False) for f in _frames(stack))
+        frames = (f.astype(dtype, copy=False) for f in _frames(stack, progress))
         tifffile.imwrite(tmp, data=frames, **kwargs)
     return path
 

@@ -161,24 +161,10 @@ def recover_movie(path: str | os.PathLike, output: str | os.PathLike, overwrite:
     OME-TIFF for .ome.tif names), keeping the pixel size; `path` itself is never changed."""
     found = find_complete_frames(path)
     lazy = lazy_frames(found.frames, f"recover-{found.path.name}", found.path)
-    if progress is not None:
-        lazy = _Reported(lazy, progress)
     description = f"recovered from the damaged file {found.path.name}"
     if found.description:
         description += f"; its description: {found.description}"
     write_movie(output, lazy, found.pixel_size_um, overwrite=overwrite, protected=(found.path,),
-                description=description)
+                description=description, progress=progress)
     return found
 
-
-class _Reported:
-    """An array whose frame reads call `progress(done, total)`."""
-
-    def __init__(self, array, progress: Callable[[int, int], None]):
-        self.array, self.progress = array, progress
-        self.shape, self.ndim, self.dtype, self.size = array.shape, array.ndim, array.dtype, array.size
-
-    def __getitem__(self, index: int):
-        frame = self.array[index]
-        self.progress(index + 1, self.shape[0])
-        return frame

@@ -23,6 +23,8 @@ def split_parser() -> argparse.ArgumentParser:
                        help="the movie starts with the low exposure [default: detect]")
     phase.add_argument("--high-first", dest="low_first", action="store_const", const=False)
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary (errors are still "
+                        "printed)")
     return parser
 
 
@@ -30,6 +32,8 @@ def split_main(argv: list[str] | None = None) -> int:
     """napari-pgsr-split."""
     args = split_parser().parse_args(argv)
     try:
+        from tqdm import tqdm
+
         from ..io import read_movie, write_movie
         from ..pairs import split_alternating
 
@@ -41,14 +45,27 @@ def split_main(argv: list[str] | None = None) -> int:
         if taken and not args.overwrite:
             raise BadInput(f"{', '.join(taken)} exist{'s' * (len(taken) == 1)}; pass --overwrite to replace")
         movie = read_movie(args.movie)
-        pairs = split_alternating(movie, low_first=args.low_first)
-        phase = f"{'low' if pairs.low_first else 'high'} exposure first, ratio {pairs.ratio:.2f}x"
-        for kind, stack in (("low", pairs.low), ("high", pairs.high)):
-            write_movie(outputs[kind], stack, pixel_size_um=movie.pixel_size_um, overwrite=args.overwrite,
-                        description=f"{kind}-exposure frames of {args.movie.name} ({phase})")
+        with tqdm(unit="frame", disable=args.quiet) as bar:  # every frame is read, then written: minutes
+
+            def show(stage: str):
+                def update(done: int, total: int) -> None:
+                    bar.set_description(stage, refresh=False)
+                    bar.total = total
+                    bar.update(done - bar.n)
+                return update
+
+            pairs = split_alternating(movie, low_first=args.low_first, progress=show("exposures"))
+            phase = f"{'low' if pairs.low_first else 'high'} exposure first, ratio {pairs.ratio:.2f}x"
+            for kind, stack in (("low", pairs.low), ("high", pairs.high)):
+                bar.reset()
+                write_movie(outputs[kind], stack, pixel_size_um=movie.pixel_size_um, overwrite=args.overwrite,
+                            description=f"{kind}-exposure frames of {args.movie.name} ({phase})",
+                            progress=show(outputs[kind].name))
     except (BadInput, ValueError, OSError) as err:
         print(f"napari-pgsr-split: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.quiet:
+        return 0
     dropped = pairs.summary()["dropped_frames"]
     print(f"{args.movie.name}: {phase}, {len(pairs)} pairs, frames left out: {dropped or 'none'}; wrote "
           f"{outputs['low']} and {outputs['high']}")
