@@ -32,7 +32,7 @@ import yaml
 
 from . import __version__
 from .data import Normalization
-from .io import atomic_path
+from .atomic import atomic_path
 from .modelfile import FORMAT, FORMAT_VERSION, ModelFile
 from .models import build_model
 from .training.recipes import RECIPE_SCOPES

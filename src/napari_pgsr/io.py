@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import struct
 import uuid
 import warnings
 import weakref
-import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +15,14 @@ import dask.array as da
 import numpy as np
 import tifffile
 
+from . import tiff_structure
+from .atomic import atomic_path
+
 TIFF_SUFFIXES = (".tif", ".tiff")
 TIME_AXES = "TIQ"  # T: time; I and Q: an unlabelled image sequence, which for a movie is time
 AXIS_NAMES = {"T": "time", "Z": "depth (Z)", "C": "channel", "S": "colour sample (RGB)", "Y": "height",
               "X": "width", "I": "image sequence", "Q": "unlabelled"}
-_UNIT_TO_UM = {"um": 1.0, "µm": 1.0, "\\u00B5m": 1.0, "micron": 1.0, "microns": 1.0,
-               "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
 
 
 @dataclass
@@ -149,104 +148,6 @@ def _movie_axes(path: Path, axes: str, shape: tuple[int, ...],
     return "TYX", sizes
 
 
-def _pixel_size_um(tif: tifffile.TiffFile) -> float | None:
-    """Pixel size from OME (PhysicalSizeX) or ImageJ (XResolution + unit) metadata; None if not recorded."""
-    if tif.is_ome and tif.ome_metadata:
-        try:
-            root = ET.fromstring(tif.ome_metadata)
-        except ET.ParseError:
-            root = None
-        pixels = None if root is None else next((e for e in root.iter() if e.tag.endswith("Pixels")), None)
-        if pixels is not None and pixels.get("PhysicalSizeX"):
-            scale = _UNIT_TO_UM.get(pixels.get("PhysicalSizeXUnit", "µm"))
-            return None if scale is None else float(pixels.get("PhysicalSizeX")) * scale
-    page = tif.pages.first
-    resolution = page.tags.get("XResolution")
-    if resolution is None:
-        return None
-    numerator, denominator = resolution.value
-    if not numerator or not denominator:
-        return None
-    per_unit = numerator / denominator
-    if tif.is_imagej:
-        scale = _UNIT_TO_UM.get((tif.imagej_metadata or {}).get("unit", ""))
-    else:
-        res_unit = page.tags.get("ResolutionUnit")
-        scale = {3: 1e4}.get(int(res_unit.value) if res_unit else 2)  # only centimetres are physical here
-    return None if scale is None else scale / per_unit
-
-
-def _description(tif: tifffile.TiffFile) -> str | None:
-    """What wrote the data, as write_movie records it: ImageJ's Info or the OME image's Description."""
-    if tif.is_ome and tif.ome_metadata:
-        try:
-            root = ET.fromstring(tif.ome_metadata)
-        except ET.ParseError:
-            return None
-        image = next((e for e in root if e.tag.endswith("Image")), None)
-        found = None if image is None else next((e for e in image if e.tag.endswith("Description")), None)
-        return found.text if found is not None else None
-    return (tif.imagej_metadata or {}).get("Info") if tif.is_imagej else None
-
-
-def _open_tiff(path: Path) -> tifffile.TiffFile:
-    """Open a TIFF; frames appended one by one (one 2-D series each) are opened as one image sequence."""
-    try:
-        tif = tifffile.TiffFile(path)
-        series = tif.series
-        if len(series) > 1 and all(s.ndim == 2 and s.shape == series[0].shape and s.dtype == series[0].dtype
-                                   for s in series):
-            tif.close()
-            tif = tifffile.TiffFile(path, is_shaped=False)
-        return tif
-    except Exception as err:  # tifffile raises TiffFileError, ValueError, struct.error... for broken files
-        raise ValueError(f"{path} is not a readable TIFF file ({err}); expected a .tif/.ome.tif movie.") from err
-
-
-def _imagej_plain_stack(tif: tifffile.TiffFile) -> bool:
-    """Fiji saves a plain stack as 'slices': without frames or a z-spacing it is a sequence, not a Z-stack."""
-    meta = tif.imagej_metadata or {}
-    return bool(tif.is_imagej and meta.get("slices", 1) > 1 and meta.get("frames", 1) == 1
-                and "spacing" not in meta and "channels" not in meta)
-
-
-def _next_page_offset(tif: tifffile.TiffFile, page_offset: int) -> int:
-    """Where the file says the page after the one at `page_offset` starts (0: it is the last)."""
-    layout, handle = tif.tiff, tif.filehandle
-    handle.seek(page_offset)
-    (tags,) = struct.unpack(layout.tagnoformat, handle.read(layout.tagnosize))
-    handle.seek(page_offset + layout.tagnosize + tags * layout.tagsize)
-    (offset,) = struct.unpack(layout.offsetformat, handle.read(layout.offsetsize))
-    return offset
-
-
-def _check_not_truncated(tif: tifffile.TiffFile, path: Path, shape: tuple[int, ...]) -> None:
-    """A copy cut short loses the frames past the cut and, as writers put it at the end, often the index of
-    all but the first: refuse it by name rather than read it as fewer frames or a single one."""
-    held = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-    # (ImageJ's count is of the whole file; an OME or Micro-Manager series read instead may be one position)
-    imagej_count = tif.is_imagej and tif.series[0].kind not in ("ome", "mmstack")
-    announced = int((tif.imagej_metadata or {}).get("images", 0)) if imagej_count else 0
-    last, size = tif.pages[len(tif.pages) - 1], tif.filehandle.size
-    ends = [offset + count for offset, count in zip(last.dataoffsets, last.databytecounts) if count]
-    past_end = _next_page_offset(tif, last.offset) >= size or (ends and max(ends) > size)
-    recover = f"napari-pgsr-recover {path.name} -o recovered.tif copies the complete frames to a new movie"
-    if announced > held or past_end:
-        found = (f"its ImageJ header announces {announced} frames but the file indexes {held}"
-                 if announced > held else "its last page (a frame, or the index of the frames) reaches past the end "
-                 "of the file")
-        raise ValueError(f"{path} is truncated or damaged: {found} (a copy or download cut short?); {recover}")
-    frame_bytes = int(np.prod(shape[-2:])) * last.dtype.itemsize if last.dtype is not None else 0
-    if held == 1 and len(tif.pages) == 1 and last.is_contiguous and last.compression == 1 and frame_bytes:
-        following = (size - last.dataoffsets[0]) // frame_bytes - 1
-        # (a writer storing metadata after the pixels, as Micro-Manager does, points a tag or header to it)
-        metadata_after = tif.is_micromanager or any(
-            tag.valueoffset > last.dataoffsets[0] for tag in last.tags.values())
-        if following > 0 and not metadata_after:  # a writer storing the frame index only when it closes the file
-            raise ValueError(f"{path} indexes one frame, but the pixel data of {following} more follow it: an "
-                             f"acquisition that stopped before its file was closed?; {recover}")
-
-
 def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
     """Open a T x Y x X movie (TIFF, or an OME-Zarr store) lazily; only frames that are indexed are read."""
     from .zarr_movie import is_zarr_path, read_zarr_movie
@@ -256,7 +157,7 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
         raise FileNotFoundError(f"movie file not found: {path}")
     if is_zarr_path(path):
         return read_zarr_movie(path)
-    tif = _open_tiff(path)
+    tif = tiff_structure.open_tiff(path)
     try:
         if not tif.series or not tif.pages:
             raise ValueError(f"{path} is a damaged TIFF: it holds no image; expected a .tif/.ome.tif movie")
@@ -267,8 +168,8 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
                 raise ValueError(f"{path.name}: axes={axes!r} given but the file's image has {len(shape)} "
                                  f"dimensions {shape} (axes {file_axes})")
             file_axes = axes.upper()
-        _check_not_truncated(tif, path, shape)
-        z_is_time = axes is None and _imagej_plain_stack(tif)
+        tiff_structure.check_not_truncated(tif, path, shape)
+        z_is_time = axes is None and tiff_structure.imagej_plain_stack(tif)
         movie_axes, movie_shape = _movie_axes(path, file_axes, shape, z_is_time)
         dtype = np.dtype(series.dtype)
         if dtype.kind not in "uif":
@@ -284,8 +185,8 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
         stat = path.stat()  # in the name, so a rewritten file is never shown from a stale cache
         data = frames if isinstance(frames, da.Array) else lazy_frames(
             frames, f"movie-{path.name}-{stat.st_mtime_ns}-{stat.st_size}", path)
-        pixel_size = _pixel_size_um(tif)
-        description = _description(tif)
+        pixel_size = tiff_structure.pixel_size_um(tif)
+        description = tiff_structure.description(tif)
     except tifffile.TiffFileError as err:  # (a ValueError, but one that does not name the file)
         tif.close()
         raise ValueError(f"{path} is a damaged TIFF ({err})") from err
@@ -336,7 +237,7 @@ def read_image(path: str | os.PathLike) -> tuple[Any, float | None]:
             movie = read_zarr_movie(Path(path), single_frame=True)
             return movie.data[0], movie.pixel_size_um
         with tifffile.TiffFile(path) as tif:
-            return np.squeeze(tif.asarray()), _pixel_size_um(tif)
+            return np.squeeze(tif.asarray()), tiff_structure.pixel_size_um(tif)
     return movie.data, movie.pixel_size_um
 
 
@@ -418,34 +319,3 @@ def write_movie(
         frames = (f.astype(dtype, copy=False) for f in _frames(stack, progress))
         tifffile.imwrite(tmp, data=frames, **kwargs)
     return path
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside `path` to write to; it replaces `path` when the block ends without error and
-    is removed otherwise, so a crash or Ctrl-C never leaves a half-written file under the real name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a hidden name beside the target, created with the user's normal permissions (mkstemp would give 0600)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        yield tmp
-        _sync(tmp)  # on disk before it takes the name: a power cut then leaves the old file, not an empty one
-        os.replace(tmp, path)
-        _sync(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _sync(path: Path) -> None:
-    """Flush a file's (or a folder's entries') data to the disk, where the system allows it."""
-    if not path.exists() or (path.is_dir() and os.name == "nt"):
-        return
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    except OSError:  # some file systems cannot sync a folder
-        pass
-    finally:
-        os.close(descriptor)

@@ -22,7 +22,7 @@ from torch import nn
 
 from . import __version__
 from .data import Normalization
-from .io import atomic_path
+from .atomic import atomic_path
 from .models import build_model
 
 FORMAT = "napari-pgsr-model"

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from .io import _description, _next_page_offset, _pixel_size_um, lazy_frames, read_movie, write_movie
+from . import tiff_structure
+from .io import lazy_frames, read_movie, write_movie
 
 
 @dataclass
@@ -106,7 +107,7 @@ def _stacked_frames(tif: tifffile.TiffFile, pages: list[tuple[int, int]], frame_
     if not first.is_contiguous or first.compression != 1 or any(
             data != start + i * frame_bytes for i, (_, data) in enumerate(pages)):
         return 0  # compressed, or each frame stored with its own index entry: the pages tell
-    pointed = [_next_page_offset(tif, first.offset)] + [tag.valueoffset for tag in first.tags.values()]
+    pointed = [tiff_structure.next_page_offset(tif, first.offset)] + [tag.valueoffset for tag in first.tags.values()]
     end = min([size] + [offset for offset in pointed if offset > start])
     stacked = max(0, end - start) // frame_bytes
     announced = int((tif.imagej_metadata or {}).get("images", 0))
@@ -141,7 +142,8 @@ def find_complete_frames(path: str | os.PathLike) -> Recovery:
         shape, dtype = tuple(first.shape), np.dtype(first.dtype)
         pages = _readable_pages(tif, size, shape, dtype)
         stacked = _stacked_frames(tif, pages, int(np.prod(shape)) * dtype.itemsize)
-        start, pixel_size, description = first.dataoffsets[0], _pixel_size_um(tif), _description(tif)
+        start = first.dataoffsets[0]
+        pixel_size, description = tiff_structure.pixel_size_um(tif), tiff_structure.description(tif)
         byteorder = tif.byteorder
     if stacked > len(pages):
         frames = _Native(np.memmap(path, dtype=dtype.newbyteorder(byteorder), mode="r", offset=start,

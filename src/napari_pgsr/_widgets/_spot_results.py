@@ -17,7 +17,7 @@ from qtpy.QtWidgets import (QFileDialog, QPushButton, QTableWidget, QTableWidget
 from ..analysis.across import SpotReport
 from ..analysis.plots import plot_report
 from ..analysis.points_csv import write_table_atomically
-from ..io import atomic_path
+from ..atomic import atomic_path
 
 SUMMARY_COLUMNS = ["image", "spots", "fitted", "flagged", "median_fwhm_nm", "median_fwhm_px", "median_snr",
                    "median_sbr", "median_precision_nm", "suggested", "suggested_f1", "suggested_precision",

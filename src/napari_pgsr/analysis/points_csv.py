@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import atomic_path
+from ..atomic import atomic_path
 
 PLAIN_COLUMNS = (("frame", "y", "x"), ("t", "y", "x"), ("y", "x"))
 

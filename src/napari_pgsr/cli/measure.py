@@ -116,7 +116,7 @@ def measure_main(argv: list[str] | None = None) -> int:
         write_table_atomically(report.summary, summary_path)
         if args.plots:
             from ..analysis.plots import plot_report
-            from ..io import atomic_path
+            from ..atomic import atomic_path
 
             with atomic_path(plots_path) as tmp:
                 plot_report(report).savefig(tmp, dpi=120, format="png")

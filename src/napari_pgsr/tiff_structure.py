@@ -1,0 +1,111 @@
+"""How a TIFF file describes its movie: pixel size, what wrote it, and whether it is whole."""
+
+from __future__ import annotations
+
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+UNIT_TO_UM = {"um": 1.0, "µm": 1.0, "\\u00B5m": 1.0, "micron": 1.0, "microns": 1.0,
+              "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def pixel_size_um(tif: tifffile.TiffFile) -> float | None:
+    """Pixel size from OME (PhysicalSizeX) or ImageJ (XResolution + unit) metadata; None if not recorded."""
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            root = ET.fromstring(tif.ome_metadata)
+        except ET.ParseError:
+            root = None
+        pixels = None if root is None else next((e for e in root.iter() if e.tag.endswith("Pixels")), None)
+        if pixels is not None and pixels.get("PhysicalSizeX"):
+            scale = UNIT_TO_UM.get(pixels.get("PhysicalSizeXUnit", "µm"))
+            return None if scale is None else float(pixels.get("PhysicalSizeX")) * scale
+    page = tif.pages.first
+    resolution = page.tags.get("XResolution")
+    if resolution is None:
+        return None
+    numerator, denominator = resolution.value
+    if not numerator or not denominator:
+        return None
+    per_unit = numerator / denominator
+    if tif.is_imagej:
+        scale = UNIT_TO_UM.get((tif.imagej_metadata or {}).get("unit", ""))
+    else:
+        res_unit = page.tags.get("ResolutionUnit")
+        scale = {3: 1e4}.get(int(res_unit.value) if res_unit else 2)  # only centimetres are physical here
+    return None if scale is None else scale / per_unit
+
+
+def description(tif: tifffile.TiffFile) -> str | None:
+    """What wrote the data, as write_movie records it: ImageJ's Info or the OME image's Description."""
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            root = ET.fromstring(tif.ome_metadata)
+        except ET.ParseError:
+            return None
+        image = next((e for e in root if e.tag.endswith("Image")), None)
+        found = None if image is None else next((e for e in image if e.tag.endswith("Description")), None)
+        return found.text if found is not None else None
+    return (tif.imagej_metadata or {}).get("Info") if tif.is_imagej else None
+
+
+def open_tiff(path: Path) -> tifffile.TiffFile:
+    """Open a TIFF; frames appended one by one (one 2-D series each) are opened as one image sequence."""
+    try:
+        tif = tifffile.TiffFile(path)
+        series = tif.series
+        if len(series) > 1 and all(s.ndim == 2 and s.shape == series[0].shape and s.dtype == series[0].dtype
+                                   for s in series):
+            tif.close()
+            tif = tifffile.TiffFile(path, is_shaped=False)
+        return tif
+    except Exception as err:  # tifffile raises TiffFileError, ValueError, struct.error... for broken files
+        raise ValueError(f"{path} is not a readable TIFF file ({err}); expected a .tif/.ome.tif movie.") from err
+
+
+def imagej_plain_stack(tif: tifffile.TiffFile) -> bool:
+    """Fiji saves a plain stack as 'slices': without frames or a z-spacing it is a sequence, not a Z-stack."""
+    meta = tif.imagej_metadata or {}
+    return bool(tif.is_imagej and meta.get("slices", 1) > 1 and meta.get("frames", 1) == 1
+                and "spacing" not in meta and "channels" not in meta)
+
+
+def next_page_offset(tif: tifffile.TiffFile, page_offset: int) -> int:
+    """Where the file says the page after the one at `page_offset` starts (0: it is the last)."""
+    layout, handle = tif.tiff, tif.filehandle
+    handle.seek(page_offset)
+    (tags,) = struct.unpack(layout.tagnoformat, handle.read(layout.tagnosize))
+    handle.seek(page_offset + layout.tagnosize + tags * layout.tagsize)
+    (offset,) = struct.unpack(layout.offsetformat, handle.read(layout.offsetsize))
+    return offset
+
+
+def check_not_truncated(tif: tifffile.TiffFile, path: Path, shape: tuple[int, ...]) -> None:
+    """A copy cut short loses the frames past the cut and, as writers put it at the end, often the index of
+    all but the first: refuse it by name rather than read it as fewer frames or a single one."""
+    held = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    # (ImageJ's count is of the whole file; an OME or Micro-Manager series read instead may be one position)
+    imagej_count = tif.is_imagej and tif.series[0].kind not in ("ome", "mmstack")
+    announced = int((tif.imagej_metadata or {}).get("images", 0)) if imagej_count else 0
+    last, size = tif.pages[len(tif.pages) - 1], tif.filehandle.size
+    ends = [offset + count for offset, count in zip(last.dataoffsets, last.databytecounts) if count]
+    past_end = next_page_offset(tif, last.offset) >= size or (ends and max(ends) > size)
+    recover = f"napari-pgsr-recover {path.name} -o recovered.tif copies the complete frames to a new movie"
+    if announced > held or past_end:
+        found = (f"its ImageJ header announces {announced} frames but the file indexes {held}"
+                 if announced > held else "its last page (a frame, or the index of the frames) reaches past the end "
+                 "of the file")
+        raise ValueError(f"{path} is truncated or damaged: {found} (a copy or download cut short?); {recover}")
+    frame_bytes = int(np.prod(shape[-2:])) * last.dtype.itemsize if last.dtype is not None else 0
+    if held == 1 and len(tif.pages) == 1 and last.is_contiguous and last.compression == 1 and frame_bytes:
+        following = (size - last.dataoffsets[0]) // frame_bytes - 1
+        # (a writer storing metadata after the pixels, as Micro-Manager does, points a tag or header to it)
+        metadata_after = tif.is_micromanager or any(
+            tag.valueoffset > last.dataoffsets[0] for tag in last.tags.values())
+        if following > 0 and not metadata_after:  # a writer storing the frame index only when it closes the file
+            raise ValueError(f"{path} indexes one frame, but the pixel data of {following} more follow it: an "
+                             f"acquisition that stopped before its file was closed?; {recover}")
