@@ -56,14 +56,18 @@ def test_demo_resumes_an_interrupted_training_and_restores_with_the_finished_mod
         demo.main(args)
     model_path = tmp_path / "ap2_sample_unet.pgsr"
     assert load_model(model_path).training_state["step"] == 2
+    args[-1] = "8"  # run again with another width: the unfinished run resumes with the width it started with
     assert not (tmp_path / "ap2_sample_restored.tif").exists()
     monkeypatch.setattr(demo, "say", say)
     capsys.readouterr()
     assert demo.main(args) == 0
     out = capsys.readouterr().out
-    assert f"resuming the unfinished training in {model_path} at step 2" in out
+    assert f"resuming the unfinished training in {model_path} at step 2 (width 4)" in out
     state = load_model(model_path).training_state
     assert (state["step"], state["reason"]) == (4, "done")
+    assert demo.main([*args[:-1], "8"]) == 0  # a finished model made with another width is kept, and said to be
+    assert ("using the model already in" in (out := capsys.readouterr().out)
+            and "(width 4, 4 steps: --width and --steps apply to a new --output folder)" in out)
     # a model trained again (here: deleted and retrained) makes the restored movie again
     restored = tmp_path / "ap2_sample_restored.tif"
     before = restored.stat().st_mtime_ns

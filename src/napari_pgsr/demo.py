@@ -51,11 +51,17 @@ def train_and_restore(movie, pairs, folder: Path, steps: int, width: int) -> tup
     from .training.loop import train
 
     model_path = folder / f"{pairs.name.removesuffix('.tif')}_unet.pgsr"
-    state = load_model(model_path).training_state if model_path.exists() else None
+    kept = load_model(model_path) if model_path.exists() else None
+    state = kept.training_state if kept is not None else None
     unfinished = state is not None and state.get("reason") != "done"  # stopped part way: its last checkpoint
-    if model_path.exists() and not unfinished:
-        say(f"using the model already in {model_path}")
+    stored = kept.metadata.get("config", {}) if kept is not None else {}
+    if kept is not None and not unfinished:
+        made = (stored.get("width"), stored.get("steps"))
+        differs = "" if made == (width, steps) else (
+            f" (width {made[0]}, {made[1]} steps: --width and --steps apply to a new --output folder)")
+        say(f"using the model already in {model_path}{differs}")
     else:
+        width = stored.get("width", width)  # a resumed run keeps the width it started with; steps may change
         # A short run: no random offset (that augmentation pays off only over long training) and a higher
         # learning rate; with these, 300 steps already beat the raw high exposure on PSNR.
         config = TrainConfig(steps=steps, width=width, patch=64, batch=16, offset=False, lr=1e-3,
@@ -72,7 +78,7 @@ def train_and_restore(movie, pairs, folder: Path, steps: int, width: int) -> tup
 
         start = time.perf_counter()
         if unfinished:
-            say(f"resuming the unfinished training in {model_path} at step {state['step']}")
+            say(f"resuming the unfinished training in {model_path} at step {state['step']} (width {width})")
         train(config, [pairs], model_path, resume=model_path if unfinished else None, progress=report)
         say(f"model written to {model_path} ({time.perf_counter() - start:.0f} s)")
     restored = folder / f"{pairs.name.removesuffix('.tif')}_restored.tif"
