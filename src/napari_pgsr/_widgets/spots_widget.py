@@ -8,7 +8,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import (CheckBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, Select, SpinBox,
+from magicgui.widgets import (CheckBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox,
                               create_widget)
 from napari.utils.notifications import show_error, show_info, show_warning
 
@@ -16,6 +16,7 @@ from ..analysis import CameraCalibration, new_points, read_points_csv, suggest_s
 from ..analysis.across import SpotReport, iter_measure_across
 from ..io import as_array
 from ._grid_labels import LabelsOnEveryImage, copy_source
+from ._image_choice import ImageChoice
 from ._label_points import LABEL_STYLE, SUGGESTION_STYLE, placement, snapped, to_image_coordinates
 from ._spot_results import SpotResults
 from ._workers import start
@@ -41,7 +42,7 @@ class SpotsWidget(Container):
                                               tooltip="suggest spots this many local noise SDs above background")
         self.suggest_button = PushButton(text="Suggest spots on this frame")
         self.accept_button = PushButton(text="Accept suggestions as labels")
-        self.images = Select(label="Measure on", choices=self._image_names, allow_multiple=True)
+        self.images = ImageChoice(viewer, lambda: self.reference.value, label="Measure on")
         self.images.native.setMaximumHeight(100)
         self.pixel_size = FloatSpinBox(label="Pixel size (nm)", value=0.0, min=0, max=10_000, step=1,
                                        tooltip="0: unknown (nm columns stay empty)")
@@ -71,13 +72,6 @@ class SpotsWidget(Container):
         self.labels_layer.changed.connect(self._watch_labels)
         self.labels_layer.changed.connect(self._labels_chosen)
         self.on_every_image.changed.connect(self._on_every_image_toggled)
-        self._chosen: list = []  # (layer, its name then) picked under "Measure on": names change, layers stay
-        self.images.changed.connect(self._remember_chosen)
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            event.connect(self._refresh_images)
-        viewer.layers.events.inserted.connect(self._follow_renames)
-        for layer in viewer.layers:
-            layer.events.name.connect(self._refresh_images)
         self._watched = self._results_dock = None
         self.grid_labels = LabelsOnEveryImage(viewer, lambda: self.labels_layer.value,
                                               lambda: getattr(self.reference.value, "name", None),
@@ -87,48 +81,13 @@ class SpotsWidget(Container):
         self.grid_labels.update()
 
     # ---- layers ---------------------------------------------------------------------------------------
-    def _image_names(self, *_) -> list[str]:
-        return [layer.name for layer in self._viewer.layers
-                if isinstance(layer, napari.layers.Image) and not layer.rgb]
-
-    def _follow_renames(self, event) -> None:
-        event.value.events.name.connect(self._refresh_images)
-
-    def _remember_chosen(self, *_) -> None:
-        picked = set(self.images.value or ())
-        renamed = [layer for layer, name in self._chosen if layer.name != name]  # dropped by the rename alone
-        self._chosen = [(layer, layer.name) for layer in self._viewer.layers
-                        if layer.name in picked or any(layer is other for other in renamed)]
-
-    def _refresh_images(self, event=None) -> None:
-        """The layer list changed: keep the user's picks (renamed or not), and pick a new image of the
-        reference's shape too (a restoration just made), but not one the user left out before."""
-        reference = self.reference.value
-        new = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
-        chosen = [layer for layer, _ in self._chosen]
-        if (reference is not None and isinstance(new, napari.layers.Image) and not new.rgb
-                and new.data.shape == reference.data.shape):
-            chosen.append(new)
-        kept = [layer for layer in self._viewer.layers if any(layer is c for c in chosen)]
-        self.images.reset_choices()
-        self.images.value = [layer.name for layer in kept]
-        self._chosen = [(layer, layer.name) for layer in kept]
-
-    def _select_same_shape(self) -> None:
-        """Default selection: every grey-scale image layer of the reference layer's shape."""
-        self.images.reset_choices()
-        reference = self.reference.value
-        if reference is not None:
-            self.images.value = [name for name in self._image_names()
-                                 if self._viewer.layers[name].data.shape == reference.data.shape]
-
     def _reference_changed(self, *_) -> None:
         reference = self.reference.value
         if reference is not None and reference.metadata.get("pixel_size_um"):
             self.pixel_size.value = round(float(reference.metadata["pixel_size_um"]) * 1000, 3)
         if reference is not getattr(self, "_reference", None):  # (not when the same layer is renamed)
             self._reference = reference
-            self._select_same_shape()
+            self.images.select_same_shape()
         self.grid_labels.schedule()  # the labels themselves go over the reference
 
     def new_labels(self) -> napari.layers.Points:
