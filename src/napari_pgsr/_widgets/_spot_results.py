@@ -92,11 +92,13 @@ class SpotResults:
         layer = self._viewer.layers[value["image"]] if value.get("image") in self._viewer.layers else None
         if layer is None or not np.isfinite(float(value["y"])):
             return
-        world = np.array([float(value["y"]), float(value["x"])]) * layer.scale[-2:] + layer.translate[-2:]
-        if layer.ndim == 3 and int(value["frame"]) >= 0:
-            self._viewer.dims.set_current_step(0, int(value["frame"]))
+        frame = int(value["frame"]) if layer.ndim == 3 and int(value["frame"]) >= 0 else 0
+        position = [float(frame), float(value["y"]), float(value["x"])][-layer.ndim:]
+        world = np.asarray(layer.data_to_world(position), dtype=float)  # the layer's own scale and translate
+        if layer.ndim == 3 and int(value["frame"]) >= 0:  # (the layer's axes are the viewer's last ones)
+            self._viewer.dims.set_point(self._viewer.dims.ndim - 3, world[0])
         camera = viewer_camera(self._viewer)
-        camera.center = (camera.center[0], *world)
+        camera.center = (camera.center[0], *world[-2:])
 
     def export(self, path: str | Path | None = None) -> list[Path]:
         """Write the spot table to `path` (CSV), the summary to <stem>_summary.csv and the plots to
