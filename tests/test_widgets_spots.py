@@ -413,3 +413,18 @@ def test_images_placed_differently_are_not_measured_at_one_set_of_pixels(make_na
     widget.measure()
     assert messages["error"][-1] == ("Spots: image layer(s) ['low'] are placed differently from 'high' (scale or "
                                      "translate): the labels would fall on other pixels; measure them separately")
+
+
+def test_a_row_clicked_goes_to_its_frame_of_a_layer_placed_later_in_time(make_napari_viewer):
+    """The table's frame is the layer's own: a movie translated along time is shown at that frame."""
+    from napari_pgsr._widgets._spot_results import SpotResults, fill_table
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((10, 32, 32)), name="raw")
+    restored = viewer.add_image(np.zeros((10, 32, 32)), name="restored", translate=(5, 0, 0), scale=(1, 0.1, 0.1))
+    results = SpotResults(viewer)
+    fill_table(results.spot_table, pd.DataFrame({"image": ["restored"], "point": [0], "frame": [3], "y": [12.0],
+                                                 "x": [20.0], "flag": [""]}))
+    results.go_to_spot(0)
+    assert restored.world_to_data(viewer.dims.point)[0] == pytest.approx(3)
+    assert viewer_camera(viewer).center[-2:] == pytest.approx((1.2, 2.0))
