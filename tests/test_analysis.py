@@ -75,3 +75,25 @@ def test_new_points_leave_out_candidates_already_labelled():
     candidates = np.array([[0, 10.5, 10.2], [0, 30, 30], [1, 10, 10]], float)  # frame 1 is another spot
     np.testing.assert_array_equal(new_points(labels, candidates, 1.0), [[0, 30, 30], [1, 10, 10]])
     np.testing.assert_array_equal(new_points(np.empty((0, 3)), candidates), candidates)
+
+
+def test_suggestions_ignore_nan_pixels_instead_of_finding_nothing():
+    """NaN padding (a registered image) or one bad pixel left every score NaN: no suggestion at all."""
+    rng = np.random.default_rng(1)
+    ys, xs = np.meshgrid(np.arange(10, 60, 12.0), np.arange(10, 60, 12.0), indexing="ij")
+    truth = np.column_stack([ys.ravel(), xs.ravel()])
+    image = rng.poisson(render_spots((64, 64), truth[:, 0], truth[:, 1], np.full(len(truth), 2000.0), 1.0) + 20)
+    image = image.astype(np.float64)
+    clean = suggest_spots(image)
+    assert compare_to_labels(clean, truth).f1 == 1.0
+    image[30, 3] = np.nan
+    np.testing.assert_array_equal(suggest_spots(image), clean)
+    image[:, 36:] = np.nan  # the right part padded: the spots on the left are still found, none in the padding
+    found = suggest_spots(image)
+    assert compare_to_labels(found, truth[truth[:, 1] < 36]).f1 == 1.0 and (found[:, 1] < 36).all()
+    assert suggest_spots(np.full((20, 20), np.nan)).shape == (0, 2)
+
+
+def test_ignore_needs_one_entry_per_label():
+    with pytest.raises(ValueError, match=r"ignore needs one entry per label \(2\)"):
+        compare_to_labels(np.array([[0.0, 0.0]]), np.array([[0.0, 0.0], [5.0, 5.0]]), ignore=[True])

@@ -260,6 +260,20 @@ def test_measure_writes_one_table_over_low_and_high_frames(tmp_path, capsys):
                              str(tmp_path / "t2.csv")]) == 2
     assert "image 'small' has shape (32, 32) but 'low' has (64, 64)" in capsys.readouterr().err
     assert not (tmp_path / "t2.csv").exists()
+    # settings no measurement can use, and a folder as the table: one line each, exit 2 (a traceback before)
+    base = [*args[:4], "-o", str(tmp_path / "t3.csv")]
+    for flags, message in [(["--radius", "-1"], "--radius -1: expected at least 2"),
+                           (["--pixel-size-nm", "-100"], "--pixel-size-nm -100: expected above 0"),
+                           (["--electrons-per-adu", "0"], "--electrons-per-adu 0: expected above 0")]:
+        assert cli.measure_main([*base, *flags]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    assert cli.measure_main([*args[:4], "-o", str(tmp_path / "folder"), "--overwrite"]) == 2
+    assert "folder is a folder; give a file name for the table" in capsys.readouterr().err
+    # the camera's clipping level flags the spots that reach it (here: every bead of the high frame)
+    assert cli.measure_main([*base, "--saturation-adu", "150", "--quiet"]) == 0
+    flagged = pd.read_csv(tmp_path / "t3.csv", keep_default_na=False)
+    assert flagged["flag"][flagged["image"] == "high"].str.contains("saturated").all()
 
 
 def test_measure_names_images_of_one_file_name_apart_and_checks_their_pixel_sizes(tmp_path, capsys):

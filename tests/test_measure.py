@@ -211,3 +211,55 @@ def test_snap_goes_to_the_brightest_pixel_nearby():
     assert snap_to_maximum(image, 11.2, 13.4) == (10.0, 12.0)
     assert snap_to_maximum(image, 20.0, 20.0, radius=2) != (10.0, 12.0)  # too far: stays in its 2 px disc
     assert snap_to_maximum(image, 40.0, 3.0) == (40.0, 3.0)
+
+
+def test_saturated_spots_are_flagged_not_reported_wider():
+    """A clipped spot has a flat top the fit widens to reach: the 16-bit maximum (or the level given) flags it."""
+    truth = np.array([[15.0, 15.0], [15.0, 40.0]])
+    expected = render_spots((30, 56), truth[:, 0], truth[:, 1], np.array([1e6, 4e4]), 1.0) + 100
+    image = np.clip(expected, 0, 65535).astype(np.uint16)  # the first spot clips (centre ~147k)
+    assert (image[14:17, 14:17] == 65535).sum() >= 1 and image[15, 40] < 65535
+    table = measure_spots(image, truth)
+    assert table["flag"].tolist() == ["saturated", ""]
+    assert table["sigma_px"][0] > 1.05 and table["sigma_px"][1] == pytest.approx(1.0, abs=0.02)  # why it matters
+    # a 12-bit camera in a 16-bit file clips at 4095: the level given; a float image (a restoration) never clips
+    twelve_bit = np.clip(expected / 16, 0, 4095).astype(np.uint16)
+    assert measure_spots(twelve_bit, truth)["flag"].tolist() == ["", ""]
+    assert measure_spots(twelve_bit, truth, camera=CameraCalibration(saturation_adu=4095))["flag"][0] == "saturated"
+    assert measure_spots(expected.astype(np.float32), truth)["flag"].tolist() == ["", ""]
+    assert CameraCalibration.from_emccd(EMCCD()).saturation(np.float32) == 65535.0
+
+
+def test_snr_of_photon_counts_on_a_dark_background():
+    """Most of the ring at 0 photons gives a MAD of 0: the mean absolute deviation keeps the SNR defined."""
+    rng = np.random.default_rng(2)
+    truth = spot_grid(rng, 96, 16)
+    image = rng.poisson(render_spots((96, 96), truth[:, 0], truth[:, 1], np.full(len(truth), 2000.0), 1.0) + 0.3)
+    table = measure_spots(image, truth)
+    assert np.isfinite(table["snr"]).all() and (table["background_sd"] > 0).all()
+    assert (table["background_sd"] < 1.0).all()  # ~ sqrt(0.3) photons, not the spots' light
+
+
+def test_suggestion_scores_leave_out_frames_not_restored_yet():
+    """A restoration stopped part way (NaN frames) has lost no spots there: its recall counts restored frames."""
+    rng = np.random.default_rng(4)
+    truth = spot_grid(rng, 64, 16)
+    frame = rng.poisson(render_spots((64, 64), truth[:, 0], truth[:, 1], np.full(len(truth), 3000.0), 1.1) + 20)
+    movie = np.stack([frame, frame, frame, frame]).astype(np.float32)
+    movie[2:] = np.nan  # 2 of 4 frames written
+    points = np.concatenate([np.column_stack([np.full(len(truth), t), truth]) for t in range(4)])
+    summary = measure_across({"restored": movie}, points).summary
+    assert (summary["suggested_recall"][0], summary["suggested_f1"][0]) == (1.0, 1.0)
+    assert summary["suggested"][0] == 2 * len(truth)
+    nothing = measure_across({"restored": movie}, points[points[:, 0] >= 2]).summary
+    assert np.isnan(nothing["suggested_f1"][0])  # no label on a restored frame: no score, not a perfect one
+
+
+def test_a_frame_outside_the_movie_and_an_empty_points_file_are_refused_by_name(tmp_path):
+    movie = np.zeros((3, 20, 20))
+    with pytest.raises(ValueError, match=r"frame 7 is outside the movie \(3 frames: 0 to 2\)"):
+        measure_spots(movie, [[10, 10]], frame=7)
+    empty = tmp_path / "labels.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"labels.csv is empty: expected spot labels"):
+        read_points_csv(empty)

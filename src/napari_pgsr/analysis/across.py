@@ -45,10 +45,18 @@ def iter_suggestion_scores(image, frames: np.ndarray, yx: np.ndarray, sigma: flo
     takes ~0.5 s), returns the scores."""
     tp = fp = fn = 0
     squared_errors: list[float] = []
-    suggested = 0
+    suggested = scored = 0
     for done, t in enumerate(np.unique(frames), start=1):
         labels = yx[frames == t]
         plane = as_array(image if t < 0 else image[t], np.float64)
+        # labels on pixels without a value (a frame not restored yet, NaN padding) are not scored: there is
+        # nothing there to find, which is no spot lost
+        rows, cols = (np.clip(np.rint(labels[:, axis]).astype(int), 0, plane.shape[axis] - 1) for axis in (0, 1))
+        labels = labels[np.isfinite(plane[rows, cols])]
+        if not len(labels):
+            yield done
+            continue
+        scored += len(labels)
         found = suggest_spots(plane, sigma=sigma, threshold=threshold)
         low, high = labels.min(axis=0) - tolerance_px, labels.max(axis=0) + tolerance_px
         found = found[np.all((found >= low) & (found <= high), axis=1)] if len(found) else found
@@ -57,16 +65,19 @@ def iter_suggestion_scores(image, frames: np.ndarray, yx: np.ndarray, sigma: flo
         tp, fp, fn = tp + match.true_positives, fp + match.false_positives, fn + match.false_negatives
         squared_errors += list(match.distances**2)
         yield done
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-    return {"suggested": suggested, "suggested_f1": f1, "suggested_precision": tp / (tp + fp) if tp + fp else 1.0,
-            "suggested_recall": tp / (tp + fn) if tp + fn else 1.0,
+    nothing = float("nan") if not scored else 1.0  # no label on a pixel with a value: no score at all
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else nothing
+    return {"suggested": suggested, "suggested_f1": f1,
+            "suggested_precision": tp / (tp + fp) if tp + fp else nothing,
+            "suggested_recall": tp / (tp + fn) if tp + fn else nothing,
             "suggested_rmse_px": float(np.sqrt(np.mean(squared_errors))) if squared_errors else float("nan")}
 
 
 def suggestion_scores(image, frames: np.ndarray, yx: np.ndarray, sigma: float, threshold: float,
                       tolerance_px: float) -> dict:
     """Suggested spots (`suggest_spots`) against the labels, frame by frame, counted inside the labels'
-    bounding box grown by `tolerance_px` (labels are assumed complete there, not over the whole frame)."""
+    bounding box grown by `tolerance_px` (labels are assumed complete there, not over the whole frame).
+    Labels on NaN pixels (frames not restored yet) are left out; with none left the scores are NaN."""
     return run_to_end(iter_suggestion_scores(image, frames, yx, sigma, threshold, tolerance_px))
 
 

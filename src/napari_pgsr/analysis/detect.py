@@ -29,11 +29,18 @@ def suggest_spots(image: np.ndarray, sigma: float = 1.0, threshold: float = 10.0
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 2:
         raise ValueError(f"suggest_spots needs one Y x X frame, got shape {image.shape}")
+    missing = ~np.isfinite(image)  # NaN padding of a registered image, frames not restored yet
+    if missing.all():
+        return np.empty((0, 2))
+    if missing.any():  # filled with the typical value: no response there, none spread from it
+        image = np.where(missing, np.median(image[~missing]), image)
     response = -ndimage.gaussian_laplace(image, sigma) * sigma**2
     if not np.any(response != response.flat[0]):
         return np.empty((0, 2))
     score = local_noise_units(response, noise_window)
     peaks = peak_local_max(score, min_distance=min_distance, threshold_abs=threshold, exclude_border=exclude_border)
+    if missing.any():
+        peaks = peaks[~missing[peaks[:, 0], peaks[:, 1]]]
     return peaks.astype(np.float64)
 
 

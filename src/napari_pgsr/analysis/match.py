@@ -52,6 +52,8 @@ def compare_to_labels(detected: np.ndarray, labels: np.ndarray, tolerance_px: fl
     """
     detected, labels = as_yx(detected, "detections"), as_yx(labels, "labels")
     ignore = np.zeros(len(labels), bool) if ignore is None else np.asarray(ignore, bool)
+    if ignore.shape != (len(labels),):
+        raise ValueError(f"ignore needs one entry per label ({len(labels)}), got shape {ignore.shape}")
     if len(detected) and len(labels):
         distance = cdist(detected, labels)
         cost = np.where(distance <= tolerance_px, distance, 1e6)

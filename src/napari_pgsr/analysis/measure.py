@@ -33,11 +33,20 @@ class CameraCalibration:
     baseline_adu: float = 0.0
     electrons_per_adu: float = 1.0
     excess_noise: float = 2.0
+    saturation_adu: float | None = None  # the grey level the camera clips at; None: an integer image's maximum
 
     @classmethod
     def from_emccd(cls, camera) -> CameraCalibration:
         """The calibration of a `physics.EMCCD` (as used by the simulator)."""
-        return cls(camera.baseline_adu, camera.electrons_per_adu / camera.em_gain, 2.0)
+        return cls(camera.baseline_adu, camera.electrons_per_adu / camera.em_gain, 2.0, 2.0**camera.bit_depth - 1)
+
+    def saturation(self, dtype) -> float | None:
+        """The grey level at and above which a pixel is clipped: the one set, else the largest value an
+        integer image holds (65535 for 16 bits); None for a floating-point image (a restoration)."""
+        if self.saturation_adu is not None:
+            return float(self.saturation_adu)
+        dtype = np.dtype(dtype)
+        return float(np.iinfo(dtype).max) if dtype.kind in "ui" else None
 
 
 def locate_points(image_shape: tuple[int, ...], points, frame: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -65,6 +74,8 @@ def locate_points(image_shape: tuple[int, ...], points, frame: int | None = None
     if len(image_shape) == 3 and frames is None:
         if frame is None:
             raise ValueError("the points are 2-D (y, x) but the image is a movie: choose the frame to measure")
+        if not 0 <= int(frame) < image_shape[0]:
+            raise ValueError(f"frame {frame} is outside the movie ({image_shape[0]} frames: 0 to {image_shape[0] - 1})")
         frames = np.full(len(yx), int(frame))
         note = f"2-D points measured on frame {frame} of the movie"
     elif len(image_shape) == 2 and frames is not None:
@@ -116,8 +127,9 @@ def mortensen_mle_precision(sigma_px, photons, background_photons, excess_noise:
 
 
 def background_sd(frame: np.ndarray, y: float, x: float, radius: int, others: np.ndarray) -> float:
-    """Robust standard deviation (1.4826 x MAD) of the ring of pixels between `radius` + 0.5 and
-    `radius` + 3.5 px from the spot, leaving out pixels within `radius` of other points."""
+    """Robust standard deviation (1.4826 x MAD, or 1.2533 x the mean absolute deviation where the MAD is 0) of
+    the ring of pixels between `radius` + 0.5 and `radius` + 3.5 px from the spot, leaving out pixels within
+    `radius` of other points."""
     outer = radius + 3.5
     top, left = max(int(np.floor(y - outer)), 0), max(int(np.floor(x - outer)), 0)
     bottom, right = min(int(np.ceil(y + outer)) + 1, frame.shape[0]), min(int(np.ceil(x + outer)) + 1, frame.shape[1])
@@ -129,11 +141,23 @@ def background_sd(frame: np.ndarray, y: float, x: float, radius: int, others: np
     values = np.asarray(frame[top:bottom, left:right], dtype=np.float64)[ring]
     if values.size < 8:
         return float("nan")
-    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+    deviation = np.abs(values - np.median(values))
+    mad = float(np.median(deviation))
+    # photon counts with most of the ring at one value (0 on a dark background) have a MAD of 0: then the
+    # mean absolute deviation, which the occasional photon moves (x 1.2533: the SD of a Gaussian)
+    return 1.4826 * mad if mad > 0 else float(1.2533 * deviation.mean())
+
+
+def _saturated(frame: np.ndarray, y: float, x: float, radius: int, saturation: float | None) -> bool:
+    """Whether a pixel within `radius` of (y, x) is clipped: a flat top the fit widens to reach."""
+    if saturation is None:
+        return False
+    top, left = max(int(round(y)) - radius, 0), max(int(round(x)) - radius, 0)
+    return bool(np.any(frame[top:int(round(y)) + radius + 1, left:int(round(x)) + radius + 1] >= saturation))
 
 
 def _measure_one(frame: np.ndarray, y: float, x: float, others: np.ndarray, radius: int,
-                 camera: CameraCalibration, sigma_guess: float) -> dict:
+                 camera: CameraCalibration, sigma_guess: float, saturation: float | None = None) -> dict:
     """One row of the table (without point, frame and nm columns)."""
     height, width = frame.shape
     if not (-0.5 <= y < height - 0.5 and -0.5 <= x < width - 0.5):
@@ -143,6 +167,8 @@ def _measure_one(frame: np.ndarray, y: float, x: float, others: np.ndarray, radi
     except ValueError as err:  # e.g. NaN pixels, or an image smaller than the window
         return {"y": y, "x": x, "flag": f"fit failed: {err}"}
     flags = [fit.flag] if fit.flag else []
+    if _saturated(frame, y, x, radius, saturation):
+        flags.append("saturated")
     # a neighbour whose light reaches into the fit window (its centre within radius + 2 sigma) biases the fit
     if len(others) and np.min(np.max(np.abs(others - [y, x]), axis=1)) <= radius + 2.0 * fit.sigma_px:
         flags.append("overlap")
@@ -179,7 +205,8 @@ def measure_spots(image, points, pixel_size_nm: float | None = None, radius: int
     SNR = peak / background_sd (over the robust SD of a ring of pixels around the spot);
     SBR = peak / (background - camera baseline), napari-psf-analysis's signal-to-background. `flag` is ''
     for a usable fit, else 'outside image', 'no convergence', 'edge', 'width at limit' (sigma at its bound, 0.15 px
-    or `radius`: a noise spike or no spot), 'no signal' (SNR below 3), 'fit failed:
+    or `radius`: a noise spike or no spot), 'saturated' (a pixel within `radius` at the camera's clipping level,
+    `CameraCalibration.saturation`: the fit widens a flat top), 'no signal' (SNR below 3), 'fit failed:
     ...' and/or 'overlap' (another point within radius + 2 sigma). Without `pixel_size_nm`
     the nm columns are NaN.
     """
@@ -194,6 +221,7 @@ def iter_measure_spots(image, points, pixel_size_nm: float | None = None, radius
     camera = camera or CameraCalibration()
     shape = tuple(image.shape)
     frames, yx, _ = locate_points(shape, points, frame)
+    saturation = camera.saturation(image.dtype)
     rows: list[dict] = []
     for t in np.unique(frames):
         in_frame = np.flatnonzero(frames == t)
@@ -206,7 +234,7 @@ def iter_measure_spots(image, points, pixel_size_nm: float | None = None, radius
             others = yx[in_frame[in_frame != i]]
             others = others[np.max(np.abs(others - yx[i]), axis=1) <= 2 * radius + 5]  # only neighbours matter
             rows.append({"point": i, "frame": t, **_measure_one(plane, yx[i, 0], yx[i, 1], others, radius,
-                                                                camera, sigma_guess)})
+                                                                camera, sigma_guess, saturation)})
             if number % PROGRESS_EVERY == 0 and number < len(in_frame):
                 yield len(rows)
         yield len(rows)

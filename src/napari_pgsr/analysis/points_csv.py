@@ -18,7 +18,12 @@ def read_points_csv(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no points file at {path}")
-    table = pd.read_csv(path)
+    try:
+        table = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path} is empty: expected spot labels (napari points, 'y,x' or 'frame,y,x')") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a readable CSV table ({err})") from None
     names = [str(c).strip().lower() for c in table.columns]
     table.columns = names
     axes = sorted((c for c in names if c.startswith("axis-")), key=lambda c: int(c.split("-")[1]))

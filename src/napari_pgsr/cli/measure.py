@@ -28,6 +28,9 @@ def measure_parser() -> argparse.ArgumentParser:
     parser.add_argument("--electrons-per-adu", type=float, default=1.0,
                         help="photoelectrons per grey level after EM gain [1: image in photons]")
     parser.add_argument("--excess-noise", type=float, default=2.0, help="2 for an EMCCD, 1 for sCMOS/CCD [2]")
+    parser.add_argument("--saturation-adu", type=float, default=None,
+                        help="grey level the camera clips at: spots reaching it are flagged 'saturated' "
+                             "[default: the integer image type's maximum, 65535 for 16 bits]")
     parser.add_argument("--plots", action="store_true", help="also write FWHM / SNR histograms and average spot "
                                                              "profiles as <output>_plots.png")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -68,10 +71,23 @@ def common_pixel_size_nm(pixel_sizes_um: dict[str, float | None]) -> float | Non
     return sizes[0]
 
 
+def check_ranges(args: argparse.Namespace) -> None:
+    """Values no measurement can use, named with their flags."""
+    limits = [("--radius", args.radius, args.radius >= 2, "at least 2 (a 5 x 5 fit window)"),
+              ("--pixel-size-nm", args.pixel_size_nm, args.pixel_size_nm is None or args.pixel_size_nm > 0,
+               "above 0"),
+              ("--electrons-per-adu", args.electrons_per_adu, args.electrons_per_adu > 0, "above 0"),
+              ("--excess-noise", args.excess_noise, args.excess_noise >= 1, "at least 1 (1: sCMOS/CCD, 2: EMCCD)")]
+    for flag, value, fine, expected in limits:
+        if not fine:
+            raise BadInput(f"{flag} {value:g}: expected {expected}")
+
+
 def measure_main(argv: list[str] | None = None) -> int:
     """napari-pgsr-measure."""
     args = measure_parser().parse_args(argv)
     try:
+        check_ranges(args)
         from tqdm import tqdm
 
         from ..analysis import CameraCalibration, iter_measure_across, read_points_csv
@@ -84,6 +100,8 @@ def measure_main(argv: list[str] | None = None) -> int:
         plots_path = args.output.with_name(f"{args.output.stem}_plots.png")
         inputs = {p.resolve() for p in [*args.images, args.points]}
         for path in (args.output, summary_path) + ((plots_path,) if args.plots else ()):
+            if path.is_dir():
+                raise BadInput(f"{path} is a folder; give a file name for the table (spots.csv)")
             if path.resolve() in inputs:
                 raise BadInput(f"{path} is one of the inputs; choose another output name")
             if path.exists() and not args.overwrite:
@@ -96,7 +114,7 @@ def measure_main(argv: list[str] | None = None) -> int:
             if unfinished:
                 notes.append(f"{path}: {unfinished}; their spots are flagged")
         pixel_size = args.pixel_size_nm or common_pixel_size_nm(pixel_sizes_um)
-        camera = CameraCalibration(args.baseline_adu, args.electrons_per_adu, args.excess_noise)
+        camera = CameraCalibration(args.baseline_adu, args.electrons_per_adu, args.excess_noise, args.saturation_adu)
         measuring = iter_measure_across(images, read_points_csv(args.points), pixel_size_nm=pixel_size,
                                         radius=args.radius, camera=camera, frame=args.frame)
         with tqdm(unit="fit", disable=args.quiet) as bar:  # thousands of labels take minutes
@@ -120,7 +138,7 @@ def measure_main(argv: list[str] | None = None) -> int:
 
             with atomic_path(plots_path) as tmp:
                 plot_report(report).savefig(tmp, dpi=120, format="png")
-    except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
+    except (BadInput, ValueError, OSError) as err:  # OSError: an output that is a folder, a full disk...
         print(f"napari-pgsr-measure: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     for note in [report.note, *notes]:
