@@ -1,4 +1,5 @@
 import os
+import warnings
 
 import numpy as np
 import psutil
@@ -175,3 +176,16 @@ def test_imagej_cannot_hold_int32_so_the_writer_says_so(tmp_path):
         write_movie(tmp_path / "int32.tif", np.zeros((2, 4, 4), np.int32))
     path = write_movie(tmp_path / "int32.ome.tif", np.full((2, 4, 4), 2**25 + 1, np.int32))
     assert read_movie(path).data[0, 0, 0].compute() == 2**25 + 1
+
+
+def test_pixels_that_are_not_square_are_warned_about(tmp_path):
+    """Spot widths in nm use one pixel size: a file whose pixels are 100 x 200 nm says so, by name."""
+    path = tmp_path / "rect.tif"
+    tifffile.imwrite(path, np.zeros((2, 8, 8), np.uint16), resolution=(1e4 / 0.1, 1e4 / 0.2), resolutionunit=3)
+    with pytest.warns(UserWarning, match=r"rect.tif: its pixels are not square \(100 nm wide, 200 nm high\)"):
+        assert read_movie(path, axes="TYX").pixel_size_um == pytest.approx(0.1)
+    square = tmp_path / "square.tif"
+    write_movie(square, np.zeros((2, 8, 8), np.uint16), pixel_size_um=0.16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_movie(square).pixel_size_um == pytest.approx(0.16)

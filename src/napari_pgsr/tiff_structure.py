@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -14,18 +15,28 @@ UNIT_TO_UM = {"um": 1.0, "µm": 1.0, "\\u00B5m": 1.0, "micron": 1.0, "microns": 
 
 
 def pixel_size_um(tif: tifffile.TiffFile) -> float | None:
-    """Pixel size from OME (PhysicalSizeX) or ImageJ (XResolution + unit) metadata; None if not recorded."""
+    """Pixel size (x) from OME (PhysicalSizeX) or ImageJ (XResolution + unit) metadata; None if not recorded.
+    Pixels recorded as not square are warned about: spot widths in nm then hold along x only."""
+    size_x, size_y = _axis_size_um(tif, "X"), _axis_size_um(tif, "Y")
+    if size_x and size_y and abs(size_y - size_x) > 0.01 * size_x:
+        warnings.warn(f"{Path(tif.filehandle.path).name}: its pixels are not square ({size_x * 1000:g} nm wide, "
+                      f"{size_y * 1000:g} nm high); sizes in nm use the width", stacklevel=2)
+    return size_x
+
+
+def _axis_size_um(tif: tifffile.TiffFile, axis: str) -> float | None:
+    """The pixel's size along `axis` ('X' or 'Y') in µm, from OME or the resolution tags; None if unknown."""
     if tif.is_ome and tif.ome_metadata:
         try:
             root = ET.fromstring(tif.ome_metadata)
         except ET.ParseError:
             root = None
         pixels = None if root is None else next((e for e in root.iter() if e.tag.endswith("Pixels")), None)
-        if pixels is not None and pixels.get("PhysicalSizeX"):
-            scale = UNIT_TO_UM.get(pixels.get("PhysicalSizeXUnit", "µm"))
-            return None if scale is None else float(pixels.get("PhysicalSizeX")) * scale
+        if pixels is not None and pixels.get(f"PhysicalSize{axis}"):
+            scale = UNIT_TO_UM.get(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+            return None if scale is None else float(pixels.get(f"PhysicalSize{axis}")) * scale
     page = tif.pages.first
-    resolution = page.tags.get("XResolution")
+    resolution = page.tags.get(f"{axis}Resolution")
     if resolution is None:
         return None
     numerator, denominator = resolution.value
