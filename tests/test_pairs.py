@@ -124,3 +124,19 @@ def test_exposure_ratio_recovers_the_exposure_times_whatever_the_sample(kind):
     assert pairs.baseline == pytest.approx(100.0, abs=2.0)  # the simulated EMCCD offset
     separate = pair_stacks(sim.movie[0::2], sim.movie[1::2])
     assert separate.ratio == pytest.approx(10.0, rel=0.05)
+
+
+@pytest.mark.parametrize("offset, ratio, tau", [(1000, 10, None), (1000, 3, None), (100, 2, 8)])
+def test_ratio_holds_with_a_large_camera_offset_and_a_bleaching_sample(offset, ratio, tau):
+    """Low frames only 5 ADU above a 1000 ADU offset, or bleaching towards the offset: the baseline was capped
+    at 99% of the dimmest frame (10x read as 5.5x) and late, dark pairs swamped the median (2x refused)."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:64, :64]
+    sample = 2 + 50 * sum(np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 4) for y, x in rng.uniform(5, 59, (20, 2)))
+    sample *= 5 / sample.mean()  # low frames: 5 ADU above the offset on average
+    movie = np.array([rng.poisson(sample * (np.exp(-t / tau) if tau else 1) * (ratio if t % 2 else 1)) + offset
+                      + rng.normal(0, 2, (64, 64)) for t in range(60 if tau else 40)], np.float32)
+    pairs = split_alternating(movie)
+    assert pairs.low_first and pairs.baseline == pytest.approx(offset, abs=1.0)
+    # (bleaching between a pair's two frames makes the high one a little dimmer: 2 x exp(-1/8) = 1.76)
+    assert pairs.ratio == pytest.approx(ratio * (np.exp(-1 / tau) if tau else 1), rel=0.05)

@@ -112,7 +112,9 @@ def estimate_baseline(data, means: np.ndarray, low: np.ndarray, high: np.ndarray
         slope = np.cov(low_image, high_image)[0, 1] / spread
         if slope > 1.1:
             intercept = high_image.mean() - slope * low_image.mean()
-            return float(min(intercept / (1 - slope), 0.99 * means.min()))
+            # below the dimmest frame, which holds some light; by a hair only: with a large offset (1000 ADU)
+            # a low frame may hold just 5 ADU above it, and a cap at 99% of it read a 10x movie as 5.5x
+            return float(min(intercept / (1 - slope), means.min() - 1e-3 * max(abs(means.min()), 1.0)))
     frame = _binned_mean(data, np.array([int(np.argmin(means))]))
     return float(min(np.percentile(frame, 1.0), 0.9 * means.min()))
 
@@ -150,9 +152,10 @@ def _pair_up(bright: np.ndarray, low_first: bool) -> tuple[list[int], list[int],
 
 
 def exposure_ratio(means: np.ndarray, low: np.ndarray, high: np.ndarray, baseline: float) -> float:
-    """Median over pairs of (high - baseline) / (low - baseline)."""
-    above_low = np.maximum(means[low] - baseline, 1e-9)
-    return float(np.median((means[high] - baseline) / above_low))
+    """Sum over pairs of (high - baseline) / sum of (low - baseline): the bright pairs weigh most, so the
+    late pairs of a bleached movie, with hardly any light above the baseline, do not swamp it with noise."""
+    above_low = max(float(np.sum(means[low] - baseline)), 1e-9)
+    return float(np.sum(means[high] - baseline) / above_low)
 
 
 def split_alternating(data, low_first: bool | None = None, name: str | None = None,
@@ -211,7 +214,7 @@ def pair_stacks(low, high, name: str = "stacks") -> Pairs:
     low_means, high_means = frame_means(low, f"{name} (low)"), frame_means(high, f"{name} (high)")
     index = np.arange(low.shape[0])
     baseline = _two_stack_baseline(low, high, low_means)
-    ratio = float(np.median((high_means - baseline) / np.maximum(low_means - baseline, 1e-9)))
+    ratio = exposure_ratio(np.concatenate([low_means, high_means]), index, index + len(index), baseline)
     if ratio < 1.0:
         raise ValueError(f"{name}: the 'high' stack is dimmer than the 'low' stack (ratio {ratio:.2f}); "
                          "were they swapped?")
