@@ -373,3 +373,26 @@ def test_split_writes_the_low_and_high_stacks_the_pairs_are_made_of(tmp_path, ca
     # told the other phase: each low frame (still the dim ones) is paired with the high frame before it
     np.testing.assert_array_equal(read_movie(tmp_path / "out" / "cells_high.tif").data.compute(), sim.movie[1:9:2])
     np.testing.assert_array_equal(read_movie(tmp_path / "out" / "cells_low.tif").data.compute(), sim.movie[2:9:2])
+    # an upper-case suffix is a suffix too (Cells.TIF made Cells.TIF_low.tif)
+    shouting = tmp_path / "Cells.OME.TIF"
+    movie.rename(shouting)
+    assert cli.split_main([str(shouting), "-o", str(tmp_path / "caps"), "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "caps").iterdir()) == ["Cells_high.tif", "Cells_low.tif"]
+
+
+def test_split_names_a_compressed_frame_that_does_not_decode(tmp_path, capsys):
+    """imagecodecs raises RuntimeErrors: they were a 26-frame traceback naming neither file nor frame."""
+    import tifffile
+
+    frames = np.stack([np.full((16, 16), 110 if t % 2 == 0 else 1000, np.uint16) for t in range(12)])
+    path = tmp_path / "zipped.tif"
+    tifffile.imwrite(path, frames, compression="zlib", photometric="minisblack")
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[9].dataoffsets[0], tif.pages[9].databytecounts[0]
+    with open(path, "r+b") as file:
+        file.seek(offset + 2)
+        file.write(b"\xff" * (count - 4))
+    assert cli.split_main([str(path), "-o", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "zipped.tif: frame 9 cannot be read (" in err and "the file is damaged there" in err
+    assert "Traceback" not in err and not list((tmp_path / "out").glob("*.tif"))

@@ -189,3 +189,13 @@ def test_pixels_that_are_not_square_are_warned_about(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_movie(square).pixel_size_um == pytest.approx(0.16)
+
+
+def test_a_big_endian_movie_is_written_as_the_same_integers(tmp_path):
+    """A Motorola-order uint16 movie (>u2) was saved as float32, twice the size, with a warning."""
+    frames = np.arange(2 * 8 * 8, dtype=">u2").reshape(2, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_movie(tmp_path / "native.tif", frames)
+    back = read_movie(tmp_path / "native.tif").data.compute()
+    assert back.dtype == np.uint16 and (back == frames).all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .io import Movie, SingleFrameError, display_range, is_tiff_path, read_image, read_movie
+from .io import Movie, SingleFrameError, display_range, is_tiff_path, movie_stem, read_image, read_movie
 from .zarr_movie import is_zarr_movie
 
 
@@ -22,16 +22,9 @@ def movie_layer_data(movie: Movie, name: str | None = None) -> tuple:
     """A (data, kwargs, 'image') tuple for napari, with the file's pixel size as scale."""
     pixel = movie.pixel_size_um
     scale = (1.0, pixel, pixel) if pixel else (1.0, 1.0, 1.0)
-    kwargs = {"name": name or (_stem(movie.path) if movie.path else "movie"), "scale": scale,
+    kwargs = {"name": name or (movie_stem(movie.path) if movie.path else "movie"), "scale": scale,
               "metadata": dict(movie.metadata), "contrast_limits": display_range(movie.data)}
     return movie.data, kwargs, "image"
-
-
-def _stem(path: Path) -> str:
-    stem = path.name
-    for suffix in (".tiff", ".tif", ".zarr", ".ome"):
-        stem = stem.removesuffix(suffix)
-    return stem
 
 
 def read_movies(path: str | list[str]) -> list[tuple]:
@@ -44,7 +37,7 @@ def read_movies(path: str | list[str]) -> list[tuple]:
         except SingleFrameError:
             frame, pixel = read_image(one)
             # the source path: so the plugin's writer never saves over the file (its metadata would be lost)
-            layers.append((frame, {"name": _stem(Path(one)), "scale": (pixel, pixel) if pixel else (1.0, 1.0),
+            layers.append((frame, {"name": movie_stem(one), "scale": (pixel, pixel) if pixel else (1.0, 1.0),
                                    "contrast_limits": display_range(frame[None], 1),
                                    "metadata": {"source_path": str(Path(one).resolve()),
                                                 "pixel_size_um": pixel}}, "image"))

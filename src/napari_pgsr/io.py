@@ -52,7 +52,25 @@ class _FrameReader:
         self.path = path  # the file read from, which writers must not replace
 
     def __getitem__(self, index):
-        return np.array(self.frames[index])
+        try:
+            return np.array(self.frames[index])
+        except (IndexError, TypeError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # a compressed frame that does not decode (imagecodecs' errors are RuntimeErrors)
+            where = self.path.name if self.path is not None else "the movie"
+            raise ValueError(f"{where}: {_describe_index(index)} cannot be read ({type(err).__name__}: "
+                             f"{err}); the file is damaged there") from err
+
+
+def _describe_index(index) -> str:
+    """The frames an index of a T x Y x X array asks for, in words ('frame 9', 'frames 8 to 15')."""
+    first = index[0] if isinstance(index, tuple) else index
+    if isinstance(first, slice):
+        start = first.start or 0
+        if first.stop is not None and first.stop - start == 1:
+            return f"frame {start}"
+        return f"frames {start} to {'the end' if first.stop is None else first.stop - 1}"
+    return f"frame {first}"
 
 
 _SOURCES: weakref.WeakValueDictionary[str, _FrameReader] = weakref.WeakValueDictionary()
@@ -112,6 +130,15 @@ def source_files(array) -> set[Path]:
             if reader is not None and reader.path is not None:
                 files.add(reader.path)
     return files
+
+
+def movie_stem(path: str | os.PathLike) -> str:
+    """A movie's name without .tif/.tiff/.ome/.zarr, in any case: 'Cells.OME.TIF' -> 'Cells'."""
+    stem = Path(path).name
+    for suffix in (".tiff", ".tif", ".zarr", ".ome"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return stem
 
 
 def is_tiff_path(path: str | os.PathLike) -> bool:
@@ -291,7 +318,8 @@ def write_movie(
         raise FileExistsError(f"{path} exists; choose another name or pass overwrite=True")
     if array.ndim not in (2, 3):
         raise ValueError(f"{path}: expected a T x Y x X movie or a Y x X frame, got shape {tuple(array.shape)}")
-    dtype = np.dtype(array.dtype)
+    # in this machine's byte order: a big-endian movie's >u2 pixels are uint16 all the same
+    dtype = np.dtype(array.dtype).newbyteorder("=")
     ome = path.name.lower().endswith((".ome.tif", ".ome.tiff"))
     if not ome and dtype not in (np.uint8, np.uint16, np.float32):
         warnings.warn(f"{path}: ImageJ TIFF cannot hold {dtype} pixels; saving float32 (name the file "

@@ -34,12 +34,10 @@ def split_main(argv: list[str] | None = None) -> int:
     try:
         from tqdm import tqdm
 
-        from ..io import read_movie, write_movie
+        from ..io import movie_stem, read_movie, write_movie
         from ..pairs import split_alternating
 
-        stem = args.movie.name
-        for suffix in (".tiff", ".tif", ".zarr", ".ome"):
-            stem = stem.removesuffix(suffix)
+        stem = movie_stem(args.movie)
         outputs = {kind: args.output / f"{stem}_{kind}.tif" for kind in ("low", "high")}
         taken = [str(path) for path in outputs.values() if path.exists()]
         if taken and not args.overwrite:
