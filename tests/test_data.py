@@ -194,3 +194,16 @@ def test_bad_inputs_are_explained():
     ds = PatchDataset(nan_pairs, patch_size=16, split="all", normalization=IDENTITY, length=30)
     with pytest.raises(ValueError, match=r"nan movie: pair 2 \(frames 2/2\) contains NaN"):
         [ds[i] for i in range(30)]
+
+
+def test_a_multi_file_dataset_with_a_file_missing_is_refused_by_name(tmp_path):
+    """tifffile reads the frames of a missing companion file as zeros: split took them for dark frames."""
+    from napari_pgsr.io import read_movie
+
+    frames = np.stack([np.full((16, 16), 110 if t % 2 == 0 else 1000, np.uint16) for t in range(8)])
+    first = _two_file_ome(tmp_path, frames)
+    np.testing.assert_array_equal(read_movie(first).data.compute(), frames)
+    (tmp_path / "1.ome.tif").rename(tmp_path / "elsewhere.tif")
+    with pytest.raises(ValueError, match=r"0.ome.tif is one file of a multi-file dataset: 4 of its 8 image planes "
+                                         r"\(from plane 4\) are in 1.ome.tif, which is not beside it"):
+        read_movie(first)

@@ -196,6 +196,7 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
                                  f"dimensions {shape} (axes {file_axes})")
             file_axes = axes.upper()
         tiff_structure.check_not_truncated(tif, path, shape)
+        tiff_structure.check_frames_present(tif, path)
         z_is_time = axes is None and tiff_structure.imagej_plain_stack(tif)
         movie_axes, movie_shape = _movie_axes(path, file_axes, shape, z_is_time)
         dtype = np.dtype(series.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import warnings
 import xml.etree.ElementTree as ET
@@ -120,3 +121,18 @@ def check_not_truncated(tif: tifffile.TiffFile, path: Path, shape: tuple[int, ..
         if following > 0 and not metadata_after:  # a writer storing the frame index only when it closes the file
             raise ValueError(f"{path} indexes one frame, but the pixel data of {following} more follow it: an "
                              f"acquisition that stopped before its file was closed?; {recover}")
+
+
+def check_frames_present(tif: tifffile.TiffFile, path: Path) -> None:
+    """A multi-file OME (or Micro-Manager) dataset whose files are not all there: tifffile would read the frames
+    of the missing ones as zeros, which split and train would take for data."""
+    series = tif.series[0]
+    missing = [index for index, page in enumerate(series.pages) if page is None]
+    if not missing or series.kind not in ("ome", "mmstack"):
+        return
+    named = re.findall(r'FileName="([^"]+)"', tif.ome_metadata or "") if tif.is_ome else []
+    absent = sorted({name for name in named if not (path.parent / name).exists()})
+    where = (f"in {', '.join(absent)}, which {'is' if len(absent) == 1 else 'are'} not beside it"
+             if absent else "not in its files")
+    raise ValueError(f"{path} is one file of a multi-file dataset: {len(missing)} of its {len(series.pages)} image "
+                     f"planes (from plane {missing[0]}) are {where}; put the dataset's files together in one folder")
