@@ -88,3 +88,13 @@ def test_layer_without_pixel_size_is_saved_without_one(make_napari_viewer, tmp_p
     out = tmp_path / "made_here.ome.tif"
     viewer.layers.save(str(out), selected=False, plugin="napari-pgsr")
     assert read_movie(out).pixel_size_um is None  # napari's default scale 1 is not 1 um
+
+
+def test_writer_refuses_rgb_and_multiscale_layers_by_name(tmp_path):
+    """An RGB layer (Y x X x 3) was saved as a movie of 100 frames of 120 x 3 pixels."""
+    with pytest.raises(ValueError, match=r"rgb.tif: the layer is an RGB image"):
+        write_image(str(tmp_path / "rgb.tif"), np.zeros((100, 120, 3), np.uint8), {"rgb": True})
+    pyramid = [np.zeros((2, 16, 16)), np.zeros((2, 8, 8))]
+    with pytest.raises(ValueError, match=r"pyramid.tif: the layer is a multiscale pyramid"):
+        write_image(str(tmp_path / "pyramid.tif"), pyramid, {"multiscale": True})
+    assert not list(tmp_path.iterdir())

@@ -9,6 +9,10 @@ from .io import write_movie
 
 def write_image(path: str, data: Any, attributes: dict) -> list[str]:
     """Write one image layer; never writes over the file the layer was read from."""
+    if attributes.get("rgb"):
+        raise ValueError(f"{path}: the layer is an RGB image; this writer saves grey-scale movies (T x Y x X)")
+    if attributes.get("multiscale") or isinstance(data, list):
+        raise ValueError(f"{path}: the layer is a multiscale pyramid; this writer saves one grey-scale movie")
     metadata = attributes.get("metadata") or {}
     scale = attributes.get("scale")
     pixel = float(scale[-1]) if scale is not None and len(scale) else 1.0
