@@ -170,8 +170,13 @@ def _movie_axes(path: Path, axes: str, shape: tuple[int, ...],
         raise ValueError(f"{found}. It is an RGB/colour image; expected a grey-scale movie T x Y x X.")
     if len(names) != 3 or names[1:] != "YX" or names[0] not in TIME_AXES:
         hint = " (a Z-stack)" if "Z" in names else ""
-        raise ValueError(f"{found}{hint}. Expected a movie T x Y x X (time, height, width); if the first "
-                         "axis really is time, open it with read_movie(path, axes='TYX').")
+        if len(names) == 3 and names[1:] == "YX":  # one axis of frames: say how to read it as time
+            as_time = "".join("T" if a == names[0] and n > 1 else "Q" if a == "T" else a for a, n in zip(axes, shape))
+            advice = f"if its first axis really is time, open it with read_movie(path, axes='{as_time}')"
+        else:  # channels and time (or z and time): one of them has to go first
+            advice = ("save one channel or z-plane of it as a T x Y x X movie (Fiji: Image > Hyperstacks > "
+                      "Reduce Dimensionality)")
+        raise ValueError(f"{found}{hint}. Expected a movie T x Y x X (time, height, width); {advice}.")
     return "TYX", sizes
 
 
