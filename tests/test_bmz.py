@@ -145,6 +145,9 @@ def test_export_refuses_to_overwrite_and_import_refuses_foreign_or_newer_package
     model_path, package = exported
     with pytest.raises(FileExistsError, match="m.zip exists"):
         export_bioimageio(load_model(model_path), package)
+    with pytest.raises(ValueError, match=r"^license 'MIT-License' is not an SPDX licence identifier \(such as") as err:
+        export_bioimageio(load_model(model_path), tmp_path / "licensed.zip", license="MIT-License")
+    assert len(str(err.value)) < 200 and not (tmp_path / "licensed.zip").exists()  # (pydantic's was 20 kB)
     rdf = yaml.safe_load(zipfile.ZipFile(package).read("rdf.yaml"))
 
     def repack(name, changed):

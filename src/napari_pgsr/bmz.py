@@ -176,6 +176,11 @@ def export_bioimageio(model: ModelFile, output: str | os.PathLike, *, name: str 
         from bioimageio.spec.model import v0_5 as spec
     except ImportError as err:
         raise _missing_extra() from err
+    try:  # before the seconds of tracing, and in one line (pydantic's own message lists every SPDX id: 20 kB)
+        spec.LicenseId(license)
+    except Exception:
+        raise ValueError(f"license {license!r} is not an SPDX licence identifier (such as CC-BY-4.0, MIT, "
+                         "BSD-3-Clause or Apache-2.0; see https://spdx.org/licenses)") from None
     network = copy.deepcopy(model.network).float().cpu().eval()  # the caller's model stays as it is
     architecture = dict(network.architecture)
     kind = architecture.pop("name")
