@@ -54,7 +54,7 @@ class _FrameReader:
     def __getitem__(self, index):
         try:
             return np.array(self.frames[index])
-        except (IndexError, TypeError, KeyboardInterrupt):
+        except (IndexError, TypeError, MemoryError, OSError):  # asked wrongly, out of memory, the disk gone
             raise
         except Exception as err:  # a compressed frame that does not decode (imagecodecs' errors are RuntimeErrors)
             where = self.path.name if self.path is not None else "the movie"
