@@ -204,6 +204,10 @@ def test_points_csv_round_trip_in_napari_format_and_plain_tables(tmp_path):
     (tmp_path / "bad.csv").write_text("name,size\na,3\n")
     with pytest.raises(ValueError, match=r"bad.csv: expected napari points .* found columns \['name', 'size'\]"):
         read_points_csv(tmp_path / "bad.csv")
+    # ImageJ's Measure of points on a stack: 1-based Slice, X/Y in um; read as y, x it put every label on frame 0
+    (tmp_path / "fiji.csv").write_text(" ,X,Y,Slice\n1,1.2,0.8,3\n2,2.4,1.6,7\n")
+    with pytest.raises(ValueError, match=r"fiji.csv looks like an ImageJ/Fiji Measure table .*'frame, y, x' in "):
+        read_points_csv(tmp_path / "fiji.csv")
 
 
 def test_snap_goes_to_the_brightest_pixel_nearby():

@@ -10,6 +10,7 @@ import pandas as pd
 from ..atomic import atomic_path
 
 PLAIN_COLUMNS = (("frame", "y", "x"), ("t", "y", "x"), ("y", "x"))
+IMAGEJ_STACK_COLUMNS = ("slice", "ch")  # ImageJ's Measure of a point selection on a stack adds these
 
 
 def read_points_csv(path: str | Path) -> np.ndarray:
@@ -29,6 +30,12 @@ def read_points_csv(path: str | Path) -> np.ndarray:
     axes = sorted((c for c in names if c.startswith("axis-")), key=lambda c: int(c.split("-")[1]))
     if axes:
         columns = axes
+    elif {"x", "y"} <= set(names) and set(IMAGEJ_STACK_COLUMNS) & set(names):
+        # read as y, x alone these labels would all land on one frame, at positions perhaps in micrometres
+        raise ValueError(f"{path} looks like an ImageJ/Fiji Measure table (columns {names}): its Slice/Frame "
+                         "count from 1 and its X, Y are in calibrated units (um) when the image has a scale. "
+                         "Expected 'frame, y, x' in pixels with frames from 0, or napari points (label in napari: "
+                         "a Points layer, File > Save Selected Layers... as .csv)")
     else:
         columns = next((list(c) for c in PLAIN_COLUMNS if set(c) <= set(names)), None)
         if columns is None:
