@@ -380,6 +380,32 @@ def test_split_writes_the_low_and_high_stacks_the_pairs_are_made_of(tmp_path, ca
     assert sorted(p.name for p in (tmp_path / "caps").iterdir()) == ["Cells_high.tif", "Cells_low.tif"]
 
 
+def test_a_split_cut_short_leaves_the_old_pair_as_it_was(tmp_path, monkeypatch):
+    """The low movie was replaced before the high one was written: a failure between left a new low beside
+    an old high, two files that no longer pair."""
+    import napari_pgsr.io
+
+    sim = simulate_movie("beads", 8, (16, 16), seed=3)
+    movie = write_movie(tmp_path / "cells.tif", sim.movie)
+    old = {kind: write_movie(tmp_path / "out" / f"cells_{kind}.tif", np.zeros((2, 4, 4), np.uint16)).read_bytes()
+           for kind in ("low", "high")}
+    written = []
+
+    def write_then_fail(path, *args, **kwargs):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(path)
+        return write_movie(path, *args, **kwargs)
+
+    monkeypatch.setattr(napari_pgsr.io, "write_movie", write_then_fail)
+    assert cli.split_main([str(movie), "-o", str(tmp_path / "out"), "--overwrite", "--quiet"]) == 2
+    assert written and {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == {
+        f"cells_{kind}.tif": data for kind, data in old.items()}  # both old, no temporary file left
+    monkeypatch.undo()
+    assert cli.split_main([str(movie), "-o", str(tmp_path / "fresh"), "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["cells_high.tif", "cells_low.tif"]
+
+
 def test_split_names_a_compressed_frame_that_does_not_decode(tmp_path, capsys):
     """imagecodecs raises RuntimeErrors: they were a 26-frame traceback naming neither file nor frame."""
     import tifffile

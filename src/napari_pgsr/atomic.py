@@ -27,6 +27,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def atomic_paths(paths: list[Path]) -> Iterator[list[Path]]:
+    """Temporary paths beside `paths` (hidden, each ending in its target's name, so suffixes such as
+    .ome.tif still tell the format); all replace their targets when the block ends without error, none
+    otherwise: files that belong together (two halves of a movie) are never left one new, one old."""
+    paths = [Path(path) for path in paths]
+    tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    temps = [path.parent / f".{tag}.{path.name}" for path in paths]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield temps
+        for tmp in temps:
+            _sync(tmp)
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
+        for folder in {path.parent for path in paths}:
+            _sync(folder)
+    except BaseException:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def _sync(path: Path) -> None:
     """Flush a file's (or a folder's entries') data to the disk, where the system allows it."""
     if not path.exists() or (path.is_dir() and os.name == "nt"):

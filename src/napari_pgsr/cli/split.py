@@ -34,6 +34,7 @@ def split_main(argv: list[str] | None = None) -> int:
     try:
         from tqdm import tqdm
 
+        from ..atomic import atomic_paths
         from ..io import movie_stem, read_movie, write_movie
         from ..pairs import split_alternating
 
@@ -54,11 +55,13 @@ def split_main(argv: list[str] | None = None) -> int:
 
             pairs = split_alternating(movie, low_first=args.low_first, progress=show("exposures"))
             phase = f"{'low' if pairs.low_first else 'high'} exposure first, ratio {pairs.ratio:.2f}x"
-            for kind, stack in (("low", pairs.low), ("high", pairs.high)):
-                bar.reset()
-                write_movie(outputs[kind], stack, pixel_size_um=movie.pixel_size_um, overwrite=args.overwrite,
-                            description=f"{kind}-exposure frames of {args.movie.name} ({phase})",
-                            progress=show(outputs[kind].name))
+            # both movies or neither: a split cut short must not leave a new low beside an old high
+            with atomic_paths(list(outputs.values())) as temps:
+                for (kind, path), tmp in zip(outputs.items(), temps):
+                    bar.reset()
+                    write_movie(tmp, getattr(pairs, kind), pixel_size_um=movie.pixel_size_um,
+                                description=f"{kind}-exposure frames of {args.movie.name} ({phase})",
+                                progress=show(path.name))
     except (BadInput, ValueError, OSError) as err:
         print(f"napari-pgsr-split: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
