@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_pgsr.io import read_movie
-from napari_pgsr.pairs import classify_frames, pair_stacks, split_alternating
+from napari_pgsr.pairs import classify_frames, pair_stacks, pairs_at, split_alternating
 from napari_pgsr.simulate import Acquisition, Scene, simulate_movie
 
 
@@ -97,6 +97,18 @@ def test_lazy_movie_from_file_gives_lazy_pairs(movie_file):
     np.testing.assert_array_equal(low, movie.data[10, 10:20, 0:8].compute())
     np.testing.assert_array_equal(high, movie.data[11, 10:20, 0:8].compute())
     assert pairs.summary()["source"] == "ap2.tif"
+
+
+def test_pairs_at_stored_indices_match_the_split_and_indices_outside_the_movie_are_refused():
+    """The indices come from a layer's metadata: after the layer's movie was cut, -1 read its last frame."""
+    movie = _movie(12)
+    split = split_alternating(movie, name="m")
+    again = pairs_at(movie, split.low_index, split.high_index, name="m", low_first=True)
+    np.testing.assert_array_equal(again.low.compute(), split.low.compute())
+    assert again.ratio == pytest.approx(split.ratio)
+    for low, high, bad in (([0, -1], [1, 2], -1), ([0, 2], [1, 12], 12)):
+        with pytest.raises(ValueError, match=rf"m: frame index {bad} is outside the movie's 12 frames \(0 to 11\)"):
+            pairs_at(movie, low, high, name="m")
 
 
 def test_separate_low_and_high_stacks_pair_frame_by_frame():

@@ -231,9 +231,10 @@ def pairs_at(data, low_index, high_index, name: str | None = None, low_first: bo
     low, high = np.asarray(low_index, int), np.asarray(high_index, int)
     if low.shape != high.shape or low.size == 0:
         raise ValueError(f"{name}: need as many low as high frame indices (got {low.size} and {high.size})")
-    if max(low.max(), high.max()) >= data.shape[0]:
-        raise ValueError(f"{name}: frame index {max(low.max(), high.max())} beyond the movie's "
-                         f"{data.shape[0]} frames")
+    outside = [int(i) for i in np.concatenate([low, high]) if not 0 <= i < data.shape[0]]
+    if outside:  # (a negative index would silently count from the movie's end)
+        raise ValueError(f"{name}: frame index {outside[0]} is outside the movie's {data.shape[0]} frames "
+                         f"(0 to {data.shape[0] - 1})")
     means = frame_means(data, name)
     baseline = estimate_baseline(data, means, low, high)
     stack, source = _as_dask(data), frame_source(data)
