@@ -148,6 +148,9 @@ def test_export_refuses_to_overwrite_and_import_refuses_foreign_or_newer_package
     with pytest.raises(ValueError, match=r"^license 'MIT-License' is not an SPDX licence identifier \(such as") as err:
         export_bioimageio(load_model(model_path), tmp_path / "licensed.zip", license="MIT-License")
     assert len(str(err.value)) < 200 and not (tmp_path / "licensed.zip").exists()  # (pydantic's was 20 kB)
+    with pytest.raises(ValueError, match=r"^the sample frames are 32 x 48 pixels, but this unet sees \d+ px around "
+                       r"each pixel, so the package's smallest input is 64 x 64: give a larger sample movie"):
+        export_bioimageio(load_model(model_path), tmp_path / "small.zip", test_frames=np.ones((1, 32, 48), np.float32))
     rdf = yaml.safe_load(zipfile.ZipFile(package).read("rdf.yaml"))
 
     def repack(name, changed):

@@ -189,6 +189,10 @@ def export_bioimageio(model: ModelFile, output: str | os.PathLike, *, name: str 
     # crops, so no seams; a multiple of `step`, so blocks keep the pooling grid of the whole frame
     halo = step * -(-(network.receptive_field // 2) // step)
     min_size = step * -(-max(TEST_SIZE, 2 * halo + step) // step)  # a valid size above twice the halo
+    if test_frames is not None and min(np.shape(test_frames)[1:]) < min_size:
+        raise ValueError(f"the sample frames are {' x '.join(map(str, np.shape(test_frames)[1:]))} pixels, but this "
+                         f"{kind} sees {halo} px around each pixel, so the package's smallest input is {min_size} x "
+                         f"{min_size}: give a larger sample movie, or none (a simulated one is used)")
     x = test_input(model, test_frames, size=min_size)
     norm = model.normalization
     y = _expected_output(network, norm, x)
