@@ -125,6 +125,9 @@ def test_points_and_frames_of_movies():
     with pytest.raises(ValueError, match="carry a frame index"):
         measure_spots(movie[1], [[1, 12, 15]])
     assert measure_spots(movie[1], [[1, 12, 15], [2, 20, 8]], frame=1)["y"].to_numpy() == pytest.approx([12], abs=1e-3)
+    # ...numbered as in the labels (they were renumbered from 0, naming the wrong label)
+    on_frame_2 = measure_spots(movie[2], [[1, 12, 15], [2, 20, 8], [2, 5, 25]], frame=2)
+    assert on_frame_2["point"].tolist() == [1, 2] and on_frame_2["y"][0] == pytest.approx(20, abs=1e-3)
     with pytest.raises(ValueError, match="no points to measure"):
         measure_spots(movie[1], np.empty((0, 2)))
 

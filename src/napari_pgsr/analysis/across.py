@@ -99,7 +99,7 @@ def iter_measure_across(images: Mapping[str, object], points, pixel_size_nm: flo
     suggestion scores and average profile (fits done unchanged, "<image>: suggestions" / ": profile");
     then (total, total, "") and returns the report."""
     shape = check_same_shape(images)
-    frames, yx, note = locate_points(shape, points, frame)
+    frames, yx, note, _ = locate_points(shape, points, frame)
     tables, summaries, profiles = [], [], {}
     total = len(yx) * len(images)
     for done, (name, image) in enumerate(images.items()):

@@ -49,8 +49,10 @@ class CameraCalibration:
         return float(np.iinfo(dtype).max) if dtype.kind in "ui" else None
 
 
-def locate_points(image_shape: tuple[int, ...], points, frame: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
-    """Frame index (-1 for a 2-D image) and (y, x) of each point, and a note on what was assumed.
+def locate_points(image_shape: tuple[int, ...], points, frame: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:
+    """Frame index (-1 for a 2-D image) and (y, x) of each point, a note on what was assumed, and each
+    point's row in `points` (its number in the table, also when only some points are kept).
 
     2-D points on a movie and (frame, y, x) points on a single frame need `frame`: the points are then
     measured on that frame of the movie, or only the points of that frame are kept. Points with more than
@@ -71,6 +73,7 @@ def locate_points(image_shape: tuple[int, ...], points, frame: int | None = None
     has_frame = points.shape[1] >= 3
     frames = np.rint(points[:, -3]).astype(int) if has_frame else None
     note = ""
+    point_ids = np.arange(len(points))
     if len(image_shape) == 3 and frames is None:
         if frame is None:
             raise ValueError("the points are 2-D (y, x) but the image is a movie: choose the frame to measure")
@@ -83,13 +86,13 @@ def locate_points(image_shape: tuple[int, ...], points, frame: int | None = None
             raise ValueError("the points carry a frame index (frame, y, x) but the image is a single frame: "
                              "choose the frame whose points to measure")
         keep = frames == int(frame)
-        yx, frames = yx[keep], np.full(int(keep.sum()), -1)
+        yx, frames, point_ids = yx[keep], np.full(int(keep.sum()), -1), point_ids[keep]
         note = f"{int(keep.sum())} of {len(points)} points lie on frame {frame} and were measured on the 2-D image"
         if not keep.any():
             raise ValueError(f"none of the {len(points)} points lies on frame {frame}")
     elif frames is None:
         frames = np.full(len(yx), -1)
-    return frames, yx, note
+    return frames, yx, note, point_ids
 
 
 def centre_fraction(sigma_px: float) -> float:
@@ -220,21 +223,22 @@ def iter_measure_spots(image, points, pixel_size_nm: float | None = None, radius
     PROGRESS_EVERY fits (a progress bar, a cancel between steps), returns the table."""
     camera = camera or CameraCalibration()
     shape = tuple(image.shape)
-    frames, yx, _ = locate_points(shape, points, frame)
+    frames, yx, _, point_ids = locate_points(shape, points, frame)
     saturation = camera.saturation(image.dtype)
     rows: list[dict] = []
     for t in np.unique(frames):
         in_frame = np.flatnonzero(frames == t)
         if len(shape) == 3 and not 0 <= t < shape[0]:
-            rows += [{"point": i, "frame": t, "y": yx[i, 0], "x": yx[i, 1], "flag": "outside image"} for i in in_frame]
+            rows += [{"point": point_ids[i], "frame": t, "y": yx[i, 0], "x": yx[i, 1], "flag": "outside image"}
+                     for i in in_frame]
             yield len(rows)
             continue
         plane = as_array(image if t < 0 else image[t], np.float64)
         for number, i in enumerate(in_frame, 1):
             others = yx[in_frame[in_frame != i]]
             others = others[np.max(np.abs(others - yx[i]), axis=1) <= 2 * radius + 5]  # only neighbours matter
-            rows.append({"point": i, "frame": t, **_measure_one(plane, yx[i, 0], yx[i, 1], others, radius,
-                                                                camera, sigma_guess, saturation)})
+            rows.append({"point": point_ids[i], "frame": t, **_measure_one(
+                plane, yx[i, 0], yx[i, 1], others, radius, camera, sigma_guess, saturation)})
             if number % PROGRESS_EVERY == 0 and number < len(in_frame):
                 yield len(rows)
         yield len(rows)
