@@ -51,6 +51,15 @@ def test_matching_scores_on_constructed_sets():
     # a label marked as ignorable: finding it is not a false positive, missing it is no false negative
     dim = compare_to_labels([[0, 0]], [[0, 0], [10, 10]], ignore=[True, True])
     assert (dim.true_positives, dim.false_positives, dim.false_negatives) == (0, 0, 0) and dim.f1 == 1.0
+    # a detection between an ignorable label and a counted one is the counted one's (the nearer ignorable one
+    # took it: a false negative where the spot was found)
+    between = compare_to_labels([[10, 10]], [[10, 10.5], [10, 11.5]], ignore=[True, False])
+    assert (between.true_positives, between.false_positives, between.false_negatives) == (1, 0, 0)
+    assert between.pairs.tolist() == [[0, 1]] and between.rmse == pytest.approx(1.5)
+    # ...and two detections still take both
+    both = compare_to_labels([[10, 10], [10, 12]], [[10, 10.5], [10, 11.5]], ignore=[True, False])
+    assert (both.true_positives, both.false_positives, both.false_negatives) == (1, 0, 0)
+    assert both.pairs.tolist() == [[1, 1]]
     empty = compare_to_labels(np.empty((0, 2)), labels)
     assert empty.recall == 0.0 and np.isnan(empty.rmse)
     assert compare_to_labels([], [5, 5]).false_negatives == 1  # no detections; one label as a bare pair

@@ -56,7 +56,9 @@ def compare_to_labels(detected: np.ndarray, labels: np.ndarray, tolerance_px: fl
         raise ValueError(f"ignore needs one entry per label ({len(labels)}), got shape {ignore.shape}")
     if len(detected) and len(labels):
         distance = cdist(detected, labels)
-        cost = np.where(distance <= tolerance_px, distance, 1e6)
+        # a detection between a counted label and an ignored one goes to the counted one (a true positive,
+        # not a false negative), whichever is nearer: matches to ignored labels cost more than any other
+        cost = np.where(distance <= tolerance_px, distance + np.where(ignore, 1e3, 0.0), 1e9)
         rows, cols = linear_sum_assignment(cost)
         keep = distance[rows, cols] <= tolerance_px
         rows, cols = rows[keep], cols[keep]
