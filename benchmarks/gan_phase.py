@@ -11,8 +11,8 @@ signed offset of the found spots (a whole-image shift by the network).
 `--warmup-from DIR/warm_rot180.pgsr ...` continues the warm-ups of an earlier run (the folder it prints);
 `--score-raw` also scores the generator being trained, not only its EMA copy that the model file restores with.
 `--continue RUN.pgsr` trains a GAN run of an earlier call (its gan_<variant>_<lambda>.pgsr, with the same
-`--train-kind`, `--frames`, `--diffusion` and `--blinking`) on to `--gan-steps` GAN steps in all with its stored settings
-(except `--device` and `--cpu-bf16`, given again),
+`--train-kind`, `--frames`, `--diffusion` and `--blinking`) on to `--gan-steps` GAN steps in all with its stored
+settings (except `--device` and `--cpu-bf16`, given again),
 scored every `--every` steps, and nothing else. A continued run, like a `--warmup-from` warm-up, keeps the
 critic-noise line its file recorded (a file written before commit 1c472d8 holds the old single-frame fit).
 `--low-pass W` (an experiment, not a package setting) adds W * MAE of the Gaussian-blurred output and target

@@ -75,7 +75,8 @@ def main() -> int:
     args = parser.parse_args()
     sigma = Microscope().sigma_nm
     print(f"PSF sigma {sigma:.1f} nm; within 5%: <= {1.05 * sigma:.1f} nm. Widths a posterior-mean (MSE) "
-          f"restoration of the low frames draws with photon-limited localisation (not a bound for MAE; median over the scored spots; F^2: the camera's excess noise factor)\n")
+          "restoration of the low frames draws with photon-limited localisation (not a bound for MAE; median "
+          "over the scored spots; F^2: the camera's excess noise factor)\n")
     print("| sample | context K | spots | median detected photons (one low frame) | median width, F^2 = 2 (nm) "
           "| median width, F^2 = 1 (nm) | F^2 = 1, 80% found | F^2 = 1, 50% found "
           "| spots that can be within 5% (F^2 = 1) |")

@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry point: simulate a movie and write it (plus truth) to disk."""
     from .io import write_movie
 
-    parser = argparse.ArgumentParser(prog="napari-pgsr-simulate", description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser = argparse.ArgumentParser(prog="napari-pgsr-simulate",
+                                     description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--kind", choices=KINDS, default="ap2")
     parser.add_argument("--frames", type=int, default=100, help="number of frames (low and high together)")
     parser.add_argument("--size", type=int, nargs="+", default=[256], help="frame size: N or H W pixels")
