@@ -9,7 +9,7 @@ import pytest
 from napari.utils._proxies import ReadOnlyWrapper
 from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 
-from napari_pgsr._widgets import _workers, spots_widget
+from napari_pgsr._widgets import _spot_results, _workers, spots_widget
 from napari_pgsr._widgets._grid_view import canvas_grid
 from napari_pgsr._widgets._spot_results import viewer_camera
 from napari_pgsr._widgets.spots_widget import SpotsWidget
@@ -26,6 +26,7 @@ def messages(monkeypatch):
     monkeypatch.setattr(spots_widget, "show_error", shown["error"].append)
     monkeypatch.setattr(spots_widget, "show_warning", shown["warning"].append)
     monkeypatch.setattr(_workers, "show_error", shown["error"].append)
+    monkeypatch.setattr(_spot_results, "show_error", shown["error"].append)
     return shown
 
 
@@ -291,6 +292,11 @@ def test_suggest_accept_save_and_load(make_napari_viewer, rng, messages, tmp_pat
     paths = widget.results.export(tmp_path / "spots.csv")
     assert [p.name for p in paths] == ["spots.csv", "spots_summary.csv", "spots_plots.png"]
     assert len(pd.read_csv(paths[0])) == 2 * len(TRUTH) and paths[2].stat().st_size > 10_000
+    # the labels file the table would have replaced (the save dialog asks about the name, not what it holds)
+    before = (tmp_path / "labels.csv").read_bytes()
+    assert widget.results.export(tmp_path / "labels.csv") == []
+    assert "labels.csv is a file a layer was read from" in messages["error"][-1]
+    assert (tmp_path / "labels.csv").read_bytes() == before and not (tmp_path / "labels_summary.csv").exists()
 
 
 def test_bad_input_gives_clear_messages(make_napari_viewer, rng, messages):

@@ -100,6 +100,15 @@ class SpotResults:
         camera = viewer_camera(self._viewer)
         camera.center = (camera.center[0], *world[-2:])
 
+    def _files_read(self) -> set[Path]:
+        """The files the viewer's layers were read from (napari's readers, or the Spots widget's *Load*)."""
+        files = set()
+        for layer in self._viewer.layers:
+            for name in (layer.source.path, layer.metadata.get("source_path")):
+                if name:
+                    files.add(Path(name).resolve())
+        return files
+
     def export(self, path: str | Path | None = None) -> list[Path]:
         """Write the spot table to `path` (CSV), the summary to <stem>_summary.csv and the plots to
         <stem>_plots.png beside it."""
@@ -112,6 +121,11 @@ class SpotResults:
                 return []
         path = Path(path)
         summary, plots = path.with_name(f"{path.stem}_summary.csv"), path.with_name(f"{path.stem}_plots.png")
+        read_from = self._files_read()
+        for target in (path, summary, plots):
+            if target.resolve() in read_from:  # the labels CSV, say: the table would replace the labels
+                show_error(f"Spots: {target} is a file a layer was read from; export under another name")
+                return []
         try:
             write_table_atomically(self.report.table, path)
             write_table_atomically(self.report.summary, summary)

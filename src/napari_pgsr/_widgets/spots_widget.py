@@ -173,6 +173,7 @@ class SpotsWidget(Container):
             show_error(f"Spots: {err}")
             return
         layer = self._viewer.add_points(points, ndim=points.shape[1], name=Path(path).stem,
+                                        metadata={"source_path": str(Path(path).resolve())},
                                         **placement(self.reference.value, points.shape[1]), **LABEL_STYLE)
         self.labels_layer.value = layer
         self.grid_labels.update()
