@@ -103,6 +103,8 @@ def test_bad_prediction_input_exits_2_and_keeps_files(tmp_path, movie, capsys):
     assert cli.predict_main([str(tmp_path / "junk.pgsr"), str(movie), "-o", str(tmp_path / "x.tif")]) == 2
     assert "not a readable napari-pgsr model file" in capsys.readouterr().err
     assert not (tmp_path / "x.tif").exists()
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "x.png")]) == 2
+    assert "x.png: expected a name ending in .tif, .tiff, .ome.tif or .zarr" in capsys.readouterr().err
 
 
 def test_train_refuses_outputs_it_could_not_write_before_training(tmp_path, movie, capsys):
@@ -190,13 +192,18 @@ def test_ctrl_c_stops_training_cleanly_and_leaves_a_resumable_model(tmp_path, mo
     assert "stopping after this step" in err
 
 
-def test_resume_takes_the_stored_settings_and_minutes_alone_lift_the_step_cap(tmp_path, movie):
+def test_resume_takes_the_stored_settings_and_minutes_alone_lift_the_step_cap(tmp_path, movie, capsys):
     model = tmp_path / "m.pgsr"
     assert cli.train_main([str(movie), "--out", str(model), *TINY, "--context", "1"]) == 0
     # only the new length is given: depth, width, context... come from the checkpoint
     assert cli.train_main([str(movie), "--out", str(model), "--resume", str(model), "--steps", "6", "--quiet"]) == 0
     saved = load_model(model)
     assert saved.metadata["history"]["step"] == 6 and saved.context == 1
+    # resumed with no more steps to go: it said 'done at step 6' as if it had trained
+    capsys.readouterr()
+    assert cli.train_main([str(movie), "--out", str(model), "--resume", str(model), "--steps", "6", "--quiet"]) == 0
+    assert ("already at step 6, and --steps is 6: nothing is left to train; give a larger --steps"
+            in capsys.readouterr().err)
     args = cli.train_parser().parse_args([str(movie), "--out", "x.pgsr", "--minutes", "3"])
     config = cli.build_config(args)
     assert config.steps is None and config.minutes == 3
@@ -248,7 +255,7 @@ def test_measure_writes_one_table_over_low_and_high_frames(tmp_path, capsys):
     assert f"{2 * len(truth)}/{2 * len(truth)}" in err and "fit/s" in err  # the progress bar, on stderr
     assert "low: suggestions" in err and "high: profile" in err  # the steps after the fits are named
     assert cli.measure_main([*args, "-o", str(tmp_path / "quiet.csv"), "--quiet"]) == 0
-    assert "fit/s" not in capsys.readouterr().err
+    assert capsys.readouterr() == ("", "")  # no progress, and no summary either (it printed the summary)
     # existing output, output over an input, images of different shapes: exit 2, inputs untouched
     assert cli.measure_main(args) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
@@ -359,6 +366,10 @@ def test_split_writes_the_low_and_high_stacks_the_pairs_are_made_of(tmp_path, ca
     assert cli.split_main([str(movie), "-o", str(tmp_path / "out")]) == 0
     said = capsys.readouterr()
     assert "cells.tif: low exposure first" in said.out
+    # -o names the folder: a movie's name there made a folder of that name
+    assert cli.split_main([str(movie), "-o", str(tmp_path / "cells_low.tif")]) == 2
+    assert "-o is the folder for the two movies" in capsys.readouterr().err
+    assert not (tmp_path / "cells_low.tif").exists()
     assert "exposures:" in said.err and "cells_high.tif: 100%" in said.err and "| 4/4" in said.err
     pairs = split_alternating(read_movie(movie))
     for kind, stack in (("low", pairs.low), ("high", pairs.high)):

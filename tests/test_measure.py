@@ -118,7 +118,7 @@ def test_points_and_frames_of_movies():
     assert table["y"][:2].to_numpy() == pytest.approx([12, 20], abs=1e-3)
     assert table["flag"][2] == "outside image"
     # 2-D points on a movie: the chosen frame, or a clear error
-    with pytest.raises(ValueError, match="points are 2-D .* the image is a movie"):
+    with pytest.raises(ValueError, match=r"points are 2-D .* a movie: .*\(napari-pgsr-measure --frame N\)"):
         measure_spots(movie, [[12, 15]])
     assert measure_spots(movie, [[12, 15]], frame=1)["frame"].tolist() == [1]
     # 3-D points on a single frame: only the points of the chosen frame

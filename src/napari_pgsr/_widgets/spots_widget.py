@@ -49,7 +49,8 @@ class SpotsWidget(Container):
         self.radius = SpinBox(label="Fit radius (px)", value=3, min=2, max=15)
         self.baseline = FloatSpinBox(label="Camera baseline", value=0.0, min=-1e6, max=1e6)
         self.electrons = FloatSpinBox(label="e- per grey level", value=1.0, min=1e-6, max=1e6, step=0.01,
-                                      tooltip="photoelectrons per grey level after EM gain; 1: image in photons")
+                                      tooltip="photoelectrons (before EM gain) per grey level: the camera's e-/ADU "
+                                      "divided by its EM gain; 1: image in photons")
         self.emccd = CheckBox(text="EMCCD (excess noise 2)", value=True)
         self.measure_button = PushButton(text="Measure")
         self.cancel_button = PushButton(text="Cancel", enabled=False)

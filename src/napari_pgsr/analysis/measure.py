@@ -76,7 +76,8 @@ def locate_points(image_shape: tuple[int, ...], points, frame: int | None = None
     point_ids = np.arange(len(points))
     if len(image_shape) == 3 and frames is None:
         if frame is None:
-            raise ValueError("the points are 2-D (y, x) but the image is a movie: choose the frame to measure")
+            raise ValueError("the points are 2-D (y, x) but the image is a movie: choose the frame to measure "
+                             "(napari-pgsr-measure --frame N)")
         if not 0 <= int(frame) < image_shape[0]:
             raise ValueError(f"frame {frame} is outside the movie ({image_shape[0]} frames: 0 to {image_shape[0] - 1})")
         frames = np.full(len(yx), int(frame))
@@ -84,7 +85,7 @@ def locate_points(image_shape: tuple[int, ...], points, frame: int | None = None
     elif len(image_shape) == 2 and frames is not None:
         if frame is None:
             raise ValueError("the points carry a frame index (frame, y, x) but the image is a single frame: "
-                             "choose the frame whose points to measure")
+                             "choose the frame whose points to measure (napari-pgsr-measure --frame N)")
         keep = frames == int(frame)
         yx, frames, point_ids = yx[keep], np.full(int(keep.sum()), -1), point_ids[keep]
         note = f"{int(keep.sum())} of {len(points)} points lie on frame {frame} and were measured on the 2-D image"

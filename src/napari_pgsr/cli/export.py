@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput
+from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -19,9 +19,7 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, required=True, help="the package (.zip)")
     parser.add_argument("--sample", type=Path, help="alternating-exposure movie whose first low-exposure frames "
                         "give the package's test input [default: a simulated AP2 movie]")
-    phase = parser.add_mutually_exclusive_group()
-    phase.add_argument("--low-first", dest="low_first", action="store_const", const=True, default=None)
-    phase.add_argument("--high-first", dest="low_first", action="store_const", const=False)
+    add_phase_flags(parser)
     parser.add_argument("--name", help="the model's name in the zoo [default: napari-pgsr <network> restoration]")
     parser.add_argument("--author", action="append", help="an author (repeat for several)")
     parser.add_argument("--license", default="CC-BY-4.0", help="SPDX licence of the weights [default: CC-BY-4.0]")

@@ -21,12 +21,13 @@ def measure_parser() -> argparse.ArgumentParser:
                         help="labels CSV: napari points (axis-0, axis-1, ...), 'y,x' or 'frame,y,x' columns")
     parser.add_argument("-o", "--output", type=Path, required=True, help="table CSV; the summary goes beside it")
     parser.add_argument("--pixel-size-nm", type=float, default=None, help="[default: from the first image's file]")
-    parser.add_argument("--frame", type=int, default=None, help="movie frame for 2-D points (or the points' frame "
-                                                                "for 2-D images)")
+    parser.add_argument("--frame", type=int, default=None, help="movie frame for 2-D (y, x) points, which are "
+                        "refused on a movie without it (or the points' frame for 2-D images)")
     parser.add_argument("--radius", type=int, default=3, help="fit window half-width in pixels [3]")
     parser.add_argument("--baseline-adu", type=float, default=0.0, help="camera offset in grey levels [0]")
     parser.add_argument("--electrons-per-adu", type=float, default=1.0,
-                        help="photoelectrons per grey level after EM gain [1: image in photons]")
+                        help="photoelectrons (before EM gain) per grey level: the camera's e-/ADU divided by its "
+                        "EM gain (the simulated EMCCD: 10 e-/ADU at gain 100 gives 0.1) [1: image in photons]")
     parser.add_argument("--excess-noise", type=float, default=2.0, help="2 for an EMCCD, 1 for sCMOS/CCD [2]")
     parser.add_argument("--saturation-adu", type=float, default=None,
                         help="grey level the camera clips at: spots reaching it are flagged 'saturated' "
@@ -34,8 +35,8 @@ def measure_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plots", action="store_true", help="also write FWHM / SNR histograms and average spot "
                                                              "profiles as <output>_plots.png")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary (errors and "
-                        "warnings are still printed)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, notes or summary (errors are "
+                        "still printed)")
     return parser
 
 
@@ -141,6 +142,8 @@ def measure_main(argv: list[str] | None = None) -> int:
     except (BadInput, ValueError, OSError) as err:  # OSError: an output that is a folder, a full disk...
         print(f"napari-pgsr-measure: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.quiet:
+        return 0
     for note in [report.note, *notes]:
         if note:
             print(f"note: {note}")

@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput
+from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -26,9 +26,7 @@ def predict_parser() -> argparse.ArgumentParser:
                         help="every frame, or the low-exposure frame of each exposure pair of an alternating "
                         "movie (as Exposure pairs splits it: restored frame i pairs with high frame i; a low frame "
                         "without its high one, at the end or where the alternation breaks, is left out)")
-    phase = parser.add_mutually_exclusive_group()
-    phase.add_argument("--low-first", dest="low_first", action="store_const", const=True, default=None)
-    phase.add_argument("--high-first", dest="low_first", action="store_const", const=False)
+    add_phase_flags(parser)
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--tile", type=int, default=None,
                         help="tile size in pixels [default: whole frames when they fit in memory, else 512]")
@@ -72,10 +70,12 @@ def predict_main(argv: list[str] | None = None) -> int:
         from tqdm import tqdm
 
         from ..inference import Restorer, restore_to_file
-        from ..io import read_movie_or_frame
+        from ..io import is_tiff_path, read_movie_or_frame
         from ..modelfile import load_model
         from ..zarr_movie import is_zarr_path
 
+        if not (is_tiff_path(args.output) or is_zarr_path(args.output)):
+            raise BadInput(f"{args.output}: expected a name ending in .tif, .tiff, .ome.tif or .zarr (OME-Zarr)")
         if args.resume and not is_zarr_path(args.output):
             raise BadInput("--resume continues OME-Zarr outputs (names ending .zarr); TIFFs are written whole")
         if args.output.exists() and not (args.overwrite or args.resume):

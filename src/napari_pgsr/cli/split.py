@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput
+from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags
 
 
 def split_parser() -> argparse.ArgumentParser:
@@ -18,10 +18,7 @@ def split_parser() -> argparse.ArgumentParser:
         "is paired with frame i of the other), e.g. to measure spots on them beside a restoration.")
     parser.add_argument("movie", type=Path, help="alternating-exposure movie (TIFF or OME-Zarr)")
     parser.add_argument("-o", "--output", type=Path, default=Path("."), help="folder for the two movies [.]")
-    phase = parser.add_mutually_exclusive_group()
-    phase.add_argument("--low-first", dest="low_first", action="store_const", const=True, default=None,
-                       help="the movie starts with the low exposure [default: detect]")
-    phase.add_argument("--high-first", dest="low_first", action="store_const", const=False)
+    add_phase_flags(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary (errors are still "
                         "printed)")
@@ -35,9 +32,12 @@ def split_main(argv: list[str] | None = None) -> int:
         from tqdm import tqdm
 
         from ..atomic import atomic_paths
-        from ..io import movie_stem, read_movie, write_movie
+        from ..io import is_tiff_path, movie_stem, read_movie, write_movie
         from ..pairs import split_alternating
 
+        if is_tiff_path(args.output) or args.output.is_file():
+            raise BadInput(f"-o is the folder for the two movies, got {args.output}; they are named "
+                           f"<movie>_low.tif and <movie>_high.tif")
         stem = movie_stem(args.movie)
         outputs = {kind: args.output / f"{stem}_{kind}.tif" for kind in ("low", "high")}
         taken = [str(path) for path in outputs.values() if path.exists()]

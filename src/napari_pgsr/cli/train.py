@@ -10,7 +10,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput
+from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags
 
 
 def _field_type(annotation) -> type:
@@ -40,11 +40,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             group.add_argument(flag, type=kind, default=None, help=help_text, metavar=spec.name.upper())
-    phase = group.add_mutually_exclusive_group()
-    phase.add_argument("--low-first", dest="low_first", action="store_const", const=True, default=None,
-                       help="alternating movies start with the low exposure [default: detect]")
-    phase.add_argument("--high-first", dest="low_first", action="store_const", const=False,
-                       help="alternating movies start with the high exposure")
+    add_phase_flags(group)
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -190,6 +186,14 @@ def train_main(argv: list[str] | None = None) -> int:
             check_writable(output)
         if args.out.exists() and not args.overwrite and not resuming_in_place:
             raise BadInput(f"{args.out} exists; pass --overwrite to replace it, or --resume {args.out}")
+        if args.resume is not None and config.model == "unet" and config.minutes is None and config.steps:
+            from ..modelfile import load_model
+
+            done = (load_model(args.resume).training_state or {}).get("step", 0)
+            if done >= config.steps and int(os.environ.get("RANK", "0")) == 0:
+                print(f"napari-pgsr-train: note: {args.resume} is already at step {done}, and --steps is "
+                      f"{config.steps}: nothing is left to train; give a larger --steps to continue",
+                      file=sys.stderr)
         pairs, validation, files = load_training_pairs(args, config.low_first)
         from ..training.events import EventKind
         from ..training.loop import train
