@@ -125,6 +125,14 @@ def test_bad_files_get_clear_errors(tmp_path, movie_file):
     with pytest.raises(ValueError, match=r"z.tif has axes ZYX.*Z=5 \(depth \(Z\)\).*Z-stack.*axes='TYX'"):
         read_movie(tmp_path / "z.tif")
     assert read_movie(tmp_path / "z.tif", axes="TYX").shape == (5, 16, 16)  # the user says it is time
+    # tifffile's own default for 3-D ImageJ data is channels: the advice works without Python too
+    tifffile.imwrite(tmp_path / "c.tif", np.zeros((6, 16, 16), np.uint16), imagej=True)
+    with pytest.raises(ValueError, match=r"c.tif has axes CYX.*save it as a time series \(Fiji: Image > "
+                       r"Properties\.\.\., Channels = Slices = 1, Frames = 6; Python: tifffile.imwrite"):
+        read_movie(tmp_path / "c.tif")
+    with tifffile.TiffFile(tmp_path / "c.tif") as tif:
+        tifffile.imwrite(tmp_path / "t.tif", tif.asarray(), imagej=True, metadata={"axes": "TYX"})
+    assert read_movie(tmp_path / "t.tif").shape == (6, 16, 16)  # as the advice says
     tifffile.imwrite(tmp_path / "one.tif", np.zeros((16, 16), np.uint16))
     with pytest.raises(ValueError, match=r"one.tif .*single frame.*at least 2 frames"):
         read_movie(tmp_path / "one.tif")

@@ -172,7 +172,10 @@ def _movie_axes(path: Path, axes: str, shape: tuple[int, ...],
         hint = " (a Z-stack)" if "Z" in names else ""
         if len(names) == 3 and names[1:] == "YX":  # one axis of frames: say how to read it as time
             as_time = "".join("T" if a == names[0] and n > 1 else "Q" if a == "T" else a for a, n in zip(axes, shape))
-            advice = f"if its first axis really is time, open it with read_movie(path, axes='{as_time}')"
+            # (the command-line tools take no axes: say how to re-save it, too)
+            advice = (f"if its first axis really is time, save it as a time series (Fiji: Image > Properties..., "
+                      f"Channels = Slices = 1, Frames = {sizes[0]}; Python: tifffile.imwrite(path, frames, "
+                      f"imagej=True, metadata={{'axes': 'TYX'}})), or read it with read_movie(path, axes='{as_time}')")
         else:  # channels and time (or z and time): one of them has to go first
             advice = ("save one channel or z-plane of it as a T x Y x X movie (Fiji: Image > Hyperstacks > "
                       "Reduce Dimensionality)")
