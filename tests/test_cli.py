@@ -105,6 +105,8 @@ def test_bad_prediction_input_exits_2_and_keeps_files(tmp_path, movie, capsys):
     assert not (tmp_path / "x.tif").exists()
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "x.png")]) == 2
     assert "x.png: expected a name ending in .tif, .tiff, .ome.tif or .zarr" in capsys.readouterr().err
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "x.tif"), "--batch", "0"]) == 2
+    assert "--batch 0: expected at least 1" in capsys.readouterr().err
 
 
 def test_train_refuses_outputs_it_could_not_write_before_training(tmp_path, movie, capsys):

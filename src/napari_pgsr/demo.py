@@ -159,15 +159,17 @@ def measure_suggested_spots(viewer, reference: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point `napari-pgsr-demo`."""
     parser = argparse.ArgumentParser(prog="napari-pgsr-demo", description=" ".join(__doc__.split()))
-    parser.add_argument("--kind", choices=KINDS, default="ap2")
-    parser.add_argument("--frames", type=int, default=100)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--output", default="demo_output", help="folder for the sample and results")
+    parser.add_argument("--kind", choices=KINDS, default="ap2", help="sample [ap2]")
+    parser.add_argument("--frames", type=int, default=100, help="frames of a new sample movie [100]")
+    parser.add_argument("--size", type=int, default=256, help="frame size of a new sample movie, pixels [256]")
+    parser.add_argument("--output", default="demo_output", help="folder for the sample and results (a rerun keeps "
+                        "the sample and the model in it: --frames, --size, --steps, --width apply to a new "
+                        "folder) [demo_output]")
     parser.add_argument("--headless", action="store_true", help="no window: hidden viewer and a screenshot")
     parser.add_argument("--no-viewer", action="store_true", help="core steps only, no napari")
     parser.add_argument("--screenshot", type=Path, help="where the headless run saves its screenshot")
-    parser.add_argument("--steps", type=int, default=300, help="training steps of the demo U-Net")
-    parser.add_argument("--width", type=int, default=32, help="first-level channels of the demo U-Net")
+    parser.add_argument("--steps", type=int, default=300, help="training steps of the demo U-Net [300]")
+    parser.add_argument("--width", type=int, default=32, help="first-level channels of the demo U-Net [32]")
     parser.add_argument("--no-training", action="store_true", help="skip training and restoration")
     args = parser.parse_args(argv)
     folder = Path(args.output)

@@ -212,10 +212,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="napari-pgsr-simulate",
                                      description=" ".join(__doc__.split("\n\n")[0].split()))
-    parser.add_argument("--kind", choices=KINDS, default="ap2")
-    parser.add_argument("--frames", type=int, default=100, help="number of frames (low and high together)")
-    parser.add_argument("--size", type=int, nargs="+", default=[256], help="frame size: N or H W pixels")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kind", choices=KINDS, default="ap2", help="sample [ap2]")
+    parser.add_argument("--frames", type=int, default=100, help="number of frames (low and high together) [100]")
+    parser.add_argument("--size", type=int, nargs="+", default=[256], help="frame size: N or H W pixels [256]")
+    parser.add_argument("--seed", type=int, default=0, help="random seed [0]")
     parser.add_argument("--high-first", action="store_true", help="start with the long exposure")
     parser.add_argument("--expected", action="store_true", help="also write the noise-free movie")
     parser.add_argument("-o", "--output", required=True, help="output .tif / .ome.tif")

@@ -19,15 +19,15 @@ def predict_parser() -> argparse.ArgumentParser:
                                      "napari_pgsr.cli predict`).")
     parser.add_argument("model", type=Path, help="trained model file (.pgsr, or a bioimage.io .zip that "
                         "napari-pgsr-export wrote)")
-    parser.add_argument("movie", type=Path, help="movie to restore (TIFF)")
+    parser.add_argument("movie", type=Path, help="movie to restore (TIFF or OME-Zarr)")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="restored movie (.tif, .ome.tif, or .zarr for OME-Zarr)")
     parser.add_argument("--frames", choices=("all", "low"), default="all",
                         help="every frame, or the low-exposure frame of each exposure pair of an alternating "
                         "movie (as Exposure pairs splits it: restored frame i pairs with high frame i; a low frame "
-                        "without its high one, at the end or where the alternation breaks, is left out)")
+                        "without its high one, at the end or where the alternation breaks, is left out) [all]")
     add_phase_flags(parser)
-    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps [auto]")
     parser.add_argument("--tile", type=int, default=None,
                         help="tile size in pixels [default: whole frames when they fit in memory, else 512]")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -74,6 +74,10 @@ def predict_main(argv: list[str] | None = None) -> int:
         from ..modelfile import load_model
         from ..zarr_movie import is_zarr_path
 
+        for flag in ("batch", "tile", "overlap"):
+            value = getattr(args, flag)
+            if value is not None and value < (0 if flag == "overlap" else 1):
+                raise BadInput(f"--{flag} {value}: expected at least {0 if flag == 'overlap' else 1}")
         if not (is_tiff_path(args.output) or is_zarr_path(args.output)):
             raise BadInput(f"{args.output}: expected a name ending in .tif, .tiff, .ome.tif or .zarr (OME-Zarr)")
         if args.resume and not is_zarr_path(args.output):

@@ -50,7 +50,7 @@ def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-pgsr-train", description="Train a restoration model on low/high exposure pairs. Under "
         "`torchrun --nproc_per_node N -m napari_pgsr.cli train ...` it trains with DistributedDataParallel.")
-    parser.add_argument("movies", nargs="*", type=Path, help="alternating-exposure movies (TIFF)")
+    parser.add_argument("movies", nargs="*", type=Path, help="alternating-exposure movies (TIFF or OME-Zarr)")
     parser.add_argument("--low", type=Path, nargs="+", default=[], help="low-exposure stacks (with --high)")
     parser.add_argument("--high", type=Path, nargs="+", default=[], help="matching high-exposure stacks")
     parser.add_argument("--val", type=Path, nargs="+", default=[], help="alternating movies kept for validation")

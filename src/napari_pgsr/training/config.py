@@ -71,7 +71,9 @@ class TrainConfig:
     steps: int | None = field(default=2000, metadata={"help": "training steps"})
     minutes: float | None = field(default=None, metadata={"help": "stop after this many minutes instead"})
     lr: float = field(default=4e-4, metadata={"help": "Adam learning rate"})
-    lr_schedule: str = field(default="cosine", metadata={"help": "cosine, plateau or constant"})
+    lr_schedule: str = field(default="cosine", metadata={"help": "cosine, plateau or constant (a cosine over "
+                                                                  "a time budget alone, --minutes without --steps, "
+                                                                  "runs as plateau) [default: cosine]"})
     validation_fraction: float = field(default=0.1, metadata={"help": "pairs held out (one movie: time blocks)"})
     validation_every: int = field(default=100, metadata={"help": "steps between validations"})
     validation_patches: int = field(default=64, metadata={"help": "fixed validation patches"})
