@@ -99,7 +99,7 @@ def test_whole_files_of_other_layouts_are_not_taken_for_truncated_ones(tmp_path,
     np.testing.assert_array_equal(read_movie(path).data.compute(), frames)
 
 
-def test_bad_files_get_clear_errors(tmp_path, movie_file):
+def test_bad_files_get_clear_errors(tmp_path, movie_file, caplog):
     with pytest.raises(FileNotFoundError, match="nope.tif"):
         read_movie(tmp_path / "nope.tif")
     (tmp_path / "text.tif").write_text("these are not pixels")
@@ -115,8 +115,11 @@ def test_bad_files_get_clear_errors(tmp_path, movie_file):
         whole = write_movie(tmp_path / f"whole_{name}", frames).read_bytes()
         (tmp_path / name).write_bytes(whole[:len(whole) * 6 // 10])
         for read in (read_movie, read_image):
+            caplog.clear()
             with pytest.raises(ValueError, match=f"{name} is truncated or damaged: {message}.*napari-pgsr-recover"):
                 read(tmp_path / name)
+            # one line: tifffile's own 'invalid page offset' log no longer comes before it
+            assert not [record for record in caplog.records if record.name == "tifffile"], name
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((16, 16, 3), np.uint8), photometric="rgb")
     with pytest.raises(ValueError, match=r"rgb.tif has axes YXS .*S=3 \(colour sample \(RGB\)\).*T x Y x X"):
         read_movie(tmp_path / "rgb.tif")
@@ -140,6 +143,21 @@ def test_bad_files_get_clear_errors(tmp_path, movie_file):
                      metadata={"axes": "TZYX"})
     with pytest.raises(ValueError, match=r"T=3 \(time\) x Z=4.*save one channel or z-plane of it"):
         read_movie(tmp_path / "tz.tif")  # (no axes= makes 4 dimensions a movie: that advice was wrong here)
+
+
+def test_tifffile_log_is_passed_on_for_a_file_that_opens_and_dropped_for_one_refused(caplog):
+    import logging
+
+    from napari_pgsr.tiff_structure import tifffile_log_unless_refused
+
+    with tifffile_log_unless_refused():
+        logging.getLogger("tifffile").warning("odd tag")
+    assert [record.getMessage() for record in caplog.records if record.name == "tifffile"] == ["odd tag"]
+    caplog.clear()
+    with pytest.raises(ValueError), tifffile_log_unless_refused():
+        logging.getLogger("tifffile").warning("invalid page offset")
+        raise ValueError("x.tif is truncated")
+    assert not [record for record in caplog.records if record.name == "tifffile"]
 
 
 def test_writer_rejects_other_extensions_and_shapes(tmp_path):

@@ -192,6 +192,11 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
         raise FileNotFoundError(f"movie file not found: {path}")
     if is_zarr_path(path):
         return read_zarr_movie(path)
+    with tiff_structure.tifffile_log_unless_refused():
+        return _read_tiff_movie(path, axes)
+
+
+def _read_tiff_movie(path: Path, axes: str | None) -> Movie:
     tif = tiff_structure.open_tiff(path)
     try:
         if not tif.series or not tif.pages:

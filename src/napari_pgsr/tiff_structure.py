@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import struct
 import warnings
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +66,26 @@ def description(tif: tifffile.TiffFile) -> str | None:
         found = None if image is None else next((e for e in image if e.tag.endswith("Description")), None)
         return found.text if found is not None else None
     return (tif.imagej_metadata or {}).get("Info") if tif.is_imagej else None
+
+
+@contextmanager
+def tifffile_log_unless_refused() -> Iterator[None]:
+    """Hold back what tifffile logs while a file is opened: dropped if the file is refused (the refusal
+    names the damage in one line; tifffile's 'invalid page offset' came first), passed on if it opens."""
+    log = logging.getLogger("tifffile")
+    held: list[logging.LogRecord] = []
+    holder = logging.Handler()
+    holder.emit = held.append  # type: ignore[method-assign]
+    propagate = log.propagate
+    log.addHandler(holder)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(holder)
+        log.propagate = propagate
+    for record in held:  # (only reached when the block raised nothing)
+        log.handle(record)
 
 
 def open_tiff(path: Path) -> tifffile.TiffFile:
