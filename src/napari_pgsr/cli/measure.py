@@ -35,8 +35,8 @@ def measure_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plots", action="store_true", help="also write FWHM / SNR histograms and average spot "
                                                              "profiles as <output>_plots.png")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar, notes or summary (errors are "
-                        "still printed)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary (errors, and "
+                        "notes on images whose restoration was not finished, are still printed)")
     return parser
 
 
@@ -142,11 +142,12 @@ def measure_main(argv: list[str] | None = None) -> int:
     except (BadInput, ValueError, OSError) as err:  # OSError: an output that is a folder, a full disk...
         print(f"napari-pgsr-measure: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    for note in notes:  # an unfinished restoration: said even with --quiet
+        print(f"note: {note}")
     if args.quiet:
         return 0
-    for note in [report.note, *notes]:
-        if note:
-            print(f"note: {note}")
+    if report.note:
+        print(f"note: {report.note}")
     if pixel_size is None:
         print("note: no pixel size in the file or on the command line: nm columns are empty (--pixel-size-nm)")
     columns = ["image", "spots", "fitted", "median_fwhm_nm", "median_snr", "median_sbr", "suggested_f1"]
