@@ -112,6 +112,13 @@ def test_resume_refuses_a_model_trained_further_in_place_and_another_phase_but_n
                            resume=True) == 5
     assert load_model(model).fingerprint() == original.fingerprint() != load_model(
         tmp_path / "m" / "model.pgsr").fingerprint()
+    # another acquisition saved under the same name (microscope software reusing one file name), even of the
+    # same size: resumed, the store mixed two movies and said it was complete
+    restore_to_file(Restorer(original, device="cpu"), read_movie(movie), tmp_path / "again.zarr", **stop_at_once)
+    write_movie(movie, simulate_movie("beads", 13, (40, 36), seed=2).movie, overwrite=True)
+    with pytest.raises(ValueError, match=r"again.zarr was begun with another movie"):
+        restore_to_file(Restorer(original, device="cpu"), read_movie(movie), tmp_path / "again.zarr", frames="low",
+                        resume=True)
 
 
 def test_prefetching_hands_over_read_errors_and_keeps_order(files):
@@ -164,6 +171,23 @@ def test_a_full_disk_and_bad_outputs_give_clear_errors(files, tmp_path, monkeypa
     assert "--resume continues OME-Zarr outputs" in capsys.readouterr().err
     assert cli.predict_main([str(model), str(movie), "-o", str(movie), "--overwrite", "--quiet"]) == 2
     assert movie.read_bytes() == before
+    (tmp_path / "folder.tif").mkdir()  # refused before restoring, not at the rename after the whole movie
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "folder.tif"), "--overwrite"]) == 2
+    assert "folder.tif is a folder; give a file name" in capsys.readouterr().err
+    # a compressed frame that does not decode: named, exit 2 (a codec traceback before)
+    import tifffile
+
+    zipped = tmp_path / "zipped.tif"
+    tifffile.imwrite(zipped, np.asarray(read_movie(movie).data), compression="zlib", photometric="minisblack")
+    with tifffile.TiffFile(zipped) as tif:
+        offset, count = tif.pages[3].dataoffsets[0], tif.pages[3].databytecounts[0]
+    with open(zipped, "r+b") as file:
+        file.seek(offset + 2)
+        file.write(b"\xff" * (count - 4))
+    for output in ("z.tif", "z.zarr"):
+        assert cli.predict_main([str(model), str(zipped), "-o", str(tmp_path / output), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "zipped.tif: frame 3 cannot be read (" in err and "Traceback" not in err, err
 
 
 def test_a_model_whose_parts_disagree_is_refused(files, tmp_path):

@@ -19,7 +19,7 @@ import torch
 from .data import context_indices
 from .devices import CompiledForward, autocast, available_memory, pick_device
 from .heap import reusing_freed_memory
-from .io import Movie, as_array, write_movie
+from .io import Movie, as_array, frames_named_on_error, write_movie
 from .modelfile import ModelFile
 
 
@@ -343,6 +343,11 @@ def _size(path) -> int | None:
     return path.stat().st_size if path is not None and path.is_file() else None
 
 
+def _mtime_ns(path) -> int | None:
+    """When the file was last written: a movie rewritten at the same path, even of the same size, differs."""
+    return path.stat().st_mtime_ns if path is not None and path.is_file() else None
+
+
 def _digest(indices: np.ndarray) -> str:
     """A short hash of which frames are restored (another phase of an alternating movie takes others)."""
     return hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()[:16]
@@ -374,12 +379,13 @@ def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all
                   "model_description": restorer.model.describe(), "model_fingerprint": restorer.model.fingerprint(),
                   "frames": frames, "frame_indices": _digest(indices),
                   "source": str(movie.path.resolve()) if movie.path else None,
-                  "source_bytes": _size(movie.path)}
+                  "source_bytes": _size(movie.path), "source_mtime_ns": _mtime_ns(movie.path)}
+    source = frames_named_on_error(movie.frames, movie.path)  # a damaged frame: named, not a codec traceback
     if is_zarr_path(output):
-        written, _ = restore_to_zarr(restorer, movie.frames, indices, output, movie.pixel_size_um, attributes,
+        written, _ = restore_to_zarr(restorer, source, indices, output, movie.pixel_size_um, attributes,
                                      overwrite, resume, sources, progress, should_stop, rank, world, barrier)
         return written
     if world > 1:
         raise ValueError("several processes can only share an OME-Zarr output (a name ending .zarr)")
-    return stream_to_tiff(restorer, movie.frames, indices, output, movie.pixel_size_um, overwrite, sources,
+    return stream_to_tiff(restorer, source, indices, output, movie.pixel_size_um, overwrite, sources,
                           progress, should_stop, description=json.dumps({"napari_pgsr": attributes}))

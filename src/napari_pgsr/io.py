@@ -51,6 +51,9 @@ class _FrameReader:
         self.frames, self.shape, self.dtype, self.ndim = frames, tuple(frames.shape), frames.dtype, frames.ndim
         self.path = path  # the file read from, which writers must not replace
 
+    def __len__(self) -> int:
+        return self.shape[0]
+
     def __getitem__(self, index):
         try:
             return np.array(self.frames[index])
@@ -60,6 +63,12 @@ class _FrameReader:
             where = self.path.name if self.path is not None else "the movie"
             raise ValueError(f"{where}: {_describe_index(index)} cannot be read ({type(err).__name__}: "
                              f"{err}); the file is damaged there") from err
+
+
+def frames_named_on_error(frames, path: Path | None):
+    """`frames` (a memmap, zarr array...) read so that a frame that does not decode raises a ValueError
+    naming the file and frame; memory maps as they are (nothing to decode, and streaming reads them fast)."""
+    return frames if isinstance(frames, (np.memmap, _FrameReader)) else _FrameReader(frames, path)
 
 
 def _describe_index(index) -> str:

@@ -281,8 +281,9 @@ def _check_same_run(output, stored: dict, attributes: dict) -> None:
             return True
         if key == "source" and stored[key] and attributes.get(key):
             before, now = Path(stored[key]), Path(attributes[key])
-            if before.resolve() == now.resolve():  # another spelling of the same path
-                return True
+            if before.resolve() == now.resolve():  # another spelling of the same path, if the file is unchanged
+                return all(stored.get(k) is None or stored[k] == attributes.get(k)
+                           for k in ("source_bytes", "source_mtime_ns"))
             # moved together with its output (to a cluster, say): the same name and size
             size = attributes.get("source_bytes")
             return before.name == now.name and size is not None and stored.get("source_bytes") == size

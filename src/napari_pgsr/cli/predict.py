@@ -80,6 +80,8 @@ def predict_main(argv: list[str] | None = None) -> int:
                 raise BadInput(f"--{flag} {value}: expected at least {0 if flag == 'overlap' else 1}")
         if not (is_tiff_path(args.output) or is_zarr_path(args.output)):
             raise BadInput(f"{args.output}: expected a name ending in .tif, .tiff, .ome.tif or .zarr (OME-Zarr)")
+        if args.output.is_dir() and not is_zarr_path(args.output):  # found now, not after hours of restoring
+            raise BadInput(f"{args.output} is a folder; give a file name for the restored movie")
         if args.resume and not is_zarr_path(args.output):
             raise BadInput("--resume continues OME-Zarr outputs (names ending .zarr); TIFFs are written whole")
         if args.output.exists() and not (args.overwrite or args.resume):
