@@ -138,10 +138,10 @@ def test_predict_restores_a_single_snapshot_and_a_ctrl_c_in_the_last_frames_is_n
                                rtol=1e-5, atol=1e-3)
     assert pixel == pytest.approx(0.16)
 
-    def restoring(done, total):
+    def restoring(done, total, signum=signal.SIGINT):
         def fake(restorer, movie, output, progress, **kwargs):
             progress(done, total)
-            signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, while these frames are restored
+            signal.raise_signal(signum)  # the user's Ctrl-C, while these frames are restored
             return done
         return fake
 
@@ -153,6 +153,11 @@ def test_predict_restores_a_single_snapshot_and_a_ctrl_c_in_the_last_frames_is_n
     monkeypatch.setattr(inference, "restore_to_file", restoring(10, 24))
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "b.zarr")]) == 130
     assert "stopped after 10 frames; " in capsys.readouterr().err
+    # a batch system's SIGTERM stops the same way (it killed the process, leaving a temporary file)
+    monkeypatch.setattr(inference, "restore_to_file", restoring(10, 24, signal.SIGTERM))
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "t.zarr")]) == 128 + signal.SIGTERM
+    assert "stopped after 10 frames; " in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # given back
     monkeypatch.undo()
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "c.tif"), "--device", "gpu"]) == 2
     assert "unknown device 'gpu'; expected auto, cpu, cuda, cuda:N or mps" in capsys.readouterr().err  # (a traceback)

@@ -63,9 +63,10 @@ def predict_main(argv: list[str] | None = None) -> int:
 
     def on_interrupt(signum, frame) -> None:  # first Ctrl-C: stop after the current frames, output kept valid
         interrupted.append(signum)
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signum, previous[signum])  # a second one stops at once
 
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    # SIGTERM too (a batch system's time limit, `kill`): it left a half-written hidden temporary file
+    previous = {signum: signal.signal(signum, on_interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         from tqdm import tqdm
 
@@ -105,7 +106,7 @@ def predict_main(argv: list[str] | None = None) -> int:
                                        world=world, barrier=barrier)
     except InterruptedError as err:
         print(f"napari-pgsr-predict: {err}", file=sys.stderr)
-        return 130
+        return 128 + (interrupted[0] if interrupted else signal.SIGINT)
     except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"napari-pgsr-predict: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -113,10 +114,11 @@ def predict_main(argv: list[str] | None = None) -> int:
         print(f"napari-pgsr-predict: error: could not write {args.output}: {err.strerror or err}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if interrupted and progress[0] < progress[1]:  # (a Ctrl-C during the last frames: the output is whole)
         print(f"stopped after {restored} frames; {args.output} is valid, --resume continues it", file=sys.stderr)
-        return 130
+        return 128 + interrupted[0]
     if not args.quiet and rank == 0:
         print(f"restored {restored} frames of {args.movie} with {args.model.name} -> {args.output}")
     return 0
