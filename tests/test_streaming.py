@@ -206,6 +206,9 @@ def test_tiles_default_to_whole_frames_and_bf16_is_a_choice(files):
     model, movie = files
     restorer = Restorer(load_model(model), device="cpu")
     assert restorer.tile_for(1200, 1200) == 1200 and restorer.batch == 1  # whole, when it fits; one per pass
+    for bad in ({"tile": 0}, {"tile": -5}, {"batch": -3}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be at least 1"):
+            Restorer(load_model(model), device="cpu", **bad)
     budget = 700**2 * restorer._bytes_per_pixel()
     restorer._memory_budget = lambda: budget  # too little memory: the fewest tiles that fit (here 2 x 2)
     tile = restorer.tile_for(1200, 1200)

@@ -55,6 +55,9 @@ class Restorer:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
+        for name, value in (("tile", tile), ("batch", batch)):
+            if value is not None and value < 1:  # (0 or -5 ran as a few-pixel tile: 200x slower, unsaid)
+                raise ValueError(f"{name} must be at least 1, got {value}")
         # channels-last: oneDNN and cuDNN run 3x3 convolutions much faster on it (1.7x on this CPU)
         self.network = model.network.to(self.device).eval().to(memory_format=torch.channels_last)
         # compiled: 1.1-1.6x faster, worth its seconds of compiling on long movies
