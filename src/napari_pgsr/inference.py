@@ -234,12 +234,20 @@ class Restorer:
         norm = self.model.normalization
         x = staged.to(self.device, non_blocking=staged.is_pinned())
         x = torch.sub(x, norm.low_lo).div_(norm.low_hi - norm.low_lo)
+        missing = ~torch.isfinite(x)
+        if missing.any():  # NaN borders of a registered movie: filled, else the network spreads them its reach
+            fill = torch.nanmedian(torch.where(missing, torch.nan, x).flatten(1), dim=1).values.nan_to_num(0.0)
+            x = torch.where(missing, fill[:, None, None, None], x)
+        else:
+            missing = None
         pad_h, pad_w = -height % self.align, -width % self.align
         if pad_h or pad_w:  # as the network would pad the whole frame
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
             x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         out = self._network_output(x)[:count, 0, :height, :width]
         out = out.mul(norm.high_hi - norm.high_lo).add_(norm.high_lo)
+        if missing is not None:  # no value in, none out
+            out = out.masked_fill(missing[:count, self.model.context], torch.nan)
         # .cpu() waits for the device, so the staging buffer is free again when this returns
         return list(out.cpu().numpy())
 
@@ -248,7 +256,13 @@ class Restorer:
         if self.fits_one_tile(*stack.shape[-2:]):
             return self._restore_whole([stack])[0]
         normalised = self.model.normalization.low(np.asarray(stack, np.float32))
-        return self.model.normalization.high_inverse(self.restore_normalised(normalised))
+        missing = ~np.isfinite(normalised)
+        if not missing.any():
+            return self.model.normalization.high_inverse(self.restore_normalised(normalised))
+        finite = normalised[~missing]  # as on the device: filled with the median, no value where none came in
+        normalised = np.where(missing, np.median(finite) if finite.size else 0.0, normalised).astype(np.float32)
+        out = self.model.normalization.high_inverse(self.restore_normalised(normalised))
+        return np.where(missing[self.model.context], np.float32(np.nan), out)
 
 
 def _frame(frames, index: int) -> np.ndarray:
