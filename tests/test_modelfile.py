@@ -47,6 +47,12 @@ def test_bad_files_are_explained(tmp_path):
                tmp_path / "future.pgsr")
     with pytest.raises(ValueError, match="format version 99, newer than this napari-pgsr reads"):
         load_model(tmp_path / "future.pgsr")
+    for version in (None, "1", 0):  # a missing one said 'version None, newer than this napari-pgsr reads (1)'
+        torch.save({"format": FORMAT, "format_version": version, "metadata_json": "{}", "state_dict": {}},
+                   tmp_path / "odd.pgsr")
+        with pytest.raises(ValueError, match=rf"odd.pgsr is a damaged napari-pgsr model file: its format version "
+                                             rf"is {version!r}; expected a whole number from 1 to 1"):
+            load_model(tmp_path / "odd.pgsr")
     torch.save({"code": NORM}, tmp_path / "pickled.pt")  # a Python object: refused, with no unsafe advice
     with pytest.raises(ValueError, match=r"pickled.pt is not a readable napari-pgsr model file \(it holds Python "
                        r"objects that a safe load refuses\)$"):

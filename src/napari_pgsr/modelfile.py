@@ -120,7 +120,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
     if not isinstance(archive, dict) or archive.get("format") != FORMAT:
         raise ValueError(f"{path} is not a napari-pgsr model file (no '{FORMAT}' marker)")
     version = archive.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:  # (None read "newer than" 1)
+        raise ValueError(f"{path} is a damaged napari-pgsr model file: its format version is {version!r}; "
+                         f"expected a whole number from 1 to {FORMAT_VERSION}")
+    if version > FORMAT_VERSION:
         raise ValueError(f"{path} has model format version {version}, newer than this napari-pgsr reads "
                          f"({FORMAT_VERSION}); upgrade napari-pgsr")
     try:
