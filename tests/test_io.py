@@ -20,7 +20,7 @@ def test_write_read_round_trip_keeps_pixels_and_pixel_size(tmp_path, name, dtype
     assert movie.shape == (5, 24, 31) and movie.data.dtype == dtype
     assert movie.pixel_size_um == pytest.approx(0.16)
     np.testing.assert_array_equal(movie.data.compute(), data)
-    assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed away
+    assert not list(tmp_path.glob(".tmp.*"))  # the temporary file was renamed away
     assert path.stat().st_mode & 0o044 == 0o044 or os.umask(os.umask(0)) & 0o044  # readable as usual
 
 

@@ -19,7 +19,7 @@ def test_round_trip_keeps_weights_architecture_normalization_and_metadata(tmp_pa
         torch.testing.assert_close(model.network.state_dict()[key], value)
     assert model.normalization == NORM and model.metadata["history"]["step"] == 5
     assert model.training_state is None and not model.network.training
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob(".tmp.*"))
 
 
 def test_file_loads_with_weights_only(tmp_path):

@@ -13,33 +13,24 @@ from pathlib import Path
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` to write to; it replaces `path` when the block ends without error and
     is removed otherwise, so a crash or Ctrl-C never leaves a half-written file under the real name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a hidden name beside the target, created with the user's normal permissions (mkstemp would give 0600)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with atomic_paths([path]) as (tmp,):
         yield tmp
-        _sync(tmp)  # on disk before it takes the name: a power cut then leaves the old file, not an empty one
-        os.replace(tmp, path)
-        _sync(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @contextmanager
-def atomic_paths(paths: list[Path]) -> Iterator[list[Path]]:
-    """Temporary paths beside `paths` (hidden, each ending in its target's name, so suffixes such as
-    .ome.tif still tell the format); all replace their targets when the block ends without error, none
+def atomic_paths(paths: list[str | os.PathLike]) -> Iterator[list[Path]]:
+    """Temporary paths beside `paths`; all replace their targets when the block ends without error, none
     otherwise: files that belong together (two halves of a movie) are never left one new, one old."""
     paths = [Path(path) for path in paths]
     tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
-    temps = [path.parent / f".{tag}.{path.name}" for path in paths]
+    # hidden names beside the targets, created with the user's normal permissions (mkstemp would give 0600),
+    # ending in the target's name: writers that read the format from the suffix (.ome.tif) still can
+    temps = [path.parent / f".tmp.{tag}.{path.name}" for path in paths]
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield temps
-        for tmp in temps:
+        for tmp in temps:  # on disk before it takes the name: a power cut then leaves the old file, not none
             _sync(tmp)
         for tmp, path in zip(temps, paths):
             os.replace(tmp, path)
