@@ -204,6 +204,17 @@ def test_imagej_cannot_hold_int32_so_the_writer_says_so(tmp_path):
     assert read_movie(path).data[0, 0, 0].compute() == 2**25 + 1
 
 
+def test_frames_one_pixel_wide_are_refused_as_imagej_and_kept_as_ome(tmp_path):
+    """tifffile writes a T x Y x 1 ImageJ stack as one T x Y image, which then reads as a damaged file."""
+    column = np.arange(48, dtype=np.uint16).reshape(6, 8, 1)
+    with pytest.raises(ValueError, match=r"narrow\.tif: ImageJ TIFF cannot hold frames 1 pixel wide "
+                                         r"\(shape \(6, 8, 1\)\); name the file \.ome\.tif"):
+        write_movie(tmp_path / "narrow.tif", column)
+    assert not list(tmp_path.iterdir())
+    path = write_movie(tmp_path / "narrow.ome.tif", column)
+    np.testing.assert_array_equal(read_movie(path).data.compute(), column)
+
+
 def test_pixels_that_are_not_square_are_warned_about(tmp_path):
     """Spot widths in nm use one pixel size: a file whose pixels are 100 x 200 nm says so, by name."""
     path = tmp_path / "rect.tif"

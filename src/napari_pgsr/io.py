@@ -348,6 +348,9 @@ def write_movie(
         warnings.warn(f"{path}: ImageJ TIFF cannot hold {dtype} pixels; saving float32 (name the file "
                       f".ome.tif to keep {dtype})", stacklevel=2)
         dtype = np.dtype(np.float32)
+    if not ome and array.shape[-1] == 1:  # tifffile writes them as one image of T x Y: the movie is lost
+        raise ValueError(f"{path}: ImageJ TIFF cannot hold frames 1 pixel wide (shape {tuple(array.shape)}); "
+                         f"name the file .ome.tif")
     stack = array if array.ndim == 3 else array[None]
     # minisblack: otherwise tifffile takes a last axis of 3 or 4 pixels for colour samples
     kwargs: dict[str, Any] = {"shape": tuple(stack.shape), "dtype": dtype, "photometric": "minisblack"}
