@@ -202,6 +202,26 @@ def test_a_model_whose_parts_disagree_is_refused(files, tmp_path):
     assert json.dumps(loaded.normalization.to_dict())  # the stored one is plain data
 
 
+def test_resume_onto_what_predict_did_not_begin_says_so_and_overwrite_replaces_a_file(files, tmp_path, capsys):
+    model, movie = files
+    (tmp_path / "empty.zarr").mkdir()
+    (tmp_path / "file.zarr").write_text("notes")
+    (tmp_path / "folder.zarr").mkdir()
+    (tmp_path / "folder.zarr" / "a.txt").write_text("notes")
+    for name, what in (("empty", "an empty folder"), ("file", "a file"),
+                       ("folder", "a folder that is not a Zarr store")):
+        # zarr said "No group found in store" or "Not a directory"
+        assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / f"{name}.zarr"), "--resume",
+                                 "--quiet"]) == 2
+        assert (f"{name}.zarr is {what}, not a restoration begun by napari-pgsr-predict: nothing to resume; "
+                "leave out --resume, and pass --overwrite" in capsys.readouterr().err)
+    assert (tmp_path / "file.zarr").read_text() == "notes"
+    # --overwrite replaces a file named .zarr (it stopped with "Not a directory")
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "file.zarr"), "--overwrite",
+                             "--quiet"]) == 0
+    assert read_movie(tmp_path / "file.zarr").shape[0] == read_movie(movie).shape[0]
+
+
 def test_tiles_default_to_whole_frames_and_bf16_is_a_choice(files):
     model, movie = files
     restorer = Restorer(load_model(model), device="cpu")

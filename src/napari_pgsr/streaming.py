@@ -19,6 +19,23 @@ from .io import as_array
 DONE_FOLDER = ".napari_pgsr_done"  # per-rank lists of frames written, so a resumed run redoes no frame
 
 
+def _check_begun_here(path: Path) -> None:
+    """A store to continue must be one that napari-pgsr-predict began; zarr's own errors ("No group found in
+    store", "Not a directory") do not say that the folder is empty or a file."""
+    import zarr
+
+    what = "a file" if path.is_file() else "an empty folder" if path.is_dir() and not any(path.iterdir()) else None
+    if what is None:
+        try:
+            group = zarr.open_group(str(path), mode="r")
+            what = None if "napari_pgsr" in group.attrs and "0" in group else "a store that napari-pgsr did not write"
+        except Exception:  # noqa: BLE001 - zarr raises several kinds for a folder that is not a store
+            what = "a folder that is not a Zarr store"
+    if what:
+        raise ValueError(f"{path} is {what}, not a restoration begun by napari-pgsr-predict: nothing to resume; "
+                         "leave out --resume, and pass --overwrite to replace it")
+
+
 class ZarrMovieWriter:
     """A T x Y x X float32 OME-Zarr (NGFF 0.4) image, one chunk per frame; unwritten frames read as NaN."""
 
@@ -38,6 +55,8 @@ class ZarrMovieWriter:
                 "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale",
                                                                           "scale": [1.0, scale, scale]}]}]}],
                 "napari_pgsr": {**(attributes or {}), "complete": False, "pixel_size_um": pixel_size_um}})
+        else:
+            _check_begun_here(self.path)
         self.group = zarr.open_group(str(self.path), mode="r+", zarr_format=2)
         self.array = self.group["0"]
         if tuple(self.array.shape) != tuple(shape):
@@ -314,7 +333,7 @@ def restore_to_zarr(restorer, frames, indices: np.ndarray, output, pixel_size_um
         if output.exists() and not resume:
             if not overwrite:
                 raise FileExistsError(f"{output} exists; pass --resume to continue it or --overwrite to replace it")
-            shutil.rmtree(output)
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
         if resume and not output.exists():
             raise FileNotFoundError(f"nothing to resume: {output} does not exist")
         writer = ZarrMovieWriter(output, shape, pixel_size_um, attributes, create=not resume, rank=0)
