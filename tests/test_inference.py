@@ -156,5 +156,6 @@ def test_restored_frames_index_like_a_sequence():
     lazy = RestoredFrames(Restorer(model), frames, np.arange(4))
     np.testing.assert_array_equal(lazy[-1], lazy[3])
     assert lazy[1:3, 2:5, :4].shape == (2, 3, 4)
-    with pytest.raises(IndexError):
-        lazy[4]
+    for outside in (4, -5):  # (-5 was named "frame -1 of 4")
+        with pytest.raises(IndexError, match=rf"^frame {outside} is outside the 4 restored frames$"):
+            lazy[outside]

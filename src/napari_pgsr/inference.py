@@ -309,10 +309,9 @@ class RestoredFrames:
 
     def frame(self, position: int) -> np.ndarray:
         """Restore one frame (its neighbours taken from `indices` when the model uses context)."""
-        if position < 0:
-            position += len(self.indices)
-        if not 0 <= position < len(self.indices):
-            raise IndexError(f"frame {position} of {len(self.indices)}")
+        if not -len(self.indices) <= position < len(self.indices):
+            raise IndexError(f"frame {position} is outside the {len(self.indices)} restored frames")
+        position %= len(self.indices)
         context = self.restorer.model.context
         neighbours = self.indices[context_indices(int(position), len(self.indices), context)]
         # the frame's tiles reuse one another's memory; it is handed back after the frame (a lazy layer
