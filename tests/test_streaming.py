@@ -145,8 +145,10 @@ def test_two_torchrun_processes_share_one_zarr_output(files, tmp_path):
     env.pop("WORLD_SIZE", None)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "napari_pgsr.cli", "predict", str(model), str(movie), "-o", str(tmp_path / "two.zarr"),
-                          "--device", "cpu", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+                          "--device", "cpu"], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
+    # one summary, from rank 0, which restored half (it said "restored 6 frames" of the 12)
+    assert run.stdout.count("restored the frames (6 in this process of 2) of") == 1, run.stdout
     group = zarr.open_group(str(tmp_path / "two.zarr"), mode="r")
     assert group.attrs["napari_pgsr"]["complete"]
     np.testing.assert_allclose(group["0"][:], _expected(files), rtol=1e-5, atol=1e-3)  # float32 batches

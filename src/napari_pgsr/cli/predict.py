@@ -120,5 +120,7 @@ def predict_main(argv: list[str] | None = None) -> int:
         print(f"stopped after {restored} frames; {args.output} is valid, --resume continues it", file=sys.stderr)
         return 128 + interrupted[0]
     if not args.quiet and rank == 0:
-        print(f"restored {restored} frames of {args.movie} with {args.model.name} -> {args.output}")
+        # under torchrun, `restored` counts this process's share only
+        count = f"{restored} frames" if world == 1 else f"the frames ({restored} in this process of {world})"
+        print(f"restored {count} of {args.movie} with {args.model.name} -> {args.output}")
     return 0
