@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -116,8 +117,24 @@ def test_resume_refuses_a_model_trained_further_in_place_and_another_phase_but_n
     # same size: resumed, the store mixed two movies and said it was complete
     restore_to_file(Restorer(original, device="cpu"), read_movie(movie), tmp_path / "again.zarr", **stop_at_once)
     write_movie(movie, simulate_movie("beads", 13, (40, 36), seed=2).movie, overwrite=True)
-    with pytest.raises(ValueError, match=r"again.zarr was begun with another movie"):
+    with pytest.raises(ValueError, match=r"again.zarr was begun with another movie saved at the same path "
+                                         r"\(odd.tif has been written over since\)"):  # (it named the path twice)
         restore_to_file(Restorer(original, device="cpu"), read_movie(movie), tmp_path / "again.zarr", frames="low",
+                        resume=True)
+    # the same movie copied back to its path (`cp` without -p: a new mtime) is resumed: its frames are the same
+    restore_to_file(Restorer(original, device="cpu"), read_movie(movie), tmp_path / "copied.zarr", **stop_at_once)
+    shutil.copy(movie, tmp_path / "backup.tif")
+    movie.unlink()
+    shutil.copy(tmp_path / "backup.tif", movie)
+    os.utime(movie, ns=(1, 1))  # (a copy within the same clock tick could keep the mtime)
+    assert restore_to_file(Restorer(original, device="cpu"), read_movie(movie), tmp_path / "copied.zarr",
+                           frames="low", resume=True) == 5
+    # a movie moved with its output whose frames differ, though name and size agree, is another movie
+    restore_to_file(Restorer(original, device="cpu"), read_movie(movie), moved / "n.zarr", **stop_at_once)
+    (moved / "n.zarr").rename(tmp_path / "n.zarr")
+    write_movie(copy, simulate_movie("beads", 13, (40, 36), seed=3).movie, overwrite=True)
+    with pytest.raises(ValueError, match=r"n.zarr was begun with another movie \("):
+        restore_to_file(Restorer(original, device="cpu"), read_movie(copy), tmp_path / "n.zarr", frames="low",
                         resume=True)
 
 

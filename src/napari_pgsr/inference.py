@@ -364,6 +364,15 @@ def _mtime_ns(path) -> int | None:
     return path.stat().st_mtime_ns if path is not None and path.is_file() else None
 
 
+def _frames_digest(frames) -> str:
+    """A short hash of the first, middle and last frame: with the size, it tells a copy of the movie (whose
+    mtime changed) from another acquisition saved under the same name, which microscope software does."""
+    digest = hashlib.sha256()
+    for index in sorted({0, frames.shape[0] // 2, frames.shape[0] - 1}):
+        digest.update(np.ascontiguousarray(as_array(frames[index])).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _digest(indices: np.ndarray) -> str:
     """A short hash of which frames are restored (another phase of an alternating movie takes others)."""
     return hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()[:16]
@@ -397,6 +406,7 @@ def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all
                   "source": str(movie.path.resolve()) if movie.path else None,
                   "source_bytes": _size(movie.path), "source_mtime_ns": _mtime_ns(movie.path)}
     source = frames_named_on_error(movie.frames, movie.path)  # a damaged frame: named, not a codec traceback
+    attributes["source_frames"] = _frames_digest(source)
     if is_zarr_path(output):
         written, _ = restore_to_zarr(restorer, source, indices, output, movie.pixel_size_um, attributes,
                                      overwrite, resume, sources, progress, should_stop, rank, world, barrier)

@@ -300,19 +300,29 @@ def _check_same_run(output, stored: dict, attributes: dict) -> None:
             return True
         if key == "source" and stored[key] and attributes.get(key):
             before, now = Path(stored[key]), Path(attributes[key])
+            if stored.get("source_frames") not in (None, attributes.get("source_frames")):
+                return False
+            same_size = stored.get("source_bytes") in (None, attributes.get("source_bytes"))
             if before.resolve() == now.resolve():  # another spelling of the same path, if the file is unchanged
-                return all(stored.get(k) is None or stored[k] == attributes.get(k)
-                           for k in ("source_bytes", "source_mtime_ns"))
+                # a copy at the same path (its mtime changed) is the same movie if its frames are; stores
+                # without that hash go by the mtime
+                unchanged = ("source_frames" in stored or
+                             stored.get("source_mtime_ns") in (None, attributes.get("source_mtime_ns")))
+                return same_size and unchanged
             # moved together with its output (to a cluster, say): the same name and size
             size = attributes.get("source_bytes")
             return before.name == now.name and size is not None and stored.get("source_bytes") == size
         return stored[key] == attributes.get(key)
 
+    def change(key) -> str:
+        if key == "source" and Path(stored[key]).resolve() == Path(attributes[key]).resolve():
+            return f"movie saved at the same path ({Path(stored[key]).name} has been written over since)"
+        return f"{RESUME_KEYS[key]} ({stored.get(key)!r}, now {attributes.get(key)!r})"
+
     changed = [key for key in RESUME_KEYS if not same(key)]
     if changed:
-        raise ValueError(f"{output} was begun with another " + ", ".join(
-            f"{RESUME_KEYS[key]} ({stored.get(key)!r}, now {attributes.get(key)!r})" for key in changed)
-            + "; resume with the same, or --overwrite to start again")
+        raise ValueError(f"{output} was begun with another " + ", ".join(change(key) for key in changed)
+                         + "; resume with the same, or --overwrite to start again")
 
 
 def restore_to_zarr(restorer, frames, indices: np.ndarray, output, pixel_size_um: float | None,
