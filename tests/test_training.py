@@ -186,6 +186,21 @@ def test_a_timed_run_resumed_for_a_number_of_steps_decays_to_the_end_of_that_cos
     assert rates[-1] == pytest.approx(floor)
 
 
+def test_a_finished_run_resumed_for_more_steps_follows_the_longer_cosine(tmp_path, pairs):
+    """`--steps 10`, then `--steps 20 --resume`: steps 11-20 ran at the first cosine's floor, lr / 50."""
+    tiny = {**TINY, "validation_every": 1000}
+    train(TrainConfig(steps=10, **tiny), [pairs], tmp_path / "m.pgsr")
+    events = []
+    train(TrainConfig(steps=20, **tiny), [pairs], tmp_path / "m.pgsr", resume=tmp_path / "m.pgsr",
+          progress=events.append)
+    resumed = [event.values["lr"] for event in events if event.kind is EventKind.STEP]
+    whole = []
+    train(TrainConfig(steps=20, **tiny), [pairs], tmp_path / "whole.pgsr", progress=whole.append)
+    uninterrupted = [event.values["lr"] for event in whole if event.kind is EventKind.STEP][10:]
+    np.testing.assert_allclose(resumed, uninterrupted, rtol=1e-6)
+    assert resumed[0] > 10 * TrainConfig.lr / 50
+
+
 def test_a_gpu_that_is_not_there_is_named(monkeypatch):
     from napari_pgsr import devices
 

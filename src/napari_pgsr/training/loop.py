@@ -272,12 +272,14 @@ def _iter_unet_training(config: TrainConfig, pairs: Sequence[Pairs], output: str
         network.load_state_dict(checkpoint.network.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
-        if scheduler is not None and state.get("scheduler") and state.get("schedule", schedule) == schedule:
+        same_schedule = state.get("scheduler") and state.get("schedule", schedule) == schedule
+        if scheduler is not None and same_schedule:
             scheduler.load_state_dict(state["scheduler"])
-            if schedule == "cosine":  # a resumed run may be longer: decay over the new number of steps
-                scheduler.T_max = config.steps
-        elif schedule == "cosine":  # a timed run given a number of steps: on to the cosine of that many steps
-            scheduler.last_epoch = step
+        # a timed run given a number of steps, or a run given more (or fewer) steps: on to the cosine of that
+        # many steps. torch's cosine steps from the current rate, so a finished run resumed for more steps
+        # would train all of them at its floor (lr / 50) if only T_max changed
+        if schedule == "cosine" and not (same_schedule and scheduler.T_max == config.steps):
+            scheduler.T_max, scheduler.last_epoch = config.steps, step
             for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
                 group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (
                     1 + math.cos(math.pi * min(step, config.steps) / config.steps)) / 2
