@@ -10,7 +10,7 @@ import pytest
 import yaml
 from qtpy.QtCore import QTimer
 
-from napari_pgsr._widgets import _workers, apply_widget, pairs_widget, train_widget
+from napari_pgsr._widgets import _train_jobs, _workers, apply_widget, pairs_widget, train_widget
 from napari_pgsr._widgets.train_widget import RunState
 from napari_pgsr.io import read_movie, write_movie
 from napari_pgsr.modelfile import load_model
@@ -140,6 +140,52 @@ def test_stop_leaves_a_usable_model_and_resume_continues(viewer_with_pairs, qtbo
     assert load_model(tmp_path / "gui.pgsr").metadata["history"]["step"] == stopped + 4
 
 
+def test_resume_keeps_the_stored_settings_and_train_does_not_replace_a_model(viewer_with_pairs, qtbot, tmp_path,
+                                                                              errors, monkeypatch):
+    """A model of napari-pgsr-train (offset stored as None: "on for MAE", lr 1e-3) was refused by the widget's
+    Resume whatever its offset box said; Train replaced a model file without a word."""
+    from napari_pgsr import cli
+
+    infos = []
+    monkeypatch.setattr(train_widget, "show_info", infos.append)
+    movie = viewer_with_pairs.layers["cells"].metadata["source_path"]
+    model = tmp_path / "cli.pgsr"
+    assert cli.train_main([movie, "--out", str(model), "--steps", "3", "--width", "8", "--patch", "32",
+                           "--batch", "2", "--lr", "1e-3", "--device", "cpu", "--quiet"]) == 0
+    before = model.read_bytes()
+    widget = _train_widget(viewer_with_pairs, tmp_path, steps=5)
+    widget.output.value, widget.offset.value, widget.preview_every.value = model, False, 0
+    widget.train_button.clicked.emit()
+    assert errors[-1] == f"Train: {model} exists: Resume continues it; to train a new model, choose another model file"
+    assert model.read_bytes() == before and widget.status.state is RunState.IDLE
+    widget.resume_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.status.state is RunState.DONE, timeout=60_000)
+    resumed = load_model(model)
+    assert resumed.metadata["history"]["step"] == 5 and resumed.metadata["config"]["lr"] == 1e-3
+    assert (widget.channels.value, widget.patch.value, widget.batch.value, widget.offset.value) == (8, 32, 2, True)
+    assert "resuming cli.pgsr with the settings it was trained with (unet, width 8, patch 32, batch 2, lr 0.001)" in (
+        infos[0])
+    # the random offset box is MAE's: MSE and BCE train without it, as on the command line
+    widget.loss.value = "mse"
+    assert not widget.offset.enabled and not widget.config().offset_enabled
+    widget.loss.value = "mae"
+    assert widget.offset.enabled and widget.config().offset_enabled
+
+
+def test_the_preview_shows_a_validation_pair(tmp_path):
+    """The middle pair of a movie of 200 pairs lies between its two validation blocks: a training pair."""
+    from napari_pgsr.data import split_refs
+    from napari_pgsr.pairs import pair_stacks
+    from napari_pgsr.training.config import TrainConfig
+
+    low = np.arange(200, dtype=np.float32)[:, None, None] + np.zeros((200, 8, 8), np.float32)
+    pairs = pair_stacks(low + 10, 10 * low + 100)
+    config = TrainConfig(steps=1)
+    _, validation = split_refs([pairs], config.validation_fraction, config.block_pairs, gap=1)
+    shown = int(_train_jobs.preview_frames([pairs], config)[0, 0, 0]) - 10
+    assert (0, shown) in validation and (0, 100) not in validation
+
+
 def test_progan_from_the_train_widget(viewer_with_pairs, qtbot, tmp_path):
     widget = _train_widget(viewer_with_pairs, tmp_path, steps=6)
     assert widget.gan_width.native.isHidden()  # (the viewer is not shown: ask what was hidden)
@@ -198,10 +244,11 @@ def test_a_gan_that_blows_up_in_the_train_widget_warns_and_keeps_its_last_valida
     assert not warnings and load_model(tmp_path / "gui.pgsr").training_state["step"] == 6
     calls.clear()
     widget.divergence_factor.value = 1.5  # and beyond a factor of 1.5: stopped, the last validated state kept
+    widget.output.value = tmp_path / "second.pgsr"  # (Train does not replace a model file)
     widget.train_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.status.state is RunState.DONE, timeout=60_000)
     assert len(warnings) == 1 and "diverged at step 3" in warnings[0] and "holds step 2" in warnings[0]
-    kept = load_model(tmp_path / "gui.pgsr")
+    kept = load_model(tmp_path / "second.pgsr")
     assert kept.training_state["step"] == 2 and kept.metadata["history"]["divergences"][0]["factor"] == 1.5
     assert kept.metadata["config"]["gan_lr"] == 2e-3
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import context_indices
+from ..data import context_indices, split_refs
 from ..io import read_movie
 from ..pairs import Pairs, pair_stacks, pairs_at
 from ..training.config import TrainConfig
@@ -38,7 +38,7 @@ def training_job(config: TrainConfig, make_pairs: Callable[[], list[Pairs]], out
     from ..training.loop import iter_training
 
     pairs = make_pairs()
-    preview = preview_frames(pairs[0], config.context) if preview_every else None
+    preview = preview_frames(pairs, config) if preview_every else None
     threads = torch.get_num_threads()
     if threads > 1:  # leave a core to napari's drawing, or the viewer stutters on small machines
         torch.set_num_threads(threads - 1)
@@ -50,12 +50,18 @@ def training_job(config: TrainConfig, make_pairs: Callable[[], list[Pairs]], out
         _free_gpu_memory()
 
 
-def preview_frames(pairs: Pairs, context: int) -> np.ndarray:
-    """The low frames (with their context) of the middle pair, inside the validation block of a single movie,
-    at most 256 x 256: what the preview restores as training goes on."""
-    middle, corner = len(pairs) // 2, slice(0, 256)
-    return np.stack([pairs.read(int(i), corner, corner)[0] for i in
-                     context_indices(middle, len(pairs), context)]).astype(np.float32)
+def preview_frames(pairs: list[Pairs], config: TrainConfig) -> np.ndarray:
+    """The low frames (with their context) of the middle validation pair of the split the training makes, at
+    most 256 x 256: what the preview restores as training goes on, so it shows frames the model does not
+    learn from (the middle pair of a movie is a training pair in many a split)."""
+    try:
+        _, validation = split_refs(pairs, config.validation_fraction, config.block_pairs, gap=1 + config.context)
+    except ValueError:  # too few pairs to hold any out: the training says so
+        validation = []
+    movie, pair = validation[len(validation) // 2] if validation else (0, len(pairs[0]) // 2)
+    corner = slice(0, 256)
+    return np.stack([pairs[movie].read(int(i), corner, corner)[0] for i in
+                     context_indices(pair, len(pairs[movie]), config.context)]).astype(np.float32)
 
 
 def _free_gpu_memory() -> None:

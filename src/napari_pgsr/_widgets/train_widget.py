@@ -20,7 +20,7 @@ from ..devices import cpu_has_native_bf16
 from ..io import read_movie
 from ..models import DISPLAY_NAMES
 from ..pairs import Pairs, split_alternating
-from ..training.config import GAN_MODES, LOSSES, NOISE_SHAPES, TrainConfig
+from ..training.config import GAN_MODES, LOSSES, NOISE_SHAPES, TrainConfig, as_trained
 from ..training.events import EventKind, TrainingEvent
 from ..training.recipes import RECIPE_SCOPES, RECIPES, recipe_values
 from ._loss_plot import LossPlot
@@ -156,6 +156,7 @@ class TrainWidget(Container):
         self.resume_button.changed.connect(lambda: self.run(resume=True))
         self.stop_button.changed.connect(self.stop)
         self.model.changed.connect(self._show_model_settings)
+        self.loss.changed.connect(self._show_model_settings)
         self.recipe.changed.connect(self.apply_recipe)
         self._applying_recipe = False
         for widget in (self.model, self.loss, self.offset, self.channels, *self._gan_widgets, self.patch,
@@ -187,6 +188,7 @@ class TrainWidget(Container):
         for widget in self._gan_widgets:
             widget.visible = progan
         self.channels.visible = self.loss.visible = not progan
+        self.offset.enabled = progan or self.loss.value == "mae"  # MSE and BCE train without it
         self.patch.label = "Final resolution" if progan else "Patch"
         if progan and self.patch.value & (self.patch.value - 1):
             self.patch.value = 64  # a power of two
@@ -257,13 +259,44 @@ class TrainWidget(Container):
                "rot180_average": self.rot180_average.value, "critic_noise": self.critic_noise.value,
                "critic_noise_shape": self.critic_noise_shape.value, "gan_lr": self.gan_lr.value,
                "divergence_factor": self.divergence_factor.value} if progan else {}
-        return TrainConfig(**{"model": self.model.value, "loss": self.loss.value, "offset": self.offset.value,
+        # the box is the MAE's (as on the command line, MSE and BCE train without the offset)
+        offset = self.offset.value if progan or self.loss.value == "mae" else None
+        return TrainConfig(**{"model": self.model.value, "loss": self.loss.value, "offset": offset,
                               "width": self.channels.value, "patch": self.patch.value, "batch": self.batch.value,
                               "steps": None if minutes else self.steps.value, "minutes": minutes,
                               "context": self.context.value, "device": self.device.value,
                               "recipe": self.recipe.value,  # "" once a setting is edited by hand
                               "cpu_bf16": self.cpu_bf16.value and self.cpu_bf16.enabled,
                               "validation_every": max(1, min(100, self.steps.value // 10)), **gan})
+
+    def resumed_config(self, path: Path) -> TrainConfig:
+        """The settings `path` was trained with, which a resumed run keeps (the widgets are set to show them),
+        with the length of training, the device and bf16 chosen here."""
+        from ..modelfile import load_model
+
+        stored = as_trained(load_model(path).metadata.get("config") or {})
+        if not stored:
+            raise ValueError(f"{path} holds no training settings to resume with")
+        minutes = self.minutes.value or None
+        config = TrainConfig.from_dict({**stored, "steps": None if minutes else self.steps.value, "minutes": minutes,
+                                        "device": self.device.value,
+                                        "cpu_bf16": self.cpu_bf16.value and self.cpu_bf16.enabled})
+        self._applying_recipe = True  # (shown, not edited: the recipe box is left as it is)
+        try:
+            self.model.value = config.model
+            for key in sorted((self._CONFIG_WIDGETS | {"width"}) - {"steps"}):
+                widget = self._recipe_widget(key)
+                try:
+                    if widget is not None:
+                        widget.value = config.offset_enabled if key == "offset" else getattr(config, key)
+                except ValueError:  # beyond the widget's range (set on the command line): trained as stored
+                    pass
+        finally:
+            self._applying_recipe = False
+        show_info(f"Train: resuming {path.name} with the settings it was trained with ({config.model}, width "
+                  f"{config.width:g}, patch {config.patch}, batch {config.batch}, lr {config.lr:g}); the steps, "
+                  "minutes and device are this widget's")
+        return config
 
     def training_pairs(self) -> Callable[[], list[Pairs]]:
         """What makes the pairs, in the worker: from the chosen movie files, else the chosen low/high layers."""
@@ -286,7 +319,11 @@ class TrainWidget(Container):
         try:
             if resume and not output.exists():
                 raise ValueError(f"nothing to resume: {output} does not exist")
-            config, make_pairs = self.config(), self.training_pairs()
+            if not resume and output.exists():  # (a second click on Train replaced the trained model)
+                raise ValueError(f"{output} exists: Resume continues it; to train a new model, choose another "
+                                 "model file")
+            config = self.resumed_config(output) if resume else self.config()
+            make_pairs = self.training_pairs()
         except (ValueError, FileNotFoundError) as err:
             show_error(f"Train: {err}")
             return

@@ -92,8 +92,12 @@ def check_resumable(stored: dict, config: TrainConfig, path) -> None:
     """Resuming is exact only with the settings the checkpoint was trained with (steps, minutes and the
     validation/checkpoint intervals may change; so may the device, amp and cpu_bf16, which are ways of running
     rather than settings of the model, but then the continuation is not bit-for-bit the same)."""
-    changed = [f"{name}: {stored.get(name)!r} -> {getattr(config, name)!r}" for name in FIXED_ON_RESUME
-               if name in stored and stored[name] != getattr(config, name)]
+    stored = dict(stored)
+    if "offset" in stored:  # compared as applied: None is "on for MAE", as the command line stores it
+        stored["offset"] = stored.get("loss", "mae") == "mae" if stored["offset"] is None else bool(stored["offset"])
+    applied = {name: config.offset_enabled if name == "offset" else getattr(config, name) for name in FIXED_ON_RESUME}
+    changed = [f"{name}: {stored.get(name)!r} -> {applied[name]!r}" for name in FIXED_ON_RESUME
+               if name in stored and stored[name] != applied[name]]
     if changed:
         raise ValueError(f"{path} was trained with other settings ({'; '.join(changed)}); resume with the "
                          "stored ones (the command line takes them from the checkpoint unless you override them)")
