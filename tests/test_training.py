@@ -201,6 +201,23 @@ def test_a_finished_run_resumed_for_more_steps_follows_the_longer_cosine(tmp_pat
     assert resumed[0] > 10 * TrainConfig.lr / 50
 
 
+def test_the_random_offset_is_for_camera_counts_unless_asked_for(pairs):
+    """Offsets of up to 200 camera units on a float movie scaled 0..1 left the frames as noise to the network."""
+    from napari_pgsr.training.loop import _offset_max
+
+    assert _offset_max(TrainConfig(steps=1), [pairs]) == 200  # uint16 counts
+    scaled = split_alternating(simulate_movie("ap2", 48, (64, 64), seed=0).movie.astype(np.float32) / 4000,
+                               name="scaled")
+    eight_bit = split_alternating((simulate_movie("ap2", 48, (64, 64), seed=0).movie // 16).astype(np.uint8),
+                                  name="8-bit")
+    for given, kind in ((scaled, "float32"), (eight_bit, "uint8")):
+        with pytest.warns(RuntimeWarning, match=rf"the random offset \(0..200 camera units\) is for raw camera "
+                                                rf"counts; these frames hold {kind} values: training without it"):
+            assert _offset_max(TrainConfig(steps=1), [given]) == 0
+        assert _offset_max(TrainConfig(steps=1, offset=True), [given]) == 200  # asked for
+        assert _offset_max(TrainConfig(steps=1, loss="mse"), [given]) == 0
+
+
 def test_a_gpu_that_is_not_there_is_named(monkeypatch):
     from napari_pgsr import devices
 

@@ -259,8 +259,9 @@ class TrainWidget(Container):
                "rot180_average": self.rot180_average.value, "critic_noise": self.critic_noise.value,
                "critic_noise_shape": self.critic_noise_shape.value, "gan_lr": self.gan_lr.value,
                "divergence_factor": self.divergence_factor.value} if progan else {}
-        # the box is the MAE's (as on the command line, MSE and BCE train without the offset)
-        offset = self.offset.value if progan or self.loss.value == "mae" else None
+        # the box is the MAE's (as on the command line, MSE and BCE train without the offset); ticked, it is
+        # the command line's default: on for raw camera counts
+        offset = None if self.offset.value or not (progan or self.loss.value == "mae") else False
         return TrainConfig(**{"model": self.model.value, "loss": self.loss.value, "offset": offset,
                               "width": self.channels.value, "patch": self.patch.value, "batch": self.batch.value,
                               "steps": None if minutes else self.steps.value, "minutes": minutes,

@@ -62,7 +62,8 @@ class TrainConfig:
                 "(default 1.0: 512 at 4-32 px ... 64 at 256 px)"})
     loss: str = field(default="mae", metadata={"help": "mae, mse, or bce (targets scaled to [0, 1])"})
     offset: bool | None = field(default=None, metadata={
-        "help": "add a random offset 0..offset_max to both images of a pair (default: on for mae)"})
+        "help": "add a random offset 0..offset_max to both images of a pair (default: on for mae on raw camera "
+                "counts; float and 8-bit movies train without it)"})
     offset_max: int = field(default=200, metadata={"help": "largest random offset, in camera units"})
     context: int = field(default=0, metadata={"help": "neighbouring low frames on each side as extra inputs"})
     patch: int | None = field(default=None, metadata={

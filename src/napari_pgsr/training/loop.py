@@ -165,6 +165,22 @@ class RunSetup:
     val_set: PatchDataset | None
 
 
+def _offset_max(config: TrainConfig, pairs: Sequence[Pairs]) -> int:
+    """The random offset's reach: it is in camera units, so by default (offset None) it is added to raw
+    camera counts only. On a float movie scaled 0..1 an offset of up to 200 left the frames as noise to the
+    network (validation PSNR -1.5 dB after 150 steps, against 15.0 without)."""
+    if not config.offset_enabled:
+        return 0
+    kinds = sorted({str(np.dtype(p.low.dtype)) for p in pairs} | {str(np.dtype(p.high.dtype)) for p in pairs})
+    counts = all(np.dtype(kind).kind in "ui" and np.dtype(kind).itemsize >= 2 for kind in kinds)
+    if config.offset is None and not counts:
+        warnings.warn(f"the random offset (0..{config.offset_max} camera units) is for raw camera counts; these "
+                      f"frames hold {', '.join(kinds)} values: training without it (offset true, --offset, adds it "
+                      "anyway)", RuntimeWarning, stacklevel=4)
+        return 0
+    return config.offset_max
+
+
 def prepare_run(config: TrainConfig, pairs: Sequence[Pairs], validation: Sequence[Pairs],
                 resume: str | os.PathLike | None, files: Sequence[str]) -> RunSetup:
     """Device and process group, the train/validation split and normalisation (the checkpoint's own when
@@ -199,7 +215,7 @@ def prepare_run(config: TrainConfig, pairs: Sequence[Pairs], validation: Sequenc
     common = {"patch_size": config.patch, "normalization": normalization, "seed": config.seed,
               "context": config.context}
     train_set = PatchDataset(everything, split="train", refs=train_refs, length=2**62,
-                             offset_max=config.offset_max if config.offset_enabled else 0, **common)
+                             offset_max=_offset_max(config, everything), **common)
     val_set = PatchDataset(everything, split="validation", refs=val_refs, length=config.validation_patches,
                            **common) if val_refs else None
     return RunSetup(device, rank, world, provenance, train_refs, val_refs, normalization, history, state,
