@@ -261,6 +261,34 @@ def test_warm_up_then_gan_and_the_gan_mode(tmp_path, small_pairs):
             torch.testing.assert_close(critic[name], value, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("stop_at, validated", [(10, False), (8, True)])
+def test_a_resumed_gan_that_blows_up_says_whether_it_went_back_to_a_validated_state(tmp_path, small_pairs,
+                                                                                   monkeypatch, stop_at, validated):
+    """Stopped between validations (step 10; validations at 4 and 8) and resumed, a run whose third validation
+    blows up went back to step 10 and called it 'the last validated state'."""
+    from napari_pgsr.training import progan_loop
+
+    calls, validate = [], progan_loop.validate
+
+    def blowing_up_at_step_12(*args, **kwargs):
+        metrics = validate(*args, **kwargs)
+        calls.append(1)
+        return {**metrics, "loss": metrics["loss"] * (1000 if len(calls) == 3 else 1)}
+
+    monkeypatch.setattr(progan_loop, "validate", blowing_up_at_step_12)
+    config = _config(start_resolution=16, steps=20, validation_every=4, phase_images=1000)
+    seen = []
+    stopped = train(config, [small_pairs], tmp_path / "m.pgsr", progress=seen.append,
+                    should_stop=lambda: sum(e.kind is EventKind.STEP for e in seen) >= stop_at)
+    assert stopped.step == stop_at and len(calls) == 2
+    resumed = train(config, [small_pairs], tmp_path / "m.pgsr", resume=tmp_path / "m.pgsr")
+    record = resumed.history["divergences"][-1]
+    assert resumed.reason == "diverged" and (record["step"], record["restored_step"]) == (12, stop_at)
+    assert record["restored_validated"] is validated
+    assert (f"holds step {stop_at}, " + ("the last validated state before it" if validated else
+            "the state this run resumed from, saved between validations (not validated)")) in resumed.note
+
+
 def test_divergence_is_judged_against_the_best_loss_at_the_same_resolution():
     history = [{"step": 2, "resolution": 8, "loss": 0.5}, {"step": 4, "resolution": 16, "loss": 0.1},
                {"step": 6, "resolution": 16, "loss": 0.2}]

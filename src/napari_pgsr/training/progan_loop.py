@@ -199,7 +199,8 @@ def divergence_note(record: dict) -> str:
     best = (f"over {record['factor']:g}x the run's best at this stage, {record['best_loss']:.4g}"
             if math.isfinite(record["loss"]) else "not a finite number")
     kept = ("the last validated state before it" if record["restored_validated"]
-            else "the state this run started from (nothing was validated before it)")
+            else "the state this run resumed from, saved between validations (not validated)"
+            if record.get("restored_resumed") else "the state this run started from (nothing was validated before it)")
     return (f"training diverged at step {record['step']} (validation loss {record['loss']:.4g}, {best}): the "
             f"model file holds step {record['restored_step']}, {kept}; resuming it would replay the same "
             "steps, so to go further start a new run with a smaller lambda_gan or gan_lr, or another seed")
@@ -299,13 +300,13 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
 
     guarded = bool(config.divergence_factor) and setup.val_set is not None
 
-    def snapshot(validated: bool) -> dict | None:
+    def snapshot(validated: bool, resumed: bool = False) -> dict | None:
         """Everything a diverged run goes back to: the training state, the EMA, the stage it was validated at
         and how long the history was (None when nothing can diverge: no check or no validation set)."""
         if not guarded:
             return None
         return {"state": _on_cpu(current_state("diverged")), "ema": _on_cpu(ema.state_dict()), "phase": phase,
-                "validated": validated,
+                "validated": validated, "resumed": resumed,
                 "history": {key: len(history[key]) for key in ("loss", "validation", "phases")}}
 
     def go_back(to: dict, record: dict) -> None:
@@ -316,7 +317,8 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         for key, length in to["history"].items():
             del history[key][length:]
         history.setdefault("divergences", []).append(
-            {**record, "restored_step": step, "restored_validated": to["validated"]})
+            {**record, "restored_step": step, "restored_validated": to["validated"],
+             "restored_resumed": to["resumed"]})
 
     def save(reason: str) -> Path:
         training_state = current_state(reason)
@@ -332,7 +334,10 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         "resolution": phase.resolution})
     t0 = time.perf_counter()
     start_cursor, reason, note = cursor, "done", ""
-    good = snapshot(validated=state is not None)  # a checkpoint resumed from was validated when it was written
+    # a checkpoint resumed from is a validated state only if it was saved at a validation (Stop, Ctrl-C, a time
+    # limit and checkpoints between validations save others)
+    at_validation = bool(history["validation"]) and history["validation"][-1]["step"] == step
+    good = snapshot(validated=state is not None and at_validation, resumed=state is not None)
     deadline = None if config.minutes is None else t0 + 60 * config.minutes - elapsed_before
     while total is None or step < total:
         reason = stop_reason(should_stop, deadline, world, device) or "done"
