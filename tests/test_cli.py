@@ -365,6 +365,24 @@ def test_a_config_file_overrides_only_what_it_sets(tmp_path, movie):
         cli.build_config(args)
 
 
+def test_settings_only_the_other_model_reads_are_refused(tmp_path, movie):
+    """`--model progan --lr 1e-9` trained the same weights as --lr 4e-4, without a word."""
+    def build(*flags):
+        return cli.build_config(cli.train_parser().parse_args([str(movie), "--out", "x.pgsr", *flags]))
+
+    with pytest.raises(cli.BadInput, match=r"^--depth, --lr: settings of the U-Net, which a ProGAN does not read "
+                                           r"\(a ProGAN's learning rates are --warmup-lr and --gan-lr"):
+        build("--model", "progan", "--lr", "1e-9", "--depth", "3")
+    with pytest.raises(cli.BadInput, match=r"^--gan-lr: a setting of the ProGAN, which a U-Net does not read$"):
+        build("--gan-lr", "1e-3")
+    # a config file written by --write-config holds every field: its defaults are no choice
+    build("--model", "progan").save(tmp_path / "progan.yaml")
+    assert build("--config", str(tmp_path / "progan.yaml")).model == "progan"
+    (tmp_path / "unet.yaml").write_text("model: unet\nwarmup_steps: 100\n")
+    with pytest.raises(cli.BadInput, match=r"^warmup_steps \(in unet.yaml\): a setting of the ProGAN"):
+        build("--config", str(tmp_path / "unet.yaml"))
+
+
 def test_split_writes_the_low_and_high_stacks_the_pairs_are_made_of(tmp_path, capsys):
     from napari_pgsr.pairs import split_alternating
 

@@ -75,7 +75,7 @@ def build_config(args: argparse.Namespace):
     from ..training.config import TrainConfig, as_trained
     from ..training.recipes import recipe_values
 
-    values, from_recipe = {}, set()
+    values, from_recipe, file_values = {}, set(), {}
     if args.resume is not None:
         if args.recipe:
             raise BadInput(f"--recipe starts a new run; --resume {args.resume} continues with the settings "
@@ -90,12 +90,15 @@ def build_config(args: argparse.Namespace):
         values.update(file_values)
         from_recipe -= set(file_values)
         chosen |= set(file_values)
+    flags = set()
     for spec in fields(TrainConfig):
         given = getattr(args, spec.name, None)
         if given is not None:
             values[spec.name] = given
             from_recipe.discard(spec.name)
             chosen.add(spec.name)
+            flags.add(spec.name)
+    _refuse_the_other_models_settings(values.get("model", "unet"), flags, file_values, args.config)
     # a length of training given alone is the only one: the default steps, or those of the run resumed, go
     if "minutes" in chosen and "steps" not in chosen:
         values["steps"] = None
@@ -110,6 +113,28 @@ def build_config(args: argparse.Namespace):
             raise BadInput(f"{error}. {', '.join(clashing)} came from --recipe {args.recipe}: set them too, or "
                            "leave out --recipe") from error
         raise
+
+
+def _refuse_the_other_models_settings(model: str, flags: set, file_values: dict, config_file=None) -> None:
+    """--lr for a ProGAN, --gan-lr for a U-Net...: nothing reads them, and a run that ignored them silently
+    would not be what was asked for. (A config file holds every field: there, only values off the default.)"""
+    from ..training.config import MODELS, ONLY_FOR, TrainConfig
+
+    if model not in MODELS:
+        return  # (the config names the problem)
+    defaults = TrainConfig(model=model).to_dict()
+    other = next(name for name in MODELS if name != model)
+    unused = [name for name in ONLY_FOR[other]
+              if name in flags or (name in file_values and file_values[name] != defaults[name])]
+    if unused:
+        names = {"unet": "U-Net", "progan": "ProGAN"}
+        hint = (" (a ProGAN's learning rates are --warmup-lr and --gan-lr; its depth follows --patch)"
+                if model == "progan" else "")
+        named = [f"--{name.replace('_', '-')}" if name in flags else f"{name} (in {Path(config_file).name})"
+                 for name in unused]
+        raise BadInput(f"{', '.join(named)}: "
+                       f"{'a setting' if len(unused) == 1 else 'settings'} of the {names[other]}, which a "
+                       f"{names[model]} does not read{hint}")
 
 
 def check_writable(path: Path) -> None:

@@ -13,6 +13,11 @@ MODELS = ("unet", "progan")
 GAN_MODES = ("joint", "gan")
 SCHEDULES = ("cosine", "plateau", "constant")
 NOISE_SHAPES = ("gamma", "normal")
+# settings that only one of the models reads (a ProGAN's rates are warmup_lr and gan_lr; its depth follows patch)
+ONLY_FOR = {"unet": ("depth", "lr"),
+            "progan": ("gan_mode", "lambda_gan", "gan_lr", "critic_steps", "start_resolution", "phase_images",
+                       "phase_scale", "resolution_batches", "ema_decay", "warmup_steps", "warmup_lr",
+                       "rot180_average", "critic_noise", "critic_noise_shape", "divergence_factor")}
 
 
 def as_trained(stored: dict) -> dict:
