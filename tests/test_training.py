@@ -218,6 +218,23 @@ def test_the_random_offset_is_for_camera_counts_unless_asked_for(pairs):
         assert _offset_max(TrainConfig(steps=1, loss="mse"), [given]) == 0
 
 
+def test_a_unet_whose_weights_go_to_nan_stops_without_writing_them(tmp_path, pairs):
+    """At lr 100 the losses were inf for 30 steps, and the run ended 'done' with a model restoring NaN."""
+    from napari_pgsr.training.loop import TrainingDiverged
+
+    config = TrainConfig(steps=30, **{**TINY, "checkpoint_every": 1, "validation_every": 2}, lr=100.0, loss="mse")
+    with pytest.raises(TrainingDiverged, match=r"^training diverged: (the validation loss is (nan|inf)|the weights are not finite) at step \d+ "
+                                               r"\(a learning rate of 100 too high\?\); .*blown.pgsr holds the "
+                                               r"checkpoint of step \d+$"):
+        train(config, [pairs], tmp_path / "blown.pgsr")
+    kept = load_model(tmp_path / "blown.pgsr")
+    assert all(torch.isfinite(value).all() for value in kept.network.state_dict().values())
+    with pytest.raises(TrainingDiverged, match=r"at step 2 .*; no model file was written$"):
+        train(TrainConfig(steps=30, **{**TINY, "checkpoint_every": 1000}, lr=1e6, loss="mse"), [pairs],
+              tmp_path / "none.pgsr")
+    assert not (tmp_path / "none.pgsr").exists()
+
+
 def test_a_gpu_that_is_not_there_is_named(monkeypatch):
     from napari_pgsr import devices
 

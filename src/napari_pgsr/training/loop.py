@@ -147,6 +147,10 @@ def validate(network: torch.nn.Module, dataset: PatchDataset, loss_name: str, de
     return {"loss": float(sum(losses) / len(dataset)), "psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}
 
 
+class TrainingDiverged(ValueError):
+    """The weights went to NaN or inf (a learning rate far too high): the run stops without saving them."""
+
+
 @dataclass
 class RunSetup:
     """What every training loop needs before its first step (fresh or resumed)."""
@@ -288,10 +292,13 @@ def _iter_unet_training(config: TrainConfig, pairs: Sequence[Pairs], output: str
                                                                                          patience=5)
                  if schedule == "plateau" else None)
     step, elapsed_before = 0, 0.0
+    saved_step = None  # the last step whose model is in `output`
     if state is not None:
         network.load_state_dict(checkpoint.network.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
+        if Path(resume).resolve() == Path(output).resolve():
+            saved_step = step
         same_schedule = state.get("scheduler") and state.get("schedule", schedule) == schedule
         if scheduler is not None and same_schedule:
             scheduler.load_state_dict(state["scheduler"])
@@ -309,7 +316,17 @@ def _iter_unet_training(config: TrainConfig, pairs: Sequence[Pairs], output: str
         model = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None)
 
+    def diverged(what: str) -> None:
+        """Weights gone to NaN or inf (a learning rate far too high): stop without writing them over the last
+        good checkpoint."""
+        kept = (f"{output} holds the checkpoint of step {saved_step}" if saved_step is not None
+                else "no model file was written")
+        raise TrainingDiverged(f"training diverged: {what} at step {step} (a learning rate of {config.lr:g} "
+                               f"too high?); {kept}")
+
     def save(reason: str) -> Path:
+        if not all(torch.isfinite(value).all() for value in network.state_dict().values()):
+            diverged("the weights are not finite")
         training_state = {"step": step, "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict() if scheduler is not None else {},
                           "torch_rng": torch.get_rng_state(), "elapsed_s": elapsed_before + time.perf_counter() - t0,
@@ -356,14 +373,18 @@ def _iter_unet_training(config: TrainConfig, pairs: Sequence[Pairs], output: str
         if val_set is not None and (step % config.validation_every == 0 or step == total):
             metrics = validate(network, val_set, config.loss, device)
             history["validation"].append({"step": step, **metrics})
+            agreed = _from_rank_zero(metrics["loss"], world, device)  # every rank decides alike
+            if not math.isfinite(agreed):
+                diverged(f"the validation loss is {agreed}")
             if schedule == "plateau":
-                scheduler.step(_from_rank_zero(metrics["loss"], world, device))
+                scheduler.step(agreed)
             yield TrainingEvent(EventKind.VALIDATION, step, total, metrics)
         if preview is not None and preview_every and step % preview_every == 0 and rank == 0:
             image = _preview(network, normalization, config, device, preview)
             yield TrainingEvent(EventKind.PREVIEW, step, total, {"image": image})
         if step % config.checkpoint_every == 0 and rank == 0 and step != total:
             yield TrainingEvent(EventKind.CHECKPOINT, step, total, {"path": str(save("checkpoint"))})
+            saved_step = step
     path = save(reason) if rank == 0 else output
     if world > 1:
         dist.barrier()
