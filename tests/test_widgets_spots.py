@@ -264,6 +264,34 @@ def test_frame_y_x_csv_on_a_scaled_single_frame(make_napari_viewer, rng, message
     np.testing.assert_allclose(table["y"][:2], [30, 45], atol=0.1)
 
 
+def test_suggestions_keep_out_of_a_samples_true_spots_and_a_users_layer_of_their_name(make_napari_viewer,
+                                                                                         messages):
+    """On a sample, the Labels box starts at its hidden true spots: Accept added the suggestions to them."""
+    from napari_pgsr._sample_data import sample_layers
+
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in sample_layers("beads", n_frames=4, size=64):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    truth = viewer.layers["fluorescent beads (simulated) true spots"]
+    before = truth.data.copy()
+    own = viewer.add_points(np.array([[1.0, 2.0, 3.0]]), name="suggested spots")  # the user's, by chance
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Spots")
+    widget.reference.value = viewer.layers["fluorescent beads (simulated)"]
+    widget.labels_layer.value = truth
+    widget.suggest()
+    assert own in viewer.layers and own.data.tolist() == [[1.0, 2.0, 3.0]]  # it was removed
+    widget.accept_suggestions()
+    np.testing.assert_array_equal(truth.data, before)
+    assert len(viewer.layers["spot labels"].data) > 0 and own in viewer.layers
+    # the pixel size follows the image suggested on: one with none known leaves it unknown, not the last one's
+    assert widget.pixel_size.value == 160.0
+    widget.reference.value = viewer.add_image(np.zeros((4, 64, 64), np.float32), name="no pixel size")
+    assert widget.pixel_size.value == 0.0
+    widget.pixel_size.value = 100.0  # typed by hand: kept
+    widget.reference.value = viewer.add_image(np.zeros((4, 64, 64), np.float32), name="none either")
+    assert widget.pixel_size.value == 100.0
+
+
 def test_suggest_accept_save_and_load(make_napari_viewer, rng, messages, tmp_path):
     viewer, widget, _ = _viewer_with_images(make_napari_viewer, rng)
     widget.accept_suggestions()
@@ -418,7 +446,23 @@ def test_images_placed_differently_are_not_measured_at_one_set_of_pixels(make_na
     widget.new_labels().data = TRUTH
     widget.measure()
     assert messages["error"][-1] == ("Spots: image layer(s) ['low'] are placed differently from 'high' (scale or "
-                                     "translate): the labels would fall on other pixels; measure them separately")
+                                     "translate, in space or time): the labels would fall on other pixels or "
+                                     "frames; measure them separately")
+
+
+def test_movies_placed_apart_in_time_are_not_measured_at_one_frame(make_napari_viewer, messages):
+    """A movie placed 2 frames later was measured at the first movie's frame numbers: 'no signal', no word."""
+    movie = np.full((6, 32, 32), 100.0, np.float32)
+    viewer = make_napari_viewer()
+    viewer.add_image(movie, name="A")
+    viewer.add_image(movie.copy(), name="B", translate=(2, 0, 0))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Spots")
+    widget.reference.value = viewer.layers["A"]
+    widget.images.value = ["A", "B"]
+    widget.new_labels().data = np.array([[3.0, 16.0, 16.0]])
+    widget.measure()
+    assert "Spots: image layer(s) ['B'] are placed differently from 'A' (scale or translate, in space or time)" in (
+        messages["error"][-1])
 
 
 def test_a_row_clicked_goes_to_its_frame_of_a_layer_placed_later_in_time(make_napari_viewer):

@@ -19,6 +19,7 @@ def sample_layers(kind: str, n_frames: int = 100, size: int = 256, seed: int = 0
     image = (sim.movie, {"name": name, "scale": (1.0, px, px), "metadata": metadata}, "image")
     coords = np.column_stack([sim.spots["frame"], sim.spots["y"], sim.spots["x"]])
     points = (coords, {"name": f"{name} true spots", "scale": (1.0, px, px), "visible": False, "size": 4,
+                       "metadata": {"ground_truth": True},
                        "face_color": "transparent", "border_color": "yellow",
                        "features": {"photons": sim.spots["photons"], "spot_id": sim.spots["id"]}}, "points")
     return [image, points]

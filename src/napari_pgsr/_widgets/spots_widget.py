@@ -30,6 +30,7 @@ class SpotsWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self._viewer, self._worker, self._snapping, self._shift_held = viewer, None, False, False
+        self._suggestions = None  # the layer of the last suggestions
         self.reference = create_widget(label="Snap / suggest on", annotation="napari.layers.Image")
         self.labels_layer = create_widget(label="Labels", annotation="napari.layers.Points")
         self.new_labels_button = PushButton(text="New labels layer")
@@ -86,6 +87,10 @@ class SpotsWidget(Container):
         reference = self.reference.value
         if reference is not None and reference.metadata.get("pixel_size_um"):
             self.pixel_size.value = round(float(reference.metadata["pixel_size_um"]) * 1000, 3)
+            self._pixel_size_shown = self.pixel_size.value
+        elif self.pixel_size.value == getattr(self, "_pixel_size_shown", None):
+            # the last image's pixel size, not this one's: unknown (a value typed by hand stays)
+            self.pixel_size.value = self._pixel_size_shown = 0.0
         if reference is not getattr(self, "_reference", None):  # (not when the same layer is renamed)
             self._reference = reference
             self.images.select_same_shape()
@@ -224,10 +229,11 @@ class SpotsWidget(Container):
 
         def show(found: np.ndarray) -> None:
             data = np.column_stack([np.full(len(found), frame), found]) if frame is not None else found
-            if SUGGESTIONS_NAME in self._viewer.layers:
-                self._viewer.layers.remove(SUGGESTIONS_NAME)
-            self._viewer.add_points(data.reshape(-1, reference.ndim), ndim=reference.ndim, name=SUGGESTIONS_NAME,
-                                    **placement(reference, reference.ndim), **SUGGESTION_STYLE)
+            if self._suggestions in self._viewer.layers:  # the last ones; a user's own layer of the name stays
+                self._viewer.layers.remove(self._suggestions)
+            self._suggestions = self._viewer.add_points(
+                data.reshape(-1, reference.ndim), ndim=reference.ndim, name=SUGGESTIONS_NAME,
+                **placement(reference, reference.ndim), **SUGGESTION_STYLE)
             where = f", frame {frame}" if frame is not None else ""
             show_info(f"Spots: {len(found)} suggestions on {reference.name}{where}")
 
@@ -236,13 +242,14 @@ class SpotsWidget(Container):
 
     def accept_suggestions(self) -> None:
         """Add the suggestions that are not already labelled (within 1 px) to the labels layer."""
-        if SUGGESTIONS_NAME not in self._viewer.layers:
+        suggestions = self._suggestions
+        if suggestions not in self._viewer.layers:
             show_error("Spots: there are no suggestions; press 'Suggest spots' first")
             return
-        suggestions = self._viewer.layers[SUGGESTIONS_NAME]
         layer = self.labels_layer.value
-        # the combo picks the suggestions when they are alone (compared by name: napari hands plugins proxies)
-        if layer is None or layer.name == SUGGESTIONS_NAME:
+        # the combo picks the suggestions when they are alone (compared by name: napari hands plugins proxies),
+        # or a sample's hidden true spots as the first points layer: neither takes the suggestions
+        if layer is None or layer.name == suggestions.name or layer.metadata.get("ground_truth"):
             layer = self.new_labels()
         new = to_image_coordinates(suggestions, layer) if len(suggestions.data) else np.empty((0, layer.ndim))
         if new.shape[1] != layer.ndim:
@@ -255,7 +262,7 @@ class SpotsWidget(Container):
             layer.data = np.concatenate([old, new])
         finally:
             self._snapping = False
-        self._viewer.layers.remove(SUGGESTIONS_NAME)
+        self._viewer.layers.remove(suggestions)
         show_info(f"Spots: {len(new)} suggestions added to '{layer.name}'")
 
     # ---- measuring --------------------------------------------------------------------------------------
@@ -291,12 +298,13 @@ class SpotsWidget(Container):
         layers = [self._viewer.layers[name] for name in names]
         # one set of pixel positions serves every image: each must lie where the first does
         # (images of another shape are refused by the measurement itself, with their shapes)
+        # (in time too: a movie placed later would be measured on other frames)
         moved = [other.name for other in layers[1:] if other.data.shape == layers[0].data.shape and not (
-            np.allclose(other.scale[-2:], layers[0].scale[-2:]) and np.allclose(other.translate[-2:],
-                                                                                layers[0].translate[-2:]))]
+            np.allclose(other.scale, layers[0].scale) and np.allclose(other.translate, layers[0].translate))]
         if moved:
             raise ValueError(f"image layer(s) {moved} are placed differently from '{layers[0].name}' (scale or "
-                             "translate): the labels would fall on other pixels; measure them separately")
+                             "translate, in space or time): the labels would fall on other pixels or frames; "
+                             "measure them separately")
         points = to_image_coordinates(layer, layers[0])
         frame = None
         if points.shape[1] != layers[0].ndim:
