@@ -57,6 +57,20 @@ def test_phase_override_and_dropped_frames_are_shown(make_napari_viewer, monkeyp
     assert [layer.name for layer in viewer.layers].count("beads low") == 1  # replaced, not duplicated
 
 
+def test_a_users_own_layer_of_the_pairs_name_is_kept(make_napari_viewer, monkeypatch):
+    """A file opened as 'beads low' was removed by the split of 'beads'."""
+    monkeypatch.setenv("NAPARI_PGSR_SYNC", "1")
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(simulate_movie("beads", 10, (48, 48)).movie, name="beads")
+    own = viewer.add_image(np.ones((4, 48, 48), np.float32), name="beads low")
+    widget = _widget(viewer)
+    widget.movie.value = layer
+    widget.run()
+    assert own in viewer.layers and own.name == "beads low" and own.data.shape == (4, 48, 48)
+    made = [lay for lay in viewer.layers if lay.metadata.get("exposure") == "low"]
+    assert len(made) == 1 and made[0].data.shape == (5, 48, 48)
+
+
 def test_movie_without_alternation_gives_a_notification(make_napari_viewer, monkeypatch, errors):
     monkeypatch.setenv("NAPARI_PGSR_SYNC", "1")
     steady = simulate_movie("ap2", 20, (32, 32), acquisition=Acquisition(low_exposure_s=0.1)).movie

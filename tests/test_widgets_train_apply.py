@@ -436,6 +436,49 @@ def test_streaming_restoration_can_be_cancelled(make_napari_viewer, qtbot, tmp_p
         assert np.isfinite(np.asarray(partial.data[0])).all() and np.isnan(np.asarray(partial.data[-1])).all()
 
 
+def test_restore_widget_refuses_what_would_mix_frames_or_replace_files(viewer_with_pairs, qtbot, tmp_path, errors,
+                                                                        monkeypatch):
+    """A context model restored every frame of an alternating movie lazily (high frames for neighbours);
+    napari's Save wrote a lazily restored layer over the movie it reads; a typed model path gave an error per
+    keystroke; a second run to one file ended with 'pass overwrite=True'."""
+    from napari_pgsr._writer import write_image
+    from napari_pgsr.pairs import split_alternating
+    from napari_pgsr.training.config import TrainConfig
+    from napari_pgsr.training.loop import train
+
+    viewer = viewer_with_pairs
+    source = viewer.layers["cells"].metadata["source_path"]
+    pairs = split_alternating(read_movie(source))
+    train(TrainConfig(steps=1, depth=1, width=4, patch=32, batch=2, device="cpu", context=1), [pairs],
+          tmp_path / "context.pgsr")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Restore")
+    for typed in ("/", "/t", str(tmp_path)):  # on the way to a file
+        widget.model_file.value = typed
+    assert errors == [] and widget.about.value == "-"
+    widget.model_file.value = tmp_path / "context.pgsr"
+    widget.movie.value, widget.frames.value = viewer.layers["cells"], "all"
+    monkeypatch.setenv("NAPARI_PGSR_SYNC", "1")  # (a worker's error also reaches pytest-qt's exception hook)
+    widget.run()
+    monkeypatch.delenv("NAPARI_PGSR_SYNC")
+    assert "cells restored" not in viewer.layers and widget.run_button.enabled
+    assert "layer 'cells' alternates low and high exposures, but this model takes 1 neighbouring low frames" in (
+        errors[-1])
+    widget.movie.value = viewer.layers["cells low"]  # its low frames: restored
+    widget.run()
+    qtbot.waitUntil(lambda: "cells low restored" in viewer.layers, timeout=60_000)
+    restored = viewer.layers["cells low restored"]
+    before = open(source, "rb").read()
+    with pytest.raises(ValueError, match="it is the file the data was read from"):
+        write_image(source, restored.data, {"metadata": restored.metadata, "scale": restored.scale})
+    assert open(source, "rb").read() == before
+    (tmp_path / "taken.tif").write_bytes(b"mine")
+    widget.output.value = tmp_path / "taken.tif"
+    widget.run()
+    assert errors[-1] == (f"Restore: {tmp_path / 'taken.tif'} exists; choose another file name (this widget does "
+                          "not replace files)")
+    assert (tmp_path / "taken.tif").read_bytes() == b"mine"
+
+
 def test_restore_widget_exports_the_model_for_bioimage_io(make_napari_viewer, qtbot, tmp_path, errors, monkeypatch):
     from napari_pgsr.data import Normalization
     from napari_pgsr.modelfile import load_model, save_model

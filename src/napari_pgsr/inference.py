@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from .data import context_indices
 from .devices import CompiledForward, autocast, available_memory, pick_device
 from .heap import reusing_freed_memory
-from .io import Movie, as_array, frames_named_on_error, write_movie
+from .io import Movie, as_array, frames_named_on_error, register_derived, write_movie
 from .modelfile import ModelFile
 
 
@@ -340,11 +341,21 @@ def restore_lazily(restorer: Restorer, frames, indices=None) -> "da.Array":
 
     indices = np.arange(frames.shape[0]) if indices is None else np.asarray(indices)
     lazy = RestoredFrames(restorer, frames, indices)
+    name = f"restored-{uuid.uuid4().hex[:12]}"
+    register_derived(name, lazy)  # so the movie it reads is never written over (napari's Save as)
     return da.from_array(lazy, chunks=(1, *lazy.shape[1:]), asarray=True, lock=True,
-                         meta=np.empty((0, 0, 0), np.float32), name=False)
+                         meta=np.empty((0, 0, 0), np.float32), name=name)
 
 
-def _alternates(movie: Movie) -> bool:
+def check_context_on_all_frames(model, movie, name: str) -> None:
+    """A model with temporal context takes the neighbouring low frames: every frame of an alternating movie
+    would give it high frames for neighbours. (Reads every frame's mean when the model has context.)"""
+    if model.context and _alternates(movie):
+        raise ValueError(f"{name} alternates low and high exposures, but this model takes {model.context} "
+                         "neighbouring low frames on each side: restore its low frames (frames='low', --frames low)")
+
+
+def _alternates(movie) -> bool:
     from .pairs import split_alternating
 
     try:
@@ -392,10 +403,8 @@ def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all
 
     if frames not in ("all", "low"):
         raise ValueError(f"frames must be 'all' or 'low', got {frames!r}")
-    if frames == "all" and restorer.model.context and _alternates(movie):
-        name = movie.path.name if movie.path else "the movie"
-        raise ValueError(f"{name} alternates low and high exposures, but this model takes {restorer.model.context} "
-                         "neighbouring low frames on each side: restore its low frames (frames='low', --frames low)")
+    if frames == "all":
+        check_context_on_all_frames(restorer.model, movie, movie.path.name if movie.path else "the movie")
     indices = (split_alternating(movie, low_first=low_first).low_index if frames == "low"
                else np.arange(movie.shape[0]))
     sources = tuple(p for p in (movie.path, *protected) if p is not None)

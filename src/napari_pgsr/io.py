@@ -120,6 +120,15 @@ def lazy_frames(frames, name: str, path: str | os.PathLike | None = None) -> da.
                          meta=np.empty((0,) * frames.ndim, frames.dtype))
 
 
+_DERIVED: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+
+def register_derived(name: str, computed) -> None:
+    """Note that the dask layer `name` computes its frames from `computed.frames` (restored frames, say), so
+    `source_files` finds the files behind those."""
+    _DERIVED[name] = computed
+
+
 def frame_source(data):
     """The memmap/zarr array behind a movie's dask array (fast crops), or `data` itself if unknown."""
     if isinstance(data, Movie):
@@ -138,6 +147,9 @@ def source_files(array) -> set[Path]:
             reader = _SOURCES.get(layer)
             if reader is not None and reader.path is not None:
                 files.add(reader.path)
+            computed = _DERIVED.get(layer)
+            if computed is not None:
+                files |= source_files(computed.frames)
     return files
 
 

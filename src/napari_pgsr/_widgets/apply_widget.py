@@ -80,7 +80,9 @@ class ApplyWidget(Container):
             self.about.value = describe_model(self._model())
         except (ValueError, FileNotFoundError) as err:
             self.about.value = "-"
-            show_error(f"Restore: {err}")
+            # a path being typed (a folder, a file not there yet) is no error until Restore is pressed
+            if Path(str(self.model_file.value)).is_file():
+                show_error(f"Restore: {err}")
 
     def _check(self):
         layer = self.movie.value
@@ -102,6 +104,9 @@ class ApplyWidget(Container):
         if output in ("", "."):
             self._add_lazy(layer, model, data)
             return
+        if Path(output).exists():  # (the file dialog asks about replacing a file; a typed name does not)
+            show_error(f"Restore: {output} exists; choose another file name (this widget does not replace files)")
+            return
         self._cancel.clear()
         self.run_button.enabled, self.cancel_button.enabled = False, True
         pixel = float(layer.scale[-1]) if layer.metadata.get("pixel_size_um") else None
@@ -113,15 +118,22 @@ class ApplyWidget(Container):
                              owner=self.native, on_abort=self._cancel.set)
 
     def _add_lazy(self, layer, model, data) -> None:
+        from ..inference import check_context_on_all_frames
         from ..pairs import split_alternating
+
+        low = self.frames.value == "low"
 
         def low_frames():  # the exposure check reads every frame: in a worker
             yield 0, 1
-            indices = split_alternating(data, name=layer.name).low_index
+            if low:
+                indices = split_alternating(data, name=layer.name).low_index
+            else:  # all frames: a model with context must not take high frames for neighbours
+                check_context_on_all_frames(model, data, f"layer '{layer.name}'")
+                indices = None
             yield 1, 1
             return indices
 
-        if self.frames.value != "low":
+        if not low and not model.context:
             self._add_lazy_frames(layer, model, data, None)
             return
         self.run_button.enabled = False

@@ -92,8 +92,8 @@ class ExposurePairsWidget(Container):
                     "source_path": layer.metadata.get("source_path")}
         for kind, stack in (("low", pairs.low), ("high", pairs.high)):
             name = f"{layer.name} {kind}"
-            if name in self._viewer.layers:
-                self._viewer.layers.remove(name)
+            if name in self._viewer.layers and self._viewer.layers[name].metadata.get("exposure") == kind:
+                self._viewer.layers.remove(name)  # an earlier split's; a user's own layer of the name stays
             self._viewer.add_image(stack, name=name, scale=layer.scale, translate=layer.translate, colormap="gray",
                                    contrast_limits=display_range(stack),
                                    metadata={**metadata, "exposure": kind})
