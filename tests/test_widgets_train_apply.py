@@ -162,6 +162,13 @@ def test_resume_keeps_the_stored_settings_and_train_does_not_replace_a_model(vie
     qtbot.waitUntil(lambda: widget.status.state is RunState.DONE, timeout=60_000)
     resumed = load_model(model)
     assert resumed.metadata["history"]["step"] == 5 and resumed.metadata["config"]["lr"] == 1e-3
+    assert widget.plot.points["training"][0] == [1, 2, 3, 4, 5]  # the stored curve, continued (it was cleared)
+    # a WGAN's loss below 0: the plot leaves the log scale, which would drop it; a new run starts on log again
+    widget.plot.add("training", 6, -0.5)
+    widget.plot.redraw()
+    assert widget.plot.axes.get_yscale() == "symlog"
+    widget.plot.clear()
+    assert widget.plot.axes.get_yscale() == "log"
     assert (widget.channels.value, widget.patch.value, widget.batch.value, widget.offset.value) == (8, 32, 2, True)
     assert "resuming cli.pgsr with the settings it was trained with (unet, width 8, patch 32, batch 2, lr 0.001)" in (
         infos[0])

@@ -47,8 +47,21 @@ class LossPlot:
         self.canvas.draw()
 
     def clear(self) -> None:
-        """Forget all points."""
+        """Forget all points (and go back to the log scale)."""
         self.points = {series: ([], []) for series in COLOURS}
+        if self.axes.get_yscale() != "log":
+            self.axes.set_yscale("log")
+            self.axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            self.axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            self.axes.yaxis.set_minor_formatter(NullFormatter())
+        self.redraw()
+
+    def show_history(self, history: dict) -> None:
+        """The losses a model file recorded (a resumed run continues its curves)."""
+        losses = list(history.get("loss", []))
+        validations = [v for v in history.get("validation", []) if "loss" in v and "step" in v]
+        self.points = {"training": (list(range(1, len(losses) + 1)), losses),
+                       "validation": ([int(v["step"]) for v in validations], [float(v["loss"]) for v in validations])}
         self.redraw()
 
     def add(self, series: str, step: int, value: float) -> None:
@@ -65,6 +78,10 @@ class LossPlot:
         started = time.perf_counter()
         for series, line in self.lines.items():
             line.set_data(*self.points.get(series, ([], [])))
+        if self.axes.get_yscale() == "log" and any(y <= 0 for _, ys in self.points.values() for y in ys):
+            # a WGAN's adversarial loss goes below 0, which a log scale would leave out
+            self.axes.set_yscale("symlog", linthresh=1e-3)
+            self.axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         if any(xs for xs, _ in self.points.values()):
             self.axes.relim()
             self.axes.autoscale_view()

@@ -275,7 +275,9 @@ class TrainWidget(Container):
         with the length of training, the device and bf16 chosen here."""
         from ..modelfile import load_model
 
-        stored = as_trained(load_model(path).metadata.get("config") or {})
+        model = load_model(path)
+        self._resumed_history = model.metadata.get("history") or {}
+        stored = as_trained(model.metadata.get("config") or {})
         if not stored:
             raise ValueError(f"{path} holds no training settings to resume with")
         minutes = self.minutes.value or None
@@ -331,6 +333,8 @@ class TrainWidget(Container):
         self._preview_scaled = False
         self._stop.clear()
         self.plot.clear()
+        if resume:  # its curves so far, continued
+            self.plot.show_history(self._resumed_history)
         self.status.step, self.status.total = 0, config.steps or 0
         self.status.model_path = str(output)
         self.status.state = RunState.TRAINING
