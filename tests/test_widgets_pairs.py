@@ -76,10 +76,16 @@ def test_movie_without_alternation_gives_a_notification(make_napari_viewer, monk
     steady = simulate_movie("ap2", 20, (32, 32), acquisition=Acquisition(low_exposure_s=0.1)).movie
     viewer = make_napari_viewer()
     widget = _widget(viewer)
+    widget.movie.value = viewer.add_image(simulate_movie("beads", 10, (32, 32)).movie, name="alternating")
+    widget.run()
+    assert widget.result["pairs"].value == "5" and widget.last_pairs is not None
     widget.movie.value = viewer.add_image(steady, name="steady")
     widget.run()
     assert len(errors) == 1 and "steady" in errors[0] and "no alternating exposure" in errors[0]
-    assert len(viewer.layers) == 1 and widget.run_button.enabled
+    assert [layer.name for layer in viewer.layers] == ["alternating", "alternating low", "alternating high",
+                                                       "steady"] and widget.run_button.enabled
+    # the last movie's result is not left showing as if it were this one's
+    assert widget.last_pairs is None and {label.value for label in widget.result.values()} == {"-"}
 
 
 def test_layer_with_wrong_dimensions_gives_a_notification(make_napari_viewer, errors):

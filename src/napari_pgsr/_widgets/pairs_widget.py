@@ -66,6 +66,9 @@ class ExposurePairsWidget(Container):
             return
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.progress.max, self.progress.value = layer.data.shape[0], 0
+        self.last_pairs = None  # a run that fails or is cancelled must not leave the last movie's result shown
+        for label in self.result.values():
+            label.value = "-"
         self._worker = start(split_job, layer.data, PHASES[self.phase.value], layer.name,
                              on_yield=self._on_progress, on_return=lambda p: self._show(layer, p),
                              on_finish=self._on_finish, context=f"Exposure pairs ({layer.name})", owner=self.native)
