@@ -398,6 +398,15 @@ def test_measuring_can_be_cancelled(make_napari_viewer, rng, messages, qtbot, mo
     qtbot.waitUntil(lambda: widget.measure_button.enabled, timeout=10_000)
     assert not widget.cancel_button.enabled and not hasattr(widget, "report") and messages["error"] == []
 
+    class Finishing:  # a worker whose report is already on its way to the GUI thread as Cancel is pressed
+        def quit(self):
+            pass
+
+    widget._worker = Finishing()
+    widget.cancel()
+    widget._show_report(object())  # arrives after "nothing was shown": dropped
+    assert not hasattr(widget, "report") and widget.results is None
+
 
 def test_suggestions_sit_on_a_moved_image_and_a_frame_it_lacks_is_said(make_napari_viewer, rng, messages,
                                                                         tmp_path):

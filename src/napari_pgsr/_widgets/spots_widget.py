@@ -31,6 +31,7 @@ class SpotsWidget(Container):
         super().__init__(labels=True)
         self._viewer, self._worker, self._snapping, self._shift_held = viewer, None, False, False
         self._suggestions = None  # the layer of the last suggestions
+        self._cancelled = False  # Cancel pressed during the current measurement
         self.reference = create_widget(label="Snap / suggest on", annotation="napari.layers.Image")
         self.labels_layer = create_widget(label="Labels", annotation="napari.layers.Points")
         self.new_labels_button = PushButton(text="New labels layer")
@@ -278,6 +279,7 @@ class SpotsWidget(Container):
                    "frame": frame, "suggest_sigma": self.suggest_sigma.value,
                    "suggest_threshold": self.suggest_threshold.value}
         self.measure_button.enabled, self.cancel_button.enabled = False, True
+        self._cancelled = False
         self._worker = start(partial(iter_measure_across, **options), images, points, on_yield=self._on_progress,
                              on_return=self._show_report, on_finish=self._on_finish, context="Measure spots",
                              owner=self.native)
@@ -320,6 +322,8 @@ class SpotsWidget(Container):
         self.progress.native.setFormat(f"{image}: %v / %m" if image else "%v / %m fitted")
 
     def _show_report(self, report: SpotReport) -> None:
+        if self._cancelled:  # finished as Cancel was pressed: "nothing was shown" stays true
+            return
         self.report = report
         self.note.value = report.note
         docks = getattr(self._viewer.window, "dock_widgets", {})
@@ -333,6 +337,7 @@ class SpotsWidget(Container):
     def cancel(self) -> None:
         """Stop measuring (the worker ends at its next progress step: within a frame's or 200 spots' fits)."""
         if self._worker is not None:
+            self._cancelled = True
             self._worker.quit()
             show_info("Spots: measuring cancelled; nothing was shown")
 
