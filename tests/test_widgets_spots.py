@@ -296,7 +296,15 @@ def test_suggest_accept_save_and_load(make_napari_viewer, rng, messages, tmp_pat
     viewer, widget, _ = _viewer_with_images(make_napari_viewer, rng)
     widget.accept_suggestions()
     assert "no suggestions" in messages["error"][-1]
+    from qtpy.QtCore import QCoreApplication, QEvent
+
+    def connections():  # (PyQt drops a disconnected slot's proxy at the next deferred delete)
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+        return widget.native.receivers(widget.native.destroyed)
+
+    before = connections()
     widget.suggest()
+    assert connections() == before  # each run added two for good
     suggested = viewer.layers["suggested spots"].data
     assert len(suggested) == len(TRUTH)
     widget.accept_suggestions()  # with no labels layer yet: a new one

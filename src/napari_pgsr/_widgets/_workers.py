@@ -45,7 +45,14 @@ def start(job: Callable[..., Generator], *args: Any, on_yield: Callable, on_retu
                 on_abort()
 
         owner.destroyed.connect(gone)
-        on_yield, on_return, on_finish = guarded(on_yield), guarded(on_return), guarded(on_finish)
+        finish = guarded(on_finish)
+
+        def on_finish() -> None:  # a finished run lets go of the widget (runs no longer pile up connections)
+            finish()
+            if alive[0]:
+                owner.destroyed.disconnect(gone)
+
+        on_yield, on_return = guarded(on_yield), guarded(on_return)
 
     if os.environ.get("NAPARI_PGSR_SYNC") == "1":
         try:
