@@ -110,7 +110,7 @@ def test_bad_files_get_clear_errors(tmp_path, movie_file, caplog):
         read_movie(tmp_path / "cut.tif")
     # a copy cut short keeps the first frame's index only: it was read as a single frame, or one frame
     frames = np.random.default_rng(0).integers(0, 1000, (20, 32, 32)).astype(np.uint16)
-    for name, message in (("cut.tif", "its ImageJ header announces 20 frames but the file indexes 1"),
+    for name, message in (("cut.tif", "its ImageJ header announces 20 images but the file indexes 1"),
                           ("cut.ome.tif", r"its last page \(a frame, or the index of the frames\) reaches past")):
         whole = write_movie(tmp_path / f"whole_{name}", frames).read_bytes()
         (tmp_path / name).write_bytes(whole[:len(whole) * 6 // 10])

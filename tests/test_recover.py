@@ -113,6 +113,27 @@ def test_recover_refuses_whole_files_and_keeps_outputs(tmp_path, capsys):
     np.testing.assert_array_equal(read_movie(tmp_path / "out.tif").data.compute(), FRAMES[:4])
 
 
+def test_a_hyperstack_of_channels_is_not_recovered_as_a_movie(tmp_path):
+    """Channels 0 and 1 of a 2-channel ImageJ file, copied page by page, alternated dim and bright: a fake
+    low/high movie that split and train would take."""
+    rng = np.random.default_rng(0)
+    movie = np.stack([rng.integers(90, 110, (4, 32, 48)), rng.integers(2900, 3100, (4, 32, 48))],
+                     axis=1).astype(np.uint16)
+    whole = tmp_path / "two_channels.tif"
+    tifffile.imwrite(whole, movie, imagej=True, metadata={"axes": "TCYX"})
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.7)])
+    with pytest.raises(ValueError, match=r"cut.tif is truncated or damaged: its ImageJ header announces 8 images "
+                                         r"but the file indexes 1 .*; it holds 2 channels, which recover does not"):
+        read_movie(cut)
+    for path in (whole, cut):
+        with pytest.raises(ValueError, match=rf"{path.name} holds 2 channels besides time; recover copies the "
+                                             r"frames of a single-channel T x Y x X movie only"):
+            find_complete_frames(path)
+    assert recover_main([str(cut), "-o", str(tmp_path / "out.tif"), "--quiet"]) == 2
+    assert not (tmp_path / "out.tif").exists()
+
+
 def test_single_frame_with_metadata_after_its_pixels_stays_a_single_frame(tmp_path):
     # a snapshot whose description, rewritten longer, was appended after the pixel data (Micro-Manager also
     # stores its metadata there)

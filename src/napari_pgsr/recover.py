@@ -136,6 +136,10 @@ def find_complete_frames(path: str | os.PathLike) -> Recovery:
         raise ValueError(f"{path}: not even its first page can be read ({err}); nothing to recover") from err
     with tif, _quiet_tifffile():
         first, size = tif.pages.first, tif.filehandle.size
+        more = tiff_structure.axes_besides_time(tif)
+        if more:  # its pages are not one frame each: copied in turn, channel 0 and 1 would pass for low and high
+            raise ValueError(f"{path} holds {more} besides time; recover copies the frames of a single-channel "
+                             "T x Y x X movie only")
         if first.ndim != 2:
             raise ValueError(f"{path}: its first page has shape {first.shape}; only grey-scale Y x X frames "
                              "are recovered")

@@ -109,6 +109,27 @@ def imagej_plain_stack(tif: tifffile.TiffFile) -> bool:
                 and "spacing" not in meta and "channels" not in meta)
 
 
+def axes_besides_time(tif: tifffile.TiffFile) -> str:
+    """What the file's header says it holds besides T x Y x X ('2 channels', '5 z-slices per time point'), or ''
+    (a plain stack of Fiji's is time). Read from the header, so it holds for a file cut short too."""
+    meta = (tif.imagej_metadata or {}) if tif.is_imagej else {}
+    channels, slices, frames = (int(meta.get(key, 1)) for key in ("channels", "slices", "frames"))
+    if channels > 1:
+        return f"{channels} channels"
+    if slices > 1 and not imagej_plain_stack(tif):
+        return f"{slices} z-slices per time point"
+    if tif.is_ome:
+        try:
+            series = tif.series[0]
+            sizes = dict(zip(series.axes, series.shape))
+        except Exception:  # noqa: BLE001 - a header too damaged to read: nothing said
+            return ""
+        for axis, name in (("C", "channels"), ("Z", "z-slices per time point"), ("S", "samples per pixel")):
+            if sizes.get(axis, 1) > 1:
+                return f"{sizes[axis]} {name}"
+    return ""
+
+
 def next_page_offset(tif: tifffile.TiffFile, page_offset: int) -> int:
     """Where the file says the page after the one at `page_offset` starts (0: it is the last)."""
     layout, handle = tif.tiff, tif.filehandle
@@ -129,9 +150,11 @@ def check_not_truncated(tif: tifffile.TiffFile, path: Path, shape: tuple[int, ..
     last, size = tif.pages[len(tif.pages) - 1], tif.filehandle.size
     ends = [offset + count for offset, count in zip(last.dataoffsets, last.databytecounts) if count]
     past_end = next_page_offset(tif, last.offset) >= size or (ends and max(ends) > size)
-    recover = f"napari-pgsr-recover {path.name} -o recovered.tif copies the complete frames to a new movie"
+    more = axes_besides_time(tif)
+    recover = (f"napari-pgsr-recover {path.name} -o recovered.tif copies the complete frames to a new movie"
+               if not more else f"it holds {more}, which recover does not take apart")
     if announced > held or past_end:
-        found = (f"its ImageJ header announces {announced} frames but the file indexes {held}"
+        found = (f"its ImageJ header announces {announced} images but the file indexes {held}"
                  if announced > held else "its last page (a frame, or the index of the frames) reaches past the end "
                  "of the file")
         raise ValueError(f"{path} is truncated or damaged: {found} (a copy or download cut short?); {recover}")
