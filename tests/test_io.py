@@ -204,6 +204,26 @@ def test_imagej_cannot_hold_int32_so_the_writer_says_so(tmp_path):
     assert read_movie(path).data[0, 0, 0].compute() == 2**25 + 1
 
 
+def test_a_compressed_pyramid_reads_its_full_resolution_and_other_positions_are_named(tmp_path):
+    """A zlib OME-TIFF pyramid (bfconvert -pyramid-resolutions) was called damaged ('Group' has no shape); a
+    file of two positions opened the first without a word."""
+    movie = np.random.default_rng(0).integers(0, 4000, (4, 64, 64)).astype(np.uint16)
+    pyramid = tmp_path / "pyramid.ome.tif"
+    with tifffile.TiffWriter(pyramid) as writer:
+        writer.write(movie, subifds=1, metadata={"axes": "TYX"}, compression="zlib")
+        writer.write(movie[:, ::2, ::2], subfiletype=1, compression="zlib")
+    np.testing.assert_array_equal(read_movie(pyramid).data.compute(), movie)
+    positions = tmp_path / "positions.ome.tif"
+    with tifffile.TiffWriter(positions, ome=True) as writer:
+        writer.write(movie, metadata={"axes": "TYX"})
+        writer.write(movie[:3], metadata={"axes": "TYX"})
+    with pytest.warns(UserWarning, match=r"positions.ome.tif: the file holds 2 image series of this frame size "
+                                         r"\(positions\?\); this is the first, \(4, 64, 64\); the others "
+                                         r"\[\(3, 64, 64\)\] are not read"):
+        first = read_movie(positions)
+    assert first.shape == (4, 64, 64) and "the others [(3, 64, 64)]" in first.metadata["series_note"]
+
+
 def test_frames_one_pixel_wide_are_refused_as_imagej_and_kept_as_ome(tmp_path):
     """tifffile writes a T x Y x 1 ImageJ stack as one T x Y image, which then reads as a damaged file."""
     column = np.arange(48, dtype=np.uint16).reshape(6, 8, 1)

@@ -354,6 +354,23 @@ def test_pixel_size_of_other_writers_ome_zarr(tmp_path):
         movie.metadata["note"])
 
 
+def test_ome_zarr_multiscale_scale_and_a_time_axis_named_by_its_type(tmp_path):
+    """NGFF: a multiscale's own scale applies on top of its dataset's (it was left out: 1.0 um for 0.1);
+    an axis is a time axis by its type, whatever its name ('time' was refused as axes 'timeyx')."""
+    _ome_zarr(tmp_path / "global.zarr", "tyx", (4, 8, 8), (1.0, 1.0, 1.0), "micrometer")
+    group = zarr.open_group(str(tmp_path / "global.zarr"), mode="r+")
+    multiscales = group.attrs["multiscales"]
+    multiscales[0]["coordinateTransformations"] = [{"type": "scale", "scale": [1.0, 0.1, 0.1]}]
+    group.attrs["multiscales"] = multiscales
+    assert read_movie(tmp_path / "global.zarr").pixel_size_um == pytest.approx(0.1)
+    _ome_zarr(tmp_path / "time.zarr", "tyx", (6, 8, 8), (1.0, 0.1, 0.1), "micrometer")
+    group = zarr.open_group(str(tmp_path / "time.zarr"), mode="r+")
+    multiscales = group.attrs["multiscales"]
+    multiscales[0]["axes"][0] = {"name": "time", "type": "time"}
+    group.attrs["multiscales"] = multiscales
+    assert read_movie(tmp_path / "time.zarr").shape == (6, 8, 8)
+
+
 def test_restored_ome_zarr_opens_as_a_movie_for_napari_and_measuring(files, tmp_path):
     from napari_pgsr._reader import get_reader
     from napari_pgsr.io import SingleFrameError, read_image

@@ -241,7 +241,7 @@ def _read_tiff_movie(path: Path, axes: str | None) -> Movie:
         else:
             import zarr
 
-            frames = zarr.open(series.aszarr(), mode="r")
+            frames = zarr.open(series.aszarr(level=0), mode="r")  # (a pyramid: its full resolution)
             if tuple(frames.shape) != movie_shape:
                 frames = da.from_zarr(frames).reshape(movie_shape)
         stat = path.stat()  # in the name, so a rewritten file is never shown from a stale cache
@@ -273,6 +273,11 @@ def _read_tiff_movie(path: Path, axes: str | None) -> Movie:
         metadata["axes_note"] = "ImageJ stack of slices without frames or z-spacing: slices read as time points"
     if pixel_size is None:
         metadata["note"] = "pixel size not recorded in the file; scale left at 1 pixel"
+    others = [tuple(other.shape) for other in tif.series[1:] if tuple(other.shape[-2:]) == movie_shape[-2:]]
+    if others:  # several positions (or acquisitions) in one file: only the first is read, which must be said
+        metadata["series_note"] = (f"the file holds {1 + len(others)} image series of this frame size (positions?); "
+                                   f"this is the first, {tuple(shape)}; the others {others} are not read")
+        warnings.warn(f"{path.name}: {metadata['series_note']}", stacklevel=3)
     return Movie(data, frames, path, pixel_size, movie_axes, metadata, handle)
 
 

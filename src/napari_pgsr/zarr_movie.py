@@ -22,7 +22,12 @@ def _multiscale(group) -> dict:
 
 def _axis_names(multiscale: dict, ndim: int) -> list[str]:
     """Axis names in lower case; stores older than NGFF 0.3 name none (then t, c, z, y, x from the end)."""
-    names = [str(a.get("name", "") if isinstance(a, dict) else a).lower() for a in multiscale.get("axes", [])]
+    by_type = {"time": "t", "channel": "c"}  # NGFF marks an axis by its type; its name may be 'time', say
+    names = []
+    for axis in multiscale.get("axes", []):
+        name = str(axis.get("name", "") if isinstance(axis, dict) else axis).lower()
+        kind = str(axis.get("type", "")).lower() if isinstance(axis, dict) else ""
+        names.append(name if name in ("t", "c", "z", "y", "x") else by_type.get(kind, name))
     return names if len(names) == ndim else list("tczyx"[5 - ndim:])
 
 
@@ -71,15 +76,17 @@ def read_zarr_movie(path: Path, single_frame: bool = False):
         raise ValueError(f"{path.name} holds {frames.dtype} pixels; expected integer or floating point intensities")
     pixel_size, unit_note = None, ""
     x_axis = names.index("x")
-    for transform in dataset.get("coordinateTransformations", []):
-        if transform.get("type") == "scale":
-            axes = multiscale.get("axes") or []
-            axis = axes[x_axis] if len(axes) == array.ndim else {}  # (unnamed axes: no unit either)
-            unit = str(axis.get("unit", "") if isinstance(axis, dict) else "")
-            factor = _UNIT_TO_UM.get(unit.lower())  # no unit: the scale is not a physical size
-            pixel_size = float(transform["scale"][x_axis]) * factor if factor else None
-            if unit and not factor:
-                unit_note = f" (its scale's unit {unit!r} is not one of {', '.join(_UNIT_TO_UM)})"
+    # NGFF: a multiscale's own scale applies on top of its dataset's
+    transforms = [*dataset.get("coordinateTransformations", []), *multiscale.get("coordinateTransformations", [])]
+    scales = [t["scale"] for t in transforms if t.get("type") == "scale" and len(t.get("scale", [])) == array.ndim]
+    if scales:
+        axes = multiscale.get("axes") or []
+        axis = axes[x_axis] if len(axes) == array.ndim else {}  # (unnamed axes: no unit either)
+        unit = str(axis.get("unit", "") if isinstance(axis, dict) else "")
+        factor = _UNIT_TO_UM.get(unit.lower())  # no unit: the scale is not a physical size
+        pixel_size = float(np.prod([scale[x_axis] for scale in scales])) * factor if factor else None
+        if unit and not factor:
+            unit_note = f" (its scale's unit {unit!r} is not one of {', '.join(_UNIT_TO_UM)})"
     written = dict(group.attrs.get("napari_pgsr", {}))
     if "pixel_size_um" in written:  # ours: None where the source had none (the scale then says 1.0)
         pixel_size = written["pixel_size_um"]
