@@ -197,6 +197,14 @@ def test_pixel_size_units(tmp_path):
     assert read_movie(one).pixel_size_um == pytest.approx(1.0)
 
 
+def test_int16_movies_stay_int16(tmp_path):
+    """A signed 16-bit camera movie was saved as float32 (twice the size, and no longer camera counts)."""
+    movie = (np.arange(2 * 4 * 4).reshape(2, 4, 4) - 10).astype(np.int16)
+    read = read_movie(write_movie(tmp_path / "signed.tif", movie))
+    assert read.data.dtype == np.int16
+    np.testing.assert_array_equal(read.data.compute(), movie)
+
+
 def test_imagej_cannot_hold_int32_so_the_writer_says_so(tmp_path):
     with pytest.warns(UserWarning, match=r"int32\.tif: ImageJ TIFF cannot hold int32 .*\.ome\.tif"):
         write_movie(tmp_path / "int32.tif", np.zeros((2, 4, 4), np.int32))

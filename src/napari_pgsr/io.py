@@ -361,7 +361,7 @@ def write_movie(
     # in this machine's byte order: a big-endian movie's >u2 pixels are uint16 all the same
     dtype = np.dtype(array.dtype).newbyteorder("=")
     ome = path.name.lower().endswith((".ome.tif", ".ome.tiff"))
-    if not ome and dtype not in (np.uint8, np.uint16, np.float32):
+    if not ome and dtype not in (np.uint8, np.uint16, np.int16, np.float32):  # (Fiji reads int16 as calibrated)
         warnings.warn(f"{path}: ImageJ TIFF cannot hold {dtype} pixels; saving float32 (name the file "
                       f".ome.tif to keep {dtype})", stacklevel=2)
         dtype = np.dtype(np.float32)
