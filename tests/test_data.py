@@ -196,6 +196,19 @@ def test_bad_inputs_are_explained():
         [ds[i] for i in range(30)]
 
 
+def test_no_file_of_a_multi_file_dataset_is_written_over(tmp_path):
+    """Save Selected Layers could replace the second file of the dataset the layer reads from."""
+    from napari_pgsr._writer import write_image
+    from napari_pgsr.io import read_movie
+
+    frames = np.stack([np.full((16, 16), 110 if t % 2 == 0 else 1000, np.uint16) for t in range(8)])
+    movie = read_movie(_two_file_ome(tmp_path, frames))
+    before = (tmp_path / "1.ome.tif").read_bytes()
+    with pytest.raises(ValueError, match=r"refusing to write .*1.ome.tif: it is the file the data was read from"):
+        write_image(str(tmp_path / "1.ome.tif"), movie.data[::-1], {"metadata": movie.metadata})
+    assert (tmp_path / "1.ome.tif").read_bytes() == before
+
+
 def test_a_multi_file_dataset_with_a_file_missing_is_refused_by_name(tmp_path):
     """tifffile reads the frames of a missing companion file as zeros: split took them for dark frames."""
     from napari_pgsr.io import read_movie

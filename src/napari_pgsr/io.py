@@ -47,9 +47,10 @@ class _FrameReader:
     """Array-like view of a memmap/zarr array. dask slices real numpy arrays (memmaps too) into chunks
     when the graph is built, which would read the whole movie; through this wrapper it reads on demand."""
 
-    def __init__(self, frames, path: Path | None = None):
+    def __init__(self, frames, path: Path | None = None, other_files: frozenset[Path] = frozenset()):
         self.frames, self.shape, self.dtype, self.ndim = frames, tuple(frames.shape), frames.dtype, frames.ndim
         self.path = path  # the file read from, which writers must not replace
+        self.other_files = other_files  # nor the other files of a multi-file dataset
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -107,13 +108,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reopen_tiffs_in_child)
 
 
-def lazy_frames(frames, name: str, path: str | os.PathLike | None = None) -> da.Array:
-    """A dask array with one chunk per frame that reads from `frames` (of the file `path`) only when computed.
+def lazy_frames(frames, name: str, path: str | os.PathLike | None = None, other_files=()) -> da.Array:
+    """A dask array with one chunk per frame that reads from `frames` (of the file `path`, and `other_files` of
+    its dataset) only when computed.
 
     `name` must change when the file changes (napari caches chunks by name); a random suffix keeps two
     arrays of the same name apart.
     """
-    reader = _FrameReader(frames, None if path is None else Path(path).resolve())
+    reader = _FrameReader(frames, None if path is None else Path(path).resolve(),
+                          frozenset(Path(p).resolve() for p in other_files))
     name = f"{name}-{uuid.uuid4().hex[:12]}"
     _SOURCES[name] = reader
     return da.from_array(reader, chunks=(1, *frames.shape[1:]), asarray=True, lock=False, name=name,
@@ -147,6 +150,8 @@ def source_files(array) -> set[Path]:
             reader = _SOURCES.get(layer)
             if reader is not None and reader.path is not None:
                 files.add(reader.path)
+            if reader is not None:
+                files |= reader.other_files
             computed = _DERIVED.get(layer)
             if computed is not None:
                 files |= source_files(computed.frames)
@@ -245,8 +250,11 @@ def _read_tiff_movie(path: Path, axes: str | None) -> Movie:
             if tuple(frames.shape) != movie_shape:
                 frames = da.from_zarr(frames).reshape(movie_shape)
         stat = path.stat()  # in the name, so a rewritten file is never shown from a stale cache
+        # a multi-file OME or Micro-Manager dataset: its other files are read too, and never written over
+        dataset = {page.parent.filehandle.path for page in series.pages if page is not None} if series.kind in (
+            "ome", "mmstack") else set()
         data = frames if isinstance(frames, da.Array) else lazy_frames(
-            frames, f"movie-{path.name}-{stat.st_mtime_ns}-{stat.st_size}", path)
+            frames, f"movie-{path.name}-{stat.st_mtime_ns}-{stat.st_size}", path, dataset)
         pixel_size = tiff_structure.pixel_size_um(tif)
         description = tiff_structure.description(tif)
     except tifffile.TiffFileError as err:  # (a ValueError, but one that does not name the file)
