@@ -243,6 +243,18 @@ def test_frames_one_pixel_wide_are_refused_as_imagej_and_kept_as_ome(tmp_path):
     np.testing.assert_array_equal(read_movie(path).data.compute(), column)
 
 
+def test_imagej_pixel_size_with_its_unit_in_the_resolution_tag_or_a_greek_mu(tmp_path):
+    """Fiji reads both; they were 'pixel size unknown'."""
+    frames = np.zeros((2, 8, 8), np.uint16)
+    tag_unit = tmp_path / "cm.tif"
+    tifffile.imwrite(tag_unit, frames, imagej=True, metadata={"axes": "TYX"}, resolution=(62500.0, 62500.0),
+                     resolutionunit=3)
+    assert read_movie(tag_unit).pixel_size_um == pytest.approx(0.16)
+    mu = tmp_path / "mu.tif"
+    tifffile.imwrite(mu, frames, imagej=True, metadata={"axes": "TYX", "unit": "\\u03BCm"}, resolution=(6.25, 6.25))
+    assert read_movie(mu).pixel_size_um == pytest.approx(0.16)
+
+
 def test_pixels_that_are_not_square_are_warned_about(tmp_path):
     """Spot widths in nm use one pixel size: a file whose pixels are 100 x 200 nm says so, by name."""
     path = tmp_path / "rect.tif"

@@ -76,3 +76,13 @@ def test_pickled_code_is_refused(tmp_path):
     with pytest.raises(ValueError, match="evil.pgsr is not a readable"):
         load_model(tmp_path / "evil.pgsr")
     assert zipfile.is_zipfile(tmp_path / "evil.pgsr")
+
+
+def test_a_torchscript_file_is_named_as_one(tmp_path):
+    """torch's refusal advised loading it with weights_only=False, which a model file never needs."""
+    import torch
+
+    torch.jit.save(torch.jit.script(torch.nn.Conv2d(1, 1, 3)), tmp_path / "weights_torchscript.pt")
+    with pytest.raises(ValueError, match=r"weights_torchscript.pt is a TorchScript file, not a napari-pgsr model "
+                                         r"file; give the .pgsr file"):
+        load_model(tmp_path / "weights_torchscript.pt")

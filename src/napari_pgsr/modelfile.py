@@ -110,6 +110,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
         raise ValueError(f"{path} is not a readable napari-pgsr model file ("
                          + ("it is a TIFF image: give the model file first, then the movie)" if tiff else
                             "a model file is the zip archive napari-pgsr-train writes)"))
+    if path.is_file():
+        with zipfile.ZipFile(path) as archive_file:  # torch.jit.save's archives hold code/ and constants.pkl
+            torchscript = any(name.split("/", 1)[-1].startswith(("code/", "constants.pkl"))
+                              for name in archive_file.namelist())
+        if torchscript:
+            raise ValueError(f"{path} is a TorchScript file, not a napari-pgsr model file; give the .pgsr file "
+                             "napari-pgsr-train wrote, or the bioimage.io package (.zip) exported from it")
     try:
         archive = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # zip errors, unpickling refusals, truncated files

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-UNIT_TO_UM = {"um": 1.0, "µm": 1.0, "\\u00B5m": 1.0, "micron": 1.0, "microns": 1.0,
-              "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+# (micro as the micro sign, the Greek mu, or ImageJ's escaped spelling of either)
+UNIT_TO_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00B5m": 1.0, "\\u03BCm": 1.0, "micron": 1.0, "microns": 1.0,
+              "micrometer": 1.0, "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 
 
 def pixel_size_um(tif: tifffile.TiffFile) -> float | None:
@@ -47,9 +48,9 @@ def _axis_size_um(tif: tifffile.TiffFile, axis: str) -> float | None:
     if not numerator or not denominator:
         return None
     per_unit = numerator / denominator
-    if tif.is_imagej:
-        scale = UNIT_TO_UM.get((tif.imagej_metadata or {}).get("unit", ""))
-    else:
+    unit = str((tif.imagej_metadata or {}).get("unit", "")) if tif.is_imagej else ""
+    scale = UNIT_TO_UM.get(unit, UNIT_TO_UM.get(unit.lower()))
+    if scale is None:  # not ImageJ, or ImageJ without a unit it names: the resolution tag's unit, as Fiji reads it
         res_unit = page.tags.get("ResolutionUnit")
         scale = {3: 1e4}.get(int(res_unit.value) if res_unit else 2)  # only centimetres are physical here
     return None if scale is None else scale / per_unit
