@@ -130,6 +130,25 @@ def test_points_and_frames_of_movies():
     assert on_frame_2["point"].tolist() == [1, 2] and on_frame_2["y"][0] == pytest.approx(20, abs=1e-3)
     with pytest.raises(ValueError, match="no points to measure"):
         measure_spots(movie[1], np.empty((0, 2)))
+    # 3-D points on a movie with a frame asked for: that frame's points (--frame 2 measured every frame)
+    only_2 = measure_spots(movie, [[1, 12, 15], [2, 20, 8], [2, 5, 25]], frame=2)
+    assert only_2["frame"].tolist() == [2, 2] and only_2["point"].tolist() == [1, 2]
+    with pytest.raises(ValueError, match="none of the 2 points lies on frame 0"):
+        measure_spots(movie, [[1, 12, 15], [2, 20, 8]], frame=0)
+
+
+def test_nan_pixels_around_a_spot_leave_its_noise_measured_from_the_others():
+    """One NaN in the background ring (a registered image's padding) made its noise NaN: SNR NaN, and the
+    'no signal' test skipped, so empty background passed as a usable spot."""
+    rng = np.random.default_rng(3)
+    image = rng.normal(100.0, 5.0, (40, 40)) + render_spots((40, 40), [20.0], [20.0], [2e4], 1.0)
+    image[:, 25:] = np.nan  # 5 px from the spot: in its ring, not in its fit window
+    spot, empty = measure_spots(image, [[20, 20], [20, 10]]).itertuples()
+    assert np.isfinite(spot.snr) and spot.snr > 20 and spot.flag == ""
+    assert "no signal" in empty.flag or "width at limit" in empty.flag
+    mostly_nan = np.full((40, 40), np.nan)  # only the 5 x 5 fit window has values: 4 ring pixels
+    mostly_nan[18:23, 18:23] = image[18:23, 18:23]
+    assert measure_spots(mostly_nan, [[20, 20]], radius=2)["flag"][0] == "background unknown"
 
 
 def test_measure_across_gives_one_table_and_a_summary_per_image():

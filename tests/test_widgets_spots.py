@@ -292,6 +292,24 @@ def test_suggestions_keep_out_of_a_samples_true_spots_and_a_users_layer_of_their
     assert widget.pixel_size.value == 100.0
 
 
+def test_camera_fields_keep_an_emccds_small_values_and_a_12_bit_cameras_saturation(make_napari_viewer, rng,
+                                                                                      messages):
+    """0.0333 e- per grey level (10 e-/ADU at EM gain 300) was kept as 0.03, 0.004 as 0.0 (photons 0);
+    a spot clipped at 4095 by a 12-bit camera counted as a usable, 297 nm wide fit."""
+    viewer, widget, _ = _viewer_with_images(make_napari_viewer, rng)
+    widget.electrons.value = 0.0333
+    assert widget.electrons.value == pytest.approx(0.0333)
+    widget.electrons.value = 0.004
+    assert widget.electrons.value == pytest.approx(0.004)
+    clipped = np.minimum(viewer.layers["high"].data, 120.0)  # every spot's top cut off at 120 grey levels
+    viewer.add_image(clipped, name="clipped", scale=(0.16, 0.16))
+    widget.images.value = ["clipped"]
+    widget.new_labels().data = TRUTH
+    widget.saturation.value = 120
+    widget.measure()
+    assert set(widget.report.table["flag"]) == {"saturated"}
+
+
 def test_suggest_accept_save_and_load(make_napari_viewer, rng, messages, tmp_path):
     viewer, widget, _ = _viewer_with_images(make_napari_viewer, rng)
     widget.accept_suggestions()

@@ -53,6 +53,12 @@ class SpotsWidget(Container):
         self.electrons = FloatSpinBox(label="e- per grey level", value=1.0, min=1e-6, max=1e6, step=0.01,
                                       tooltip="photoelectrons (before EM gain) per grey level: the camera's e-/ADU "
                                       "divided by its EM gain; 1: image in photons")
+        # (an EMCCD's value is small: 10 e-/ADU at EM gain 300 is 0.0333; two decimals made it 0.03, or 0.0)
+        self.electrons.native.setDecimals(6)
+        self.saturation = SpinBox(label="Saturation (grey level)", value=0, min=0, max=2**31 - 1,
+                                  tooltip="the grey level the camera clips at (a 12-bit camera: 4095); spots "
+                                  "reaching it are flagged 'saturated'. 0: the image type's maximum (65535 for 16 "
+                                  "bits)")
         self.emccd = CheckBox(text="EMCCD (excess noise 2)", value=True)
         self.measure_button = PushButton(text="Measure")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -62,7 +68,7 @@ class SpotsWidget(Container):
         self.extend([self.reference, self.labels_layer, self.new_labels_button, self.snap, self.on_every_image,
                      self.load_button, self.save_button, self.suggest_sigma, self.suggest_threshold,
                      self.suggest_button, self.accept_button, self.images, self.pixel_size, self.radius,
-                     self.baseline, self.electrons, self.emccd, self.measure_button, self.cancel_button,
+                     self.baseline, self.electrons, self.saturation, self.emccd, self.measure_button, self.cancel_button,
                      self.progress, self.note])
         self.new_labels_button.changed.connect(self.new_labels)
         self.load_button.changed.connect(lambda: self.load_labels())
@@ -274,7 +280,8 @@ class SpotsWidget(Container):
         except ValueError as err:
             show_error(f"Spots: {err}")
             return
-        camera = CameraCalibration(self.baseline.value, self.electrons.value, 2.0 if self.emccd.value else 1.0)
+        camera = CameraCalibration(self.baseline.value, self.electrons.value, 2.0 if self.emccd.value else 1.0,
+                                   self.saturation.value or None)
         options = {"pixel_size_nm": self.pixel_size.value or None, "radius": self.radius.value, "camera": camera,
                    "frame": frame, "suggest_sigma": self.suggest_sigma.value,
                    "suggest_threshold": self.suggest_threshold.value}

@@ -25,9 +25,9 @@ COLUMNS = ["point", "frame", "y", "x", "sigma_px", "fwhm_px", "sigma_nm", "fwhm_
 class CameraCalibration:
     """How image values turn into detected photons (photoelectrons), for photon counts and precision.
 
-    The defaults treat the image as photon counts already. For an EMCCD, `electrons_per_adu` is the
-    photoelectrons per grey level after EM gain (the camera's e-/ADU divided by the EM gain) and
-    `excess_noise` is 2, the EM register's excess-noise factor F^2; sCMOS and CCD cameras have 1.
+    The defaults treat the image as photon counts of an EMCCD (excess noise 2). `electrons_per_adu` is the
+    photoelectrons (before EM gain) per grey level: the camera's e-/ADU divided by the EM gain; `excess_noise`
+    is the EM register's excess-noise factor F^2, 2; sCMOS and CCD cameras have 1.
     """
 
     baseline_adu: float = 0.0
@@ -91,6 +91,12 @@ def locate_points(image_shape: tuple[int, ...], points, frame: int | None = None
         note = f"{int(keep.sum())} of {len(points)} points lie on frame {frame} and were measured on the 2-D image"
         if not keep.any():
             raise ValueError(f"none of the {len(points)} points lies on frame {frame}")
+    elif len(image_shape) == 3 and frame is not None:  # a frame asked for: its points only (all were measured)
+        keep = frames == int(frame)
+        if not keep.any():
+            raise ValueError(f"none of the {len(points)} points lies on frame {frame}")
+        yx, frames, point_ids = yx[keep], frames[keep], point_ids[keep]
+        note = f"{int(keep.sum())} of {len(points)} points lie on frame {frame}; only they were measured"
     elif frames is None:
         frames = np.full(len(yx), -1)
     return frames, yx, note, point_ids
@@ -143,6 +149,7 @@ def background_sd(frame: np.ndarray, y: float, x: float, radius: int, others: np
     for oy, ox in others:
         ring &= np.hypot(rows - oy, cols - ox) > radius
     values = np.asarray(frame[top:bottom, left:right], dtype=np.float64)[ring]
+    values = values[np.isfinite(values)]  # (NaN padding of a registered image: one NaN made the median NaN)
     if values.size < 8:
         return float("nan")
     deviation = np.abs(values - np.median(values))
@@ -179,7 +186,9 @@ def _measure_one(frame: np.ndarray, y: float, x: float, others: np.ndarray, radi
     peak = fit.amplitude * centre_fraction(fit.sigma_px)
     noise = background_sd(frame, fit.y, fit.x, radius, others)
     floor = max(NO_SIGNAL_SNR * noise if np.isfinite(noise) else 0.0, 1e-6 * max(1.0, abs(fit.background)))
-    if not peak > floor:
+    if not np.isfinite(noise):
+        flags.append("background unknown")  # (too few pixels around it): no test of the signal against it
+    elif not peak > floor:
         flags.append("no signal")  # nothing above the background noise: no width to measure
     above_baseline = fit.background - camera.baseline_adu
     photons = fit.amplitude * camera.electrons_per_adu
