@@ -68,8 +68,8 @@ class SpotsWidget(Container):
         self.extend([self.reference, self.labels_layer, self.new_labels_button, self.snap, self.on_every_image,
                      self.load_button, self.save_button, self.suggest_sigma, self.suggest_threshold,
                      self.suggest_button, self.accept_button, self.images, self.pixel_size, self.radius,
-                     self.baseline, self.electrons, self.saturation, self.emccd, self.measure_button, self.cancel_button,
-                     self.progress, self.note])
+                     self.baseline, self.electrons, self.saturation, self.emccd, self.measure_button,
+                     self.cancel_button, self.progress, self.note])
         self.new_labels_button.changed.connect(self.new_labels)
         self.load_button.changed.connect(lambda: self.load_labels())
         self.save_button.changed.connect(lambda: self.save_labels())
