@@ -440,6 +440,12 @@ def test_a_split_cut_short_leaves_the_old_pair_as_it_was(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert cli.split_main([str(movie), "-o", str(tmp_path / "fresh"), "--quiet"]) == 0
     assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["cells_high.tif", "cells_low.tif"]
+    # a folder where the high movie goes: found before the low one is replaced (it was, then the rename failed)
+    (tmp_path / "out" / "cells_high.tif").unlink()
+    (tmp_path / "out" / "cells_high.tif").mkdir()
+    assert cli.split_main([str(movie), "-o", str(tmp_path / "out"), "--overwrite", "--quiet"]) == 2
+    assert (tmp_path / "out" / "cells_low.tif").read_bytes() == old["low"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cells_high.tif", "cells_low.tif"]
 
 
 def test_split_names_a_compressed_frame_that_does_not_decode(tmp_path, capsys):

@@ -32,6 +32,9 @@ def atomic_paths(paths: list[str | os.PathLike]) -> Iterator[list[Path]]:
         yield temps
         for tmp in temps:  # on disk before it takes the name: a power cut then leaves the old file, not none
             _sync(tmp)
+        folders = [str(path) for path in paths if path.is_dir()]
+        if folders:  # found before any rename: the first target must not be replaced when the second fails
+            raise IsADirectoryError(f"{', '.join(folders)} is a folder; give a file name")
         for tmp, path in zip(temps, paths):
             os.replace(tmp, path)
         for folder in {path.parent for path in paths}:
