@@ -257,13 +257,32 @@ def test_saturated_spots_are_flagged_not_reported_wider():
 
 
 def test_snr_of_photon_counts_on_a_dark_background():
-    """Most of the ring at 0 photons gives a MAD of 0: the mean absolute deviation keeps the SNR defined."""
+    """Most of the ring at 0 photons (a MAD of 0): the noise stays defined and is the background's."""
     rng = np.random.default_rng(2)
     truth = spot_grid(rng, 96, 16)
     image = rng.poisson(render_spots((96, 96), truth[:, 0], truth[:, 1], np.full(len(truth), 2000.0), 1.0) + 0.3)
     table = measure_spots(image, truth)
     assert np.isfinite(table["snr"]).all() and (table["background_sd"] > 0).all()
     assert (table["background_sd"] < 1.0).all()  # ~ sqrt(0.3) photons, not the spots' light
+
+
+@pytest.mark.parametrize("background_photons", [0.5, 20.0])
+def test_background_sd_on_an_emccd_sees_the_em_gain_tail_and_not_unlabelled_neighbours(background_photons):
+    """A dim EMCCD background is mostly read noise plus an EM-gain tail: 1.4826 x MAD read 5.9 ADU at 0.5
+    photons/px where the SD is 10.3, so SNR came out 1.8x too high on raw low frames. An unlabelled bright
+    neighbour in the ring (a plain SD of the ring reads ~150 ADU) must still be left out."""
+    camera = EMCCD()
+    rows, cols = np.meshgrid(np.arange(10, 120, 14.0), np.arange(10, 120, 14.0), indexing="ij")
+    labelled = np.column_stack([rows.ravel(), cols.ravel()])
+    unlabelled = labelled[::2] + [5.0, 1.0]  # every other spot has a neighbour 5 px away in its ring
+    spots = np.concatenate([labelled, unlabelled])
+    photons = render_spots((128, 128), spots[:, 0], spots[:, 1], np.full(len(spots), 2000.0), Microscope().sigma_px)
+    image = camera.expose(photons + background_photons, np.random.default_rng(0))
+    true_sd = float(np.sqrt(camera.expected_variance_adu(np.array(background_photons))))
+    table = measure_spots(image, labelled, camera=CameraCalibration.from_emccd(camera))
+    alone, crowded = table["background_sd"][1::2], table["background_sd"][::2]
+    assert np.median(alone) == pytest.approx(true_sd, rel=0.15)
+    assert np.median(crowded) == pytest.approx(true_sd, rel=0.15)
 
 
 def test_suggestion_scores_leave_out_frames_not_restored_yet():

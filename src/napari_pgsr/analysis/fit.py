@@ -26,6 +26,10 @@ class SpotFit:
         """Full width at half maximum in pixels."""
         return 2.0 * np.sqrt(2.0 * np.log(2.0)) * self.sigma_px
 
+    def model(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The fitted spot plus background on the pixel grid `rows` x `cols`."""
+        return _model(np.array([self.y, self.x, self.sigma_px, self.amplitude, self.background]), rows, cols)
+
 
 def _model(params: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     y, x, sigma, amplitude, background = params

@@ -7,13 +7,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from scipy.special import erf
 
 from ..generators import run_to_end
 from ..io import as_array
-from .fit import fit_spot
+from .fit import SpotFit, fit_spot
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+UNLABELLED_SPOT_SDS = 5.0  # a smoothed blob this far above the background is a spot nobody labelled
+OWN_LIGHT_OF_NOISE = 0.25
 NO_SIGNAL_SNR = 3.0  # a fitted peak below 3 background SDs is what noise alone gives in a 7 x 7 window
 
 COLUMNS = ["point", "frame", "y", "x", "sigma_px", "fwhm_px", "sigma_nm", "fwhm_nm", "amplitude", "peak",
@@ -136,27 +139,47 @@ def mortensen_mle_precision(sigma_px, photons, background_photons, excess_noise:
     return np.sqrt(excess_noise * sa2 / photons / (1.0 + integral))
 
 
-def background_sd(frame: np.ndarray, y: float, x: float, radius: int, others: np.ndarray) -> float:
-    """Robust standard deviation (1.4826 x MAD, or 1.2533 x the mean absolute deviation where the MAD is 0) of
-    the ring of pixels between `radius` + 0.5 and `radius` + 3.5 px from the spot, leaving out pixels within
-    `radius` of other points."""
+def background_sd(frame: np.ndarray, fit: SpotFit, radius: int, others: np.ndarray) -> float:
+    """Standard deviation of the background around a fitted spot: the ring of pixels between `radius` + 0.5
+    and `radius` + 3.5 px from it, once the fitted spot (whose tail reaches into the ring) is subtracted,
+    leaving out pixels within `radius` of other points and unlabelled spots (blobs above
+    `UNLABELLED_SPOT_SDS` robust SDs once the residual is smoothed by the spot's width).
+
+    A plain SD, not a robust one (1.4826 x MAD): a dim EMCCD background is mostly read noise with an
+    EM-gain tail that the MAD does not see (at 0.5 photons/px it read 5.9 ADU where the SD is 10.3)."""
     outer = radius + 3.5
-    top, left = max(int(np.floor(y - outer)), 0), max(int(np.floor(x - outer)), 0)
-    bottom, right = min(int(np.ceil(y + outer)) + 1, frame.shape[0]), min(int(np.ceil(x + outer)) + 1, frame.shape[1])
-    rows, cols = np.mgrid[top:bottom, left:right]
-    distance = np.hypot(rows - y, cols - x)
-    ring = (distance > radius + 0.5) & (distance <= outer)
+    margin = int(np.ceil(2.0 * max(fit.sigma_px, 1.0)))  # room for the smoothing at the ring's edge
+    top, left = max(int(np.floor(fit.y - outer)) - margin, 0), max(int(np.floor(fit.x - outer)) - margin, 0)
+    bottom = min(int(np.ceil(fit.y + outer)) + 1 + margin, frame.shape[0])
+    right = min(int(np.ceil(fit.x + outer)) + 1 + margin, frame.shape[1])
+    rows, cols = np.arange(top, bottom, dtype=np.float64), np.arange(left, right, dtype=np.float64)
+    model = fit.model(rows, cols)
+    residual = np.asarray(frame[top:bottom, left:right], dtype=np.float64) - model
+    distance = np.hypot(rows[:, None] - fit.y, cols[None, :] - fit.x)
+    # (NaN padding of a registered image is left out: one NaN made the whole noise NaN)
+    ring = (distance > radius + 0.5) & (distance <= outer) & np.isfinite(residual)
     for oy, ox in others:
-        ring &= np.hypot(rows - oy, cols - ox) > radius
-    values = np.asarray(frame[top:bottom, left:right], dtype=np.float64)[ring]
-    values = values[np.isfinite(values)]  # (NaN padding of a registered image: one NaN made the median NaN)
-    if values.size < 8:
+        ring &= np.hypot(rows[:, None] - oy, cols[None, :] - ox) > radius
+    if np.count_nonzero(ring) < 8:
         return float("nan")
-    deviation = np.abs(values - np.median(values))
-    mad = float(np.median(deviation))
-    # photon counts with most of the ring at one value (0 on a dark background) have a MAD of 0: then the
-    # mean absolute deviation, which the occasional photon moves (x 1.2533: the SD of a Gaussian)
-    return 1.4826 * mad if mad > 0 else float(1.2533 * deviation.mean())
+    smoothed = ndimage.gaussian_filter(np.where(np.isfinite(residual), residual, 0.0), max(fit.sigma_px, 1.0),
+                                       mode="nearest")[ring]
+    centre = np.median(smoothed)
+    spread = 1.4826 * np.median(np.abs(smoothed - centre))
+    if spread > 0:
+        blobs = np.zeros(residual.shape, dtype=bool)
+        blobs[ring] = smoothed > centre + UNLABELLED_SPOT_SDS * spread
+        ring &= ~ndimage.binary_dilation(blobs)
+    if np.count_nonzero(ring) < 8:
+        return float("nan")
+    # a bright spot's own light, and so its shot noise, reaches into the ring: keep the pixels where it is
+    # a small part of the noise (at least the quarter of the ring it reaches least)
+    own_light = (model - fit.background)[ring]
+    first = residual[ring].std(ddof=1)
+    dim = own_light <= OWN_LIGHT_OF_NOISE * first
+    if np.count_nonzero(dim) < max(8, dim.size // 4):
+        dim = own_light <= np.sort(own_light)[max(8, dim.size // 4) - 1]
+    return float(residual[ring][dim].std(ddof=1))
 
 
 def _saturated(frame: np.ndarray, y: float, x: float, radius: int, saturation: float | None) -> bool:
@@ -184,7 +207,7 @@ def _measure_one(frame: np.ndarray, y: float, x: float, others: np.ndarray, radi
     if len(others) and np.min(np.max(np.abs(others - [y, x]), axis=1)) <= radius + 2.0 * fit.sigma_px:
         flags.append("overlap")
     peak = fit.amplitude * centre_fraction(fit.sigma_px)
-    noise = background_sd(frame, fit.y, fit.x, radius, others)
+    noise = background_sd(frame, fit, radius, others)
     floor = max(NO_SIGNAL_SNR * noise if np.isfinite(noise) else 0.0, 1e-6 * max(1.0, abs(fit.background)))
     if not np.isfinite(noise):
         flags.append("background unknown")  # (too few pixels around it): no test of the signal against it
@@ -215,7 +238,8 @@ def measure_spots(image, points, pixel_size_nm: float | None = None, radius: int
     pixel-integrated Gaussian plus flat background over the (2 radius + 1)^2 window (least squares).
     `peak` is the fitted spot's value in a pixel centred on it (amplitude x `centre_fraction`: the Gaussian's
     height for well-sampled spots, finite for undersampled ones);
-    SNR = peak / background_sd (over the robust SD of a ring of pixels around the spot);
+    SNR = peak / background_sd (the SD of a ring of pixels around the spot, other spots left out:
+    `background_sd`);
     SBR = peak / (background - camera baseline), napari-psf-analysis's signal-to-background. `flag` is ''
     for a usable fit, else 'outside image', 'no convergence', 'edge', 'width at limit' (sigma at its bound, 0.15 px
     or `radius`: a noise spike or no spot), 'saturated' (a pixel within `radius` at the camera's clipping level,
