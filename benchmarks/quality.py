@@ -87,7 +87,7 @@ def spot_scores(image: np.ndarray, truth_yx: np.ndarray, photons: np.ndarray, th
     """F1 counts, matched localisation errors and fitted sigmas of one frame."""
     found = suggest_spots(image, sigma=1.0, threshold=threshold, exclude_border=4)
     # a fit whose width sits at a bound still locates the spot; the recorded tables counted such fits too
-    fits = [f for f in fit_spots(image, found, radius=3, sigma_guess=1.0) if f.flag in ("", "width at limit")]
+    fits = [f for f in fit_spots(image, found, radius=3, sigma_guess=1.0) if f.flag in ("", "width at limit", "centre at limit")]
     fitted = np.array([[f.y, f.x] for f in fits]).reshape(-1, 2)
     match = compare_to_labels(fitted, truth_yx, tolerance_px=2.0, ignore=photons < MIN_PHOTONS)
     sigmas = np.array([fits[i].sigma_px for i in match.pairs[:, 0]]) if len(match.pairs) else np.empty(0)

@@ -19,7 +19,7 @@ class SpotFit:
     sigma_px: float
     amplitude: float  # integrated intensity above background (image units x pixels)
     background: float
-    flag: str = ""  # 'edge', 'no convergence', 'width at limit'
+    flag: str = ""  # 'edge', 'no convergence', 'width at limit', 'centre at limit'
 
     @property
     def fwhm_px(self) -> float:
@@ -67,6 +67,9 @@ def fit_spot(image: np.ndarray, y: float, x: float, radius: int = 3, sigma_guess
     # at a bound the width is no measurement: a noise spike (narrower than any lens makes) or no spot at all
     if not flag and not lower[2] * 1.05 < sigma < upper[2] * 0.99:
         flag = "width at limit"
+    # a centre on the window's edge is a spot beside the label, or its tail, not a spot at it
+    if not flag and min(fy - lower[0], upper[0] - fy, fx - lower[1], upper[1] - fx) < 0.01:
+        flag = "centre at limit"
     return SpotFit(float(fy), float(fx), float(sigma), float(amp), float(bg), flag)
 
 

@@ -241,7 +241,8 @@ def measure_spots(image, points, pixel_size_nm: float | None = None, radius: int
     SNR = peak / background_sd (the SD of a ring of pixels around the spot, other spots left out:
     `background_sd`);
     SBR = peak / (background - camera baseline), napari-psf-analysis's signal-to-background. `flag` is ''
-    for a usable fit, else 'outside image', 'no convergence', 'edge', 'width at limit' (sigma at its bound, 0.15 px
+    for a usable fit, else 'outside image', 'no convergence', 'edge', 'centre at limit' (the fitted centre on the window's edge:
+    the label lies beside a spot), 'width at limit' (sigma at its bound, 0.15 px
     or `radius`: a noise spike or no spot), 'saturated' (a pixel within `radius` at the camera's clipping level,
     `CameraCalibration.saturation`: the fit widens a flat top), 'no signal' (SNR below 3), 'fit failed:
     ...' and/or 'overlap' (another point within radius + 2 sigma). Without `pixel_size_nm`
