@@ -78,6 +78,35 @@ def test_split_by_movie_when_several_movies():
     assert len(train) == 18 and len(val) == 6
 
 
+@pytest.mark.parametrize("lengths, expected_share, whole", [
+    ([100, 100], 0.10, False),  # one whole movie of two would hold out half the pairs
+    ([20, 500], 0.10, False),   # the last movie would hold out 96%
+    ([100, 100, 100, 100, 100], 0.20, True),
+    ([90, 10], 0.10, True),     # the short last movie is about a tenth: it is held out whole
+])
+def test_several_movies_are_held_out_whole_only_when_they_hold_about_the_requested_share(
+        lengths, expected_share, whole):
+    movies = [pair_stacks(np.ones((n, 4, 4)), 10 * np.ones((n, 4, 4)), name=f"m{i}") for i, n in enumerate(lengths)]
+    fraction = 0.2 if len(lengths) == 5 else 0.1
+    train, val = split_refs(movies, fraction)
+    assert len(val) / sum(lengths) == pytest.approx(expected_share, abs=0.01)
+    assert ({m for m, _ in val} == {len(lengths) - 1}) == whole  # else validation blocks within every movie
+    if not whole:
+        assert {m for m, _ in val} == set(range(len(lengths))) and {m for m, _ in train} == set(range(len(lengths)))
+    assert not set(train) & set(val)
+
+
+def test_validation_patches_cover_the_whole_movie_not_its_start():
+    """64 validation patches of a 2000-pair movie came from its first third only (pairs 69-687)."""
+    pairs = pair_stacks(np.ones((2000, 8, 8)), 10 * np.ones((2000, 8, 8)), name="long")
+    ds = PatchDataset(pairs, patch_size=8, split="validation", length=64, normalization=IDENTITY)
+    used = [ds._validation_ref(i)[1] for i in range(len(ds))]
+    held = sorted(p for _, p in ds.validation_refs)
+    assert len(set(used)) == 64 and used[0] == held[0] and used[-1] > held[-1] - 16
+    few = PatchDataset(pairs, patch_size=8, split="validation", length=400, normalization=IDENTITY)
+    assert sorted({few._validation_ref(i)[1] for i in range(400)}) == held  # more items than pairs: each pair
+
+
 def test_normalization_is_fitted_on_training_pairs_only():
     n = 40
     train_refs, val_refs = split_refs([pair_stacks(np.ones((n, 4, 4)), 10 * np.ones((n, 4, 4)))], 0.25, 4)

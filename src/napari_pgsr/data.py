@@ -63,12 +63,17 @@ def fit_normalization(pairs: Sequence[Pairs], refs: Sequence[PairRef], percentil
                          tuple(percentiles))
 
 
+WHOLE_MOVIES_WITHIN = 2.0  # held-out movies may hold up to 2x (or down to 1/2) the requested pairs
+
+
 def split_refs(pairs: Sequence[Pairs], validation_fraction: float = 0.1, block_pairs: int = 16,
                gap: int = 1) -> tuple[list[PairRef], list[PairRef]]:
-    """Train/validation split: whole movies when several are given, else blocks of consecutive pairs.
+    """Train/validation split: whole movies when the last movies hold about the requested share (within a
+    factor `WHOLE_MOVIES_WITHIN`), else blocks of consecutive pairs within each movie.
 
-    Within one movie, validation blocks are spread evenly over time, and the `gap` training pairs on each
-    side of them are left out, so no two adjacent frames straddle the split (gap = 1 + temporal context).
+    Validation blocks are spread evenly over time, and the `gap` training pairs on each side of them are
+    left out, so no two adjacent frames straddle the split (gap = 1 + temporal context). Whole movies are
+    only taken when they fit: two movies would hold out half of the pairs for a requested tenth.
     """
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
@@ -76,12 +81,36 @@ def split_refs(pairs: Sequence[Pairs], validation_fraction: float = 0.1, block_p
     if validation_fraction == 0:
         return everything, []
     if len(pairs) > 1:
-        n_val = min(len(pairs) - 1, max(1, int(round(validation_fraction * len(pairs)))))
-        val_movies = set(range(len(pairs) - n_val, len(pairs)))
-        return ([r for r in everything if r[0] not in val_movies], [r for r in everything if r[0] in val_movies])
-    n = len(pairs[0])
+        wanted = max(1.0, validation_fraction * len(everything))
+        held = [sum(len(movie) for movie in pairs[-k:]) for k in range(1, len(pairs))]
+        k = 1 + int(np.argmin([abs(np.log(count / wanted)) if count else np.inf for count in held]))
+        if held[k - 1] and 1 / WHOLE_MOVIES_WITHIN <= held[k - 1] / wanted <= WHOLE_MOVIES_WITHIN:
+            val_movies = set(range(len(pairs) - k, len(pairs)))
+            return ([r for r in everything if r[0] not in val_movies], [r for r in everything if r[0] in val_movies])
+    train, val = [], []
+    for m, movie in enumerate(pairs):
+        if len(pairs) > 1 and len(movie) < 2 + 2 * gap:
+            train += [(m, p) for p in range(len(movie))]  # too short to split: all of it trains
+            continue
+        movie_train, movie_val = _time_blocks(movie, validation_fraction, block_pairs, gap)
+        train += [(m, p) for p in movie_train]
+        val += [(m, p) for p in movie_val]
+    names = ", ".join(movie.name for movie in pairs)
+    if not val:
+        raise ValueError(f"{names}: {len(everything)} pairs, no movie long enough to hold out validation pairs "
+                         f"with a gap of {gap} (or set validation_fraction to 0: --validation-fraction 0)")
+    if not train:
+        raise ValueError(f"{names}: no training pairs left after holding out {len(val)} of {len(everything)} "
+                         "pairs for validation; lower validation_fraction")
+    return train, val
+
+
+def _time_blocks(movie: Pairs, validation_fraction: float, block_pairs: int, gap: int) -> tuple[list[int], list[int]]:
+    """Pair indices of one movie for training and validation: evenly spread validation blocks with `gap`
+    pairs left out on each side."""
+    n = len(movie)
     if n < 2 + 2 * gap:
-        raise ValueError(f"{pairs[0].name}: {n} pair{'s are' if n != 1 else ' is'} too few to hold out validation "
+        raise ValueError(f"{movie.name}: {n} pair{'s are' if n != 1 else ' is'} too few to hold out validation "
                          f"pairs with a gap of {gap}; need at least {2 + 2 * gap} (or set validation_fraction to 0: "
                          "--validation-fraction 0)")
     n_val = max(1, int(round(validation_fraction * n)))
@@ -95,12 +124,7 @@ def split_refs(pairs: Sequence[Pairs], validation_fraction: float = 0.1, block_p
     for shift in range(1, gap + 1):
         guard[:-shift] |= is_val[shift:]
         guard[shift:] |= is_val[:-shift]
-    train = [(0, p) for p in range(n) if not is_val[p] and not guard[p]]
-    val = [(0, p) for p in range(n) if is_val[p]]
-    if not train:
-        raise ValueError(f"{pairs[0].name}: no training pairs left after holding out {len(val)} of {n} pairs "
-                         "for validation; lower validation_fraction")
-    return train, val
+    return [p for p in range(n) if not is_val[p] and not guard[p]], [p for p in range(n) if is_val[p]]
 
 
 def context_indices(index: int, length: int, context: int) -> np.ndarray:
@@ -161,6 +185,12 @@ class PatchDataset(torch.utils.data.Dataset):
         """New random patches for a new epoch (training split only)."""
         self.epoch = epoch
 
+    def _validation_ref(self, index: int) -> PairRef:
+        """Fewer items than pairs are spread over all of them (taking the first ones saw only the start of a
+        long movie: 64 patches covered its first third, before most bleaching)."""
+        count = len(self.refs)
+        return self.refs[index * count // self.length] if self.length < count else self.refs[index % count]
+
     def _rng(self, index: int) -> np.random.Generator:
         if self.split == "validation":
             return np.random.default_rng([self.seed, 1 << 30, index])
@@ -170,7 +200,7 @@ class PatchDataset(torch.utils.data.Dataset):
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = self._rng(index)
-        ref = self.refs[index % len(self.refs)] if self.split == "validation" else \
+        ref = self._validation_ref(index) if self.split == "validation" else \
             self.refs[int(rng.integers(len(self.refs)))]
         movie = self.pairs[ref[0]]
         height, width = movie.low.shape[1:]

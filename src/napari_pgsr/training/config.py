@@ -80,7 +80,8 @@ class TrainConfig:
     lr_schedule: str = field(default="cosine", metadata={"help": "cosine, plateau or constant (a cosine over "
                                                                   "a time budget alone, --minutes without --steps, "
                                                                   "runs as plateau) [default: cosine]"})
-    validation_fraction: float = field(default=0.1, metadata={"help": "pairs held out (one movie: time blocks)"})
+    validation_fraction: float = field(default=0.1, metadata={
+        "help": "pairs held out: the last movies whole if they hold about this share, else time blocks"})
     validation_every: int = field(default=100, metadata={"help": "steps between validations"})
     validation_patches: int = field(default=64, metadata={"help": "fixed validation patches"})
     checkpoint_every: int = field(default=200, metadata={"help": "steps between checkpoints"})
