@@ -165,8 +165,34 @@ def test_export_refuses_to_overwrite_and_import_refuses_foreign_or_newer_package
         load_model(foreign)
     newer = repack("newer.zip", {**rdf, "config": {"napari_pgsr": {**rdf["config"]["napari_pgsr"],
                                                                    "format_version": 99}}})
-    with pytest.raises(ValueError, match="newer.zip holds napari-pgsr model format version 99"):
+    with pytest.raises(ValueError, match="newer.zip has model format version 99, newer than"):
         import_bioimageio(newer)
+    # a word for a version, an option of a newer release, pickled weights, an unpacked package: named, plainly
+    worded = repack("worded.zip", {**rdf, "config": {"napari_pgsr": {**rdf["config"]["napari_pgsr"],
+                                                                     "format_version": "two"}}})
+    with pytest.raises(ValueError, match=r"worded.zip is a damaged napari-pgsr model: its format version is 'two'"):
+        load_model(worded)
+    later = json.loads(rdf["config"]["napari_pgsr"]["metadata_json"])
+    later["architecture"]["attention"] = True
+    later["versions"]["napari_pgsr"] = "9.0.0"
+    later_release = repack("later.zip", {**rdf, "config": {"napari_pgsr": {**rdf["config"]["napari_pgsr"],
+                                                                           "metadata_json": json.dumps(later)}}})
+    with pytest.raises(ValueError, match=r"later.zip was written by napari-pgsr 9.0.0, newer than this one .*"
+                       r"'attention'.*; upgrade napari-pgsr"):
+        load_model(later_release)
+    pickled = tmp_path / "pickled.zip"
+    with zipfile.ZipFile(package) as source, zipfile.ZipFile(pickled, "w") as target:
+        weights = rdf["weights"]["pytorch_state_dict"]["source"]
+        for item in source.namelist():
+            target.writestr(item, source.read(item) if item != weights else _pickled_object())
+    with pytest.raises(ValueError, match=r"pickled.zip: its weights \(.*\) hold Python objects that a safe load "
+                       "refuses$"):
+        load_model(pickled)
+    unpacked = tmp_path / "unpacked"
+    zipfile.ZipFile(package).extractall(unpacked)
+    for given in (unpacked, unpacked / "rdf.yaml"):
+        with pytest.raises(ValueError, match="is an unpacked bioimage.io package: give the package's .zip"):
+            load_model(given)
     damaged = repack("damaged.zip", {**rdf, "config": {"napari_pgsr": {**rdf["config"]["napari_pgsr"],
                                                                        "metadata_json": "{"}}})
     with pytest.raises(ValueError, match="damaged.zip: damaged bioimage.io package"):
@@ -184,6 +210,35 @@ def test_export_refuses_to_overwrite_and_import_refuses_foreign_or_newer_package
         load_model(other_format)
 
 
+class _Unsafe:  # an object a safe torch.load refuses
+    pass
+
+
+def _pickled_object() -> bytes:
+    import io
+    buffer = io.BytesIO()
+    torch.save({"weight": _Unsafe()}, buffer)
+    return buffer.getvalue()
+
+
+def test_test_input_is_an_alternating_movies_low_frames_and_simulated_input_is_in_the_models_units(
+        exported, movie_file):
+    """The Restore widget's export with Frames 'all' took an alternating movie's first frames: a context model's
+    test input was low, HIGH, low. The simulated default lay at 460-1300x the range of a 0..1 model."""
+    from napari_pgsr.bmz import movie_low_frames, test_input
+    movie = tifffile.imread(movie_file)
+    low_first = movie[0].mean() < movie[1].mean()
+    lows = movie[0::2] if low_first else movie[1::2]
+    np.testing.assert_array_equal(movie_low_frames(movie, 3, alternating=None, name="m"), lows[:3])
+    only_low = np.ascontiguousarray(lows[:5])  # a movie of low frames is used as it is
+    np.testing.assert_array_equal(movie_low_frames(only_low, 3, alternating=None, name="lows"), only_low[:3])
+    model = load_model(exported[0])
+    model.normalization = Normalization(0.02, 0.9, 0.05, 1.0)  # a float movie scaled 0..1
+    normalised = model.normalization.low(test_input(model))
+    assert np.percentile(normalised, 1) == pytest.approx(0.0, abs=1e-4)
+    assert np.percentile(normalised, 99.8) == pytest.approx(1.0, abs=1e-4)
+
+
 def test_export_command_uses_the_users_movie_for_the_test_tensors(exported, tmp_path, movie_file, capsys):
     model_path, _ = exported
     out = tmp_path / "user.zip"
@@ -197,6 +252,13 @@ def test_export_command_uses_the_users_movie_for_the_test_tensors(exported, tmp_
     top, left = (low.shape[0] - 64) // 2, (low.shape[1] - 64) // 2
     np.testing.assert_array_equal(test_input[0, 0], low[top:top + 64, left:left + 64])
     assert rdf["authors"] == [{"name": "Me"}]
+    # a movie of low frames (training from --low/--high stacks) is a sample too; it was refused as not alternating
+    tifffile.imwrite(tmp_path / "lows.tif", np.stack([low] * 5))
+    assert cli.export_main([str(model_path), "-o", str(tmp_path / "lows.zip"), "--sample", str(tmp_path / "lows.tif"),
+                            "--no-check"]) == 0
+    with zipfile.ZipFile(tmp_path / "lows.zip") as archive:
+        np.testing.assert_array_equal(np.load(archive.open(rdf["inputs"][0]["test_tensor"]["source"]))[0, 0],
+                                      low[top:top + 64, left:left + 64])
     assert cli.export_main([str(model_path), "-o", str(out)]) == 2  # exists
     assert cli.export_main([str(model_path), "-o", str(tmp_path / "x.tar")]) == 2
     assert "name it *.zip" in capsys.readouterr().err

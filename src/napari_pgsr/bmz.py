@@ -19,6 +19,7 @@ import inspect
 import io
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import warnings
@@ -33,8 +34,7 @@ import yaml
 from . import __version__
 from .data import Normalization
 from .atomic import atomic_path
-from .modelfile import FORMAT, FORMAT_VERSION, ModelFile
-from .models import build_model
+from .modelfile import FORMAT, FORMAT_VERSION, ModelFile, check_format_version, rebuild
 from .training.recipes import RECIPE_SCOPES
 
 CONFIG_KEY = "napari_pgsr"
@@ -61,30 +61,46 @@ def low_frames(pairs, count: int) -> np.ndarray:
     return np.stack([pairs.read(pair)[0] for pair in range(count)]).astype(np.float32)
 
 
-def movie_low_frames(data, count: int, *, alternating: bool, name: str, low_first: bool | None = None) -> np.ndarray:
+def movie_low_frames(data, count: int, *, alternating: bool | None, name: str,
+                     low_first: bool | None = None) -> np.ndarray:
     """The first `count` low-exposure frames (count x Y x X) of a movie (array or `Movie`): of its exposure
     pairs when it alternates (`low_first` None: detected), else its first frames (a movie of low-exposure
-    frames, or one frame)."""
-    if alternating:
-        from .pairs import split_alternating
+    frames, or one frame). `alternating` None: whichever the movie is (an alternating movie's first frames
+    gave a context model low, high, low as its neighbours)."""
+    from .pairs import split_alternating
+
+    shape = tuple(data.shape)
+    if alternating is None and len(shape) == 3 and shape[0] >= 4:
+        try:
+            return low_frames(split_alternating(data, low_first=low_first, name=name), count)
+        except ValueError as err:
+            if "no alternating exposure" not in str(err) and "no low/high frame pairs" not in str(err):
+                raise
+    elif alternating:
         return low_frames(split_alternating(data, low_first=low_first, name=name), count)
-    data = data[None] if data.ndim == 2 else data
-    if data.ndim != 3 or len(data) < count:
-        raise ValueError(f"{name}: {count} frames (T x Y x X) needed for the test input, got shape {data.shape}")
-    return np.asarray(data[:count], np.float32)
+    frames = getattr(data, "frames", data)  # (a Movie reads frames from its file)
+    frames = frames[None] if len(shape) == 2 else frames
+    if len(shape) not in (2, 3) or len(frames) < count:
+        raise ValueError(f"{name}: {count} frames (T x Y x X) needed for the test input, got shape {shape}")
+    return np.asarray(frames[:count], np.float32)
 
 
 def test_input(model: ModelFile, frames: np.ndarray | None = None, size: int = TEST_SIZE,
                seed: int = 0) -> np.ndarray:
     """1 x C x size x size raw low-exposure input for the package's test tensors: the centre crop of `frames`
     (T x Y x X consecutive low-exposure frames of the user's data, C of them for a context model), else of a
-    simulated AP2 movie's."""
+    simulated AP2 movie's, scaled so its percentiles are those the model was trained on."""
     channels = 2 * model.context + 1
     if frames is None:
         from .pairs import split_alternating
         from .simulate import simulate_movie
         frames = low_frames(split_alternating(simulate_movie("ap2", 2 * channels, (size, size),
                                                              seed=seed).movie, name="simulated AP2"), channels)
+        # in the model's units: the simulated camera counts lay at 460-1300 x the training range of a model
+        # of a float movie scaled 0..1
+        norm = model.normalization
+        lo, hi = np.percentile(frames, norm.percentiles)
+        frames = norm.low_lo + (frames - lo) * np.float32((norm.low_hi - norm.low_lo) / max(hi - lo, 1e-6))
     frames = np.asarray(frames[:channels], np.float32)
     if frames.ndim != 3 or len(frames) < channels or min(frames.shape[1:]) < size:
         raise ValueError(f"test frames must be at least {channels} x {size} x {size} (T x Y x X), "
@@ -296,20 +312,20 @@ def import_bioimageio(path: str | os.PathLike, device: str | torch.device = "cpu
             if ours.get("format") != FORMAT:
                 raise ValueError(f"{path}: damaged bioimage.io package (config.napari_pgsr names format "
                                  f"{ours.get('format')!r}, expected {FORMAT!r})")
-            if int(ours["format_version"]) > FORMAT_VERSION:
-                raise ValueError(f"{path} holds napari-pgsr model format version {ours['format_version']}, "
-                                 f"newer than this napari-pgsr reads ({FORMAT_VERSION}); upgrade napari-pgsr")
+            check_format_version(path, ours.get("format_version"), "model")
             weights_name = rdf["weights"]["pytorch_state_dict"]["source"]
-            state = torch.load(io.BytesIO(archive.read(weights_name)), map_location=device, weights_only=True)
+            try:
+                state = torch.load(io.BytesIO(archive.read(weights_name)), map_location=device, weights_only=True)
+            except pickle.UnpicklingError as err:  # (torch's message goes on to advise loading unsafely)
+                raise ValueError(f"{path}: its weights ({weights_name}) hold Python objects that a safe load "
+                                 "refuses") from err
         metadata = json.loads(ours["metadata_json"])
-        network = build_model(metadata["architecture"])
-        network.load_state_dict(state)
-        normalization = Normalization.from_dict(metadata["normalization"])
     except StopIteration:
         raise ValueError(f"{path} is a zip but not a bioimage.io package (no rdf.yaml)") from None
     except (zipfile.BadZipFile, KeyError, TypeError, AttributeError, RuntimeError, yaml.YAMLError,
             json.JSONDecodeError) as err:  # (AttributeError: a yaml entry that is not a mapping)
         raise ValueError(f"{path}: damaged bioimage.io package ({type(err).__name__}: {err})") from err
+    network, normalization = rebuild(path, metadata, state, "bioimage.io package")
     return ModelFile(network.to(device).eval(), normalization, metadata, None, path)
 
 

@@ -104,6 +104,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
 
     if is_bioimageio_package(path):
         return import_bioimageio(path, device)
+    if (path / "rdf.yaml").is_file() or (path / "bioimageio.yaml").is_file() or \
+            path.name in ("rdf.yaml", "bioimageio.yaml"):
+        raise ValueError(f"{path} is an unpacked bioimage.io package: give the package's .zip")
     if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes zip archives
         with open(path, "rb") as handle:
             tiff = handle.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -126,21 +129,48 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
         raise ValueError(f"{path} is not a readable napari-pgsr model file ({why})") from err
     if not isinstance(archive, dict) or archive.get("format") != FORMAT:
         raise ValueError(f"{path} is not a napari-pgsr model file (no '{FORMAT}' marker)")
-    version = archive.get("format_version")
+    check_format_version(path, archive.get("format_version"))
+    try:
+        metadata = json.loads(archive["metadata_json"])
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: damaged model file ({type(err).__name__}: {err})") from err
+    network, normalization = rebuild(path, metadata, archive.get("state_dict"))
+    network.to(device).eval()
+    return ModelFile(network, normalization, metadata, archive.get("training_state"), path)
+
+
+def check_format_version(path: Path, version, kind: str = "model file") -> None:
+    """Refuse a model format version that is not a whole number from 1 to `FORMAT_VERSION`, by name."""
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:  # (None read "newer than" 1)
-        raise ValueError(f"{path} is a damaged napari-pgsr model file: its format version is {version!r}; "
+        raise ValueError(f"{path} is a damaged napari-pgsr {kind}: its format version is {version!r}; "
                          f"expected a whole number from 1 to {FORMAT_VERSION}")
     if version > FORMAT_VERSION:
         raise ValueError(f"{path} has model format version {version}, newer than this napari-pgsr reads "
                          f"({FORMAT_VERSION}); upgrade napari-pgsr")
+
+
+def rebuild(path: Path, metadata: dict, state_dict, kind: str = "model file") -> tuple[torch.nn.Module, Normalization]:
+    """The network and normalisation a model's metadata describes, with its weights; errors name the file,
+    and a model written by a newer napari-pgsr says so rather than calling it damaged."""
     try:
-        metadata = json.loads(archive["metadata_json"])
         network = build_model(metadata["architecture"])
-        network.load_state_dict(archive["state_dict"])
-        normalization = Normalization.from_dict(metadata["normalization"])
-    except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: damaged model file ({type(err).__name__}: {err})") from err
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from err
-    network.to(device).eval()
-    return ModelFile(network, normalization, metadata, archive.get("training_state"), path)
+        network.load_state_dict(state_dict)
+        return network, Normalization.from_dict(metadata["normalization"])
+    except (KeyError, TypeError, RuntimeError, AttributeError, ValueError) as err:
+        why = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
+        written_by = (metadata.get("versions") or {}).get("napari_pgsr") if isinstance(metadata, dict) else None
+        if _is_newer(written_by):
+            raise ValueError(f"{path} was written by napari-pgsr {written_by}, newer than this one ({__version__}), "
+                             f"and holds what this version does not know ({why}); upgrade napari-pgsr") from err
+        if isinstance(err, ValueError):
+            raise ValueError(f"{path}: {why}") from err
+        raise ValueError(f"{path}: damaged {kind} ({why})") from err
+
+
+def _is_newer(version) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(str(version)) > Version(__version__)
+    except InvalidVersion:
+        return False

@@ -48,7 +48,7 @@ def restore_job(model_path: Path, layer_data, source_path: str | None, pixel_siz
     return output
 
 
-def export_job(model_path: Path, output: Path, authors: list[str], movie=None, alternating: bool = False,
+def export_job(model_path: Path, output: Path, authors: list[str], movie=None, alternating: bool | None = None,
                movie_name: str = ""):
     """Worker body (a generator, for `start`): write the bioimage.io package, its test input taken from the
     first low-exposure frames of `movie` (a layer's data) when given, and run bioimageio.core's own test of

@@ -199,7 +199,8 @@ class ApplyWidget(Container):
             return
         authors = [author.strip() for author in self.export_authors.value.split(",") if author.strip()]
         layer = self.movie.value  # its first low frames become the package's test input (else a simulated movie's)
-        movie = () if layer is None else (layer.data, self.frames.value == "low", layer.name)
+        # (Frames 'all' still takes an alternating movie's low frames: its high ones are no test input)
+        movie = () if layer is None else (layer.data, True if self.frames.value == "low" else None, layer.name)
         self.export_button.enabled = False
         start(export_job, Path(self.model_file.value), output, authors, *movie, on_yield=self._export_step,
               on_return=self._exported, on_finish=self._export_finished, context="Export", owner=self.native)

@@ -17,8 +17,9 @@ def export_parser() -> argparse.ArgumentParser:
                                      "Restore widget read it back. Needs: pip install 'napari-pgsr[bioimageio]'.")
     parser.add_argument("model", type=Path, help="trained model file (.pgsr)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the package (.zip)")
-    parser.add_argument("--sample", type=Path, help="alternating-exposure movie whose first low-exposure frames "
-                        "give the package's test input [default: a simulated AP2 movie]")
+    parser.add_argument("--sample", type=Path, help="movie whose first low-exposure frames give the package's "
+                        "test input: an alternating-exposure movie (its low frames) or a movie of low-exposure "
+                        "frames [default: a simulated AP2 movie scaled to the model's training range]")
     add_phase_flags(parser)
     parser.add_argument("--name", help="the model's name in the zoo [default: napari-pgsr <network> restoration]")
     parser.add_argument("--author", action="append", help="an author (repeat for several)")
@@ -46,7 +47,8 @@ def export_main(argv: list[str] | None = None) -> int:
         model = load_model(args.model)
         frames = None
         if args.sample:
-            frames = movie_low_frames(read_movie(args.sample), 2 * model.context + 1, alternating=True,
+            frames = movie_low_frames(read_movie(args.sample), 2 * model.context + 1,
+                                      alternating=True if args.low_first is not None else None,
                                       name=args.sample.name, low_first=args.low_first)
         path = export_bioimageio(model, args.output, name=args.name, authors=args.author, license=args.license,
                                  test_frames=frames, overwrite=args.overwrite)
