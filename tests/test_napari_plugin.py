@@ -90,6 +90,20 @@ def test_layer_without_pixel_size_is_saved_without_one(make_napari_viewer, tmp_p
     assert read_movie(out).pixel_size_um is None  # napari's default scale 1 is not 1 um
 
 
+@pytest.mark.parametrize("scale, unit, expected_um", [(108.0, "nm", 0.108), (0.000108, "mm", 0.108),
+                                                     (0.108, "µm", 0.108), (0.16, "pixel", 0.16)])
+def test_writer_converts_the_layers_unit_to_micrometres(make_napari_viewer, tmp_path, scale, unit, expected_um):
+    """A layer at 108 nm per pixel was saved with a 108 um pixel: the writer read every scale as um."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.ones((3, 8, 8), np.uint16), name="united", scale=(1, scale, scale),
+                     units=("s", unit, unit))
+    out = tmp_path / "united.tif"
+    viewer.layers.save(str(out), selected=False, plugin="napari-pgsr")
+    assert read_movie(out).pixel_size_um == pytest.approx(expected_um)
+    with pytest.raises(ValueError, match=r"timed.tif: the layer's x unit is 's', not a length"):
+        write_image(str(tmp_path / "timed.tif"), np.ones((3, 8, 8)), {"scale": (1, 2, 2), "units": ("s", "s", "s")})
+
+
 def test_writer_refuses_rgb_and_multiscale_layers_by_name(tmp_path):
     """An RGB layer (Y x X x 3) was saved as a movie of 100 frames of 120 x 3 pixels."""
     with pytest.raises(ValueError, match=r"rgb.tif: the layer is an RGB image"):
