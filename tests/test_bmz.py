@@ -262,3 +262,17 @@ def test_export_command_uses_the_users_movie_for_the_test_tensors(exported, tmp_
     assert cli.export_main([str(model_path), "-o", str(out)]) == 2  # exists
     assert cli.export_main([str(model_path), "-o", str(tmp_path / "x.tar")]) == 2
     assert "name it *.zip" in capsys.readouterr().err
+
+
+def test_a_long_loss_curve_is_thinned_in_the_package_and_validation_kept():
+    """rdf.yaml carries the model's metadata: one loss per step grew it by 2.3 MB per 100 000 steps."""
+    from napari_pgsr.bmz import LOSS_POINTS, _thinned_history
+    losses = np.linspace(1.0, 0.1, 5001).tolist()
+    metadata = {"history": {"loss": losses, "validation": [{"step": 5000, "psnr": 30.0}]}, "config": {"steps": 5001}}
+    thinned = _thinned_history(metadata)
+    assert thinned["history"]["loss_every"] == 3 and len(thinned["history"]["loss"]) == 1667 <= LOSS_POINTS
+    assert thinned["history"]["loss"][0] == pytest.approx(np.mean(losses[:3]))
+    assert thinned["history"]["validation"] == metadata["history"]["validation"] and thinned["config"] == {"steps": 5001}
+    assert len(metadata["history"]["loss"]) == 5001  # the model's own metadata is left as it is
+    short = {"history": {"loss": [1.0, 0.5]}}
+    assert _thinned_history(short) is short
