@@ -104,17 +104,27 @@ def _binned_mean(data, indices: np.ndarray, k: int = 4) -> np.ndarray:
 
 def estimate_baseline(data, means: np.ndarray, low: np.ndarray, high: np.ndarray, n_pairs: int = 8) -> float:
     """Camera offset b from the first pairs: pixelwise high = b + ratio * (low - b), a straight line whose
-    intercept gives b. Falls back to a low percentile of the dimmest frame when there is no clear slope."""
-    low_image = _binned_mean(data, low[:n_pairs]).ravel()
-    high_image = _binned_mean(data, high[:n_pairs]).ravel()
-    spread = low_image.var()
-    if spread > 0:
-        slope = np.cov(low_image, high_image)[0, 1] / spread
-        if slope > 1.1:
-            intercept = high_image.mean() - slope * low_image.mean()
-            # below the dimmest frame, which holds some light; by a hair only: with a large offset (1000 ADU)
-            # a low frame may hold just 5 ADU above it, and a cap at 99% of it read a 10x movie as 5.5x
-            return float(min(intercept / (1 - slope), means.min() - 1e-3 * max(abs(means.min()), 1.0)))
+    intercept gives b. Falls back to a low percentile of the dimmest frame when there is no clear slope.
+
+    The slope is sqrt(cov(A, high) cov(B, high)) / cov(A, B) over two halves A, B of the low frames: their noise is
+    independent, so it does not dilute the slope as in cov(low, high) / var(low), which on a nearly uniform
+    sample read a ratio of 2 as 4.3 or refused the movie as not alternating."""
+    count = min(n_pairs, low.size, high.size)
+    halves = (low[:count:2], low[1:count:2])
+    if count >= 2:
+        low_a, low_b = (_binned_mean(data, half).ravel() for half in halves)
+        low_image = 0.5 * (low_a + low_b)
+        high_image = _binned_mean(data, high[:count]).ravel()
+        structure = np.cov(low_a, low_b)[0, 1]
+        # a structure clearly above the noise: the halves agree (else the slope is noise over noise)
+        if structure > 0 and structure > 0.25 * np.sqrt(low_a.var() * low_b.var()):
+            # both halves against the high frames: bleaching makes half A a little brighter than half B
+            slope = np.sqrt(max(np.cov(low_a, high_image)[0, 1] * np.cov(low_b, high_image)[0, 1], 0.0)) / structure
+            if slope > 1.1:
+                intercept = high_image.mean() - slope * low_image.mean()
+                # below the dimmest frame, which holds some light; by a hair only: with a large offset (1000
+                # ADU) a low frame may hold just 5 ADU above it, and a cap at 99% of it read a 10x movie as 5.5x
+                return float(min(intercept / (1 - slope), means.min() - 1e-3 * max(abs(means.min()), 1.0)))
     frame = _binned_mean(data, np.array([int(np.argmin(means))]))
     return float(min(np.percentile(frame, 1.0), 0.9 * means.min()))
 
