@@ -129,6 +129,27 @@ def estimate_baseline(data, means: np.ndarray, low: np.ndarray, high: np.ndarray
     return float(min(np.percentile(frame, 1.0), 0.9 * means.min()))
 
 
+ODD_FRAME_FACTOR = 2.0  # light above the baseline beyond 2x (or below 1/2) of its exposure's running median
+
+
+def odd_frames(means: np.ndarray, low: np.ndarray, high: np.ndarray, baseline: float, window: int = 9) -> np.ndarray:
+    """Frames whose light above the baseline is off their own exposure's running median by more than
+    `ODD_FRAME_FACTOR` and by more than 5 robust SDs of the frame-to-frame scatter: a low frame taken in the
+    dark, a high frame of a misfired laser, a stray brightfield frame. A dark low frame was paired with its
+    high one and trained on as an input without signal."""
+    odd = []
+    for index in (low, high):
+        if index.size < 5:
+            continue
+        above = means[index] - baseline
+        typical = ndimage.median_filter(above, size=min(window, index.size), mode="mirror")  # (no edge copies)
+        deviation = above - typical
+        scatter = 1.4826 * np.median(np.abs(deviation))
+        off = (above < typical / ODD_FRAME_FACTOR) | (above > typical * ODD_FRAME_FACTOR)
+        odd += index[off & (np.abs(deviation) > 5.0 * scatter) & (typical > 0)].tolist()
+    return np.array(sorted(odd), int)
+
+
 def classify_frames(means: np.ndarray, window: int = 7) -> np.ndarray:
     """True for bright (high exposure) frames: above the geometric midpoint of the local min/max envelope.
 
@@ -196,6 +217,14 @@ def pairs_from_means(data, means: np.ndarray, low_first: bool | None = None, nam
     if low.size == 0:
         raise ValueError(f"{name}: no low/high frame pairs found in {data.shape[0]} frames")
     baseline = estimate_baseline(data, means, low, high)
+    odd = odd_frames(means, low, high, baseline)
+    if odd.size:  # a dark frame (the laser did not fire) or a stray bright one: its pair is left out
+        keep = ~(np.isin(low, odd) | np.isin(high, odd))
+        dropped = sorted({*dropped, *low[~keep].tolist(), *high[~keep].tolist()})
+        low, high = low[keep], high[keep]
+        if low.size == 0:
+            raise ValueError(f"{name}: no low/high frame pairs left after leaving out odd frames {odd.tolist()}")
+        baseline = estimate_baseline(data, means, low, high)
     ratio = exposure_ratio(means, low, high, baseline)
     if ratio < MIN_RATIO:
         raise ValueError(f"{name}: no alternating exposure detected: the bright/dim frame intensity ratio is "
