@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -136,6 +138,22 @@ def test_exposure_ratio_recovers_the_exposure_times_whatever_the_sample(kind):
     assert pairs.baseline == pytest.approx(100.0, abs=2.0)  # the simulated EMCCD offset
     separate = pair_stacks(sim.movie[0::2], sim.movie[1::2])
     assert separate.ratio == pytest.approx(10.0, rel=0.05)
+
+
+def test_two_channels_interleaved_in_one_stack_are_warned_about():
+    """Spots and a membrane ring, channel after channel, were split as 20 exposure pairs of ratio 6."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    spots = 100 + 40 * sum(np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 4) for y, x in rng.uniform(5, 59, (20, 2)))
+    ring = 100 + 300 * (np.abs(np.hypot(yy - 32, xx - 32) - 20) < 3)
+    stack = np.array([rng.poisson(spots if t % 2 == 0 else ring) for t in range(40)], np.uint16)
+    with pytest.warns(UserWarning, match=r"channels: the dim and bright frames show different structures .* two "
+                      "channels interleaved"):
+        split_alternating(stack, name="channels")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # exposure pairs of every simulated kind pass without a word
+        for kind in ("ap2", "beads", "single_molecules"):
+            split_alternating(simulate_movie(kind, 20, (64, 64), seed=1).movie)
 
 
 def test_a_dark_or_stray_bright_frame_leaves_its_pair_out():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -129,6 +130,27 @@ def estimate_baseline(data, means: np.ndarray, low: np.ndarray, high: np.ndarray
     return float(min(np.percentile(frame, 1.0), 0.9 * means.min()))
 
 
+MIN_AGREEMENT = 0.5  # low-high correlation, relative to low-low, below which the frames show other things
+
+
+def structure_agreement(data, low: np.ndarray, high: np.ndarray, n_pairs: int = 8) -> float | None:
+    """How well the high frames show what the low frames show: corr(low, high) / corr(low A, low B) of the
+    first pairs' binned images (A, B: two halves of the low frames, so noise sets the scale). About 1 for
+    exposure pairs; near 0 for two channels interleaved in one stack (spots and a membrane, say), which
+    were split as pairs with a ratio of 6. None when the low frames show no structure to compare."""
+    count = min(n_pairs, low.size, high.size)
+    if count < 2:
+        return None
+    low_a, low_b = (_binned_mean(data, half).ravel() for half in (low[:count:2], low[1:count:2]))
+    high_image = _binned_mean(data, high[:count]).ravel()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        within = np.corrcoef(low_a, low_b)[0, 1]
+        across = np.corrcoef(0.5 * (low_a + low_b), high_image)[0, 1]
+    if not np.isfinite(within) or within < 0.3 or not np.isfinite(across):
+        return None
+    return float(across / within)
+
+
 ODD_FRAME_FACTOR = 2.0  # light above the baseline beyond 2x (or below 1/2) of its exposure's running median
 
 
@@ -226,6 +248,12 @@ def pairs_from_means(data, means: np.ndarray, low_first: bool | None = None, nam
             raise ValueError(f"{name}: no low/high frame pairs left after leaving out odd frames {odd.tolist()}")
         baseline = estimate_baseline(data, means, low, high)
     ratio = exposure_ratio(means, low, high, baseline)
+    agreement = structure_agreement(data, low, high)
+    if agreement is not None and agreement < MIN_AGREEMENT:
+        warnings.warn(f"{name}: the dim and bright frames show different structures (their images correlate "
+                      f"{max(agreement, 0.0):.0%} as well as the dim frames with each other): two channels interleaved "
+                      "in one stack rather than two exposures? Training needs pairs of the same field",
+                      stacklevel=2)
     if ratio < MIN_RATIO:
         raise ValueError(f"{name}: no alternating exposure detected: the bright/dim frame intensity ratio is "
                          f"{ratio:.2f} (above a camera baseline of {baseline:.1f}); expected at least "
