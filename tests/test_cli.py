@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 from napari_pgsr import cli
 from napari_pgsr.io import read_image, read_movie, write_movie
@@ -409,6 +410,9 @@ def test_split_writes_the_low_and_high_stacks_the_pairs_are_made_of(tmp_path, ca
     # told the other phase: each low frame (still the dim ones) is paired with the high frame before it
     np.testing.assert_array_equal(read_movie(tmp_path / "out" / "cells_high.tif").data.compute(), sim.movie[1:9:2])
     np.testing.assert_array_equal(read_movie(tmp_path / "out" / "cells_low.tif").data.compute(), sim.movie[2:9:2])
+    # the written stacks say which movie frames they hold (after a left-out frame, frame i is not 2i)
+    with tifffile.TiffFile(tmp_path / "out" / "cells_low.tif") as written:
+        assert "movie frames (from 0): 2-8 step 2" in written.imagej_metadata["Info"]
     # an upper-case suffix is a suffix too (Cells.TIF made Cells.TIF_low.tif)
     shouting = tmp_path / "Cells.OME.TIF"
     movie.rename(shouting)

@@ -59,9 +59,11 @@ def split_main(argv: list[str] | None = None) -> int:
             with atomic_paths(list(outputs.values())) as temps:
                 for (kind, path), tmp in zip(outputs.items(), temps):
                     bar.reset()
+                    # which movie frame each frame is: after a left-out frame, frame i is no longer 2i
+                    frames = frame_runs(getattr(pairs, f"{kind}_index"))
                     write_movie(tmp, getattr(pairs, kind), pixel_size_um=movie.pixel_size_um,
-                                description=f"{kind}-exposure frames of {args.movie.name} ({phase})",
-                                progress=show(path.name))
+                                description=f"{kind}-exposure frames of {args.movie.name} ({phase}); movie frames "
+                                f"(from 0): {frames}", progress=show(path.name))
     except (BadInput, ValueError, OSError) as err:
         print(f"napari-pgsr-split: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -71,3 +73,21 @@ def split_main(argv: list[str] | None = None) -> int:
     print(f"{args.movie.name}: {phase}, {len(pairs)} pairs, frames left out: {dropped or 'none'}; wrote "
           f"{outputs['low']} and {outputs['high']}")
     return 0
+
+
+def frame_runs(indices) -> str:
+    """Frame numbers as runs of one step: '0-38 step 2, 41-99 step 2' (a single frame stands alone)."""
+    values = [int(i) for i in indices]
+    runs, start = [], 0
+    while start < len(values):
+        end = start + 1
+        if end < len(values):
+            step = values[end] - values[start]
+            while end + 1 < len(values) and values[end + 1] - values[end] == step:
+                end += 1
+            end += 1
+        run = values[start:end]
+        runs.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" + (f" step {run[1] - run[0]}"
+                                                                                 if run[1] - run[0] != 1 else ""))
+        start = end
+    return ", ".join(runs)
