@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tifffile
 
 from napari_pgsr._writer import write_image
 from napari_pgsr.io import read_movie, write_movie
@@ -37,6 +38,23 @@ def test_a_single_frame_opens_as_an_image_with_its_pixel_size(make_napari_viewer
     with pytest.warns(UserWarning, match="not a valid writer"):
         assert viewer.layers.save(str(path), selected=False, plugin="napari-pgsr") == []
     assert path.read_bytes() == before
+
+
+def test_reader_declines_colour_images_z_stacks_and_hyperstacks(tmp_path):
+    """It claimed every .tif and then refused these, where napari's own reader opens them."""
+    from napari_pgsr._reader import get_reader
+    files = {"rgb.tif": (np.zeros((64, 64, 3), np.uint8), {"photometric": "rgb"}),
+             "zstack.tif": (np.zeros((10, 64, 64), np.uint16), {"imagej": True, "metadata": {"axes": "ZYX",
+                                                                                            "spacing": 0.3}}),
+             "hyper.tif": (np.zeros((5, 2, 64, 64), np.uint16), {"imagej": True, "metadata": {"axes": "TCYX"}}),
+             "movie.tif": (np.zeros((5, 64, 64), np.uint16), {"imagej": True, "metadata": {"axes": "TYX"}}),
+             "frame.tif": (np.zeros((64, 64), np.uint16), {})}
+    for name, (data, options) in files.items():
+        tifffile.imwrite(tmp_path / name, data, **options)
+    claimed = {name for name in files if get_reader(str(tmp_path / name)) is not None}
+    assert claimed == {"movie.tif", "frame.tif"}
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")  # damaged: claimed, so the error says what is wrong
+    assert get_reader(str(tmp_path / "broken.tif")) is not None
 
 
 def test_bad_file_error_names_the_file(make_napari_viewer, tmp_path):

@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .io import Movie, SingleFrameError, display_range, is_tiff_path, movie_stem, read_image, read_movie
+from .io import (Movie, SingleFrameError, display_range, is_tiff_path, movie_stem, read_image, read_movie,
+                 tiff_layout_readable)
 from .zarr_movie import is_zarr_movie
 
 
 def get_reader(path: str | list[str]) -> Callable | None:
-    """Return the movie reader when every path is a TIFF file or an OME-Zarr movie (with a time axis), else
-    None (napari tries other readers: plates, labels, z-stacks...)."""
+    """Return the movie reader when every path is a TIFF movie or frame or an OME-Zarr movie (with a time
+    axis), else None (napari tries other readers: colour images, z-stacks, hyperstacks, plates, labels...)."""
     paths = path if isinstance(path, list) else [path]
-    if not paths or not all(is_tiff_path(p) or is_zarr_movie(p) for p in paths):
+    if not paths or not all((is_tiff_path(p) and tiff_layout_readable(p)) or is_zarr_movie(p) for p in paths):
         return None
     return read_movies
 

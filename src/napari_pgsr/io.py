@@ -289,6 +289,26 @@ def _read_tiff_movie(path: Path, axes: str | None) -> Movie:
     return Movie(data, frames, path, pixel_size, movie_axes, metadata, handle)
 
 
+def tiff_layout_readable(path: str | os.PathLike) -> bool:
+    """Whether the TIFF's first series is a movie (T x Y x X) or one frame, from its header alone: False for
+    colour images, z-stacks and hyperstacks, which the reader would refuse. A damaged or unreadable file
+    counts as readable, so the reader's error names what is wrong with it."""
+    path = Path(path)
+    try:
+        with tiff_structure.tifffile_log_unless_refused(replay=False), tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                return True
+            series = tif.series[0]
+            _movie_axes(path, series.axes, tuple(series.shape), tiff_structure.imagej_plain_stack(tif))
+    except SingleFrameError:
+        return True
+    except ValueError as err:
+        return isinstance(err, tifffile.TiffFileError)
+    except Exception:  # noqa: BLE001 - left to the reader, which explains it
+        return True
+    return True
+
+
 def read_movie_or_frame(path: str | os.PathLike) -> Movie:
     """`read_movie`, or a movie of its one frame for a file that holds a single frame (a snapshot)."""
     try:

@@ -70,9 +70,10 @@ def description(tif: tifffile.TiffFile) -> str | None:
 
 
 @contextmanager
-def tifffile_log_unless_refused() -> Iterator[None]:
+def tifffile_log_unless_refused(replay: bool = True) -> Iterator[None]:
     """Hold back what tifffile logs while a file is opened: dropped if the file is refused (the refusal
-    names the damage in one line; tifffile's 'invalid page offset' came first), passed on if it opens."""
+    names the damage in one line; tifffile's 'invalid page offset' came first), passed on if it opens
+    (unless `replay` is False: a look at the header before the file is read)."""
     log = logging.getLogger("tifffile")
     held: list[logging.LogRecord] = []
     holder = logging.Handler()
@@ -85,7 +86,7 @@ def tifffile_log_unless_refused() -> Iterator[None]:
     finally:
         log.removeHandler(holder)
         log.propagate = propagate
-    for record in held:  # (only reached when the block raised nothing)
+    for record in held if replay else ():  # (only reached when the block raised nothing)
         log.handle(record)
 
 
