@@ -34,22 +34,27 @@ def plot_report(report: SpotReport, figure: Figure | None = None, dark: bool = F
     in_nm = good["fwhm_nm"].notna().any()
     fwhm_column, unit = ("fwhm_nm", "nm") if in_nm else ("fwhm_px", "px")
     fwhm_values, snr_values = good[fwhm_column].dropna(), good["snr"].replace(np.inf, np.nan).dropna()
-    # bins over the 1st-99th percentiles: a few failed fits should not squash the histogram
-    fwhm_bins = (np.linspace(*np.percentile(fwhm_values, [1, 99]), 21)
-                 if len(fwhm_values) > 1 and np.ptp(fwhm_values) > 0 else 10)
+    # bins over the 1st-99th percentiles: a few failed fits should not squash the histogram; the values
+    # beyond go into the end bins rather than out of the count
+    fwhm_range = np.percentile(fwhm_values, [1, 99]) if len(fwhm_values) > 1 else None
+    fwhm_bins = (np.linspace(*fwhm_range, 21) if fwhm_range is not None and fwhm_range[1] > fwhm_range[0] else 10)
     snr_positive = snr_values[snr_values > 0]
     snr_bins = (np.geomspace(snr_positive.min(), snr_positive.max() * 1.001, 21)
                 if len(snr_positive) and snr_positive.max() > snr_positive.min() else 10)
     for name in report.table["image"].unique():
         mine = good[good["image"] == name]
-        fwhm_axes.hist(mine[fwhm_column].dropna(), bins=fwhm_bins, histtype="step", linewidth=1.5, label=name)
+        widths = mine[fwhm_column].dropna()
+        if not isinstance(fwhm_bins, int):
+            widths = widths.clip(fwhm_bins[0], fwhm_bins[-1])
+        fwhm_axes.hist(widths, bins=fwhm_bins, histtype="step", linewidth=1.5, label=name)
         snr = mine["snr"].replace(np.inf, np.nan).dropna()
         snr_axes.hist(snr[snr > 0], bins=snr_bins, histtype="step", linewidth=1.5, label=name)
         profile = report.profiles.get(name)
         if profile is not None:
             r = profile["r_nm"] if in_nm and profile["r_nm"].notna().any() else profile["r_px"]
             profile_axes.plot(r, profile["profile"], marker=".", label=name)
-    fwhm_axes.set(xlabel=f"FWHM ({unit})", ylabel="spots", title="PSF width")
+    fwhm_axes.set(xlabel=f"FWHM ({unit}; outer 1% in end bins)", ylabel="spots",
+                  title="PSF width")
     snr_axes.set(xlabel="SNR (peak / background SD)", ylabel="spots", title="Signal to noise", xscale="log")
     snr_axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5, 10, 20, ... as plain numbers
     snr_axes.xaxis.set_major_formatter(FormatStrFormatter("%g"))
