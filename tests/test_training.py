@@ -218,6 +218,20 @@ def test_the_random_offset_is_for_camera_counts_unless_asked_for(pairs):
         assert _offset_max(TrainConfig(steps=1, loss="mse"), [given]) == 0
 
 
+def test_resuming_with_an_offset_the_checkpoint_never_had_is_refused(tmp_path):
+    """On a float movie the default adds no offset; --offset on resuming passed the settings check (both read
+    as 'on') and added one the checkpoint never had."""
+    scaled = split_alternating(simulate_movie("ap2", 48, (64, 64), seed=0).movie.astype(np.float32) / 4000,
+                               name="scaled")
+    with pytest.warns(RuntimeWarning, match="training without it"):
+        train(TrainConfig(steps=2, **TINY), [scaled], tmp_path / "float.pgsr")
+    assert load_model(tmp_path / "float.pgsr").metadata["history"]["offset_applied"] == 0
+    with pytest.raises(ValueError, match=r"float.pgsr was trained with a random offset of 0..0 camera units on "
+                                         r"these data; the settings given now add 0..200"):
+        train(TrainConfig(steps=4, offset=True, **TINY), [scaled], tmp_path / "more.pgsr",
+              resume=tmp_path / "float.pgsr")
+
+
 def test_a_unet_whose_weights_go_to_nan_stops_without_writing_them(tmp_path, pairs):
     """At lr 100 the losses were inf for 30 steps, and the run ended 'done' with a model restoring NaN."""
     from napari_pgsr.training.loop import TrainingDiverged

@@ -216,10 +216,17 @@ def prepare_run(config: TrainConfig, pairs: Sequence[Pairs], validation: Sequenc
     else:
         train_refs, val_refs = _split(config, pairs, validation)
         normalization = fit_normalization(everything, train_refs, seed=config.seed)
+    offset_max = _offset_max(config, everything)
+    # the offset as applied to these data (the settings alone do not say: on a float movie the default adds
+    # none, and --offset on resuming added one the checkpoint never had)
+    applied_before = history.setdefault("offset_applied", offset_max)
+    if applied_before != offset_max:
+        raise ValueError(f"{resume} was trained with a random offset of 0..{applied_before} camera units on these "
+                         f"data; the settings given now add 0..{offset_max}: resume with the stored ones")
     common = {"patch_size": config.patch, "normalization": normalization, "seed": config.seed,
               "context": config.context}
     train_set = PatchDataset(everything, split="train", refs=train_refs, length=2**62,
-                             offset_max=_offset_max(config, everything), **common)
+                             offset_max=offset_max, **common)
     val_set = PatchDataset(everything, split="validation", refs=val_refs, length=config.validation_patches,
                            **common) if val_refs else None
     return RunSetup(device, rank, world, provenance, train_refs, val_refs, normalization, history, state,
