@@ -143,6 +143,12 @@ def test_bad_files_get_clear_errors(tmp_path, movie_file, caplog):
                      metadata={"axes": "TZYX"})
     with pytest.raises(ValueError, match=r"T=3 \(time\) x Z=4.*save one channel or z-plane of it"):
         read_movie(tmp_path / "tz.tif")  # (no axes= makes 4 dimensions a movie: that advice was wrong here)
+    # two channels over time, as Micro-Manager stores two exposure presets: the stacks route is named
+    tifffile.imwrite(tmp_path / "tc.tif", np.zeros((3, 2, 16, 16), np.uint16), imagej=True,
+                     metadata={"axes": "TCYX"})
+    with pytest.raises(ValueError, match=r"if its 2 channels are a low and a high exposure of the same field, .*"
+                                         r"--low c0.tif --high c1.tif"):
+        read_movie(tmp_path / "tc.tif")
 
 
 def test_tifffile_log_is_passed_on_for_a_file_that_opens_and_dropped_for_one_refused(caplog):

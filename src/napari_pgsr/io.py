@@ -205,6 +205,9 @@ def _movie_axes(path: Path, axes: str, shape: tuple[int, ...],
         else:  # channels and time (or z and time): one of them has to go first
             advice = ("save one channel or z-plane of it as a T x Y x X movie (Fiji: Image > Hyperstacks > "
                       "Reduce Dimensionality)")
+            if names in ("TCYX", "CTYX") and dict(kept)["C"] == 2:  # (Micro-Manager: one channel per exposure)
+                advice += ("; if its 2 channels are a low and a high exposure of the same field, save each as a "
+                           "movie and train on them as stacks (napari-pgsr-train --low c0.tif --high c1.tif)")
         raise ValueError(f"{found}{hint}. Expected a movie T x Y x X (time, height, width); {advice}.")
     return "TYX", sizes
 
