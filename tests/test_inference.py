@@ -148,6 +148,17 @@ def test_smallest_allowed_overlap_leaves_no_gaps():
         np.testing.assert_allclose(tiled, whole, atol=1e-4)
 
 
+def test_a_tile_too_close_to_the_overlap_is_refused_not_left_with_gaps():
+    """Tile 48 with overlap 46 stepped by the pooling grid (4 px), leaving 60% of the frame at a constant."""
+    model = _model()
+    with pytest.raises(ValueError, match=r"tile 48 with an overlap of 46 px leaves tiles 2 px apart, less than this "
+                                         r"network's pooling grid of 4 px.*choose a tile of at least 52"):
+        Restorer(model, tile=48, overlap=46)
+    image = np.random.default_rng(3).normal(0.3, 0.2, (1, 150, 200)).astype(np.float32)
+    whole = Restorer(model, tile=4096).restore_normalised(image)
+    np.testing.assert_allclose(Restorer(model, tile=52, overlap=46).restore_normalised(image), whole, atol=1e-4)
+
+
 def test_restored_frames_index_like_a_sequence():
     from napari_pgsr.inference import RestoredFrames
 

@@ -85,10 +85,13 @@ class Restorer:
         self.auto_tile = tile is None
         tile = 512 if tile is None else tile  # used when a whole frame does not fit in memory
         self.tile = max(self.align, tile - tile % self.align)
-        if chosen and self.tile <= overlap:  # a deep network (a grown GAN) sees further than a default tile
+        if chosen and self.tile < overlap + self.align:  # a deep network (a grown GAN) sees further than a tile
             self.tile = (overlap // self.align + 2) * self.align
-        if self.tile <= overlap:
-            raise ValueError(f"tile {tile} must be larger than the overlap {overlap}")
+        if self.tile < overlap + self.align:  # tiles step by the pooling grid: a smaller step leaves gaps
+            smallest = -(-(overlap + self.align) // self.align) * self.align
+            raise ValueError(f"tile {tile} with an overlap of {overlap} px leaves tiles {self.tile - overlap} px "
+                             f"apart, less than this network's pooling grid of {self.align} px, so columns of pixels "
+                             f"would be left out; choose a tile of at least {smallest} (or a smaller overlap)")
         self.overlap, self.batch = overlap, max(1, batch)
         self.frames_per_batch = self.batch
         self._staged: torch.Tensor | None = None
@@ -125,7 +128,7 @@ class Restorer:
         for pieces in range(1, 256):
             size = -(-(longest + (pieces - 1) * self.overlap) // pieces)
             size += -size % self.align
-            if size <= self.overlap:
+            if size < self.overlap + self.align:
                 break
             if size * min(size, height + -height % self.align) * per_pixel <= budget:
                 return size
@@ -167,7 +170,10 @@ class Restorer:
                                   _weights(x, tile_w, full_w, self.margin, ramp))
                 total[y:y + tile_h, x:x + tile_w] += weight * out
                 weight_sum[y:y + tile_h, x:x + tile_w] += weight
-        return (total / np.maximum(weight_sum, 1e-12))[:height, :width]
+        if not weight_sum[:height, :width].all():  # never written as data: 0 became the high exposure's floor
+            raise RuntimeError(f"tiles of {tile_h} x {tile_w} px overlapping by {self.overlap} left pixels of a "
+                               f"{height} x {width} frame uncovered")
+        return (total / weight_sum)[:height, :width]
 
     def _precision(self):
         """auto: bf16 (or fp16) on GPUs, fp32 on CPUs; bf16: also on CPUs (fast with AMX, ~3 significant
