@@ -403,3 +403,16 @@ def test_restored_ome_zarr_opens_as_a_movie_for_napari_and_measuring(files, tmp_
         read_movie(tmp_path / "stack.zarr")
     # napari's other readers get what is not a movie: plain groups, z-stacks
     assert get_reader(str(tmp_path / "plain.zarr")) is None and get_reader(str(tmp_path / "stack.zarr")) is None
+
+
+def test_restored_low_frames_record_which_movie_frames_they_are(files, tmp_path):
+    """After a left-out frame, restored frame i is no longer movie frame 2i; outputs stored only a hash."""
+    model, movie = files
+    frames = np.asarray(read_movie(movie).data)
+    gapped = write_movie(tmp_path / "gapped.tif", np.concatenate([frames[:6], frames[7:]]))  # frame 6 lost
+    restorer = Restorer(load_model(model), device="cpu")
+    restore_to_file(restorer, read_movie(gapped), tmp_path / "low.zarr", frames="low")
+    restore_to_file(restorer, read_movie(gapped), tmp_path / "low.tif", frames="low")
+    stored = zarr.open_group(str(tmp_path / "low.zarr"), mode="r").attrs["napari_pgsr"]["movie_frames"]
+    described = json.loads(read_movie(tmp_path / "low.tif").metadata["description"])["napari_pgsr"]["movie_frames"]
+    assert stored == described == "0-4 step 2, 7-9 step 2"

@@ -403,7 +403,7 @@ def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all
     ending .zarr) an OME-Zarr store that `resume` can continue and torchrun ranks can share; keeps the pixel
     size and never writes over the movie itself. Returns the number of frames this process wrote."""
     from .modelfile import FORMAT_VERSION
-    from .pairs import split_alternating
+    from .pairs import frame_runs, split_alternating
     from .streaming import restore_to_zarr, stream_to_tiff
     from .zarr_movie import is_zarr_path
 
@@ -418,6 +418,8 @@ def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all
     attributes = {"model": model_path.name if model_path else None, "model_format_version": FORMAT_VERSION,
                   "model_description": restorer.model.describe(), "model_fingerprint": restorer.model.fingerprint(),
                   "frames": frames, "frame_indices": _digest(indices),
+                  # which movie frame each restored frame is (after a left-out frame, frame i is not 2i)
+                  "movie_frames": frame_runs(indices),
                   "source": str(movie.path.resolve()) if movie.path else None,
                   "source_bytes": _size(movie.path), "source_mtime_ns": _mtime_ns(movie.path)}
     source = frames_named_on_error(movie.frames, movie.path)  # a damaged frame: named, not a codec traceback

@@ -307,3 +307,21 @@ def pairs_at(data, low_index, high_index, name: str | None = None, low_first: bo
     stack, source = _as_dask(data), frame_source(data)
     return Pairs(stack[low], stack[high], low_first, exposure_ratio(means, low, high, baseline), low, high, [],
                  baseline, source, source, name)
+
+
+def frame_runs(indices) -> str:
+    """Frame numbers as runs of one step: '0-38 step 2, 41-99 step 2' (a single frame stands alone)."""
+    values = [int(i) for i in indices]
+    runs, start = [], 0
+    while start < len(values):
+        end = start + 1
+        if end < len(values):
+            step = values[end] - values[start]
+            while end + 1 < len(values) and values[end + 1] - values[end] == step:
+                end += 1
+            end += 1
+        run = values[start:end]
+        runs.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" + (f" step {run[1] - run[0]}"
+                                                                                 if run[1] - run[0] != 1 else ""))
+        start = end
+    return ", ".join(runs)

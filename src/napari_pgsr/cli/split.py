@@ -33,7 +33,7 @@ def split_main(argv: list[str] | None = None) -> int:
 
         from ..atomic import atomic_paths
         from ..io import is_tiff_path, movie_stem, read_movie, write_movie
-        from ..pairs import split_alternating
+        from ..pairs import frame_runs, split_alternating
 
         if is_tiff_path(args.output) or args.output.is_file():
             raise BadInput(f"-o is the folder for the two movies, got {args.output}; they are named "
@@ -74,20 +74,3 @@ def split_main(argv: list[str] | None = None) -> int:
           f"{outputs['low']} and {outputs['high']}")
     return 0
 
-
-def frame_runs(indices) -> str:
-    """Frame numbers as runs of one step: '0-38 step 2, 41-99 step 2' (a single frame stands alone)."""
-    values = [int(i) for i in indices]
-    runs, start = [], 0
-    while start < len(values):
-        end = start + 1
-        if end < len(values):
-            step = values[end] - values[start]
-            while end + 1 < len(values) and values[end + 1] - values[end] == step:
-                end += 1
-            end += 1
-        run = values[start:end]
-        runs.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" + (f" step {run[1] - run[0]}"
-                                                                                 if run[1] - run[0] != 1 else ""))
-        start = end
-    return ", ".join(runs)
