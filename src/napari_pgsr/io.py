@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import uuid
 import warnings
@@ -138,6 +139,15 @@ def frame_source(data):
         return data.frames
     reader = _SOURCES.get(getattr(data, "name", None) or "") if isinstance(data, da.Array) else None
     return reader.frames if reader is not None else data
+
+
+def release_mapped_pages(source) -> None:
+    """Let go of the pages of a memory-mapped movie this process has touched: each stays in its resident
+    memory otherwise (reading every frame's mean of a 5,000-frame 1200² movie would count 14 GB). The
+    kernel keeps them in its page cache; a read-only mapping loses nothing."""
+    mapped = getattr(source, "_mmap", None) if isinstance(source, np.memmap) else None
+    if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def source_files(array) -> set[Path]:

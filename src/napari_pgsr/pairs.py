@@ -10,7 +10,7 @@ import dask.array as da
 import numpy as np
 from scipy import ndimage
 
-from .io import Movie, as_array, frame_source, lazy_frames
+from .io import Movie, as_array, frame_source, lazy_frames, release_mapped_pages
 
 MIN_RATIO = 1.3  # below this, low and high exposures cannot be told apart
 
@@ -74,10 +74,12 @@ def iter_frame_means(data, out: np.ndarray, name: str = "movie",
     n_frames, height, width = data.shape
     step = max(1, int(np.sqrt(height * width / max_samples)))
     chunk = 64
+    source = frame_source(data)
     for start in range(0, n_frames, chunk):
         block = data[start:start + chunk, ::step, ::step]
         block = as_array(block, np.float64)
         out[start:start + block.shape[0]] = block.mean(axis=(1, 2))
+        release_mapped_pages(source)  # a memory-mapped movie's pages read so far
         yield min(start + chunk, n_frames), n_frames
     bad = np.flatnonzero(~np.isfinite(out))
     if bad.size:
