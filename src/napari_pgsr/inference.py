@@ -12,12 +12,14 @@ import hashlib
 import json
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
 from .data import context_indices
+from . import devices
 from .devices import CompiledForward, autocast, available_memory, pick_device
 from .heap import reusing_freed_memory
 from .io import Movie, as_array, frames_named_on_error, register_derived, write_movie
@@ -55,6 +57,11 @@ class Restorer:
         self.model, self.device = model, pick_device(device)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "bf16" and self.device.type == "cpu" and not devices.cpu_has_native_bf16():
+            # (emulated bf16 ran 2.3x slower than fp32 on an AMD EPYC without it, and less exactly)
+            warnings.warn("bf16 asked for, but this CPU has no hardware bf16 (AMX, AVX512-BF16), where it is "
+                          "slower than fp32: restoring in fp32", RuntimeWarning, stacklevel=2)
+            precision = "fp32"
         self.precision = precision
         for name, value in (("tile", tile), ("batch", batch)):
             if value is not None and value < 1:  # (0 or -5 ran as a few-pixel tile: 200x slower, unsaid)
