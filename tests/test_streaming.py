@@ -423,3 +423,17 @@ def test_restored_low_frames_record_which_movie_frames_they_are(files, tmp_path)
     stored = zarr.open_group(str(tmp_path / "low.zarr"), mode="r").attrs["napari_pgsr"]["movie_frames"]
     described = json.loads(read_movie(tmp_path / "low.tif").metadata["description"])["napari_pgsr"]["movie_frames"]
     assert stored == described == "0-4 step 2, 7-9 step 2"
+
+
+def test_a_store_resumed_in_other_arithmetic_says_so(files, tmp_path, monkeypatch):
+    """Begun on a GPU (bf16), resumed on a CPU (fp32): the frames differed by up to 6 grey levels, unsaid."""
+    model, movie = files
+    restorer = Restorer(load_model(model), device="cpu")
+    restore_to_file(restorer, read_movie(movie), tmp_path / "r.zarr", should_stop=lambda: True)
+    assert zarr.open_group(str(tmp_path / "r.zarr"), mode="r").attrs["napari_pgsr"]["arithmetic"] == "fp32"
+    monkeypatch.setattr(Restorer, "arithmetic", property(lambda self: "bf16"))  # as on a GPU
+    with pytest.warns(RuntimeWarning, match=r"r.zarr: its frames so far were computed in fp32, these in bf16"):
+        restore_to_file(Restorer(load_model(model), device="cpu"), read_movie(movie), tmp_path / "r.zarr",
+                        resume=True)
+    stored = zarr.open_group(str(tmp_path / "r.zarr"), mode="r").attrs["napari_pgsr"]
+    assert stored["arithmetic"] == "fp32, then bf16" and stored["complete"]

@@ -182,6 +182,15 @@ class Restorer:
                                f"{height} x {width} frame uncovered")
         return (total / weight_sum)[:height, :width]
 
+    @property
+    def arithmetic(self) -> str:
+        """What the network computes in: 'fp32', 'bf16' or 'fp16' (auto on a GPU without bf16)."""
+        if self.precision == "bf16":
+            return "bf16"
+        if self.precision == "fp32" or self.device.type not in ("cuda", "mps"):
+            return "fp32"
+        return "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp16"
+
     def _precision(self):
         """auto: bf16 (or fp16) on GPUs, fp32 on CPUs; bf16: also on CPUs (fast with AMX, ~3 significant
         digits); fp32: never reduced."""
@@ -428,7 +437,8 @@ def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all
                   # which movie frame each restored frame is (after a left-out frame, frame i is not 2i)
                   "movie_frames": frame_runs(indices),
                   "source": str(movie.path.resolve()) if movie.path else None,
-                  "source_bytes": _size(movie.path), "source_mtime_ns": _mtime_ns(movie.path)}
+                  "source_bytes": _size(movie.path), "source_mtime_ns": _mtime_ns(movie.path),
+                  "arithmetic": restorer.arithmetic}
     source = frames_named_on_error(movie.frames, movie.path)  # a damaged frame: named, not a codec traceback
     attributes["source_frames"] = _frames_digest(source)
     if is_zarr_path(output):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import mmap
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -325,6 +326,17 @@ def _check_same_run(output, stored: dict, attributes: dict) -> None:
                          + "; resume with the same, or --overwrite to start again")
 
 
+def _arithmetic_resumed(output, stored: dict, attributes: dict) -> str | None:
+    """The store's record of what its frames were computed in once this run adds its own ('fp32, then bf16':
+    a run begun on a GPU, resumed on a CPU), warning of a change; None when nothing changes."""
+    before, now = stored.get("arithmetic"), attributes.get("arithmetic")
+    if before is None or now is None or before.split(", then ")[-1] == now:
+        return None
+    warnings.warn(f"{output}: its frames so far were computed in {before}, these in {now}: they differ in the last "
+                  "digits (bf16 keeps about three); --precision makes them alike", RuntimeWarning, stacklevel=4)
+    return f"{before}, then {now}"
+
+
 def restore_to_zarr(restorer, frames, indices: np.ndarray, output, pixel_size_um: float | None,
                     attributes: dict, overwrite: bool = False, resume: bool = False, protected: Sequence = (),
                     progress: Callable[[int, int], None] | None = None,
@@ -353,6 +365,9 @@ def restore_to_zarr(restorer, frames, indices: np.ndarray, output, pixel_size_um
     try:
         if resume:
             _check_same_run(output, writer.attributes, attributes)
+            mixed = _arithmetic_resumed(output, writer.attributes, attributes)
+            if mixed and rank == 0:
+                writer.group.attrs["napari_pgsr"] = {**writer.attributes, "arithmetic": mixed}
         done = writer.done()
         positions = [p for p in range(shape[0]) if p % world == rank and p not in done]
         written = stream_restore(restorer, frames, writer.write, indices, positions, progress=progress,
