@@ -437,3 +437,25 @@ def test_a_store_resumed_in_other_arithmetic_says_so(files, tmp_path, monkeypatc
                         resume=True)
     stored = zarr.open_group(str(tmp_path / "r.zarr"), mode="r").attrs["napari_pgsr"]
     assert stored["arithmetic"] == "fp32, then bf16" and stored["complete"]
+
+
+def test_a_movie_that_cannot_be_read_is_not_blamed_on_the_output(files, tmp_path, monkeypatch, capsys):
+    """A movie cut short under a run was reported as 'could not write out.zarr: ... the file was truncated'."""
+    from napari_pgsr.streaming import FileFrames, MovieReadError
+    model, movie = files
+    copy = tmp_path / "cut.tif"
+    shutil.copyfile(movie, copy)
+    frames = FileFrames.wrap(read_movie(copy).frames)
+    assert isinstance(frames, FileFrames)
+    os.truncate(copy, frames.offset + 11 * frames.frame_bytes + 100)  # into the last frame
+    with pytest.raises(MovieReadError, match=r"cut.tif ends inside frame 11: the file was truncated"):
+        frames[11]
+    frames.close()
+
+    def unreadable(*args, **kwargs):
+        raise MovieReadError("could not read frame 3 of movie.tif: Input/output error")
+
+    monkeypatch.setattr("napari_pgsr.inference.restore_to_file", unreadable)
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "out.zarr"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "error: could not read frame 3 of movie.tif: Input/output error" in err and "could not write" not in err

@@ -94,6 +94,10 @@ class ZarrMovieWriter:
         self._log.close()
 
 
+class MovieReadError(OSError):
+    """Reading the input movie failed (a truncated file, a lost network share): not the output's fault."""
+
+
 class FileFrames:
     """The frames of a memory-mapped movie, read with plain file reads. Every page of a memory map
     that is touched stays in the process's resident memory, so streaming a 5,000-frame 1200² movie through
@@ -126,12 +130,18 @@ class FileFrames:
         out = np.empty(self.shape[1:], self.dtype)
         view, done = memoryview(out).cast("B"), 0
         with self._lock:  # seek + read: portable (os.pread is not on Windows)
-            self._file.seek(self.offset + index * self.frame_bytes)
-            while done < self.frame_bytes:
-                read = self._file.readinto(view[done:])
-                if not read:
-                    raise OSError(f"{self._file.name} ends inside frame {index}: the file was truncated")
-                done += read
+            try:
+                self._file.seek(self.offset + index * self.frame_bytes)
+                while done < self.frame_bytes:
+                    read = self._file.readinto(view[done:])
+                    if not read:
+                        raise MovieReadError(f"{self._file.name} ends inside frame {index}: the file was truncated")
+                    done += read
+            except MovieReadError:
+                raise
+            except OSError as err:  # (a plain OSError here read as a failure to write the output)
+                raise MovieReadError(f"could not read frame {index} of {self._file.name}: "
+                                     f"{err.strerror or err}") from err
         return out
 
     def close(self) -> None:

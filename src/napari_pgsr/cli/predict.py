@@ -111,7 +111,13 @@ def predict_main(argv: list[str] | None = None) -> int:
         print(f"napari-pgsr-predict: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as err:  # a full disk, a lost network share: the input is never touched
-        print(f"napari-pgsr-predict: error: could not write {args.output}: {err.strerror or err}", file=sys.stderr)
+        from ..streaming import MovieReadError
+
+        if isinstance(err, MovieReadError):  # the input's fault, not the output's
+            print(f"napari-pgsr-predict: error: {err}", file=sys.stderr)
+        else:
+            print(f"napari-pgsr-predict: error: could not write {args.output}: {err.strerror or err}",
+                  file=sys.stderr)
         return 1
     finally:
         for signum, handler in previous.items():
