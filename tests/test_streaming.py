@@ -459,3 +459,21 @@ def test_a_movie_that_cannot_be_read_is_not_blamed_on_the_output(files, tmp_path
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "out.zarr"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "error: could not read frame 3 of movie.tif: Input/output error" in err and "could not write" not in err
+
+
+def test_a_movie_cut_short_after_opening_is_an_error_not_a_crash(files, tmp_path):
+    """The frames' digest read the last frame through the memory map: a bus error killed the process."""
+    model, movie = files
+    copy = tmp_path / "cut.tif"
+    shutil.copyfile(movie, copy)
+    script = (f"from napari_pgsr.inference import Restorer, restore_to_file\n"
+              f"from napari_pgsr.io import read_movie\nfrom napari_pgsr.modelfile import load_model\n"
+              f"from napari_pgsr.streaming import MovieReadError\nimport os\n"
+              f"movie = read_movie({str(copy)!r})\n"
+              f"os.truncate({str(copy)!r}, os.path.getsize({str(copy)!r}) // 2)\n"
+              f"try:\n    restore_to_file(Restorer(load_model({str(model)!r}), device='cpu'), movie, "
+              f"{str(tmp_path / 'out.zarr')!r})\n"
+              f"except MovieReadError as err:\n    print('refused:', err)\n")
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "refused:" in ran.stdout and "cut.tif ends inside frame" in ran.stdout

@@ -420,7 +420,7 @@ def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all
     size and never writes over the movie itself. Returns the number of frames this process wrote."""
     from .modelfile import FORMAT_VERSION
     from .pairs import frame_runs, split_alternating
-    from .streaming import restore_to_zarr, stream_to_tiff
+    from .streaming import FileFrames, restore_to_zarr, stream_to_tiff
     from .zarr_movie import is_zarr_path
 
     if frames not in ("all", "low"):
@@ -440,7 +440,12 @@ def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all
                   "source_bytes": _size(movie.path), "source_mtime_ns": _mtime_ns(movie.path),
                   "arithmetic": restorer.arithmetic}
     source = frames_named_on_error(movie.frames, movie.path)  # a damaged frame: named, not a codec traceback
-    attributes["source_frames"] = _frames_digest(source)
+    reader = FileFrames.wrap(source)  # (file reads: a movie cut short under a memory map killed the process)
+    try:
+        attributes["source_frames"] = _frames_digest(reader)
+    finally:
+        if reader is not source:
+            reader.close()
     if is_zarr_path(output):
         written, _ = restore_to_zarr(restorer, source, indices, output, movie.pixel_size_um, attributes,
                                      overwrite, resume, sources, progress, should_stop, rank, world, barrier)
