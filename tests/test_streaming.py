@@ -477,3 +477,16 @@ def test_a_movie_cut_short_after_opening_is_an_error_not_a_crash(files, tmp_path
     ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert "refused:" in ran.stdout and "cut.tif ends inside frame" in ran.stdout
+
+
+def test_a_second_ctrl_c_stops_with_a_word_not_a_traceback(files, tmp_path, monkeypatch, capsys):
+    model, movie = files
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("napari_pgsr.inference.restore_to_file", interrupted)
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "out.zarr"), "--quiet"]) == 130
+    assert "stopped at once; " in capsys.readouterr().err
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "out.tif"), "--quiet"]) == 130
+    assert "out.tif: it was not written" in capsys.readouterr().err

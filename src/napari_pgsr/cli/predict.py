@@ -107,6 +107,11 @@ def predict_main(argv: list[str] | None = None) -> int:
     except InterruptedError as err:
         print(f"napari-pgsr-predict: {err}", file=sys.stderr)
         return 128 + (interrupted[0] if interrupted else signal.SIGINT)
+    except KeyboardInterrupt:  # a second Ctrl-C: at once (it printed a traceback)
+        kept = ("the frames written so far are kept; --resume continues it" if args.output.suffix.lower() == ".zarr"
+                else "it was not written")
+        print(f"napari-pgsr-predict: stopped at once; {args.output}: {kept}", file=sys.stderr)
+        return 128 + signal.SIGINT
     except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"napari-pgsr-predict: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
