@@ -218,3 +218,13 @@ def test_frame_means_of_a_memory_mapped_movie_do_not_stay_resident(tmp_path):
     before = file_backed_mib()
     assert len(split_alternating(movie)) == 60
     assert file_backed_mib() - before < 20
+
+
+def test_pair_stacks_takes_movies_as_read(tmp_path):
+    """The README's pair_stacks(read_movie(low), read_movie(high)) failed: 'Movie' object has no attribute 'ndim'."""
+    from napari_pgsr.io import write_movie
+    sim = simulate_movie("beads", 20, (48, 48), seed=1)
+    low = write_movie(tmp_path / "b_low.tif", sim.movie[0::2])
+    high = write_movie(tmp_path / "b_high.tif", sim.movie[1::2])
+    pairs = pair_stacks(read_movie(low), read_movie(high))
+    assert len(pairs) == 10 and pairs.name == "b_low.tif+b_high.tif" and pairs.ratio == pytest.approx(10, rel=0.05)

@@ -273,8 +273,13 @@ def _two_stack_baseline(low, high, low_means: np.ndarray, n_pairs: int = 8) -> f
     return estimate_baseline(both, means, np.arange(n), np.arange(n, 2 * n))
 
 
-def pair_stacks(low, high, name: str = "stacks") -> Pairs:
-    """Pair frame i of a low-exposure stack with frame i of a separately recorded high-exposure stack."""
+def pair_stacks(low, high, name: str | None = None) -> Pairs:
+    """Pair frame i of a low-exposure stack with frame i of a separately recorded high-exposure stack (arrays
+    or `Movie`s; `name` defaults to the files' names)."""
+    if name is None:
+        names = [stack.path.name for stack in (low, high) if isinstance(stack, Movie) and stack.path]
+        name = "+".join(names) if len(names) == 2 else "stacks"
+    low, high = (stack.data if isinstance(stack, Movie) else stack for stack in (low, high))
     _check_movie(low, f"{name} (low)")
     _check_movie(high, f"{name} (high)")
     if tuple(low.shape) != tuple(high.shape):
