@@ -259,11 +259,14 @@ def test_measure_writes_one_table_over_low_and_high_frames(tmp_path, capsys):
     summary = pd.read_csv(tmp_path / "table_summary.csv")
     assert summary["image"].tolist() == ["low", "high"]
     out, err = capsys.readouterr()
-    assert "median_fwhm_nm" in out and "table_summary.csv" in out
+    assert "median_fwhm_nm" in out and "table_summary.csv" in out and "no camera calibration" not in out
     assert f"{2 * len(truth)}/{2 * len(truth)}" in err and "fit/s" in err  # the progress bar, on stderr
     assert "low: suggestions" in err and "high: profile" in err  # the steps after the fits are named
     assert cli.measure_main([*args, "-o", str(tmp_path / "quiet.csv"), "--quiet"]) == 0
     assert capsys.readouterr() == ("", "")  # no progress, and no summary either (it printed the summary)
+    # without a calibration, photons and precision read grey levels as photons: said (4 nm where 28-53 was right)
+    assert cli.measure_main([*args[:4], "-o", str(tmp_path / "uncalibrated.csv")]) == 0
+    assert "note: no camera calibration given" in capsys.readouterr().out
     # existing output, output over an input, images of different shapes: exit 2, inputs untouched
     assert cli.measure_main(args) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err

@@ -150,6 +150,9 @@ def measure_main(argv: list[str] | None = None) -> int:
         print(f"note: {report.note}")
     if pixel_size is None:
         print("note: no pixel size in the file or on the command line: nm columns are empty (--pixel-size-nm)")
+    if args.baseline_adu == 0.0 and args.electrons_per_adu == 1.0:  # (precision 4 nm where 28-53 was right)
+        print("note: no camera calibration given: photons and precision read grey levels as photons above 0; "
+              "give --baseline-adu and --electrons-per-adu (photoelectrons per grey level, before EM gain)")
     columns = ["image", "spots", "fitted", "median_fwhm_nm", "median_snr", "median_sbr", "suggested_f1"]
     print(report.summary.reindex(columns=columns).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"wrote {args.output} ({len(report.table)} rows), {summary_path}" + (f", {plots_path}" if args.plots else ""))
