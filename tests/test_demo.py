@@ -78,3 +78,27 @@ def test_demo_resumes_an_interrupted_training_and_restores_with_the_finished_mod
     assert restored.stat().st_mtime_ns > before
     assert demo.main([*args[:4], "32", *args[5:]]) == 0  # another size: the kept sample is said to differ
     assert "(20 frames of 64x64 px: --frames and --size apply to a new --output folder)" in capsys.readouterr().out
+
+
+def test_ctrl_c_during_the_demos_training_saves_the_model_and_says_how_to_go_on(tmp_path, capsys, monkeypatch):
+    """It ended in a 30-line KeyboardInterrupt traceback from inside the optimiser."""
+    import os
+    import signal
+
+    from napari_pgsr.modelfile import load_model
+
+    args = ["--no-viewer", "--frames", "20", "--size", "64", "--output", str(tmp_path), "--steps", "8",
+            "--width", "4"]
+    say = demo.say
+
+    def ctrl_c_at_step_2(message: str) -> None:
+        say(message)
+        if "step 2:" in message:
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(demo, "say", ctrl_c_at_step_2)
+    assert demo.main(args) == 130
+    out = capsys.readouterr().out
+    state = load_model(tmp_path / "ap2_sample_unet.pgsr").training_state
+    assert state["reason"] == "stopped" and 2 <= state["step"] < 8
+    assert f"stopped at step {state['step']}; the model is saved in" in out and "run the demo again to resume" in out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C is Python's own again

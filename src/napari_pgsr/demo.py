@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -40,6 +41,10 @@ def prepare_sample(kind: str, n_frames: int, size: int, folder: Path) -> Path:
     say(f"simulated {kind} movie: {n_frames} frames of {size}x{size} px, {sim.pixel_size_um * 1000:.0f} nm "
         f"pixels, 10/100 ms alternating -> {path} ({time.perf_counter() - start:.1f} s)")
     return path
+
+
+class DemoStopped(Exception):
+    """Ctrl-C during the demo's training: the model is saved and a rerun resumes it."""
 
 
 def train_and_restore(movie, pairs, folder: Path, steps: int, width: int) -> tuple[Path, Path]:
@@ -79,7 +84,22 @@ def train_and_restore(movie, pairs, folder: Path, steps: int, width: int) -> tup
         start = time.perf_counter()
         if unfinished:
             say(f"resuming the unfinished training in {model_path} at step {state['step']} (width {width})")
-        train(config, [pairs], model_path, resume=model_path if unfinished else None, progress=report)
+        interrupted: list[int] = []
+
+        def on_interrupt(signum, frame) -> None:  # Ctrl-C: save at the next step (it printed a traceback)
+            interrupted.append(signum)
+            signal.signal(signal.SIGINT, previous)  # a second one stops at once
+            say("stopping after this step; the model will be saved (Ctrl-C again to abort)")
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+        try:
+            result = train(config, [pairs], model_path, resume=model_path if unfinished else None, progress=report,
+                           should_stop=lambda: bool(interrupted))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if result.reason == "stopped":
+            raise DemoStopped(f"stopped at step {result.step}; the model is saved in {model_path}: run the demo "
+                              "again to resume")
         say(f"model written to {model_path} ({time.perf_counter() - start:.0f} s)")
     restored = folder / f"{pairs.name.removesuffix('.tif')}_restored.tif"
     if restored.exists() and restored.stat().st_mtime_ns > model_path.stat().st_mtime_ns:
@@ -185,8 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     info = pairs.summary()
     say(f"exposure pairs: {'low' if pairs.low_first else 'high'} exposure first, ratio {pairs.ratio:.2f}x, "
         f"{info['pairs']} pairs, frames left out: {info['dropped_frames'] or 'none'}")
-    model, restored = (None, None) if args.no_training else train_and_restore(movie, pairs, folder, args.steps,
-                                                                              args.width)
+    try:
+        model, restored = (None, None) if args.no_training else train_and_restore(movie, pairs, folder, args.steps,
+                                                                                  args.width)
+    except DemoStopped as stopped:
+        say(str(stopped))
+        return 128 + signal.SIGINT
     if args.no_viewer:
         return 0
     if headless and not os.environ.get("DISPLAY"):
