@@ -154,6 +154,9 @@ def test_predict_restores_a_single_snapshot_and_a_ctrl_c_in_the_last_frames_is_n
     monkeypatch.setattr(inference, "restore_to_file", restoring(10, 24))
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "b.zarr")]) == 130
     assert "stopped after 10 frames; " in capsys.readouterr().err
+    monkeypatch.setattr(inference, "restore_to_file", restoring(14, 14))  # the rest, resumed: said to be more
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "b.zarr"), "--resume"]) == 0
+    assert "restored 14 more frames of" in capsys.readouterr().out
     # a batch system's SIGTERM stops the same way (it killed the process, leaving a temporary file)
     monkeypatch.setattr(inference, "restore_to_file", restoring(10, 24, signal.SIGTERM))
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "t.zarr")]) == 128 + signal.SIGTERM

@@ -133,5 +133,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     if not args.quiet and rank == 0:
         # under torchrun, `restored` counts this process's share only
         count = f"{restored} frames" if world == 1 else f"the frames ({restored} in this process of {world})"
+        if args.resume:  # (the earlier runs' frames are in the store too)
+            count = f"{restored} more frames" if world == 1 else f"the remaining {count.removeprefix('the ')}"
         print(f"restored {count} of {args.movie} with {args.model.name} -> {args.output}")
     return 0
