@@ -86,11 +86,13 @@ def best_threshold(frames: list[np.ndarray], truth_spots: list) -> float:
 def spot_scores(image: np.ndarray, truth_yx: np.ndarray, photons: np.ndarray, threshold: float) -> dict:
     """F1 counts, matched localisation errors and fitted sigmas of one frame."""
     found = suggest_spots(image, sigma=1.0, threshold=threshold, exclude_border=4)
-    # a fit whose width sits at a bound still locates the spot; the recorded tables counted such fits too
-    fits = [f for f in fit_spots(image, found, radius=3, sigma_guess=1.0) if f.flag in ("", "width at limit", "centre at limit")]
-    fitted = np.array([[f.y, f.x] for f in fits]).reshape(-1, 2)
+    # every detection counts: a fit that did not converge stays at its detected pixel (dropping such fits left
+    # 18% of raw low AP2's detections out of the false positives: precision 0.205 where it is 0.170)
+    fits = fit_spots(image, found, radius=3, sigma_guess=1.0)
+    refined = [f.flag in ("", "width at limit", "centre at limit") for f in fits]
+    fitted = np.array([[f.y, f.x] if ok else spot for f, ok, spot in zip(fits, refined, found)]).reshape(-1, 2)
     match = compare_to_labels(fitted, truth_yx, tolerance_px=2.0, ignore=photons < MIN_PHOTONS)
-    sigmas = np.array([fits[i].sigma_px for i in match.pairs[:, 0]]) if len(match.pairs) else np.empty(0)
+    sigmas = np.array([fits[i].sigma_px for i in match.pairs[:, 0] if refined[i]]) if len(match.pairs) else np.empty(0)
     return {"tp": match.true_positives, "fp": match.false_positives, "fn": match.false_negatives,
             "errors": match.distances, "sigmas": sigmas, "positions": fitted[match.pairs[:, 0]],
             "by_spot": dict(zip(match.pairs[:, 1].tolist(), match.distances.tolist()))}
@@ -105,9 +107,25 @@ def lattice_lock(positions: np.ndarray, period: float) -> float:
     return float(np.abs(np.exp(2j * np.pi * np.asarray(positions) / period).mean(axis=0)).max())
 
 
-def evaluate(name: str, frames: list[np.ndarray], truth_images: list[np.ndarray], truth_spots: list) -> dict:
+ISOLATED_PX = 4.0  # a true spot with no other within 4 px: a fit cannot land between two of them
+
+
+def isolated_spots(yx: np.ndarray) -> set[int]:
+    """Indices of the true spots with no other true spot (of any brightness) within `ISOLATED_PX`."""
+    if len(yx) < 2:
+        return set(range(len(yx)))
+    distances = np.hypot(*(yx[:, None, :] - yx[None, :, :]).transpose(2, 0, 1))
+    np.fill_diagonal(distances, np.inf)
+    return set(np.flatnonzero(distances.min(axis=1) > ISOLATED_PX).tolist())
+
+
+def evaluate(name: str, frames: list[np.ndarray], truth_images: list[np.ndarray], truth_spots: list,
+             threshold: float | None = None) -> dict:
+    """Scores of one method; `threshold`: the detection threshold, chosen elsewhere (on validation frames),
+    else the one with the best F1 on these frames (an upper bound no user could reach)."""
     psnr, ssim, tp, fp, fn, errors, sigmas, by_spot, positions = [], [], 0, 0, 0, [], [], {}, []
-    threshold = best_threshold(frames, truth_spots)
+    threshold = best_threshold(frames, truth_spots) if threshold is None else threshold
+    isolated = []
     for index, (image, truth, (yx, photons)) in enumerate(zip(frames, truth_images, truth_spots)):
         gt, fitted = care_normalised(truth, image)
         psnr.append(peak_signal_noise_ratio(gt, fitted, data_range=1.0))
@@ -118,10 +136,13 @@ def evaluate(name: str, frames: list[np.ndarray], truth_images: list[np.ndarray]
         sigmas.append(scores["sigmas"])
         positions.append(scores["positions"])
         by_spot.update({(index, spot): error for spot, error in scores["by_spot"].items()})
+        alone = isolated_spots(yx)
+        isolated += [error for spot, error in scores["by_spot"].items() if spot in alone]
     errors, sigmas = np.concatenate(errors), np.concatenate(sigmas)
     return {"method": name, "psnr": np.mean(psnr), "ssim": np.mean(ssim),
             "f1": 2 * tp / max(2 * tp + fp + fn, 1), "precision": tp / max(tp + fp, 1),
             "rmse_nm": PIXEL_NM * np.sqrt(np.mean(errors**2)),
+            "rmse_isolated_nm": PIXEL_NM * float(np.sqrt(np.mean(np.square(isolated)))) if isolated else float("nan"),
             "sigma_nm": PIXEL_NM * np.median(sigmas) if sigmas.size else float("nan"), "threshold": threshold,
             "errors_by_spot": by_spot, "lock_2px": lattice_lock(np.concatenate(positions), 2.0)}
 
@@ -149,14 +170,14 @@ def scene_with(kind: str, spot_rate: float | None = None, diffusion: float | Non
 
 
 def test_sets(frames: int, size: int, spot_rate: float | None = None, diffusion: float | None = None,
-              blinking: tuple[float, float] | None = None) -> dict:
+              blinking: tuple[float, float] | None = None, first_seed: int = 1000) -> dict:
     """Held-out movies per kind with their truth (seeds never used for training); `spot_rate` (photons/s)
     replaces every kind's spot brightness, `diffusion` (um^2/s) every kind's diffusion, `blinking` the
     single molecules' on and off rates (per s)."""
     sets = {}
     for number, kind in enumerate(KINDS):
         scene = scene_with(kind, spot_rate, diffusion, blinking)
-        sim = simulate_movie(kind, frames, (size, size), seed=1000 + number, scene=scene)
+        sim = simulate_movie(kind, frames, (size, size), seed=first_seed + number, scene=scene)
         pairs = split_alternating(sim.movie, name=kind)
         # photons as a 100 ms exposure of that instant would collect them (the 300-photon cut applies to that)
         to_high = sim.exposures_s.max() / sim.exposures_s
