@@ -40,18 +40,31 @@ def test_demo_headless_viewer_docks_widget_and_saves_screenshot(tmp_path, capsys
     assert shot.stat().st_size > 10_000
 
 
+def _core_args(folder, steps: int) -> list[str]:
+    return ["--no-viewer", "--frames", "20", "--size", "64", "--output", str(folder), "--steps", str(steps),
+            "--width", "4"]
+
+
+def _on_message(monkeypatch, text: str, action):
+    """Run `action` (a Ctrl-C, say) once the demo has said something containing `text`; returns the real say."""
+    say = demo.say
+
+    def hooked(message: str) -> None:
+        say(message)
+        if text in message:
+            action()
+    monkeypatch.setattr(demo, "say", hooked)
+    return say
+
+
 def test_demo_resumes_an_interrupted_training_and_restores_with_the_finished_model(tmp_path, capsys, monkeypatch):
     from napari_pgsr.modelfile import load_model
 
-    args = ["--no-viewer", "--frames", "20", "--size", "64", "--output", str(tmp_path), "--steps", "4",
-            "--width", "4"]
-    say = demo.say
+    args = _core_args(tmp_path, steps=4)
 
-    def interrupt_at_step_3(message: str) -> None:
-        say(message)
-        if "step 3:" in message:
-            raise KeyboardInterrupt  # Ctrl-C after the checkpoint of step 2
-    monkeypatch.setattr(demo, "say", interrupt_at_step_3)
+    def second_ctrl_c():
+        raise KeyboardInterrupt  # at once, after the checkpoint of step 2
+    say = _on_message(monkeypatch, "step 3:", second_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         demo.main(args)
     model_path = tmp_path / "ap2_sample_unet.pgsr"
@@ -87,15 +100,8 @@ def test_ctrl_c_during_the_demos_training_saves_the_model_and_says_how_to_go_on(
 
     from napari_pgsr.modelfile import load_model
 
-    args = ["--no-viewer", "--frames", "20", "--size", "64", "--output", str(tmp_path), "--steps", "8",
-            "--width", "4"]
-    say = demo.say
-
-    def ctrl_c_at_step_2(message: str) -> None:
-        say(message)
-        if "step 2:" in message:
-            os.kill(os.getpid(), signal.SIGINT)
-    monkeypatch.setattr(demo, "say", ctrl_c_at_step_2)
+    args = _core_args(tmp_path, steps=8)
+    _on_message(monkeypatch, "step 2:", lambda: os.kill(os.getpid(), signal.SIGINT))
     before = signal.getsignal(signal.SIGINT)  # (ignored in a background job, as CI runs it)
     assert demo.main(args) == 130
     out = capsys.readouterr().out
