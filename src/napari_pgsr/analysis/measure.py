@@ -16,7 +16,7 @@ from .fit import SpotFit, fit_spot
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 UNLABELLED_SPOT_SDS = 5.0  # a smoothed blob this far above the background is a spot nobody labelled
-OWN_LIGHT_OF_NOISE = 0.25
+OWN_LIGHT_OF_NOISE = 0.25  # ring pixels where the spot's own light is under a quarter of the noise
 NO_SIGNAL_SNR = 3.0  # a fitted peak below 3 background SDs is what noise alone gives in a 7 x 7 window
 
 COLUMNS = ["point", "frame", "y", "x", "sigma_px", "fwhm_px", "sigma_nm", "fwhm_nm", "amplitude", "peak",
@@ -142,8 +142,9 @@ def mortensen_mle_precision(sigma_px, photons, background_photons, excess_noise:
 def background_sd(frame: np.ndarray, fit: SpotFit, radius: int, others: np.ndarray) -> float:
     """Standard deviation of the background around a fitted spot: the ring of pixels between `radius` + 0.5
     and `radius` + 3.5 px from it, once the fitted spot (whose tail reaches into the ring) is subtracted,
-    leaving out pixels within `radius` of other points and unlabelled spots (blobs above
-    `UNLABELLED_SPOT_SDS` robust SDs once the residual is smoothed by the spot's width).
+    leaving out pixels within `radius` of other points, unlabelled spots (blobs above `UNLABELLED_SPOT_SDS`
+    robust SDs once the residual is smoothed by the spot's width) and, around a bright spot, the pixels its
+    own light (and shot noise) still reaches (`OWN_LIGHT_OF_NOISE`).
 
     A plain SD, not a robust one (1.4826 x MAD): a dim EMCCD background is mostly read noise with an
     EM-gain tail that the MAD does not see (at 0.5 photons/px it read 5.9 ADU where the SD is 10.3)."""
@@ -241,9 +242,9 @@ def measure_spots(image, points, pixel_size_nm: float | None = None, radius: int
     SNR = peak / background_sd (the SD of a ring of pixels around the spot, other spots left out:
     `background_sd`);
     SBR = peak / (background - camera baseline), napari-psf-analysis's signal-to-background. `flag` is ''
-    for a usable fit, else 'outside image', 'no convergence', 'edge', 'centre at limit' (the fitted centre on the window's edge:
-    the label lies beside a spot), 'width at limit' (sigma at its bound, 0.15 px
-    or `radius`: a noise spike or no spot), 'saturated' (a pixel within `radius` at the camera's clipping level,
+    for a usable fit, else 'outside image', 'no convergence', 'edge', 'centre at limit' (the fitted centre on
+    the window's edge: the label lies beside a spot), 'width at limit' (sigma at its bound, 0.15 px or
+    `radius`: a noise spike or no spot), 'saturated' (a pixel within `radius` at the camera's clipping level,
     `CameraCalibration.saturation`: the fit widens a flat top), 'no signal' (SNR below 3), 'fit failed:
     ...' and/or 'overlap' (another point within radius + 2 sigma). Without `pixel_size_nm`
     the nm columns are NaN.
