@@ -39,7 +39,8 @@ def false_spots(frames: list[np.ndarray], low_truth: list, high_truth: list) -> 
               "beside a matched molecule": 0, "invented": [], "true widths": []}
     for index, (image, (yx, photons), (high_yx, high_photons)) in enumerate(zip(frames, low_truth, high_truth)):
         found = suggest_spots(image, sigma=1.0, threshold=threshold, exclude_border=4)
-        fits = [f for f in fit_spots(image, found, radius=3, sigma_guess=1.0) if f.flag in ("", "width at limit", "centre at limit")]
+        fits = [f for f in fit_spots(image, found, radius=3, sigma_guess=1.0)
+                if f.flag in ("", "width at limit", "centre at limit")]
         fitted = np.array([[f.y, f.x] for f in fits]).reshape(-1, 2)
         match = compare_to_labels(fitted, yx, tolerance_px=TOLERANCE_PX, ignore=photons < MIN_PHOTONS)
         counts["true"] += match.true_positives

@@ -100,7 +100,8 @@ def mean_offset_nm(frames: list[np.ndarray], truth_spots: list) -> tuple[float, 
     offsets = []
     for image, (yx, photons) in zip(frames, truth_spots):
         found = suggest_spots(image, sigma=1.0, threshold=threshold, exclude_border=4)
-        fits = [f for f in fit_spots(image, found, radius=3, sigma_guess=1.0) if f.flag in ("", "width at limit", "centre at limit")]
+        fits = [f for f in fit_spots(image, found, radius=3, sigma_guess=1.0)
+                if f.flag in ("", "width at limit", "centre at limit")]
         fitted = np.array([[f.y, f.x] for f in fits]).reshape(-1, 2)
         match = compare_to_labels(fitted, yx, tolerance_px=2.0, ignore=photons < MIN_PHOTONS)
         if len(match.pairs):

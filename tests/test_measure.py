@@ -99,7 +99,8 @@ def test_border_overlapping_and_outside_points_are_flagged_not_crashed_on():
     assert sum(flag != "" for flag in flags) >= 14 and any("no signal" in flag for flag in flags)
     # a label 4-6 px beside a spot: the fit's centre runs to the window's edge, towards the spot's tail
     beside = pd.concat([measure_spots(image, [[30, x]]) for x in (34, 35, 36)])
-    assert beside["flag"].tolist() == ["centre at limit"] * 3 and beside["x"].tolist() == pytest.approx([30.5, 31.5, 32.5])
+    assert beside["flag"].tolist() == ["centre at limit"] * 3
+    assert beside["x"].tolist() == pytest.approx([30.5, 31.5, 32.5])
     # inside pixel 0 is inside; NaN coordinates are refused by name
     assert measure_spots(image, [[-0.3, 20]])["flag"][0] != "outside image"
     with pytest.raises(ValueError, match=r"point 1 has a coordinate that is not a number"):
