@@ -67,15 +67,14 @@ def movie_low_frames(data, count: int, *, alternating: bool | None, name: str,
     pairs when it alternates (`low_first` None: detected), else its first frames (a movie of low-exposure
     frames, or one frame). `alternating` None: whichever the movie is (an alternating movie's first frames
     gave a context model low, high, low as its neighbours)."""
-    from .pairs import split_alternating
+    from .pairs import NoAlternation, split_alternating
 
     shape = tuple(data.shape)
     if alternating is None and len(shape) == 3 and shape[0] >= 4:
         try:
             return low_frames(split_alternating(data, low_first=low_first, name=name), count)
-        except ValueError as err:
-            if "no alternating exposure" not in str(err) and "no low/high frame pairs" not in str(err):
-                raise
+        except NoAlternation:
+            pass  # a movie of low frames: its first frames
     elif alternating:
         return low_frames(split_alternating(data, low_first=low_first, name=name), count)
     frames = getattr(data, "frames", data)  # (a Movie reads frames from its file)

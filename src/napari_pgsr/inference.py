@@ -382,7 +382,7 @@ def _alternates(movie) -> bool:
 
     try:
         split_alternating(movie)
-    except ValueError:
+    except ValueError:  # (not alternating, or frames it cannot judge: NaN frames of an unfinished restoration)
         return False
     return True
 

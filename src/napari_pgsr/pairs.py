@@ -15,6 +15,10 @@ from .io import Movie, as_array, frame_source, lazy_frames, release_mapped_pages
 MIN_RATIO = 1.3  # below this, low and high exposures cannot be told apart
 
 
+class NoAlternation(ValueError):
+    """The movie's frames do not alternate between two exposures (a movie of one exposure, say)."""
+
+
 @dataclass
 class Pairs:
     """Frame-aligned low/high exposure pairs taken from one movie (or from two stacks)."""
@@ -239,7 +243,7 @@ def pairs_from_means(data, means: np.ndarray, low_first: bool | None = None, nam
                                         key=lambda reading: len(reading[1]))
     low, high = np.array(low, int), np.array(high, int)
     if low.size == 0:
-        raise ValueError(f"{name}: no low/high frame pairs found in {data.shape[0]} frames")
+        raise NoAlternation(f"{name}: no low/high frame pairs found in {data.shape[0]} frames")
     baseline = estimate_baseline(data, means, low, high)
     odd = odd_frames(means, low, high, baseline)
     if odd.size:  # a dark frame (the laser did not fire) or a stray bright one: its pair is left out
@@ -257,7 +261,7 @@ def pairs_from_means(data, means: np.ndarray, low_first: bool | None = None, nam
                       "in one stack rather than two exposures? Training needs pairs of the same field",
                       stacklevel=2)
     if ratio < MIN_RATIO:
-        raise ValueError(f"{name}: no alternating exposure detected: the bright/dim frame intensity ratio is "
+        raise NoAlternation(f"{name}: no alternating exposure detected: the bright/dim frame intensity ratio is "
                          f"{ratio:.2f} (above a camera baseline of {baseline:.1f}); expected at least "
                          f"{MIN_RATIO} for alternating low/high exposures")
     stack, source = _as_dask(data), frame_source(data)
