@@ -49,6 +49,7 @@ class DemoStopped(Exception):
 
 def train_and_restore(movie, pairs, folder: Path, steps: int, width: int) -> tuple[Path, Path]:
     """Train a U-Net on the sample's pairs (kept for re-runs) and restore the movie's low frames to a TIFF."""
+    from .cli.common import first_ctrl_c_stops
     from .inference import Restorer, restore_to_file
     from .modelfile import load_model
     from .training.config import TrainConfig
@@ -84,19 +85,9 @@ def train_and_restore(movie, pairs, folder: Path, steps: int, width: int) -> tup
         start = time.perf_counter()
         if unfinished:
             say(f"resuming the unfinished training in {model_path} at step {state['step']} (width {width})")
-        interrupted: list[int] = []
-
-        def on_interrupt(signum, frame) -> None:  # Ctrl-C: save at the next step (it printed a traceback)
-            interrupted.append(signum)
-            signal.signal(signal.SIGINT, previous)  # a second one stops at once
-            say("stopping after this step; the model will be saved (Ctrl-C again to abort)")
-
-        previous = signal.signal(signal.SIGINT, on_interrupt)
-        try:
+        with first_ctrl_c_stops(lambda message: say(message)) as stopping:  # (it printed a traceback)
             result = train(config, [pairs], model_path, resume=model_path if unfinished else None, progress=report,
-                           should_stop=lambda: bool(interrupted))
-        finally:
-            signal.signal(signal.SIGINT, previous)
+                           should_stop=stopping)
         if result.reason == "stopped":
             raise DemoStopped(f"stopped at step {result.step}; the model is saved in {model_path}: run the demo "
                               "again to resume")

@@ -1,4 +1,8 @@
-"""What the console scripts share: how a user's mistake is reported."""
+"""What the console scripts share: how a user's mistake is reported, and what Ctrl-C does."""
+
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 EXIT_BAD_INPUT = 2
 
@@ -16,3 +20,21 @@ def add_phase_flags(parser) -> None:
 
 class BadInput(Exception):
     """Raised for user errors: reported as one line, exit code 2."""
+
+
+@contextmanager
+def first_ctrl_c_stops(tell: Callable[[str], None]) -> Iterator[Callable[[], bool]]:
+    """Within the block, the first Ctrl-C asks the training to stop after its step and save (the block gets
+    the `should_stop` to pass on); a second one stops at once, as Ctrl-C did before the block."""
+    interrupted: list[int] = []
+
+    def on_interrupt(signum, frame) -> None:
+        interrupted.append(signum)
+        signal.signal(signal.SIGINT, previous)
+        tell("stopping after this step; the model will be saved (Ctrl-C again to abort)")
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield lambda: bool(interrupted)
+    finally:
+        signal.signal(signal.SIGINT, previous)

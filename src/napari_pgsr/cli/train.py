@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags
+from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags, first_ctrl_c_stops
 
 
 def _field_type(annotation) -> type:
@@ -230,21 +229,13 @@ def train_main(argv: list[str] | None = None) -> int:
                 config.save(args.write_config)
             show(event)
 
-        interrupted = []
-
-        def on_interrupt(signum, frame) -> None:  # first Ctrl-C: stop after this step and save
-            interrupted.append(signum)
-            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
-            print("\nstopping after this step; the model will be saved (Ctrl-C again to abort)", file=sys.stderr)
-
-        previous = signal.signal(signal.SIGINT, on_interrupt)
         try:
-            result = train(config, pairs, args.out, validation=validation, resume=args.resume, progress=update,
-                           should_stop=lambda: bool(interrupted), files=files)
+            with first_ctrl_c_stops(lambda message: print(f"\n{message}", file=sys.stderr)) as stopping:
+                result = train(config, pairs, args.out, validation=validation, resume=args.resume, progress=update,
+                               should_stop=stopping, files=files)
             if result.note and int(os.environ.get("RANK", "0")) == 0:  # (also with --quiet)
                 print(f"napari-pgsr-train: warning: {result.note}", file=sys.stderr)
         finally:
-            signal.signal(signal.SIGINT, previous)
             close()
             import torch.distributed as dist
 
