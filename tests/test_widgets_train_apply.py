@@ -2,6 +2,7 @@
 
 import gc
 import io
+import threading
 import time
 import zipfile
 
@@ -158,8 +159,18 @@ def test_resume_keeps_the_stored_settings_and_train_does_not_replace_a_model(vie
     widget.train_button.clicked.emit()
     assert errors[-1] == f"Train: {model} exists: Resume continues it; to train a new model, choose another model file"
     assert model.read_bytes() == before and widget.status.state is RunState.IDLE
+    from napari_pgsr import modelfile
+
+    loaded_on = []  # a large model file takes seconds to load: the worker reads it, not the GUI thread
+
+    def recording_load(*args, **kwargs):
+        loaded_on.append(threading.current_thread() is threading.main_thread())
+        return load_model(*args, **kwargs)
+
+    monkeypatch.setattr(modelfile, "load_model", recording_load)
     widget.resume_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.status.state is RunState.DONE, timeout=60_000)
+    assert loaded_on and not any(loaded_on)
     resumed = load_model(model)
     assert resumed.metadata["history"]["step"] == 5 and resumed.metadata["config"]["lr"] == 1e-3
     assert widget.plot.points["training"][0] == [1, 2, 3, 4, 5]  # the stored curve, continued (it was cleared)
@@ -177,6 +188,18 @@ def test_resume_keeps_the_stored_settings_and_train_does_not_replace_a_model(vie
     assert not widget.offset.enabled and not widget.config().offset_enabled
     widget.loss.value = "mae"
     assert widget.offset.enabled and widget.config().offset_enabled
+
+
+def test_resuming_a_file_that_is_no_model_says_so(viewer_with_pairs, qtbot, tmp_path, errors):
+    widget = _train_widget(viewer_with_pairs, tmp_path, steps=5)
+    (tmp_path / "gui.pgsr").write_bytes(b"not a model")
+    with qtbot.capture_exceptions() as raised:  # (a worker's error also reaches pytest-qt's exception hook)
+        widget.resume_button.clicked.emit()
+        qtbot.waitUntil(lambda: widget.status.state is RunState.FAILED, timeout=60_000)
+    assert [type(error) for _, error, _ in raised] == [ValueError]
+    assert errors[-1].startswith(f"Train: {tmp_path / 'gui.pgsr'} is not a readable napari-pgsr model file")
+    assert widget.train_button.enabled and widget.resume_button.enabled and not widget.stop_button.enabled
+    assert (tmp_path / "gui.pgsr").read_bytes() == b"not a model"
 
 
 def test_the_preview_shows_a_validation_pair(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,30 @@ import numpy as np
 from ..data import context_indices, split_refs
 from ..io import read_movie
 from ..pairs import Pairs, pair_stacks, pairs_at
-from ..training.config import TrainConfig
+from ..training.config import TrainConfig, as_trained
+
+
+@dataclass
+class ResumedSettings:
+    """What the worker read from the model file it resumes: the settings kept, and the curves so far."""
+
+    path: Path
+    config: TrainConfig
+    history: dict
+
+
+def resumed_settings(path: Path, chosen: TrainConfig) -> ResumedSettings:
+    """The settings `path` was trained with, with the length of training, the device and bf16 of `chosen`
+    (the widget's): a resumed run keeps the rest."""
+    from ..modelfile import load_model
+
+    model = load_model(path)
+    stored = as_trained(model.metadata.get("config") or {})
+    if not stored:
+        raise ValueError(f"{path} holds no training settings to resume with")
+    config = TrainConfig.from_dict({**stored, "steps": chosen.steps, "minutes": chosen.minutes,
+                                    "device": chosen.device, "cpu_bf16": chosen.cpu_bf16})
+    return ResumedSettings(path, config, model.metadata.get("history") or {})
 
 
 def pairs_from_layers(low_layer, high_layer) -> Pairs:
@@ -31,12 +55,18 @@ def pairs_from_layers(low_layer, high_layer) -> Pairs:
 
 def training_job(config: TrainConfig, make_pairs: Callable[[], list[Pairs]], output: Path, resume: Path | None,
                  stop: threading.Event, preview_every: int):
-    """Worker body: the pairs made (their exposure check reads every frame: not on the GUI thread), then the
-    core training generator, stopped cooperatively through `stop`."""
+    """Worker body: when resuming, the stored settings (yielded as ResumedSettings: loading a large model takes
+    seconds, not for the GUI thread), then the pairs made (their exposure check reads every frame), then the
+    core training generator, stopped cooperatively through `stop`. Resuming, `config` gives only the length
+    of training, the device and bf16."""
     import torch
 
     from ..training.loop import iter_training
 
+    if resume is not None:
+        settings = resumed_settings(resume, config)
+        yield settings
+        config = settings.config
     pairs = make_pairs()
     preview = preview_frames(pairs, config) if preview_every else None
     threads = torch.get_num_threads()

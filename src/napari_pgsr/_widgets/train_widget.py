@@ -20,11 +20,11 @@ from ..devices import cpu_has_native_bf16
 from ..io import read_movie
 from ..models import DISPLAY_NAMES
 from ..pairs import Pairs, split_alternating
-from ..training.config import GAN_MODES, LOSSES, NOISE_SHAPES, TrainConfig, as_trained
+from ..training.config import GAN_MODES, LOSSES, NOISE_SHAPES, TrainConfig
 from ..training.events import EventKind, TrainingEvent
 from ..training.recipes import RECIPE_SCOPES, RECIPES, recipe_values
 from ._loss_plot import LossPlot
-from ._train_jobs import pairs_from_layers, training_job
+from ._train_jobs import ResumedSettings, pairs_from_layers, training_job
 from ._workers import in_own_thread, start
 
 
@@ -270,20 +270,17 @@ class TrainWidget(Container):
                               "cpu_bf16": self.cpu_bf16.value and self.cpu_bf16.enabled,
                               "validation_every": max(1, min(100, self.steps.value // 10)), **gan})
 
-    def resumed_config(self, path: Path) -> TrainConfig:
-        """The settings `path` was trained with, which a resumed run keeps (the widgets are set to show them),
-        with the length of training, the device and bf16 chosen here."""
-        from ..modelfile import load_model
-
-        model = load_model(path)
-        self._resumed_history = model.metadata.get("history") or {}
-        stored = as_trained(model.metadata.get("config") or {})
-        if not stored:
-            raise ValueError(f"{path} holds no training settings to resume with")
+    def length_of_training(self) -> TrainConfig:
+        """What a resumed run takes from this widget: the steps or minutes, the device and bf16 (the rest is
+        the model file's, read in the worker)."""
         minutes = self.minutes.value or None
-        config = TrainConfig.from_dict({**stored, "steps": None if minutes else self.steps.value, "minutes": minutes,
-                                        "device": self.device.value,
-                                        "cpu_bf16": self.cpu_bf16.value and self.cpu_bf16.enabled})
+        return TrainConfig(steps=None if minutes else self.steps.value, minutes=minutes, device=self.device.value,
+                           cpu_bf16=self.cpu_bf16.value and self.cpu_bf16.enabled)
+
+    def _show_resumed(self, settings: ResumedSettings) -> None:
+        """Set the widgets to the settings the resumed model was trained with, and plot its curves so far."""
+        config = settings.config
+        self.plot.show_history(settings.history)
         self._applying_recipe = True  # (shown, not edited: the recipe box is left as it is)
         try:
             self.model.value = config.model
@@ -296,10 +293,9 @@ class TrainWidget(Container):
                     pass
         finally:
             self._applying_recipe = False
-        show_info(f"Train: resuming {path.name} with the settings it was trained with ({config.model}, width "
-                  f"{config.width:g}, patch {config.patch}, batch {config.batch}, lr {config.lr:g}); the steps, "
-                  "minutes and device are this widget's")
-        return config
+        show_info(f"Train: resuming {settings.path.name} with the settings it was trained with ({config.model}, "
+                  f"width {config.width:g}, patch {config.patch}, batch {config.batch}, lr {config.lr:g}); the "
+                  "steps, minutes and device are this widget's")
 
     def training_pairs(self) -> Callable[[], list[Pairs]]:
         """What makes the pairs, in the worker: from the chosen movie files, else the chosen low/high layers."""
@@ -325,7 +321,7 @@ class TrainWidget(Container):
             if not resume and output.exists():  # (a second click on Train replaced the trained model)
                 raise ValueError(f"{output} exists: Resume continues it; to train a new model, choose another "
                                  "model file")
-            config = self.resumed_config(output) if resume else self.config()
+            config = self.length_of_training() if resume else self.config()
             make_pairs = self.training_pairs()
         except (ValueError, FileNotFoundError) as err:
             show_error(f"Train: {err}")
@@ -333,8 +329,6 @@ class TrainWidget(Container):
         self._preview_scaled = False
         self._stop.clear()
         self.plot.clear()
-        if resume:  # its curves so far, continued
-            self.plot.show_history(self._resumed_history)
         self.status.step, self.status.total = 0, config.steps or 0
         self.status.model_path = str(output)
         self.status.state = RunState.TRAINING
@@ -350,7 +344,10 @@ class TrainWidget(Container):
             self._stop.set()
             self.status.state = RunState.STOPPING
 
-    def _on_event(self, event: TrainingEvent) -> None:
+    def _on_event(self, event: TrainingEvent | ResumedSettings) -> None:
+        if isinstance(event, ResumedSettings):
+            self._show_resumed(event)
+            return
         values = event.values
         if event.kind is EventKind.STARTED:
             self.progress.max = event.total_steps or 1
