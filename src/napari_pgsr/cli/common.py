@@ -38,3 +38,38 @@ def first_ctrl_c_stops(tell: Callable[[str], None]) -> Iterator[Callable[[], boo
         yield lambda: bool(interrupted)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class ProgressBar:
+    """A tqdm bar drawn from the first report on, when its total is known: made at once, tqdm drew an empty
+    '0frame' line, left above the error of an input refused before any work."""
+
+    def __init__(self, unit: str, disable: bool = False):
+        self.unit, self.disable, self._bar = unit, disable, None
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def show(self, done: int, total: int, description: str | None = None) -> None:
+        """`done` of `total`, under `description` when given."""
+        if self.disable:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar, self._description = tqdm(total=total, unit=self.unit, desc=description), description
+        else:
+            self._bar.total = total
+            if description is not None and description != self._description:  # a new stage: shown at once
+                self._bar.set_description(description)
+                self._description = description
+        self._bar.update(done - self._bar.n)
+
+    def reset(self) -> None:
+        """Start again from 0 (the next stage)."""
+        if self._bar is not None:
+            self._bar.reset()

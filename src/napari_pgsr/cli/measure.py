@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput
+from .common import EXIT_BAD_INPUT, BadInput, ProgressBar
 
 
 def measure_parser() -> argparse.ArgumentParser:
@@ -89,7 +89,6 @@ def measure_main(argv: list[str] | None = None) -> int:
     args = measure_parser().parse_args(argv)
     try:
         check_ranges(args)
-        from tqdm import tqdm
 
         from ..analysis import CameraCalibration, iter_measure_across, read_points_csv
         from ..analysis.points_csv import write_table_atomically
@@ -118,19 +117,9 @@ def measure_main(argv: list[str] | None = None) -> int:
         camera = CameraCalibration(args.baseline_adu, args.electrons_per_adu, args.excess_noise, args.saturation_adu)
         measuring = iter_measure_across(images, read_points_csv(args.points), pixel_size_nm=pixel_size,
                                         radius=args.radius, camera=camera, frame=args.frame)
-        with tqdm(unit="fit", disable=args.quiet) as bar:  # thousands of labels take minutes
-            shown = ""
-
-            def show(step: tuple[int, int, str]) -> None:
-                nonlocal shown
-                done, total, name = step
-                bar.total = total
-                if name != shown:  # a new image, or its suggestion scores / profile after its fits
-                    bar.set_description(name)
-                    shown = name
-                bar.update(done - bar.n)
-
-            report = run_to_end(measuring, show)
+        with ProgressBar("fit", disable=args.quiet) as bar:  # thousands of labels take minutes
+            # (a new name: a new image, or its suggestion scores / profile after its fits)
+            report = run_to_end(measuring, lambda step: bar.show(*step))
         write_table_atomically(report.table, args.output)
         write_table_atomically(report.summary, summary_path)
         if args.plots:

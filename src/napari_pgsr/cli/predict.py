@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags
+from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags, ProgressBar
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -68,8 +68,6 @@ def predict_main(argv: list[str] | None = None) -> int:
     # SIGTERM too (a batch system's time limit, `kill`): it left a half-written hidden temporary file
     previous = {signum: signal.signal(signum, on_interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        from tqdm import tqdm
-
         from ..inference import Restorer, restore_to_file
         from ..io import is_tiff_path, read_movie_or_frame
         from ..modelfile import load_model
@@ -94,11 +92,10 @@ def predict_main(argv: list[str] | None = None) -> int:
         restorer = Restorer(model, args.tile, args.overlap, args.batch, args.device, args.precision,
                             compile=args.compile)
         progress = [0, 1]  # frames done, of
-        with tqdm(unit="frame", disable=args.quiet or rank > 0) as bar:
+        with ProgressBar("frame", disable=args.quiet or rank > 0) as bar:
             def show(done: int, total: int) -> None:
                 progress[:] = done, total
-                bar.total = total
-                bar.update(done - bar.n)
+                bar.show(done, total)
 
             restored = restore_to_file(restorer, movie, args.output, frames=args.frames, low_first=args.low_first,
                                        overwrite=args.overwrite, protected=(args.model,), progress=show,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput
+from .common import EXIT_BAD_INPUT, BadInput, ProgressBar
 
 
 def recover_parser() -> argparse.ArgumentParser:
@@ -29,21 +29,14 @@ def recover_main(argv: list[str] | None = None) -> int:
     """napari-pgsr-recover."""
     args = recover_parser().parse_args(argv)
     try:
-        from tqdm import tqdm
-
         from ..recover import recover_movie
 
         if args.output.exists() and args.output.resolve() == args.movie.resolve():
             raise BadInput(f"refusing to write over the damaged file {args.movie}; choose another output name")
         if args.output.exists() and not args.overwrite:
             raise BadInput(f"{args.output} exists; pass --overwrite to replace it")
-        with tqdm(unit="frame", disable=args.quiet) as bar:  # a movie of thousands of frames takes minutes
-
-            def show(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-
-            found = recover_movie(args.movie, args.output, overwrite=args.overwrite, progress=show)
+        with ProgressBar("frame", disable=args.quiet) as bar:  # a movie of thousands of frames takes minutes
+            found = recover_movie(args.movie, args.output, overwrite=args.overwrite, progress=bar.show)
     except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"napari-pgsr-recover: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

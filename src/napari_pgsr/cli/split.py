@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags
+from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags, ProgressBar
 
 
 def split_parser() -> argparse.ArgumentParser:
@@ -29,8 +29,6 @@ def split_main(argv: list[str] | None = None) -> int:
     """napari-pgsr-split."""
     args = split_parser().parse_args(argv)
     try:
-        from tqdm import tqdm
-
         from ..atomic import atomic_paths
         from ..io import is_tiff_path, movie_stem, read_movie, write_movie
         from ..pairs import frame_runs, split_alternating
@@ -44,14 +42,10 @@ def split_main(argv: list[str] | None = None) -> int:
         if taken and not args.overwrite:
             raise BadInput(f"{', '.join(taken)} exist{'s' * (len(taken) == 1)}; pass --overwrite to replace")
         movie = read_movie(args.movie)
-        with tqdm(unit="frame", disable=args.quiet) as bar:  # every frame is read, then written: minutes
+        with ProgressBar("frame", disable=args.quiet) as bar:  # every frame is read, then written: minutes
 
             def show(stage: str):
-                def update(done: int, total: int) -> None:
-                    bar.set_description(stage, refresh=False)
-                    bar.total = total
-                    bar.update(done - bar.n)
-                return update
+                return lambda done, total: bar.show(done, total, stage)
 
             pairs = split_alternating(movie, low_first=args.low_first, progress=show("exposures"))
             phase = f"{'low' if pairs.low_first else 'high'} exposure first, ratio {pairs.ratio:.2f}x"
