@@ -123,3 +123,37 @@ def test_simulation_reports_frame_times_and_bleaching():
     # 10 ms low, 10 ms readout, 100 ms high, readout, ...: midpoints at 5, 70, 135 and 200 ms
     np.testing.assert_allclose(sim.mid_times_s, [0.005, 0.070, 0.135, 0.200])
     assert np.all(np.diff(sim.bleach) < 0) and 0.99 < sim.bleach[0] < 1.0
+
+
+def test_molecules_blink_at_their_rates_within_exposures():
+    """The chain took 1 - exp(-k dt) for each switch (the on share drifted from 9.1% to 10.3%), and a molecule
+    was on or off for a whole exposure."""
+    scene = simulate.SCENES["single_molecules"]
+    emitters = simulate._Emitters(scene, 50_000, (64, 64), np.ones((64, 64)), 0.0, 100.0,
+                                  np.random.default_rng(0))
+    _, _, on = emitters.advance(np.arange(0, 20, 0.0125))
+    design = scene.on_rate_hz / (scene.on_rate_hz + scene.off_rate_hz)
+    assert on[:, :80].mean() == pytest.approx(design, rel=0.03) and on[:, -400:].mean() == pytest.approx(design,
+                                                                                                          rel=0.03)
+    sim = simulate_movie("single_molecules", 40, (96, 96), seed=3)
+    full = scene.spot_rate * sim.exposures_s * sim.bleach
+    share = sim.spots["photons"] / full[sim.spots["frame"]]
+    high = sim.spots["frame"] % 2 == 1
+    assert share.max() <= 1 + 1e-9 and 0.2 < np.mean(share[high] < 0.95) < 0.8  # on for part of 100 ms
+
+
+def test_spots_blur_as_they_move_within_an_exposure():
+    """A spot was drawn once, where it was at mid-exposure: 174 nm wide where 100 ms of diffusion gives 179."""
+    from napari_pgsr.analysis.fit import fit_spot
+
+    scene = Scene(kind="beads", spots_per_um2=0.005, spot_rate=1e6, cell_background_rate=0.0,
+                  outside_background_rate=0.0, with_cell=False, diffusion_um2_s=0.01, bleach_time_s=1e9)
+    scope, widths = Microscope(), []
+    for seed in range(30):
+        sim = simulate_movie("beads", 2, (64, 64), seed=seed, scene=scene)
+        rows = sim.spots["frame"] == 1
+        image = sim.expected[1].astype(np.float64) - EMCCD().baseline_adu
+        widths += [fit_spot(image, y, x).fwhm_px * scope.pixel_size_nm
+                   for y, x in zip(sim.spots["y"][rows], sim.spots["x"][rows]) if 6 < min(y, x) and max(y, x) < 58]
+    blurred = 2.3548 * np.sqrt(scope.sigma_nm**2 + 0.01e6 * 0.1 / 3)  # sigma^2 + D T / 3 over a 100 ms exposure
+    assert len(widths) >= 8 and np.mean(widths) == pytest.approx(blurred, rel=0.01)

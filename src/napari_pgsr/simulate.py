@@ -91,42 +91,59 @@ def cell_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     return ndimage.gaussian_filter(mask, sigma=max(2.0, 0.01 * min(shape)))
 
 
-def _trajectories(n: int, n_frames: int, times: np.ndarray, step_px: float, shape, weights, rng):
-    """Start positions drawn from `weights` (a density image) and Brownian steps between frame times."""
-    flat = weights.ravel() / weights.sum()
-    start = rng.choice(flat.size, size=n, p=flat)
-    y0 = start // shape[1] + rng.uniform(-0.5, 0.5, n)
-    x0 = start % shape[1] + rng.uniform(-0.5, 0.5, n)
-    dt = np.diff(times, prepend=times[0])
-    steps = rng.normal(size=(2, n, n_frames)) * step_px * np.sqrt(dt)[None, None, :]
-    return y0[:, None] + np.cumsum(steps[0], axis=1), x0[:, None] + np.cumsum(steps[1], axis=1)
+SUBSTEPS = 8  # slices of each exposure: spots move and molecules blink while the shutter is open
 
 
-def _brightness(scene: Scene, n: int, times: np.ndarray, duration: float, rng) -> np.ndarray:
-    """Relative brightness (0..1) of every spot at every frame time, by kind."""
-    if scene.kind == "beads":
-        return np.ones((n, times.size))
-    if scene.kind == "ap2":
-        # Pits nucleate, grow to a peak at 70% of their lifetime, then bud off and vanish.
-        lifetime = rng.gamma(3.0, scene.lifetime_s / 3.0, n)
-        birth = rng.uniform(-lifetime, duration)
-        age = (times[None, :] - birth[:, None]) / lifetime[:, None]
-        peak = rng.uniform(0.3, 1.0, n)[:, None]
-        rise = np.clip(age / 0.7, 0, 1)
-        fall = np.clip((1 - age) / 0.3, 0, 1)
-        return peak * np.where(age < 0.7, rise, fall) * ((age >= 0) & (age <= 1))
-    if scene.kind == "single_molecules":
-        # Two-state blinking sampled at the frame times (a Markov chain).
-        dt = np.diff(times, prepend=times[0])
-        on = np.empty((n, times.size), dtype=bool)
-        p_on = scene.on_rate_hz / (scene.on_rate_hz + scene.off_rate_hz)
-        on[:, 0] = rng.random(n) < p_on
-        for k in range(1, times.size):
-            switch_on = rng.random(n) < 1 - np.exp(-scene.on_rate_hz * dt[k])
-            stay_on = rng.random(n) >= 1 - np.exp(-scene.off_rate_hz * dt[k])
-            on[:, k] = np.where(on[:, k - 1], stay_on, switch_on)
-        return on.astype(np.float64)
-    raise ValueError(f"unknown sample kind {scene.kind!r}; expected one of {KINDS}")
+class _Emitters:
+    """Every spot's position and brightness, advanced through time slice by slice (a Brownian walk, and the
+    brightness course of its kind), so a frame can draw each spot where it was during each slice."""
+
+    def __init__(self, scene: Scene, n: int, shape, weights: np.ndarray, step_px: float, duration: float, rng):
+        self.scene, self.step_px, self.rng = scene, step_px, rng
+        flat = weights.ravel() / weights.sum()
+        start = rng.choice(flat.size, size=n, p=flat)
+        self.y = start // shape[1] + rng.uniform(-0.5, 0.5, n)
+        self.x = start % shape[1] + rng.uniform(-0.5, 0.5, n)
+        self.time: float | None = None
+        if scene.kind == "ap2":
+            # pits nucleate, grow to a peak at 70% of their lifetime, then bud off and vanish
+            self.lifetime = rng.gamma(3.0, scene.lifetime_s / 3.0, n)
+            self.birth = rng.uniform(-self.lifetime, duration)
+            self.peak = rng.uniform(0.3, 1.0, n)
+        elif scene.kind == "single_molecules":
+            total = scene.on_rate_hz + scene.off_rate_hz
+            self.on = rng.random(n) < (scene.on_rate_hz / total if total > 0 else 0.0)
+        elif scene.kind != "beads":
+            raise ValueError(f"unknown sample kind {scene.kind!r}; expected one of {KINDS}")
+
+    def advance(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(y, x, brightness 0..1), each (n, len(times)), at the increasing `times` (s) after the last ones."""
+        n, scene = self.y.size, self.scene
+        ys, xs, brightness = (np.empty((n, times.size)) for _ in range(3))
+        for j, t in enumerate(times):
+            dt = 0.0 if self.time is None else t - self.time
+            self.y = self.y + self.rng.normal(size=n) * self.step_px * np.sqrt(dt)
+            self.x = self.x + self.rng.normal(size=n) * self.step_px * np.sqrt(dt)
+            if scene.kind == "single_molecules" and dt > 0:
+                # the two-state chain's exact transition probabilities over dt
+                total = scene.on_rate_hz + scene.off_rate_hz
+                settle = 1 - np.exp(-total * dt) if total > 0 else 0.0
+                switch_on = self.rng.random(n) < scene.on_rate_hz / total * settle if total > 0 else False
+                switch_off = self.rng.random(n) < scene.off_rate_hz / total * settle if total > 0 else False
+                self.on = np.where(self.on, ~switch_off, switch_on)
+            self.time = float(t)
+            ys[:, j], xs[:, j] = self.y, self.x
+            brightness[:, j] = self._brightness(t)
+        return ys, xs, brightness
+
+    def _brightness(self, t: float) -> np.ndarray:
+        if self.scene.kind == "beads":
+            return np.ones(self.y.size)
+        if self.scene.kind == "single_molecules":
+            return self.on.astype(np.float64)
+        age = (t - self.birth) / self.lifetime
+        rise, fall = np.clip(age / 0.7, 0, 1), np.clip((1 - age) / 0.3, 0, 1)
+        return self.peak * np.where(age < 0.7, rise, fall) * ((age >= 0) & (age <= 1))
 
 
 def simulate_movie(
@@ -139,7 +156,9 @@ def simulate_movie(
     acquisition: Acquisition | None = None,
     scene: Scene | None = None,
 ) -> SimulatedMovie:
-    """Simulate an alternating low/high exposure movie with its noise-free expectation and true spots."""
+    """Simulate an alternating low/high exposure movie with its noise-free expectation and true spots.
+    Each exposure is drawn as `SUBSTEPS` slices, so spots blur as they move and molecules blink within it;
+    the true position is the spot's photon-weighted mean over the exposure, its photons their sum."""
     if kind not in SCENES:
         raise ValueError(f"unknown sample kind {kind!r}; expected one of {KINDS}")
     if n_frames < 1 or len(shape) != 2 or min(shape) < 8:
@@ -159,23 +178,28 @@ def simulate_movie(
     area_um2 = float(mask.sum()) * pixel_um**2
     n_spots = max(1, int(rng.poisson(scene.spots_per_um2 * area_um2)))
     step_px = np.sqrt(2 * scene.diffusion_um2_s) / pixel_um
-    ys, xs = _trajectories(n_spots, n_frames, times, step_px, shape, mask + 1e-6, rng)
-    brightness = _brightness(scene, n_spots, times, duration, rng)
+    emitters = _Emitters(scene, n_spots, shape, mask + 1e-6, step_px, duration, rng)
+    slices = (np.arange(SUBSTEPS) + 0.5) / SUBSTEPS
 
     movie = np.empty((n_frames, *shape), dtype=np.uint16)
     expected = np.empty((n_frames, *shape), dtype=np.float32)
     rows = []
     for k in range(n_frames):
-        photons_spot = scene.spot_rate * exposures[k] * bleach[k] * brightness[:, k]
-        shown = (photons_spot > 0) & (ys[:, k] > -0.5) & (ys[:, k] < shape[0] - 0.5)
-        shown &= (xs[:, k] > -0.5) & (xs[:, k] < shape[1] - 0.5)
+        ys, xs, brightness = emitters.advance(starts[k] + slices * exposures[k])
+        sliced = scene.spot_rate * exposures[k] / SUBSTEPS * bleach[k] * brightness  # photons per slice
+        photons_spot = sliced.sum(axis=1)
+        lit = photons_spot > 0
+        weights = np.where(lit[:, None], sliced, 1.0)
+        y = (weights * ys).sum(axis=1) / weights.sum(axis=1)
+        x = (weights * xs).sum(axis=1) / weights.sum(axis=1)
+        shown = lit & (y > -0.5) & (y < shape[0] - 0.5) & (x > -0.5) & (x < shape[1] - 0.5)
+        drawn = sliced > 0  # every slice of every lit spot, one just outside the frame too (its light is in it)
         photons = background * exposures[k] * bleach[k]
-        photons = photons + render_spots(shape, ys[shown, k], xs[shown, k], photons_spot[shown],
-                                         microscope.sigma_px)
+        photons = photons + render_spots(shape, ys[drawn], xs[drawn], sliced[drawn], microscope.sigma_px)
         expected[k] = camera.expected_adu(photons)
         movie[k] = camera.expose(photons, np.random.default_rng([seed, 1, k]))
         ids = np.flatnonzero(shown)
-        rows.append(np.column_stack([np.full(ids.size, k), ids, ys[ids, k], xs[ids, k], photons_spot[ids]]))
+        rows.append(np.column_stack([np.full(ids.size, k), ids, y[ids], x[ids], photons_spot[ids]]))
     table = np.concatenate(rows) if rows else np.empty((0, 5))
     spots = {name: table[:, i] for i, name in enumerate(("frame", "id", "y", "x", "photons"))}
     spots["frame"], spots["id"] = spots["frame"].astype(np.int64), spots["id"].astype(np.int64)
