@@ -362,6 +362,58 @@ def test_a_run_diverging_while_it_grows_keeps_the_stage_it_validated(tmp_path, s
         torch.testing.assert_close(kept.network.state_dict()[name], value, atol=0, rtol=0)
 
 
+def test_weights_gone_to_nan_between_validations_are_never_saved(tmp_path, small_pairs, monkeypatch):
+    """A Stop (or a checkpoint, or the end) between a blow-up and the next validation wrote the wreck over
+    the last good model file."""
+    from napari_pgsr.training import progan_loop
+    from napari_pgsr.training.loop import TrainingDiverged
+
+    gan_step, steps = progan_loop.gan_step, []
+
+    def blowing_up_at_step_8(generator, *args, **kwargs):
+        result = gan_step(generator, *args, **kwargs)
+        steps.append(1)
+        if len(steps) >= 8:
+            with torch.no_grad():
+                for parameter in generator.parameters():
+                    parameter.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(progan_loop, "gan_step", blowing_up_at_step_8)
+    # validated at step 6, blown up at 8, stopped at 9 (before the validation of step 12)
+    result = train(_config(steps=12), [small_pairs], tmp_path / "stopped.pgsr", should_stop=lambda: len(steps) >= 9)
+    kept = load_model(tmp_path / "stopped.pgsr")
+    assert result.reason == "diverged" and kept.training_state["step"] == 6
+    assert all(torch.isfinite(value).all() for value in kept.network.state_dict().values())
+    assert "training diverged at step 9 (the weights are not finite): the model file holds step 6" in result.note
+    # a checkpoint due at step 10, between the validations of steps 6 and 12: not written, the run goes back
+    steps.clear()
+    result = train(_config(steps=12, checkpoint_every=5), [small_pairs], tmp_path / "checkpoint.pgsr")
+    assert result.reason == "diverged" and load_model(tmp_path / "checkpoint.pgsr").training_state["step"] == 6
+    # no validation to go back to: nothing is written
+    steps.clear()
+    with pytest.raises(TrainingDiverged, match="the weights are not finite at step 10; nothing validated"):
+        train(_config(steps=10, validation_fraction=0.0), [small_pairs], tmp_path / "none.pgsr")
+    assert not (tmp_path / "none.pgsr").exists()
+
+
+def test_each_critic_update_takes_a_batch_of_its_own(tmp_path, small_pairs, monkeypatch):
+    """critic_steps 3 ran three updates on one batch (WGAN-GP draws a new one per critic update)."""
+    from napari_pgsr.training import progan_loop
+
+    critic_loss, seen = progan_loop.critic_loss, []
+
+    def recording(critic, low, real, fake):
+        seen.append(real.detach().clone())
+        return critic_loss(critic, low, real, fake)
+
+    monkeypatch.setattr(progan_loop, "critic_loss", recording)
+    result = train(_config(steps=2, critic_steps=3, start_resolution=16, validation_every=100), [small_pairs],
+                   tmp_path / "critic.pgsr")
+    assert len(seen) == 6 and result.history["images_seen"] == 2 * 4  # the generator's images set the phases
+    assert all(not torch.equal(seen[i], seen[j]) for i in range(6) for j in range(i + 1, 6))
+
+
 def test_cpu_bf16_computes_both_networks_in_bf16_and_keeps_fp32_weights(tmp_path, small_pairs, monkeypatch):
     from napari_pgsr import devices
     from napari_pgsr.training.progan_loop import gan_step

@@ -105,7 +105,8 @@ class TrainConfig:
     critic_steps: int = field(default=1, metadata={"help": "critic updates per generator update"})
     start_resolution: int = field(default=4, metadata={"help": "ProGAN: first resolution trained (skip below)"})
     phase_images: int = field(default=600_000, metadata={
-        "help": "ProGAN: images per fade-in and per stabilisation phase (Karras: 600k)"})
+        "help": "ProGAN: images the generator trains on per fade-in and per stabilisation phase (Karras: 600k, "
+                "with one critic update per generator update)"})
     phase_scale: float = field(default=1.0, metadata={"help": "ProGAN: multiplies phase_images (e.g. 0.01)"})
     resolution_batches: str = field(default="", metadata={
         "help": "ProGAN: batch per resolution, e.g. '4:64,8:64,16:32' (others: batch)"})

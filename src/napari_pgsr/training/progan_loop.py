@@ -25,7 +25,7 @@ from ..pairs import Pairs
 from .config import TrainConfig
 from .events import EventKind, TrainingEvent
 from .gan_losses import critic_loss, generator_loss
-from .loop import TrainResult, _from_rank_zero, _preview, prepare_run, stop_reason, validate
+from .loop import TrainingDiverged, TrainResult, _from_rank_zero, _preview, prepare_run, stop_reason, validate
 from .noise import NoiseModel, camera_noise, fit_noise_model, noise_couples
 
 
@@ -138,24 +138,28 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 def gan_step(generator, critic, g_opt, d_opt, low: torch.Tensor, real: torch.Tensor, config: TrainConfig,
              device: torch.device, world: int = 1, warming: bool = False,
-             camera: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
+             camera: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             critic_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[torch.Tensor, dict]:
     """One training step: `critic_steps` critic updates (WGAN-GP + drift), then one generator update
-    (`gan_mode` loss; MAE alone while `warming`). `camera` adds the camera's noise to what the critic sees of
-    the generator's output (`critic_noise`). Returns the generator's loss and all loss terms."""
+    (`gan_mode` loss; MAE alone while `warming`) on (low, real). Each critic update takes its own (low, real)
+    batch from `critic_batches` (WGAN-GP's algorithm: N updates on one batch fit the critic to that batch);
+    without them, (low, real). `camera` adds the camera's noise to what the critic sees of the generator's
+    output (`critic_noise`). Returns the generator's loss and all loss terms."""
     values = {}
     seen = camera or (lambda image: image)  # what the critic sees of the generator's output
+    critic_batches = critic_batches or [(low, real)] * config.critic_steps
 
     def critic_precision():
         return autocast(device, False, cpu_bf16=config.cpu_bf16)
     if not warming:
-        for _ in range(config.critic_steps):
+        for critic_low, critic_real in critic_batches:
             with torch.no_grad(), autocast(device, config.amp, training=True, cpu_bf16=config.cpu_bf16):
-                fake = generator(low)
+                fake = generator(critic_low)
             d_opt.zero_grad(set_to_none=True)
             # fp32 on GPUs (the penalty's double backward); bf16 on a CPU only when asked, as the critic is
             # most of a GAN step's time there
             with critic_precision():
-                loss, values = critic_loss(critic, low, real, seen(fake.float()))
+                loss, values = critic_loss(critic, critic_low, critic_real, seen(fake.float()))
             loss.backward()
             _average_gradients(critic, world)
             d_opt.step()
@@ -198,10 +202,11 @@ def divergence_note(record: dict) -> str:
     """What to tell the user about a run that diverged (a `history["divergences"]` entry)."""
     best = (f"over {record['factor']:g}x the run's best at this stage, {record['best_loss']:.4g}"
             if math.isfinite(record["loss"]) else "not a finite number")
+    cause = record.get("cause") or f"validation loss {record['loss']:.4g}, {best}"
     kept = ("the last validated state before it" if record["restored_validated"]
             else "the state this run resumed from, saved between validations (not validated)"
             if record.get("restored_resumed") else "the state this run started from (nothing was validated before it)")
-    return (f"training diverged at step {record['step']} (validation loss {record['loss']:.4g}, {best}): the "
+    return (f"training diverged at step {record['step']} ({cause}): the "
             f"model file holds step {record['restored_step']}, {kept}; resuming it would replay the same "
             "steps, so to go further start a new run with a smaller lambda_gan or gan_lr, or another seed")
 
@@ -320,6 +325,21 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
             {**record, "restored_step": step, "restored_validated": to["validated"],
              "restored_resumed": to["resumed"]})
 
+    def wrecked() -> bool:
+        """Weights gone to NaN or inf: between validations (Stop, a time limit, a checkpoint) they were saved
+        over the last good model file."""
+        return not all(torch.isfinite(value).all() for network in (generator, critic, ema)
+                       for value in network.state_dict().values())
+
+    def back_from_the_wreck() -> tuple[str, str]:
+        """Go back to the last good state (reason and note of a diverged run), or refuse to save."""
+        if good is None:
+            raise TrainingDiverged(f"training diverged: the weights are not finite at step {step}; nothing "
+                                   f"validated to go back to, so {output} was not written this step")
+        go_back(good, {"step": step, "loss": float("nan"), "factor": config.divergence_factor,
+                       "cause": "the weights are not finite"})
+        return "diverged", divergence_note(history["divergences"][-1])
+
     def save(reason: str) -> Path:
         training_state = current_state(reason)
         history.update(step=step, seconds=training_state["elapsed_s"], images_seen=images_seen)
@@ -333,7 +353,7 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         "validation_pairs": len(setup.val_refs), "resumed_from": str(resume) if resume else None,
         "resolution": phase.resolution})
     t0 = time.perf_counter()
-    start_cursor, reason, note = cursor, "done", ""
+    start_cursor, start_step, reason, note = cursor, step, "done", ""
     # a checkpoint resumed from is a validated state only if it was saved at a validation (Stop, Ctrl-C, a time
     # limit and checkpoints between validations save others)
     at_validation = bool(history["validation"]) and history["validation"][-1]["step"] == step
@@ -356,17 +376,25 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
                 group["lr"] = warmup_lr_at(config, step)
         _set_phase(phase, generator, critic, ema)
         batch = config.batch_at(phase.resolution)
-        first = cursor * world + rank * batch  # disjoint patches per rank; the cursor makes resume exact
-        cursor += batch
-        lows, highs = zip(*(setup.train_set[i] for i in range(first, first + batch)))
-        low = downsample(torch.stack(lows).to(device), phase.resolution)
-        real = faded_real(downsample(torch.stack(highs).to(device), phase.resolution), generator.alpha)
+
+        def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+            nonlocal cursor
+            first = cursor * world + rank * batch  # disjoint patches per rank; the cursor makes resume exact
+            cursor += batch
+            lows, highs = zip(*(setup.train_set[i] for i in range(first, first + batch)))
+            return (downsample(torch.stack(lows).to(device), phase.resolution),
+                    faded_real(downsample(torch.stack(highs).to(device), phase.resolution), generator.alpha))
+
+        # a batch of its own for each critic update; the generator's step takes the last one
+        critic_batches = [next_batch() for _ in range(1 if warming else config.critic_steps)]
+        low, real = critic_batches[-1]
         camera = None if noise is None else partial(as_recorded, a=noise[0], b=noise[1],
                                                     pooled=config.patch // phase.resolution, alpha=generator.alpha,
                                                     shape=config.critic_noise_shape)
         if world > 1:  # one seed would give every rank the same penalty points and critic noise
             torch.manual_seed(rank_step_seed(config.seed, rank, step))
-        loss, values = gan_step(generator, critic, g_opt, d_opt, low, real, config, device, world, warming, camera)
+        loss, values = gan_step(generator, critic, g_opt, d_opt, low, real, config, device, world, warming, camera,
+                                critic_batches=None if warming else critic_batches)
         update_ema(ema, generator, ema_decay_at(config, step))
         step += 1
         if not warming:
@@ -374,7 +402,8 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
         history["loss"].append(float(loss.detach()))
         seconds = time.perf_counter() - t0
         rate = (cursor - start_cursor) * world / max(seconds, 1e-9)  # image pairs per second, all ranks
-        eta = ((total - step) * batch * world / max(rate, 1e-9) if total is not None
+        # (from the time per step: a step of the GAN phase reads critic_steps batches, one of the warm-up one)
+        eta = ((total - step) * seconds / max(step - start_step, 1) if total is not None
                else max(0.0, deadline - time.perf_counter()))
         yield TrainingEvent(EventKind.STEP, step, total, {
             "loss": history["loss"][-1], "patches_per_s": rate, "eta_s": eta,
@@ -399,7 +428,12 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
             yield TrainingEvent(EventKind.PREVIEW, step, total,
                                 {"image": _preview(ema, setup.normalization, config, device, preview)})
         if step % config.checkpoint_every == 0 and rank == 0 and step != total:
+            if wrecked():
+                reason, note = back_from_the_wreck()
+                break
             yield TrainingEvent(EventKind.CHECKPOINT, step, total, {"path": str(save("checkpoint"))})
+    if reason != "diverged" and wrecked():  # stopped or ended between validations
+        reason, note = back_from_the_wreck()
     path = save(reason) if rank == 0 else output
     if world > 1:
         dist.barrier()
