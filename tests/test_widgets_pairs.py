@@ -22,7 +22,7 @@ def _widget(viewer):
     return widget
 
 
-def test_pairs_widget_adds_low_and_high_layers_in_a_worker(make_napari_viewer, qtbot, movie_file):
+def test_pairs_widget_adds_low_and_high_layers_in_a_worker(make_napari_viewer, qtbot, movie_file, monkeypatch):
     viewer = make_napari_viewer()
     movie = viewer.open(str(movie_file), plugin="napari-pgsr")[0]
     widget = _widget(viewer)
@@ -39,6 +39,16 @@ def test_pairs_widget_adds_low_and_high_layers_in_a_worker(make_napari_viewer, q
     assert widget.result["pairs"].value == "20"
     assert widget.result["phase"].value.startswith("low first")
     assert widget.progress.value == 40
+    # a movie removed while it is split gets no layers (they came, strays of a movie the user discarded)
+    infos = []
+    monkeypatch.setattr(pairs_widget, "show_info", infos.append)
+    again = viewer.open(str(movie_file), plugin="napari-pgsr")[0]
+    widget.movie.value = again
+    widget.run()
+    viewer.layers.remove(again)
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=20_000)
+    assert infos == [f"Exposure pairs: '{again.name}' was removed while it was split; no layers added"]
+    assert f"{again.name} low" not in viewer.layers
 
 
 def test_phase_override_and_dropped_frames_are_shown(make_napari_viewer, monkeypatch):

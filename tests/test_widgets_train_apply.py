@@ -190,6 +190,29 @@ def test_resume_keeps_the_stored_settings_and_train_does_not_replace_a_model(vie
     assert widget.offset.enabled and widget.config().offset_enabled
 
 
+def test_stop_while_the_movies_are_read_writes_no_model(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """Stop during the exposure check went unheeded, then wrote an untrained step-0 model that Train refused
+    to replace."""
+    infos = []
+    monkeypatch.setattr(train_widget, "show_info", infos.append)
+    split = train_widget.split_alternating
+
+    def slow(*args, **kwargs):  # a movie larger than memory: minutes of reading
+        time.sleep(1.5)
+        return split(*args, **kwargs)
+
+    monkeypatch.setattr(train_widget, "split_alternating", slow)
+    path = write_movie(tmp_path / "m.tif", simulate_movie("ap2", 20, (64, 64), seed=0).movie, pixel_size_um=0.16)
+    widget = _train_widget(make_napari_viewer(), tmp_path, steps=5)
+    widget.movies.value = [path]
+    widget.train_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.info.value.startswith("preparing"), timeout=30_000)
+    widget.stop_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.status.state is RunState.STOPPED, timeout=30_000)
+    assert infos[-1] == f"Train: stopped before training began; {tmp_path / 'gui.pgsr'} was not written"
+    assert not (tmp_path / "gui.pgsr").exists() and widget.train_button.enabled
+
+
 def test_resuming_a_file_that_is_no_model_says_so(viewer_with_pairs, qtbot, tmp_path, errors):
     widget = _train_widget(viewer_with_pairs, tmp_path, steps=5)
     (tmp_path / "gui.pgsr").write_bytes(b"not a model")
@@ -319,15 +342,29 @@ def test_restore_widget_lazily_to_file_and_side_by_side(viewer_with_pairs, qtbot
     movie = read_movie(viewer.layers["cells"].metadata["source_path"])
     train(TrainConfig(steps=2, depth=1, width=4, patch=32, batch=2, device="cpu"), [split_alternating(movie)],
           tmp_path / "m.pgsr")
+    from napari_pgsr import inference
+
+    restored_frames, restore_frame = [], inference.RestoredFrames._restored
+
+    def counting(self, position):
+        restored_frames.append(position)
+        return restore_frame(self, position)
+
+    monkeypatch.setattr(inference.RestoredFrames, "_restored", counting)
     _, widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Restore")
     widget.model_file.value = tmp_path / "m.pgsr"
-    assert "unet depth 1 width 4" in widget.about.value and "validation PSNR" in widget.about.value
+    assert widget.about.value == "-"  # loaded in a worker (a large model takes seconds)
+    qtbot.waitUntil(lambda: "unet depth 1 width 4" in widget.about.value, timeout=60_000)
+    assert "validation PSNR" in widget.about.value
     widget.movie.value = viewer.layers["cells low"]
     widget.run()  # no output file: frames are restored when shown
+    qtbot.waitUntil(lambda: "cells low restored" in viewer.layers and widget.run_button.enabled, timeout=60_000)
     lazy = viewer.layers["cells low restored"]
     assert lazy.data.shape == (24, 64, 64) and hasattr(lazy.data, "dask")
     np.testing.assert_allclose(lazy.scale, viewer.layers["cells low"].scale)
     assert np.isfinite(np.asarray(lazy.data[3])).all()
+    np.asarray(lazy.data[0])  # shown (and read for the contrast) already: kept, not restored again
+    assert restored_frames.count(0) == 1 and restored_frames.count(3) == 1
     widget.movie.value = viewer.layers["cells"]
     widget.frames.value = "low"
     widget.output.value = tmp_path / "restored.tif"
@@ -466,6 +503,55 @@ def test_streaming_restoration_can_be_cancelled(make_napari_viewer, qtbot, tmp_p
         assert np.isfinite(np.asarray(partial.data[0])).all() and np.isnan(np.asarray(partial.data[-1])).all()
 
 
+def test_a_lazy_restoration_can_be_cancelled_and_records_the_model_it_used(make_napari_viewer, qtbot, tmp_path,
+                                                                           errors, monkeypatch):
+    """The exposure check of Frames 'low' read every frame with Cancel off; the result recorded whichever
+    model file the widget showed when it ended; a layer removed meanwhile still received its result."""
+    from napari_pgsr import pairs as pairs_module
+    from napari_pgsr.data import Normalization
+    from napari_pgsr.modelfile import save_model
+    from napari_pgsr.models.unet import UNet
+
+    infos = []
+    monkeypatch.setattr(apply_widget, "show_info", infos.append)
+    first, other = (save_model(tmp_path / f"{name}.pgsr", UNet(depth=1, width=4), Normalization(0, 1, 0, 1), {})
+                    for name in ("first", "other"))
+    read = pairs_module.iter_frame_means
+
+    def slow(*args, **kwargs):  # a movie larger than memory: minutes of reading
+        for done in read(*args, **kwargs):
+            yield done
+        for _ in range(600):
+            time.sleep(0.05)
+            yield done
+
+    monkeypatch.setattr(pairs_module, "iter_frame_means", slow)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-pgsr", "Restore")
+    widget.model_file.value, widget.frames.value = first, "low"
+    widget.movie.value = viewer.add_image(simulate_movie("ap2", 8, (32, 32), seed=0).movie, name="m")
+    widget.run()
+    qtbot.waitUntil(lambda: widget.progress.value >= 1, timeout=60_000)
+    assert widget.cancel_button.enabled and not widget.run_button.enabled
+    widget.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=10_000)
+    assert infos[-1] == "Restore: cancelled while reading the brightness of 'm'; nothing was restored"
+    assert "m restored" not in viewer.layers and not errors
+    monkeypatch.setattr(pairs_module, "iter_frame_means", read)
+    widget.run()
+    widget.model_file.value = other  # chosen while the first one restores
+    qtbot.waitUntil(lambda: "m restored" in viewer.layers, timeout=60_000)
+    assert viewer.layers["m restored"].metadata["model"] == str(first)
+    viewer.layers.remove("m restored")
+    viewer.layers.remove("m")
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
+    widget.movie.value = movie = viewer.add_image(simulate_movie("ap2", 8, (32, 32), seed=0).movie, name="n")
+    widget.run()
+    viewer.layers.remove(movie)  # while its restoration is prepared
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
+    assert "n restored" not in viewer.layers and "'n' was removed" in infos[-1]
+
+
 def test_restore_widget_refuses_what_would_mix_frames_or_replace_files(viewer_with_pairs, qtbot, tmp_path, errors,
                                                                         monkeypatch):
     """A context model restored every frame of an alternating movie lazily (high frames for neighbours);
@@ -542,7 +628,7 @@ def test_restore_widget_exports_the_model_for_bioimage_io(make_napari_viewer, qt
     assert test_input.shape == (1, 1, 64, 64)
     np.testing.assert_array_equal(test_input[0, 0], first_low[4:68, 8:72])
     widget.model_file.value = tmp_path / "m.zip"  # the package opens as a model file
-    assert load_model(tmp_path / "m.zip").describe() in widget.about.value
+    qtbot.waitUntil(lambda: load_model(tmp_path / "m.zip").describe() in widget.about.value, timeout=60_000)
     widget.export_button.clicked.emit()
     assert errors[-1] == f"Export: {tmp_path / 'm.zip'} exists; choose another name"
 

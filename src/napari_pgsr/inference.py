@@ -13,6 +13,7 @@ import json
 import threading
 import uuid
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -325,16 +326,32 @@ class RestoredFrames:
     """Array-like view whose frames are restored when indexed, so write_movie streams them to disk."""
 
     def __init__(self, restorer: Restorer, frames, indices: np.ndarray,
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None, keep: int = 0):
         self.restorer, self.frames, self.indices, self.progress = restorer, frames, np.asarray(indices), progress
         self.shape = (len(self.indices), *frames.shape[1:])
         self.ndim, self.size, self.dtype = 3, int(np.prod(self.shape)), np.dtype(np.float32)
+        self.keep, self._kept, self._lock = keep, OrderedDict(), threading.Lock()
 
     def frame(self, position: int) -> np.ndarray:
-        """Restore one frame (its neighbours taken from `indices` when the model uses context)."""
+        """Restore one frame (its neighbours taken from `indices` when the model uses context); the last
+        `keep` frames restored are kept, so what napari shows is not restored again for a click that reads
+        it (snapping a label) or for its contrast."""
         if not -len(self.indices) <= position < len(self.indices):
             raise IndexError(f"frame {position} is outside the {len(self.indices)} restored frames")
         position %= len(self.indices)
+        with self._lock:
+            if position in self._kept:
+                self._kept.move_to_end(position)
+                return self._kept[position].copy()
+        out = self._restored(position)
+        if self.keep:
+            with self._lock:
+                self._kept[position] = out.copy()
+                while len(self._kept) > self.keep:
+                    self._kept.popitem(last=False)
+        return out
+
+    def _restored(self, position: int) -> np.ndarray:
         context = self.restorer.model.context
         neighbours = self.indices[context_indices(int(position), len(self.indices), context)]
         # the frame's tiles reuse one another's memory; it is handed back after the frame (a lazy layer
@@ -362,26 +379,27 @@ def restore_lazily(restorer: Restorer, frames, indices=None) -> "da.Array":
     import dask.array as da
 
     indices = np.arange(frames.shape[0]) if indices is None else np.asarray(indices)
-    lazy = RestoredFrames(restorer, frames, indices)
+    lazy = RestoredFrames(restorer, frames, indices, keep=4)
     name = f"restored-{uuid.uuid4().hex[:12]}"
     register_derived(name, lazy)  # so the movie it reads is never written over (napari's Save as)
     return da.from_array(lazy, chunks=(1, *lazy.shape[1:]), asarray=True, lock=True,
                          meta=np.empty((0, 0, 0), np.float32), name=name)
 
 
-def check_context_on_all_frames(model, movie, name: str) -> None:
+def check_context_on_all_frames(model, movie, name: str, means: np.ndarray | None = None) -> None:
     """A model with temporal context takes the neighbouring low frames: every frame of an alternating movie
-    would give it high frames for neighbours. (Reads every frame's mean when the model has context.)"""
-    if model.context and _alternates(movie):
+    would give it high frames for neighbours. (Reads every frame's mean when the model has context, unless
+    `means` gives them.)"""
+    if model.context and _alternates(movie, means):
         raise ValueError(f"{name} alternates low and high exposures, but this model takes {model.context} "
                          "neighbouring low frames on each side: restore its low frames (frames='low', --frames low)")
 
 
-def _alternates(movie) -> bool:
-    from .pairs import split_alternating
+def _alternates(movie, means: np.ndarray | None = None) -> bool:
+    from .pairs import pairs_from_means, split_alternating
 
     try:
-        split_alternating(movie)
+        split_alternating(movie) if means is None else pairs_from_means(movie, means)
     except ValueError:  # (not alternating, or frames it cannot judge: NaN frames of an unfinished restoration)
         return False
     return True

@@ -7,7 +7,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import Movie, frame_source
+import numpy as np
+
+from ..io import Movie, display_range, frame_source
 
 
 class Cancelled(Exception):
@@ -19,6 +21,56 @@ class CancelledRun:
     """What the worker returns after a cancel (a returned exception would count as a worker error)."""
 
     message: str
+
+
+@dataclass(frozen=True)
+class LazyRestoration:
+    """What the lazy restoration's worker returns: the frames (restored as napari shows them), contrast
+    limits from the first of them, and the model file it used."""
+
+    data: object  # a dask array
+    contrast_limits: tuple[float, float]
+    model_path: Path
+
+
+def describe_job(model_path: Path):
+    """Worker body (a generator, for `start`): the model file loaded (seconds for a large one) and described."""
+    from ..modelfile import load_model
+
+    yield model_path
+    return load_model(model_path)
+
+
+def lazy_restore_job(model_path: Path, data, low: bool, name: str, device: str, batch: int | None,
+                     precision: str, cancel: threading.Event):
+    """Worker body (a generator of (done, total), for `start`): the model loaded; for `low`, or a model with
+    temporal context, every frame's brightness read chunk by chunk (stopped by `cancel`), to take the low
+    frames or to refuse an alternating movie; then the lazy frames, and the first one restored for the
+    contrast (the lazy array keeps it, so napari shows it without restoring it again). A CancelledRun when
+    cancelled."""
+    from ..inference import Restorer, check_context_on_all_frames, restore_lazily
+    from ..modelfile import load_model
+    from ..pairs import iter_frame_means, pairs_from_means
+
+    total = data.shape[0] + 1  # every frame's brightness, then the first frame restored
+    yield 0, total
+    model = load_model(model_path)
+    indices, means = None, None
+    if low or model.context:
+        means = np.empty(data.shape[0])
+        for done, _ in iter_frame_means(data, means, name):
+            if cancel.is_set():
+                return CancelledRun(f"cancelled while reading the brightness of '{name}'; nothing was restored")
+            yield done, total
+        if low:
+            indices = pairs_from_means(data, means, None, name).low_index
+        else:  # all frames: a model with context must not take high frames for neighbours
+            check_context_on_all_frames(model, data, f"layer '{name}'", means=means)
+    restorer = Restorer(model, batch=batch, device=device, precision=precision)
+    lazy = restore_lazily(restorer, frame_source(data), indices)
+    limits = display_range(lazy, 1)
+    yield total, total
+    return LazyRestoration(lazy, limits, model_path)
 
 
 def restore_job(model_path: Path, layer_data, source_path: str | None, pixel_size, frames: str, output: Path,

@@ -25,6 +25,13 @@ class ResumedSettings:
     history: dict
 
 
+@dataclass(frozen=True)
+class StoppedBeforeTraining:
+    """What the worker returns when Stop came while the pairs were made: nothing trained, nothing written."""
+
+    message: str
+
+
 def resumed_settings(path: Path, chosen: TrainConfig) -> ResumedSettings:
     """The settings `path` was trained with, with the length of training, the device and bf16 of `chosen`
     (the widget's): a resumed run keeps the rest."""
@@ -67,8 +74,12 @@ def training_job(config: TrainConfig, make_pairs: Callable[[], list[Pairs]], out
         settings = resumed_settings(resume, config)
         yield settings
         config = settings.config
+    yield "preparing: reading the movies' exposures"
     pairs = make_pairs()
     preview = preview_frames(pairs, config) if preview_every else None
+    if stop.is_set():  # (a step-0 model written now would only stand in the way of the next Train)
+        kept = f"{output} is as it was" if resume is not None else f"{output} was not written"
+        return StoppedBeforeTraining(f"stopped before training began; {kept}")
     threads = torch.get_num_threads()
     if threads > 1:  # leave a core to napari's drawing, or the viewer stutters on small machines
         torch.set_num_threads(threads - 1)

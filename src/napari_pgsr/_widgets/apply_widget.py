@@ -15,7 +15,7 @@ from napari.utils.notifications import show_error, show_info
 from ..inference import PRECISIONS
 from ..io import display_range, frame_source, read_movie_or_frame
 from ._grid_view import FitGridToCanvas, canvas_grid
-from ._restore_jobs import CancelledRun, export_job, restore_job
+from ._restore_jobs import CancelledRun, LazyRestoration, describe_job, export_job, lazy_restore_job, restore_job
 from ._workers import progress_job, start
 
 
@@ -70,19 +70,27 @@ class ApplyWidget(Container):
         self.export_button.changed.connect(self.export)
         self.restored_layer = self._fit_grid = None
 
-    def _model(self):
-        from ..modelfile import load_model
-
-        return load_model(self.model_file.value)
+    def _model_path(self) -> Path:
+        """The chosen model file, checked to be there (the workers load it: seconds for a large model)."""
+        path = Path(str(self.model_file.value))
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}" if str(path) not in ("", ".") else
+                                    "choose a model file")
+        return path
 
     def _show_model(self, *_) -> None:
-        try:
-            self.about.value = describe_model(self._model())
-        except (ValueError, FileNotFoundError) as err:
-            self.about.value = "-"
-            # a path being typed (a folder, a file not there yet) is no error until Restore is pressed
-            if Path(str(self.model_file.value)).is_file():
-                show_error(f"Restore: {err}")
+        """Describe the chosen model file, loaded in a worker."""
+        self.about.value = "-"
+        path = Path(str(self.model_file.value))
+        if not path.is_file():  # a path being typed (a folder, a file not there yet): no error until Restore
+            return
+
+        def show(model) -> None:
+            if Path(str(self.model_file.value)) == path:  # (not another file chosen since)
+                self.about.value = describe_model(model)
+
+        start(describe_job, path, on_yield=lambda _: None, on_return=show, on_finish=lambda: None,
+              context="Restore", owner=self.native)
 
     def _check(self):
         layer = self.movie.value
@@ -90,89 +98,70 @@ class ApplyWidget(Container):
             raise ValueError("choose a movie layer")
         if layer.data.ndim not in (2, 3) or layer.rgb:
             raise ValueError(f"layer '{layer.name}' has shape {tuple(layer.data.shape)}; expected T x Y x X")
-        return layer, self._model()
+        return layer, self._model_path()
 
     def run(self) -> None:
-        """Restore the chosen layer: lazily, or streamed to the chosen file in a worker."""
+        """Restore the chosen layer: lazily, or streamed to the chosen file, in a worker."""
         try:
-            layer, model = self._check()
+            layer, model_path = self._check()
         except (ValueError, FileNotFoundError) as err:
             show_error(f"Restore: {err}")
             return
         data = layer.data if layer.data.ndim == 3 else layer.data[None]
         output = str(self.output.value)
-        if output in ("", "."):
-            self._add_lazy(layer, model, data)
-            return
-        if Path(output).exists():  # (the file dialog asks about replacing a file; a typed name does not)
+        lazy = output in ("", ".")
+        if not lazy and Path(output).exists():  # (the file dialog asks about replacing a file; a typed name not)
             show_error(f"Restore: {output} exists; choose another file name (this widget does not replace files)")
             return
         self._cancel.clear()
         self.run_button.enabled, self.cancel_button.enabled = False, True
+        context = f"Restore ({layer.name})"
+        if lazy:
+            self._worker = start(lazy_restore_job, model_path, data, self.frames.value == "low", layer.name,
+                                 self.device.value, self.batch.value or None, self.precision.value, self._cancel,
+                                 on_yield=self._on_progress, on_return=lambda result: self._finished(layer, result),
+                                 on_finish=self._on_finish, context=context, computes=True, owner=self.native,
+                                 on_abort=self._cancel.set)
+            return
         pixel = float(layer.scale[-1]) if layer.metadata.get("pixel_size_um") else None
-        self._worker = start(progress_job, restore_job, Path(self.model_file.value), data,
-                             layer.metadata.get("source_path"), pixel, self.frames.value, Path(output),
-                             self.device.value, self.batch.value or None, self.precision.value, self._cancel,
-                             on_yield=self._on_progress, on_return=lambda result: self._finished(layer, result),
-                             on_finish=self._on_finish, context=f"Restore ({layer.name})", computes=True,
-                             owner=self.native, on_abort=self._cancel.set)
+        self._worker = start(progress_job, restore_job, model_path, data, layer.metadata.get("source_path"), pixel,
+                             self.frames.value, Path(output), self.device.value, self.batch.value or None,
+                             self.precision.value, self._cancel, on_yield=self._on_progress,
+                             on_return=lambda path: self._finished(layer, path, model_path),
+                             on_finish=self._on_finish, context=context, computes=True, owner=self.native,
+                             on_abort=self._cancel.set)
 
-    def _add_lazy(self, layer, model, data) -> None:
-        from ..inference import check_context_on_all_frames
-        from ..pairs import split_alternating
-
-        low = self.frames.value == "low"
-
-        def low_frames():  # the exposure check reads every frame: in a worker
-            yield 0, 1
-            if low:
-                indices = split_alternating(data, name=layer.name).low_index
-            else:  # all frames: a model with context must not take high frames for neighbours
-                check_context_on_all_frames(model, data, f"layer '{layer.name}'")
-                indices = None
-            yield 1, 1
-            return indices
-
-        if not low and not model.context:
-            self._add_lazy_frames(layer, model, data, None)
-            return
-        self.run_button.enabled = False
-        self._worker = start(low_frames, on_yield=self._on_progress,
-                             on_return=lambda indices: self._add_lazy_frames(layer, model, data, indices),
-                             on_finish=self._on_finish, context=f"Restore ({layer.name})", owner=self.native)
-
-    def _add_lazy_frames(self, layer, model, data, indices) -> None:
-        from ..inference import Restorer, restore_lazily
-
-        try:
-            restorer = Restorer(model, batch=self.batch.value or None, device=self.device.value,
-                                precision=self.precision.value)
-        except ValueError as err:
-            show_error(f"Restore: {err}")
-            return
-        lazy = restore_lazily(restorer, frame_source(data), indices)
-        self._add_result(layer, lazy, f"{layer.name} restored")
-
-    def _finished(self, layer, result) -> None:
+    def _finished(self, layer, result, model_path: Path | None = None) -> None:
         if isinstance(result, CancelledRun):
             show_info(f"Restore: {result.message}")
+        elif isinstance(result, LazyRestoration):
+            if layer not in self._viewer.layers:
+                show_info(f"Restore: '{layer.name}' was removed while its restoration was being prepared")
+                return
+            self._add_result(layer, result.data, f"{layer.name} restored", result.model_path,
+                             contrast_limits=result.contrast_limits)
         else:
-            self._open_result(layer, result)
+            self._open_result(layer, result, model_path)
 
-    def _open_result(self, layer, path: Path) -> None:
+    def _open_result(self, layer, path: Path, model_path: Path) -> None:
+        if layer not in self._viewer.layers:  # removed while it was restored: the file is written all the same
+            show_info(f"Restore: written to {path}; not opened, as '{layer.name}' was removed meanwhile")
+            return
         movie = read_movie_or_frame(path)  # (a single frame restored is a file of one frame)
-        self._add_result(layer, movie.data, path.stem.removesuffix(".ome"), {"source_path": str(path)})
+        self._add_result(layer, movie.data, path.stem.removesuffix(".ome"), model_path, {"source_path": str(path)})
         show_info(f"Restore: {movie.shape[0]} frames written to {path}")
 
-    def _add_result(self, layer, data, name: str, metadata: dict | None = None) -> None:
+    def _add_result(self, layer, data, name: str, model_path: Path, metadata: dict | None = None,
+                    contrast_limits: tuple[float, float] | None = None) -> None:
         # placed over the input (a frame axis added to a single frame starts at 0)
         lead = data.ndim - layer.data.ndim
         scale, translate = ((1.0,) * lead + tuple(layer.scale), (0.0,) * lead + tuple(layer.translate))
         if name in self._viewer.layers and "model" in self._viewer.layers[name].metadata:
             self._viewer.layers.remove(name)  # an earlier restoration; any other layer of the name stays
-        self.restored_layer = self._viewer.add_image(data, name=name, scale=scale, translate=translate,
-                                                     colormap="gray", contrast_limits=display_range(data, 1),
-                                                     metadata={**(metadata or {}), "model": str(self.model_file.value)})
+        self.restored_layer = self._viewer.add_image(
+            data, name=name, scale=scale, translate=translate, colormap="gray",
+            contrast_limits=contrast_limits or display_range(data, 1),
+            metadata={**(metadata or {}), "model": str(model_path)})  # the file this run used
 
     def cancel(self) -> None:
         """Stop after the current frames: a TIFF is not written, an OME-Zarr store keeps what was restored."""
@@ -189,7 +178,7 @@ class ApplyWidget(Container):
         """Write the model as a bioimage.io package in a worker and test it with bioimageio.core."""
         output = Path(str(self.export_to.value))
         try:
-            self._model()
+            model_path = self._model_path()  # (loaded in the worker)
             if output.suffix.lower() != ".zip":
                 raise ValueError(f"the bioimage.io package is a zip: name it *.zip, got '{output.name}'")
             if output.exists():
@@ -202,7 +191,7 @@ class ApplyWidget(Container):
         # (Frames 'all' still takes an alternating movie's low frames: its high ones are no test input)
         movie = () if layer is None else (layer.data, True if self.frames.value == "low" else None, layer.name)
         self.export_button.enabled = False
-        start(export_job, Path(self.model_file.value), output, authors, *movie, on_yield=self._export_step,
+        start(export_job, model_path, output, authors, *movie, on_yield=self._export_step,
               on_return=self._exported, on_finish=self._export_finished, context="Export", owner=self.native)
 
     def _export_step(self, step: str) -> None:  # the job's stage on the button, while it is off

@@ -7,7 +7,7 @@ from collections.abc import Generator
 import napari
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton, create_widget
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 
 from ..io import display_range
 from ..pairs import Pairs, iter_frame_means, pairs_from_means
@@ -86,6 +86,9 @@ class ExposurePairsWidget(Container):
         self._worker = None
 
     def _show(self, layer, pairs: Pairs) -> None:
+        if layer not in self._viewer.layers:  # removed while it was read: its pairs would be strays
+            show_info(f"Exposure pairs: '{layer.name}' was removed while it was split; no layers added")
+            return
         self.last_pairs = pairs
         for key, text in describe(pairs).items():
             self.result[key].value = text

@@ -24,7 +24,7 @@ from ..training.config import GAN_MODES, LOSSES, NOISE_SHAPES, TrainConfig
 from ..training.events import EventKind, TrainingEvent
 from ..training.recipes import RECIPE_SCOPES, RECIPES, recipe_values
 from ._loss_plot import LossPlot
-from ._train_jobs import ResumedSettings, pairs_from_layers, training_job
+from ._train_jobs import ResumedSettings, StoppedBeforeTraining, pairs_from_layers, training_job
 from ._workers import in_own_thread, start
 
 
@@ -348,6 +348,9 @@ class TrainWidget(Container):
         if isinstance(event, ResumedSettings):
             self._show_resumed(event)
             return
+        if isinstance(event, str):  # what the worker is doing before the first step
+            self.info.value = event
+            return
         values = event.values
         if event.kind is EventKind.STARTED:
             self.progress.max = event.total_steps or 1
@@ -380,6 +383,10 @@ class TrainWidget(Container):
         return self._preview
 
     def _on_result(self, result) -> None:
+        if isinstance(result, StoppedBeforeTraining):
+            self.status.state = RunState.STOPPED
+            show_info(f"Train: {result.message}")
+            return
         self.status.state = RunState.STOPPED if result.reason == "stopped" else RunState.DONE
         show_info(f"Train: {result.reason} at step {result.step}; model written to {result.path}")
         if result.note:
