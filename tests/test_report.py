@@ -113,3 +113,16 @@ def test_a_frame_without_a_labelled_spot_and_frames_smaller_than_the_crop(tmp_pa
     crops = {"ap2": {"truth": frame / 200, "raw low": frame / 200}}
     figure = report.crop_figure(crops)
     assert figure.axes[0].images[0].get_array().shape == (32, 32)
+
+
+def test_several_test_movies_per_kind_are_scored_as_one_set():
+    from quality import test_sets
+
+    joined = report.held_out_movies(8, 32, 2)
+    first, second = test_sets(8, 32, first_seed=1000), test_sets(8, 32, first_seed=1003)
+    for kind, data in joined.items():
+        assert data["low"].shape == data["high"].shape == (8, 32, 32)
+        np.testing.assert_array_equal(data["low"], np.concatenate([first[kind]["low"], second[kind]["low"]]))
+        images, spots = data["high_truth"]
+        assert len(images) == len(spots) == 8
+        np.testing.assert_array_equal(spots[5][0], second[kind]["high_truth"][1][1][0])
