@@ -364,13 +364,30 @@ def display_range(data, n_frames: int = 2) -> tuple[float, float]:
     return float(low), float(max(high, low + 1))
 
 
+def _mapped_sources(array) -> list[np.memmap]:
+    """The memory-mapped movies `array` reads from: itself, or those behind a lazily read one."""
+    if isinstance(array, np.memmap):
+        return [array]
+    if not isinstance(array, da.Array):
+        return []
+    readers = (_SOURCES.get(layer) for layer in array.dask.layers)
+    return [reader.frames for reader in readers if reader is not None and isinstance(reader.frames, np.memmap)]
+
+
 def _frames(array, progress: Callable[[int, int], None] | None = None) -> Any:
-    """Iterate over frames without loading a lazy movie into memory."""
+    """Iterate over frames without loading a lazy movie into memory; the pages of a memory-mapped source are
+    let go of as it goes (writing a 412 MiB movie's low frames kept 265 MiB of it resident)."""
+    mapped = _mapped_sources(array)
     for index in range(array.shape[0]):
         frame = array[index]
         yield as_array(frame)
+        if mapped and index % 16 == 15:
+            for source in mapped:
+                release_mapped_pages(source)
         if progress is not None:
             progress(index + 1, array.shape[0])
+    for source in mapped:
+        release_mapped_pages(source)
 
 
 def write_movie(
