@@ -259,6 +259,11 @@ def test_imagej_pixel_size_with_its_unit_in_the_resolution_tag_or_a_greek_mu(tmp
     mu = tmp_path / "mu.tif"
     tifffile.imwrite(mu, frames, imagej=True, metadata={"axes": "TYX", "unit": "\\u03BCm"}, resolution=(6.25, 6.25))
     assert read_movie(mu).pixel_size_um == pytest.approx(0.16)
+    # Micro-Manager: pixels per centimetre in the tag, unit=um in the ImageJ description (read 1.6e-5 um)
+    micro_manager = tmp_path / "mm.tif"
+    tifffile.imwrite(micro_manager, frames, imagej=True, metadata={"axes": "TYX", "unit": "um"},
+                     resolution=(62500, 62500), resolutionunit=3)
+    assert read_movie(micro_manager).pixel_size_um == pytest.approx(0.16)
 
 
 def test_pixels_that_are_not_square_are_warned_about(tmp_path):

@@ -48,11 +48,15 @@ def _axis_size_um(tif: tifffile.TiffFile, axis: str) -> float | None:
     if not numerator or not denominator:
         return None
     per_unit = numerator / denominator
+    res_unit = page.tags.get("ResolutionUnit")
+    res_unit = int(res_unit.value) if res_unit else 2
     unit = str((tif.imagej_metadata or {}).get("unit", "")) if tif.is_imagej else ""
     scale = UNIT_TO_UM.get(unit, UNIT_TO_UM.get(unit.lower()))
-    if scale is None:  # not ImageJ, or ImageJ without a unit it names: the resolution tag's unit, as Fiji reads it
-        res_unit = page.tags.get("ResolutionUnit")
-        scale = {3: 1e4}.get(int(res_unit.value) if res_unit else 2)  # only centimetres are physical here
+    if scale is None or res_unit == 3:
+        # not ImageJ, or ImageJ without a unit it names: the resolution tag's unit, as Fiji reads it; and a tag
+        # in pixels per centimetre is that whatever ImageJ's unit says (Micro-Manager writes cm with unit=um:
+        # read per um, a 0.108 um pixel came out 1.08e-5 um)
+        scale = {3: 1e4}.get(res_unit)  # only centimetres are physical here
     return None if scale is None else scale / per_unit
 
 
