@@ -190,6 +190,18 @@ def test_frames_appended_one_by_one_open_as_one_movie(tmp_path):
     np.testing.assert_array_equal(movie.data[:, 0, 0].compute(), np.arange(6))
 
 
+def test_blocks_of_frames_appended_by_tifffile_open_as_one_movie(tmp_path):
+    """A script streaming to disk with imwrite(block, append=True) writes a series per block: the movie was
+    read as its first block."""
+    path = tmp_path / "blocks.tif"
+    for block in range(3):
+        tifffile.imwrite(path, np.arange(5 * block, 5 * block + 5, dtype=np.uint16)[:, None, None]
+                         * np.ones((1, 16, 20), np.uint16), append=True)
+    movie = read_movie(path)
+    assert movie.shape == (15, 16, 20) and [int(np.asarray(movie.data[i])[0, 0]) for i in range(15)] == list(range(15))
+    assert movie.metadata["series_note"].startswith("the file holds 3 blocks of frames")
+
+
 def test_pixel_size_units(tmp_path):
     ome = tmp_path / "angstrom.ome.tif"
     tifffile.imwrite(ome, np.zeros((4, 8, 8), np.uint16), ome=True,

@@ -294,6 +294,9 @@ def _read_tiff_movie(path: Path, axes: str | None) -> Movie:
         metadata["axes_note"] = "ImageJ stack of slices without frames or z-spacing: slices read as time points"
     if pixel_size is None:
         metadata["note"] = "pixel size not recorded in the file; scale left at 1 pixel"
+    if getattr(tif, "appended_blocks", 0):
+        metadata["series_note"] = (f"the file holds {tif.appended_blocks} blocks of frames of one size (appended by "
+                                   "tifffile): read as one movie, in file order")
     others = [tuple(other.shape) for other in tif.series[1:] if tuple(other.shape[-2:]) == movie_shape[-2:]]
     if others:  # several positions (or acquisitions) in one file: only the first is read, which must be said
         metadata["series_note"] = (f"the file holds {1 + len(others)} image series of this frame size (positions?); "

@@ -95,14 +95,22 @@ def tifffile_log_unless_refused(replay: bool = True) -> Iterator[None]:
 
 
 def open_tiff(path: Path) -> tifffile.TiffFile:
-    """Open a TIFF; frames appended one by one (one 2-D series each) are opened as one image sequence."""
+    """Open a TIFF; frames appended one by one (one 2-D series each), or in blocks of frames by tifffile
+    (`imwrite(..., append=True)`, how acquisition scripts stream to disk: one series per block), are opened
+    as one image sequence (`appended_blocks` on the file says how many blocks there were)."""
     try:
         tif = tifffile.TiffFile(path)
         series = tif.series
-        if len(series) > 1 and all(s.ndim == 2 and s.shape == series[0].shape and s.dtype == series[0].dtype
-                                   for s in series):
+        frames = len(series) > 1 and all(s.ndim == 2 and s.shape == series[0].shape and s.dtype == series[0].dtype
+                                         for s in series)
+        blocks = (len(series) > 1 and tif.is_shaped and not (tif.is_ome or tif.is_imagej)
+                  and all(s.shape[-2:] == series[0].shape[-2:] and s.dtype == series[0].dtype
+                          and set(s.axes[:-2]) <= {"Q", "I", "T"} and s.axes[-2:] == "YX" for s in series))
+        if frames or blocks:
+            count = len(series)
             tif.close()
             tif = tifffile.TiffFile(path, is_shaped=False)
+            tif.appended_blocks = count if blocks and not frames else 0
         return tif
     except Exception as err:  # tifffile raises TiffFileError, ValueError, struct.error... for broken files
         raise ValueError(f"{path} is not a readable TIFF file ({err}); expected a .tif/.ome.tif movie.") from err
