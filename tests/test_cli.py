@@ -462,6 +462,42 @@ def test_a_split_cut_short_leaves_the_old_pair_as_it_was(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cells_high.tif", "cells_low.tif"]
 
 
+SPLIT_SLOWLY = """
+import sys, time
+import napari_pgsr.io as io
+from napari_pgsr import cli
+
+frames = io._frames
+def slow(*args, **kwargs):  # a movie of thousands of frames: minutes of writing
+    for frame in frames(*args, **kwargs):
+        time.sleep(0.2)
+        yield frame
+io._frames = slow
+sys.exit(cli.split_main([sys.argv[1], "-o", sys.argv[2], "--quiet"]))
+"""
+
+
+def test_a_split_terminated_leaves_no_hidden_half_written_file(tmp_path):
+    """SIGTERM (a batch system's time limit) left a hidden temporary file as large as the low movie."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    movie = write_movie(tmp_path / "cells.tif", simulate_movie("beads", 40, (16, 16), seed=3).movie)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-c", SPLIT_SLOWLY, str(movie), str(out)], stderr=subprocess.PIPE,
+                               text=True)
+    began = time.time()
+    while not (out.exists() and any(out.iterdir())) and time.time() - began < 60:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM and "terminated; nothing was written" in err
+    assert list(out.iterdir()) == []
+
+
 def test_split_names_a_compressed_frame_that_does_not_decode(tmp_path, capsys):
     """imagecodecs raises RuntimeErrors: they were a 26-frame traceback naming neither file nor frame."""
     import tifffile

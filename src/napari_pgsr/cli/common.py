@@ -1,6 +1,8 @@
 """What the console scripts share: how a user's mistake is reported, and what Ctrl-C does."""
 
 import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -73,3 +75,23 @@ class ProgressBar:
         """Start again from 0 (the next stage)."""
         if self._bar is not None:
             self._bar.reset()
+
+
+@contextmanager
+def terminate_cleans_up(program: str) -> Iterator[None]:
+    """Within the block SIGTERM (a batch system's time limit, `kill`) ends the program through an exception,
+    so the outputs' temporary files are removed: by default Python dies at once and leaves them, hidden and
+    as large as the movie. The exit status stays 143."""
+    if threading.current_thread() is not threading.main_thread():  # (signals are the main thread's)
+        yield
+        return
+
+    def on_terminate(signum, frame) -> None:
+        print(f"{program}: terminated; nothing was written", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput, ProgressBar
+from .common import EXIT_BAD_INPUT, BadInput, ProgressBar, terminate_cleans_up
 
 
 def recover_parser() -> argparse.ArgumentParser:
@@ -35,7 +35,8 @@ def recover_main(argv: list[str] | None = None) -> int:
             raise BadInput(f"refusing to write over the damaged file {args.movie}; choose another output name")
         if args.output.exists() and not args.overwrite:
             raise BadInput(f"{args.output} exists; pass --overwrite to replace it")
-        with ProgressBar("frame", disable=args.quiet) as bar:  # a movie of thousands of frames takes minutes
+        with terminate_cleans_up("napari-pgsr-recover"), ProgressBar("frame", disable=args.quiet) as bar:
+            # (a movie of thousands of frames takes minutes)
             found = recover_movie(args.movie, args.output, overwrite=args.overwrite, progress=bar.show)
     except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"napari-pgsr-recover: error: {err}", file=sys.stderr)

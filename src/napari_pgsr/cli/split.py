@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags, ProgressBar
+from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags, ProgressBar, terminate_cleans_up
 
 
 def split_parser() -> argparse.ArgumentParser:
@@ -50,7 +50,7 @@ def split_main(argv: list[str] | None = None) -> int:
             pairs = split_alternating(movie, low_first=args.low_first, progress=show("exposures"))
             phase = f"{'low' if pairs.low_first else 'high'} exposure first, ratio {pairs.ratio:.2f}x"
             # both movies or neither: a split cut short must not leave a new low beside an old high
-            with atomic_paths(list(outputs.values())) as temps:
+            with terminate_cleans_up("napari-pgsr-split"), atomic_paths(list(outputs.values())) as temps:
                 for (kind, path), tmp in zip(outputs.items(), temps):
                     bar.reset()
                     # which movie frame each frame is: after a left-out frame, frame i is no longer 2i
