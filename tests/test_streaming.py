@@ -46,6 +46,7 @@ def test_zarr_output_is_ome_ngff_and_equals_the_in_memory_restoration(files, tmp
     assert group["0"].chunks == (1, 40, 36)  # one chunk per frame: writers never collide
     scale = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
     assert scale == [1.0, 0.16, 0.16]
+    assert group["0"].metadata.dimension_separator == "/"  # NGFF's nested chunks ('.' read as empty elsewhere)
     info = group.attrs["napari_pgsr"]
     assert info["complete"] and info["model"] == "model.pgsr" and info["model_format_version"] == FORMAT_VERSION
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "out.zarr"), "--quiet"]) == 2
@@ -359,6 +360,24 @@ def test_pixel_size_of_other_writers_ome_zarr(tmp_path):
     movie = read_movie(tmp_path / "odd.zarr")
     assert movie.pixel_size_um is None and "its scale's unit 'parsec' is not one of micrometer" in (
         movie.metadata["note"])
+
+
+def test_bioformats2raw_stores_open_at_their_root_or_image_and_no_unit_is_claimed_without_a_size(tmp_path):
+    """bioformats2raw (the usual converter of vendor files) puts the image in '0': the root was 'not an OME-Zarr
+    image' and store.zarr/0 'not a readable TIFF file'. A store written without a pixel size claimed 1 um."""
+    from napari_pgsr.streaming import ZarrMovieWriter
+
+    root = zarr.open_group(str(tmp_path / "converted.zarr"), mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    _ome_zarr(tmp_path / "converted.zarr" / "0", "tczyx", (6, 1, 1, 8, 10), (1.0, 1.0, 1.0, 0.108, 0.108),
+              "micrometer")
+    for path in (tmp_path / "converted.zarr", tmp_path / "converted.zarr" / "0"):
+        movie = read_movie(path)
+        assert movie.shape == (6, 8, 10) and movie.pixel_size_um == pytest.approx(0.108)
+    writer = ZarrMovieWriter(tmp_path / "unknown.zarr", (2, 8, 8))
+    writer.close()
+    axes = zarr.open_group(str(tmp_path / "unknown.zarr"), mode="r").attrs["multiscales"][0]["axes"]
+    assert all("unit" not in axis for axis in axes)
 
 
 def test_ome_zarr_multiscale_scale_and_a_time_axis_named_by_its_type(tmp_path):

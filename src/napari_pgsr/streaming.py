@@ -47,12 +47,15 @@ class ZarrMovieWriter:
         self.path, self.rank = Path(path), rank
         if create:
             group = zarr.open_group(str(self.path), mode="w-", zarr_format=2)
-            group.create_array("0", shape=shape, chunks=(1, *shape[1:]), dtype="f4", fill_value=np.nan)
+            # chunks in nested folders: NGFF requires '/' (readers that assume it read '.'-keyed chunks as empty)
+            group.create_array("0", shape=shape, chunks=(1, *shape[1:]), dtype="f4", fill_value=np.nan,
+                               chunk_key_encoding={"name": "v2", "separator": "/"})
             scale = pixel_size_um or 1.0
+            unit = {"unit": "micrometer"} if pixel_size_um else {}  # none known: no claim of 1 um pixels
             group.attrs.update({"multiscales": [{
                 "version": "0.4", "name": self.path.stem,
-                "axes": [{"name": "t", "type": "time"}, {"name": "y", "type": "space", "unit": "micrometer"},
-                         {"name": "x", "type": "space", "unit": "micrometer"}],
+                "axes": [{"name": "t", "type": "time"}, {"name": "y", "type": "space", **unit},
+                         {"name": "x", "type": "space", **unit}],
                 "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale",
                                                                           "scale": [1.0, scale, scale]}]}]}],
                 "napari_pgsr": {**(attributes or {}), "complete": False, "pixel_size_um": pixel_size_um}})

@@ -10,8 +10,24 @@ _UNIT_TO_UM = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "um": 1.
 
 
 def is_zarr_path(path) -> bool:
-    """Names ending .zarr are (OME-)Zarr stores."""
-    return str(path).rstrip("/").lower().endswith(".zarr")
+    """Names ending .zarr are (OME-)Zarr stores, and so is a folder holding a Zarr group's metadata (the
+    image '0' of a bioformats2raw store: store.zarr/0)."""
+    if str(path).rstrip("/").lower().endswith(".zarr"):
+        return True
+    folder = Path(path)
+    return folder.is_dir() and any((folder / name).is_file() for name in (".zgroup", ".zattrs", "zarr.json"))
+
+
+def open_image_group(path):
+    """The Zarr group of the image at `path`: bioformats2raw (the usual converter of vendor files) puts it in
+    '0' under a root that only says so ('bioformats2raw.layout')."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    attributes = group.attrs.get("ome", group.attrs)
+    if "multiscales" not in attributes and "bioformats2raw.layout" in attributes and "0" in group:
+        return group["0"]
+    return group
 
 
 def _multiscale(group) -> dict:
@@ -38,7 +54,7 @@ def is_zarr_movie(path) -> bool:
     if not is_zarr_path(path):
         return False
     try:
-        group = zarr.open_group(str(path), mode="r")
+        group = open_image_group(path)
         multiscale = _multiscale(group)
         names = _axis_names(multiscale, group[multiscale["datasets"][0]["path"]].ndim)
     except Exception:  # noqa: BLE001 - not a store, not an image: not ours to open
@@ -55,7 +71,7 @@ def read_zarr_movie(path: Path, single_frame: bool = False):
     from .io import Movie, SingleFrameError, lazy_frames
 
     try:
-        group = zarr.open_group(str(path), mode="r")
+        group = open_image_group(path)
         multiscale = _multiscale(group)
         dataset = multiscale["datasets"][0]
         array = group[dataset["path"]]
