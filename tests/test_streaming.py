@@ -509,3 +509,24 @@ def test_a_second_ctrl_c_stops_with_a_word_not_a_traceback(files, tmp_path, monk
     assert "stopped at once; " in capsys.readouterr().err
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "out.tif"), "--quiet"]) == 130
     assert "out.tif: it was not written" in capsys.readouterr().err
+
+
+def test_a_context_model_reads_each_input_frame_once(files, tmp_path, monkeypatch):
+    """Each frame was read (a compressed one decoded) 2c+1 times: once for every frame it is a neighbour of."""
+    from napari_pgsr.data import Normalization
+    from napari_pgsr.inference import restore
+    from napari_pgsr.modelfile import ModelFile
+    from napari_pgsr.models.unet import UNet
+
+    class Counting:
+        def __init__(self, frames):
+            self.frames, self.shape, self.ndim, self.dtype, self.read = frames, frames.shape, 3, frames.dtype, []
+
+        def __getitem__(self, index):
+            self.read.append(int(index))
+            return self.frames[index]
+
+    model = ModelFile(UNet(in_channels=5, depth=1, width=4), Normalization(0, 1, 0, 1), {"config": {"context": 2}})
+    frames = Counting(np.random.default_rng(0).random((12, 16, 16), np.float32))
+    assert restore(model, frames, device="cpu").shape == (12, 16, 16)
+    assert sorted(frames.read) == list(range(12))

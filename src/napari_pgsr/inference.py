@@ -23,7 +23,7 @@ from .data import context_indices
 from . import devices
 from .devices import CompiledForward, autocast, available_memory, pick_device
 from .heap import reusing_freed_memory
-from .io import Movie, as_array, frames_named_on_error, register_derived, write_movie
+from .io import Movie, RecentFrames, as_array, frames_named_on_error, register_derived, write_movie
 from .modelfile import ModelFile
 
 
@@ -289,10 +289,6 @@ class Restorer:
         return np.where(missing[self.model.context], np.float32(np.nan), out)
 
 
-def _frame(frames, index: int) -> np.ndarray:
-    return as_array(frames[int(index)])
-
-
 def iter_restore(model: ModelFile, frames, indices=None, tile: int | None = None, overlap: int | None = None,
                  batch: int = 4, device: str = "auto",
                  progress: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
@@ -301,10 +297,11 @@ def iter_restore(model: ModelFile, frames, indices=None, tile: int | None = None
     reflected at the ends."""
     restorer = Restorer(model, tile, overlap, batch, device)
     indices = np.arange(frames.shape[0]) if indices is None else np.asarray(indices)
+    recent = RecentFrames(frames, 2 * model.context + 1 if model.context else 0)
     with reusing_freed_memory(restorer.device.type == "cpu"):  # no page faults on every forward pass
         for position in range(len(indices)):
             neighbours = indices[context_indices(position, len(indices), model.context)]
-            yield restorer(np.stack([_frame(frames, i) for i in neighbours]))
+            yield restorer(np.stack([recent[i] for i in neighbours]))
             if progress is not None:
                 progress(position + 1, len(indices))
 
@@ -331,6 +328,8 @@ class RestoredFrames:
         self.shape = (len(self.indices), *frames.shape[1:])
         self.ndim, self.size, self.dtype = 3, int(np.prod(self.shape)), np.dtype(np.float32)
         self.keep, self._kept, self._lock = keep, OrderedDict(), threading.Lock()
+        context = restorer.model.context
+        self._inputs = RecentFrames(frames, 2 * context + 1 if context else 0)  # (read under self._lock)
 
     def frame(self, position: int) -> np.ndarray:
         """Restore one frame (its neighbours taken from `indices` when the model uses context); the last
@@ -356,8 +355,10 @@ class RestoredFrames:
         neighbours = self.indices[context_indices(int(position), len(self.indices), context)]
         # the frame's tiles reuse one another's memory; it is handed back after the frame (a lazy layer
         # may sit in napari for hours between frames)
+        with self._lock:
+            inputs = np.stack([self._inputs[i] for i in neighbours])
         with reusing_freed_memory(self.restorer.device.type == "cpu"):
-            out = self.restorer(np.stack([_frame(self.frames, i) for i in neighbours]))
+            out = self.restorer(inputs)
         if self.progress is not None:
             self.progress(int(position) + 1, len(self.indices))
         return out

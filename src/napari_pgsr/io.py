@@ -7,6 +7,7 @@ import os
 import uuid
 import warnings
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -355,6 +356,26 @@ def read_image(path: str | os.PathLike) -> tuple[Any, float | None]:
 def as_array(data, dtype=None) -> np.ndarray:
     """A numpy array from a numpy, memmap, zarr or dask slice (dask is computed)."""
     return np.asarray(data.compute() if hasattr(data, "compute") else data, dtype=dtype)
+
+
+class RecentFrames:
+    """Frames of `frames` as arrays, the last `keep` read kept: consecutive frames restored by a model with
+    temporal context share their neighbours, which were read (a compressed frame decoded) 2c+1 times."""
+
+    def __init__(self, frames, keep: int, dtype=None):
+        self.frames, self.keep, self.dtype, self._kept = frames, keep, dtype, OrderedDict()
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        index = int(index)
+        if index in self._kept:
+            self._kept.move_to_end(index)
+            return self._kept[index]
+        frame = as_array(self.frames[index], self.dtype)
+        if self.keep:
+            self._kept[index] = frame
+            while len(self._kept) > self.keep:
+                self._kept.popitem(last=False)
+        return frame
 
 
 def display_range(data, n_frames: int = 2) -> tuple[float, float]:

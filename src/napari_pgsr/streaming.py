@@ -15,7 +15,7 @@ import numpy as np
 
 from .data import context_indices
 from .heap import reusing_freed_memory, share_one_arena
-from .io import as_array
+from .io import RecentFrames
 
 DONE_FOLDER = ".napari_pgsr_done"  # per-rank lists of frames written, so a resumed run redoes no frame
 
@@ -165,11 +165,12 @@ def _reader(frames, indices: np.ndarray, positions: Sequence[int], context: int,
             stop: threading.Event) -> None:
     """Background thread: put (position, C x Y x X input stack) for each position, then None."""
     try:
+        recent = RecentFrames(frames, 2 * context + 1 if context else 0, np.float32)
         for position in positions:
             if stop.is_set():
                 return
             neighbours = indices[context_indices(int(position), len(indices), context)]
-            _put(out, (int(position), np.stack([as_array(frames[int(i)], np.float32) for i in neighbours])), stop)
+            _put(out, (int(position), np.stack([recent[i] for i in neighbours])), stop)
     except BaseException as err:  # handed to the consumer, which raises it
         _put(out, err, stop)
         return
