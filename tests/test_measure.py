@@ -169,6 +169,12 @@ def test_measure_across_gives_one_table_and_a_summary_per_image():
     assert summary.loc["high", "median_fwhm_nm"] == pytest.approx(235.5, rel=0.03)
     assert summary.loc["high", "median_snr"] > 3 * summary.loc["low", "median_snr"]
     assert summary.loc["high", "suggested_f1"] == 1.0
+    # the medians on the spots usable on both images compare the same spots (each image's own usable fits
+    # differ: dim spots are flagged on the low image only)
+    on_both = set(report.table[(report.table["image"] == "low") & (report.table["flag"] == "")]["point"])
+    assert (summary["usable_on_all"] == len(on_both)).all() and 0 < len(on_both) <= summary.loc["low", "fitted"]
+    high = report.table[(report.table["image"] == "high") & report.table["point"].isin(on_both)]
+    assert summary.loc["high", "median_fwhm_nm_on_all"] == pytest.approx(high["fwhm_nm"].median())
     # the per-image call and the table rows agree
     alone = measure_spots(images["low"], truth, pixel_size_nm=100)
     pd.testing.assert_frame_equal(report.table[report.table["image"] == "low"].drop(columns="image")

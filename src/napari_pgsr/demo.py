@@ -165,6 +165,9 @@ def measure_suggested_spots(viewer, reference: str) -> None:
     for row in report.summary.itertuples():
         say(f"  {row.image}: {row.fitted}/{row.spots} spots fitted, median FWHM {row.median_fwhm_nm:.0f} nm, "
             f"median SNR {row.median_snr:.1f}, suggestions F1 {row.suggested_f1:.2f}")
+    common = report.summary.iloc[0]["usable_on_all"]
+    widths = " / ".join(f"{value:.0f}" for value in report.summary["median_fwhm_nm_on_all"])
+    say(f"  on the {common} spots fitted on all {len(report.summary)}: median FWHM {widths} nm")
 
 
 def main(argv: list[str] | None = None) -> int:

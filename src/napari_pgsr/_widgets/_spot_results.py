@@ -20,8 +20,9 @@ from ..analysis.points_csv import write_table_atomically
 from ..atomic import atomic_path
 
 SUMMARY_COLUMNS = ["image", "spots", "fitted", "flagged", "median_fwhm_nm", "median_fwhm_px", "median_snr",
-                   "median_sbr", "median_precision_nm", "suggested", "suggested_f1", "suggested_precision",
-                   "suggested_recall"]
+                   "median_sbr", "median_precision_nm", "usable_on_all", "median_fwhm_nm_on_all",
+                   "median_snr_on_all", "median_photons_on_all", "suggested", "suggested_f1",
+                   "suggested_precision", "suggested_recall"]
 
 
 def fill_table(table: QTableWidget, frame: pd.DataFrame) -> None:

@@ -122,14 +122,33 @@ def iter_measure_across(images: Mapping[str, object], points, pixel_size_nm: flo
         profile["r_nm"] = profile["r_px"] * (pixel_size_nm or float("nan"))
         profiles[name] = profile
     yield total, total, ""
+    on_all = usable_on_every_image(tables)
+    for summary, table in zip(summaries, tables):
+        summary.update(summarise_on(table, on_all))
     return SpotReport(pd.concat(tables, ignore_index=True), pd.DataFrame(summaries), profiles, note)
+
+
+def usable_on_every_image(tables: list[pd.DataFrame]) -> set[int]:
+    """The labels (`point`) fitted without a flag on every image: the medians of each image's own usable
+    fits compare different spots, as dim ones are flagged on the raw low frame only (a perfect restoration
+    read 15% fewer photons than the raw high frame, 2.5% on the same spots)."""
+    usable = [set(table.loc[table["flag"] == "", "point"].tolist()) for table in tables]
+    return set.intersection(*usable) if usable else set()
+
+
+def summarise_on(table: pd.DataFrame, points: set[int]) -> dict:
+    """Medians over the labels `points` (those usable on every image), with their count."""
+    chosen = table[table["point"].isin(points)]
+    return {"usable_on_all": len(chosen), "median_fwhm_nm_on_all": chosen["fwhm_nm"].median(),
+            "median_snr_on_all": chosen["snr"].median(), "median_photons_on_all": chosen["photons"].median()}
 
 
 def measure_across(images: Mapping[str, object], points, **options) -> SpotReport:
     """Measure the same `points` on every image of `images` (name -> Y x X or T x Y x X array of one shape).
 
     The table has an `image` column and the columns of `measure_spots`; the summary gives per image the
-    counts, median FWHM, SNR, SBR and precision of the usable fits, and the F1, precision and recall of
-    `suggest_spots` against the labels. Options are those of `iter_measure_across`.
+    counts, median FWHM, SNR, SBR and precision of the usable fits, the same medians (FWHM, SNR, photons)
+    over the labels usable on every image (`usable_on_all`: the fair comparison), and the F1, precision and
+    recall of `suggest_spots` against the labels. Options are those of `iter_measure_across`.
     """
     return run_to_end(iter_measure_across(images, points, **options))

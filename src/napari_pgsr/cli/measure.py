@@ -142,7 +142,8 @@ def measure_main(argv: list[str] | None = None) -> int:
     if args.baseline_adu == 0.0 and args.electrons_per_adu == 1.0:  # (precision 4 nm where 28-53 was right)
         print("note: no camera calibration given: photons and precision read grey levels as photons above 0; "
               "give --baseline-adu and --electrons-per-adu (photoelectrons per grey level, before EM gain)")
-    columns = ["image", "spots", "fitted", "median_fwhm_nm", "median_snr", "median_sbr", "suggested_f1"]
+    columns = ["image", "spots", "fitted", "median_fwhm_nm", "median_snr", "median_sbr", "usable_on_all",
+               "median_fwhm_nm_on_all", "suggested_f1"]
     print(report.summary.reindex(columns=columns).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"wrote {args.output} ({len(report.table)} rows), {summary_path}" + (f", {plots_path}" if args.plots else ""))
     return 0
