@@ -49,8 +49,6 @@ def _axis_names(multiscale: dict, ndim: int) -> list[str]:
 
 def is_zarr_movie(path) -> bool:
     """Whether `path` is an OME-Zarr image with a time axis (what read_movie opens), read cheaply."""
-    import zarr
-
     if not is_zarr_path(path):
         return False
     try:
@@ -66,7 +64,6 @@ def read_zarr_movie(path: Path, single_frame: bool = False):
     """A Movie from the full-resolution level of an OME-Zarr image; frames not yet written read as NaN.
     A store of one frame is refused unless `single_frame` (then a movie of that one frame)."""
     import dask.array as da
-    import zarr
 
     from .io import Movie, SingleFrameError, lazy_frames
 

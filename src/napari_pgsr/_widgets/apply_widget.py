@@ -13,7 +13,7 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, Label, LineEdit, Pr
 from napari.utils.notifications import show_error, show_info
 
 from ..inference import PRECISIONS
-from ..io import display_range, frame_source, read_movie_or_frame
+from ..io import display_range, read_movie_or_frame
 from ._grid_view import FitGridToCanvas, canvas_grid
 from ._restore_jobs import CancelledRun, LazyRestoration, describe_job, export_job, lazy_restore_job, restore_job
 from ._workers import progress_job, start
@@ -120,7 +120,7 @@ class ApplyWidget(Container):
             self._worker = start(lazy_restore_job, model_path, data, self.frames.value == "low", layer.name,
                                  self.device.value, self.batch.value or None, self.precision.value, self._cancel,
                                  on_yield=self._on_progress, on_return=lambda result: self._finished(layer, result),
-                                 on_finish=self._on_finish, context=context, computes=True, owner=self.native,
+                                 on_finish=self._on_finish, context=context, owner=self.native,
                                  on_abort=self._cancel.set)
             return
         pixel = float(layer.scale[-1]) if layer.metadata.get("pixel_size_um") else None
