@@ -229,6 +229,10 @@ def test_points_csv_round_trip_in_napari_format_and_plain_tables(tmp_path):
     assert path.read_text().splitlines()[0] == "index,axis-0,axis-1,axis-2"
     np.testing.assert_array_equal(read_points_csv(path), points)
     np.testing.assert_array_equal(csv_to_layer_data(str(path))[0], points)  # napari reads it as a Points layer
+    # an empty labels layer of a movie keeps its frame axis (it was written, and read back, as 2-D)
+    empty = write_points_csv(tmp_path / "empty.csv", np.empty((0, 3)))
+    assert empty.read_text().splitlines()[0] == "index,axis-0,axis-1,axis-2"
+    assert read_points_csv(empty).shape == (0, 3)
     (tmp_path / "yx.csv").write_text("x,y\n3,4\n5,6\n")
     np.testing.assert_array_equal(read_points_csv(tmp_path / "yx.csv"), [[4, 3], [6, 5]])
     (tmp_path / "bare.csv").write_text("4,3\n6,5\n")

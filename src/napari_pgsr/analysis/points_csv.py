@@ -56,7 +56,10 @@ def read_points_csv(path: str | Path) -> np.ndarray:
 def write_points_csv(path: str | Path, points: np.ndarray) -> Path:
     """Write points in napari's CSV format (atomically: a temporary file renamed into place)."""
     path = Path(path)
-    points = np.asarray(points, dtype=np.float64).reshape(len(points), -1) if len(points) else np.empty((0, 2))
+    points = np.asarray(points, dtype=np.float64)
+    # (an empty layer of a movie is (0, 3): its columns keep the frame axis, so it reads back as a movie's)
+    if points.ndim != 2:
+        points = points.reshape(len(points), -1) if len(points) else np.empty((0, 2))
     table = pd.DataFrame(points, columns=[f"axis-{i}" for i in range(points.shape[1])])
     table.insert(0, "index", np.arange(len(points)))
     return write_table_atomically(table, path)
