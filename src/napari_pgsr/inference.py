@@ -13,7 +13,6 @@ import json
 import threading
 import uuid
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -297,7 +296,7 @@ def iter_restore(model: ModelFile, frames, indices=None, tile: int | None = None
     reflected at the ends."""
     restorer = Restorer(model, tile, overlap, batch, device)
     indices = np.arange(frames.shape[0]) if indices is None else np.asarray(indices)
-    recent = RecentFrames(frames, 2 * model.context + 1 if model.context else 0)
+    recent = RecentFrames.of(frames, 2 * model.context + 1 if model.context else 0)
     with reusing_freed_memory(restorer.device.type == "cpu"):  # no page faults on every forward pass
         for position in range(len(indices)):
             neighbours = indices[context_indices(position, len(indices), model.context)]
@@ -327,9 +326,9 @@ class RestoredFrames:
         self.restorer, self.frames, self.indices, self.progress = restorer, frames, np.asarray(indices), progress
         self.shape = (len(self.indices), *frames.shape[1:])
         self.ndim, self.size, self.dtype = 3, int(np.prod(self.shape)), np.dtype(np.float32)
-        self.keep, self._kept, self._lock = keep, OrderedDict(), threading.Lock()
         context = restorer.model.context
-        self._inputs = RecentFrames(frames, 2 * context + 1 if context else 0)  # (read under self._lock)
+        self._inputs = RecentFrames.of(frames, 2 * context + 1 if context else 0)
+        self._outputs, self._lock = RecentFrames(self._restored, keep), threading.Lock()
 
     def frame(self, position: int) -> np.ndarray:
         """Restore one frame (its neighbours taken from `indices` when the model uses context); the last
@@ -338,25 +337,16 @@ class RestoredFrames:
         if not -len(self.indices) <= position < len(self.indices):
             raise IndexError(f"frame {position} is outside the {len(self.indices)} restored frames")
         position %= len(self.indices)
-        with self._lock:
-            if position in self._kept:
-                self._kept.move_to_end(position)
-                return self._kept[position].copy()
-        out = self._restored(position)
-        if self.keep:
-            with self._lock:
-                self._kept[position] = out.copy()
-                while len(self._kept) > self.keep:
-                    self._kept.popitem(last=False)
-        return out
+        with self._lock:  # (dask, which reads it under a lock too, and a snapping click: one at a time)
+            out = self._outputs[position]
+        return out.copy() if self._outputs.keep else out  # (what is kept is not handed out to be changed)
 
     def _restored(self, position: int) -> np.ndarray:
         context = self.restorer.model.context
         neighbours = self.indices[context_indices(int(position), len(self.indices), context)]
         # the frame's tiles reuse one another's memory; it is handed back after the frame (a lazy layer
         # may sit in napari for hours between frames)
-        with self._lock:
-            inputs = np.stack([self._inputs[i] for i in neighbours])
+        inputs = np.stack([self._inputs[i] for i in neighbours])
         with reusing_freed_memory(self.restorer.device.type == "cpu"):
             out = self.restorer(inputs)
         if self.progress is not None:

@@ -359,18 +359,24 @@ def as_array(data, dtype=None) -> np.ndarray:
 
 
 class RecentFrames:
-    """Frames of `frames` as arrays, the last `keep` read kept: consecutive frames restored by a model with
-    temporal context share their neighbours, which were read (a compressed frame decoded) 2c+1 times."""
+    """`read(index)` for frame indices, the last `keep` results kept: consecutive frames restored by a model
+    with temporal context share their neighbours, which were read (a compressed frame decoded) 2c+1 times;
+    a lazily restored frame napari shows is read again by a click that snaps a label on it."""
 
-    def __init__(self, frames, keep: int, dtype=None):
-        self.frames, self.keep, self.dtype, self._kept = frames, keep, dtype, OrderedDict()
+    def __init__(self, read: Callable[[int], np.ndarray], keep: int):
+        self.read, self.keep, self._kept = read, keep, OrderedDict()
+
+    @classmethod
+    def of(cls, frames, keep: int, dtype=None) -> "RecentFrames":
+        """Frames of the array `frames`, as numpy arrays of `dtype`."""
+        return cls(lambda index: as_array(frames[index], dtype), keep)
 
     def __getitem__(self, index: int) -> np.ndarray:
         index = int(index)
         if index in self._kept:
             self._kept.move_to_end(index)
             return self._kept[index]
-        frame = as_array(self.frames[index], self.dtype)
+        frame = self.read(index)
         if self.keep:
             self._kept[index] = frame
             while len(self._kept) > self.keep:

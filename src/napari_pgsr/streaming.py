@@ -165,7 +165,7 @@ def _reader(frames, indices: np.ndarray, positions: Sequence[int], context: int,
             stop: threading.Event) -> None:
     """Background thread: put (position, C x Y x X input stack) for each position, then None."""
     try:
-        recent = RecentFrames(frames, 2 * context + 1 if context else 0, np.float32)
+        recent = RecentFrames.of(frames, 2 * context + 1 if context else 0, np.float32)
         for position in positions:
             if stop.is_set():
                 return
