@@ -4,6 +4,7 @@ biologist measures, as one Markdown table and the PNG figures the README shows.
     .venv/bin/python benchmarks/report.py                      # CPU: 20 training minutes, about 30 in all
     .venv/bin/python benchmarks/report.py --budget 120 --full-size   # a GPU: full-width ProGAN
     .venv/bin/python benchmarks/report.py --load unet.pgsr gan.pgsr  # models trained elsewhere
+    .venv/bin/python benchmarks/report.py --steps 1500 --gan-steps 200   # by steps, not by the clock
 
 Methods: raw low, Gaussian-smoothed low, raw high, U-Net (MAE and BCE) and ProGAN (joint and gan), the
 models trained here on simulated AP2 movies (`--train-kind`) with the training minutes of `--budget` shared
@@ -60,15 +61,22 @@ def model_configs(full_size: bool, gan_warmup: int | None) -> dict[str, dict]:
             "ProGAN gan": {**recipe, "gan_mode": "gan"}}
 
 
-def training_configs(configs: dict[str, dict], budget: float, seed: int, cpu_bf16: bool) -> dict[str, TrainConfig]:
-    """Each row's TrainConfig: `budget` minutes shared out by SHARES, and nothing else ending a run."""
+def training_configs(configs: dict[str, dict], budget: float, seed: int, cpu_bf16: bool,
+                     steps: tuple[int, int] | None = None) -> dict[str, TrainConfig]:
+    """Each row's TrainConfig: `budget` minutes shared out by SHARES, and nothing else ending a run; or, with
+    `steps` (U-Net steps, ProGAN adversarial steps after its warm-up), a fixed number of steps and no clock:
+    a busy or slow machine trains the same steps (and the same seed, machine and torch the same weights)."""
     total_share = sum(SHARES[name] for name in configs)
     built = {}
     for name, changes in configs.items():
         bf16 = {"cpu_bf16": True} if cpu_bf16 and changes.get("model", "unet") == "unet" else {}
-        # steps=None: the time alone ends a run (and the U-Nets get the CLI's plateau schedule for it)
-        built[name] = TrainConfig(steps=None, minutes=budget * SHARES[name] / total_share, seed=seed,
-                                  validation_every=500, checkpoint_every=10**9, **bf16, **changes)
+        if steps is None:
+            # steps=None: the time alone ends a run (and the U-Nets get the CLI's plateau schedule for it)
+            ends = {"steps": None, "minutes": budget * SHARES[name] / total_share}
+        else:
+            is_gan = changes.get("model", "unet") == "progan"
+            ends = {"steps": changes["warmup_steps"] + steps[1] if is_gan else steps[0], "minutes": None}
+        built[name] = TrainConfig(**ends, seed=seed, validation_every=500, checkpoint_every=10**9, **bf16, **changes)
     return built
 
 
@@ -76,7 +84,8 @@ def train_all(args, configs: dict[str, dict], folder: Path) -> dict:
     training = [split_alternating(simulate_movie(args.train_kind, args.frames, (args.size, args.size), seed=s).movie,
                                   name=f"{args.train_kind} seed {s}") for s in range(3)]
     trained = {}
-    for name, config in training_configs(configs, args.budget, args.seed, args.cpu_bf16).items():
+    steps = (args.steps, args.gan_steps) if args.steps is not None else None
+    for name, config in training_configs(configs, args.budget, args.seed, args.cpu_bf16, steps).items():
         start = time.perf_counter()
         result = train(config, training, folder / f"{name.replace(' ', '_')}.pgsr")
         if args.keep:  # `--load` scores them again (the file names give the rows' names)
@@ -255,6 +264,10 @@ def f1_figure(rows: list[dict]) -> Figure:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=20.0, help="training minutes for all models together")
+    parser.add_argument("--steps", type=int, metavar="N", help="train each U-Net N steps instead of by the clock "
+                        "(with --gan-steps): equal training on any machine, however busy")
+    parser.add_argument("--gan-steps", type=int, metavar="N", help="each ProGAN's adversarial steps after its "
+                        "warm-up (with --steps)")
     parser.add_argument("--full-size", action="store_true", help="full-width ProGAN at 256 px (for a GPU)")
     parser.add_argument("--gan-warmup", type=int, help="ProGAN MAE warm-up steps (default: 200, the recipe's "
                         "5000 with --full-size)")
@@ -272,9 +285,17 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "report",
                         help="folder for report.md and the figures")
     args = parser.parse_args()
+    if (args.steps is None) != (args.gan_steps is None):
+        parser.error("--steps and --gan-steps go together (U-Net steps, ProGAN adversarial steps)")
+    if args.steps is not None:
+        if args.steps < 1 or args.gan_steps < 0:
+            parser.error(f"--steps must be >= 1 and --gan-steps >= 0, got {args.steps} and {args.gan_steps}")
+        if args.budget != parser.get_default("budget"):
+            parser.error("--budget trains by the clock, --steps by steps; give one of them")
     if args.load:
-        trained_here = [f"--{name.replace('_', '-')}" for name in ("budget", "full_size", "gan_warmup", "train_kind",
-                                                                      "frames", "cpu_bf16", "keep", "seed")
+        trained_here = [f"--{name.replace('_', '-')}" for name in ("budget", "steps", "gan_steps", "full_size",
+                                                                      "gan_warmup", "train_kind", "frames",
+                                                                      "cpu_bf16", "keep", "seed")
                         if getattr(args, name) != parser.get_default(name)]
         if trained_here:
             parser.error(f"{', '.join(trained_here)} set how models are trained here; --load scores given ones")
@@ -298,7 +319,10 @@ def main() -> int:
             where = (torch.cuda.get_device_name() if torch.cuda.is_available()
                      else f"{torch.get_num_threads()} CPU threads")
             native = args.cpu_bf16 and not torch.cuda.is_available() and cpu_has_native_bf16()
-            how = (f"trained for {args.budget:g} min in all on {where}{' (U-Nets in bf16)' if native else ''}, "
+            length = (f"for {args.budget:g} min in all" if args.steps is None else
+                      f"for {args.steps} steps (U-Nets) and {args.gan_steps} adversarial steps after the warm-up "
+                      f"(ProGANs)")
+            how = (f"trained {length} on {where}{' (U-Nets in bf16)' if native else ''}, "
                    f"3 {args.train_kind} movies of {args.frames} frames, seed {args.seed}"
                    f"{', full-size ProGANs' if args.full_size else ''}")
         descriptions = {name: model.describe() + (f"; {model.metadata['report']}" if "report" in model.metadata

@@ -83,7 +83,12 @@ def test_load_refuses_training_options_missing_files_and_two_models_of_one_name(
             (["--load", str(model), str(tmp_path / "gone.pgsr")], f"--load: no model file at {tmp_path / 'gone.pgsr'}"),
             (["--load", str(model), str(twin)], "--load: two models give the same row name (identity, identity)"),
             (["--load", str(spaced), str(underscored)], "the same row name (identity model, identity model)"),
-            (["--load", str(baseline)], "--load: raw high is the name of a row of raw or smoothed frames")]:
+            (["--load", str(baseline)], "--load: raw high is the name of a row of raw or smoothed frames"),
+            (["--steps", "10", "--gan-steps", "5", "--load", str(model)], "--steps, --gan-steps set how models"),
+            (["--steps", "10"], "--steps and --gan-steps go together"),
+            (["--gan-steps", "10"], "--steps and --gan-steps go together"),
+            (["--steps", "0", "--gan-steps", "5"], "--steps must be >= 1 and --gan-steps >= 0, got 0 and 5"),
+            (["--steps", "10", "--gan-steps", "5", "--budget", "3"], "--budget trains by the clock, --steps by")]:
         monkeypatch.setattr(sys, "argv", ["report.py", *arguments])
         with pytest.raises(SystemExit) as refused:  # before anything is simulated or trained
             report.main()
@@ -104,6 +109,15 @@ def test_the_budget_is_shared_out_and_only_time_ends_a_run():
     full = report.model_configs(full_size=True, gan_warmup=None)["ProGAN joint"]
     assert (full["width"], full["patch"], full["warmup_steps"]) == (1.0, 256, 5000)
     assert report.model_configs(full_size=True, gan_warmup=600)["ProGAN gan"]["warmup_steps"] == 600
+
+
+def test_by_steps_no_clock_ends_a_run_and_the_progans_add_their_warm_up():
+    configs = report.training_configs(report.model_configs(full_size=False, gan_warmup=300), budget=30.0,
+                                      seed=3, cpu_bf16=False, steps=(1500, 250))
+    assert all(config.minutes is None for config in configs.values())
+    assert {name: config.steps for name, config in configs.items()} == {
+        "U-Net MAE": 1500, "U-Net BCE": 1500, "ProGAN joint": 550, "ProGAN gan": 550}
+    assert configs["U-Net MAE"].lr_schedule == "cosine"  # the CLI's schedule over a number of steps
 
 
 def test_a_frame_without_a_labelled_spot_and_frames_smaller_than_the_crop(tmp_path):
