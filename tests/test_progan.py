@@ -499,3 +499,30 @@ def test_rank_step_seeds_differ_across_ranks_and_steps_and_repeat_on_resume():
     seeds = {rank_step_seed(0, rank, step) for rank in range(4) for step in range(50)}
     assert len(seeds) == 200  # every rank and step its own draws
     assert rank_step_seed(7, 1, 12) == rank_step_seed(7, 1, 12) != rank_step_seed(8, 1, 12)
+
+
+def test_validation_during_a_fade_scores_against_the_cross_faded_target(tmp_path, small_pairs, monkeypatch):
+    """Trained towards the cross-fade of the pooled and the full high-exposure image, the generator was scored
+    against the full one alone, so its validation loss jumped at every fade for no fault of its own."""
+    from napari_pgsr.training import progan_loop
+
+    targets, validate = [], progan_loop.validate
+
+    def spy(*args, **kwargs):
+        targets.append(kwargs["target"])
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(progan_loop, "validate", spy)
+    seen = []
+    train(_config(steps=6, validation_every=1), [small_pairs], tmp_path / "m.pgsr", progress=seen.append)
+    steps = [event.values for event in seen if event.kind is EventKind.STEP]
+    assert len(targets) == len(steps) == 6
+    checkerboard = torch.from_numpy((np.indices((8, 8)).sum(0) % 2).astype(np.float32))[None, None]
+    fading = [(target, values["alpha"]) for target, values in zip(targets, steps) if values["fading"]]
+    assert fading and any(not values["fading"] for values in steps)
+    for target, alpha in fading:  # a checkerboard pools to 0.5 everywhere
+        torch.testing.assert_close(target(checkerboard), 0.5 + (checkerboard - 0.5) * alpha)
+        assert alpha < 1
+    for target, values in zip(targets, steps):
+        if not values["fading"]:
+            torch.testing.assert_close(target(checkerboard), checkerboard)

@@ -124,9 +124,11 @@ def _fingerprint(provenance: dict) -> tuple:
 
 @torch.no_grad()
 def validate(network: torch.nn.Module, dataset: PatchDataset, loss_name: str, device: torch.device,
-             batch: int = 16, resize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+             batch: int = 16, resize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             target: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
     """Loss, PSNR and SSIM (normalised units, data range 1) over the fixed validation patches (`resize`:
-    applied to both images first, e.g. to a growing GAN's current resolution)."""
+    applied to both images first, e.g. to a growing GAN's current resolution; `target`: to the high-exposure
+    image after it, e.g. the cross-fade the GAN is trained towards during a fade)."""
     network.eval()
     losses, psnrs, ssims = [], [], []
     for start in range(0, len(dataset), batch):
@@ -134,6 +136,8 @@ def validate(network: torch.nn.Module, dataset: PatchDataset, loss_name: str, de
         x, y = torch.stack(lows).to(device), torch.stack(highs).to(device)
         if resize is not None:
             x, y = resize(x), resize(y)
+        if target is not None:
+            y = target(y)
         raw = network(x).float()
         prediction = network.activate(raw)
         losses.append(pixel_loss(loss_name, raw, prediction, y).item() * len(lows))

@@ -411,8 +411,10 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
             "resolution": phase.resolution, "alpha": generator.alpha,
             "fading": phase.fading, "images_seen": images_seen, **values})
         if setup.val_set is not None and (step % config.validation_every == 0 or step == total):
+            # scored against what it is trained towards: during a fade, the cross-faded high-exposure image
             metrics = validate(ema, setup.val_set, "mae", device,
-                               resize=lambda t, r=phase.resolution: downsample(t, r))
+                               resize=lambda t, r=phase.resolution: downsample(t, r),
+                               target=lambda t, a=generator.alpha: faded_real(t, a))
             metrics["loss"] = _from_rank_zero(metrics["loss"], world, device)  # every rank decides alike
             history["validation"].append({"step": step, "resolution": phase.resolution, **metrics})
             yield TrainingEvent(EventKind.VALIDATION, step, total, metrics)
