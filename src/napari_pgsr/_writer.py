@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from .io import write_movie
@@ -9,6 +10,16 @@ from .io import write_movie
 
 def write_image(path: str, data: Any, attributes: dict) -> list[str]:
     """Write one image layer; never writes over the file the layer was read from."""
+    try:
+        return _write_image(path, data, attributes)
+    except (ValueError, OSError) as err:
+        # napari turns a writer's ValueError into "not a valid writer for <path>"; its Save dialog shows the
+        # warnings raised while saving, so the reason is said as one too
+        warnings.warn(f"napari-pgsr did not save {path}: {err}", UserWarning, stacklevel=2)
+        raise
+
+
+def _write_image(path: str, data: Any, attributes: dict) -> list[str]:
     if attributes.get("rgb"):
         raise ValueError(f"{path}: the layer is an RGB image; this writer saves grey-scale movies (T x Y x X)")
     if attributes.get("multiscale") or isinstance(data, list):
