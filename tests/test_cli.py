@@ -7,6 +7,7 @@ import pytest
 import tifffile
 
 from napari_pgsr import cli
+from napari_pgsr.analysis import mortensen_precision
 from napari_pgsr.io import read_image, read_movie, write_movie
 from napari_pgsr.modelfile import load_model
 from napari_pgsr.simulate import Acquisition, simulate_movie
@@ -289,7 +290,8 @@ def test_measure_writes_one_table_over_low_and_high_frames(tmp_path, capsys):
     base = [*args[:4], "-o", str(tmp_path / "t3.csv")]
     for flags, message in [(["--radius", "-1"], "--radius -1: expected at least 2"),
                            (["--pixel-size-nm", "-100"], "--pixel-size-nm -100: expected above 0"),
-                           (["--electrons-per-adu", "0"], "--electrons-per-adu 0: expected above 0")]:
+                           (["--electrons-per-adu", "0"], "--electrons-per-adu 0: expected above 0"),
+                           (["--read-noise", "-1"], "--read-noise -1: expected 0 or more")]:
         assert cli.measure_main([*base, *flags]) == 2
         assert message in capsys.readouterr().err
     (tmp_path / "folder").mkdir()
@@ -299,6 +301,14 @@ def test_measure_writes_one_table_over_low_and_high_frames(tmp_path, capsys):
     assert cli.measure_main([*base, "--saturation-adu", "150", "--quiet"]) == 0
     flagged = pd.read_csv(tmp_path / "t3.csv", keep_default_na=False)
     assert flagged["flag"][flagged["image"] == "high"].str.contains("saturated").all()
+    # an sCMOS's read noise widens the precision as more background would (here: 1 e- per grey level)
+    read = [*args[:4], "--baseline-adu", "100", "--excess-noise", "1", "--quiet", "--overwrite"]
+    assert cli.measure_main([*read, "-o", str(tmp_path / "r0.csv")]) == 0
+    assert cli.measure_main([*read, "-o", str(tmp_path / "r2.csv"), "--read-noise", "2"]) == 0
+    r0, r2 = (pd.read_csv(tmp_path / name) for name in ("r0.csv", "r2.csv"))
+    assert (r2["precision_nm"] > r0["precision_nm"]).all()
+    assert r2["precision_nm"][0] == pytest.approx(160 * mortensen_precision(
+        r0["sigma_px"][0], r0["photons"][0], r0["background_photons"][0] + 4.0, 1.0))
 
 
 def test_measure_names_images_of_one_file_name_apart_and_checks_their_pixel_sizes(tmp_path, capsys):
@@ -466,6 +476,7 @@ SPLIT_SLOWLY = """
 import sys, time
 import napari_pgsr.io as io
 from napari_pgsr import cli
+from napari_pgsr.analysis import mortensen_precision
 
 frames = io._frames
 def slow(*args, **kwargs):  # a movie of thousands of frames: minutes of writing

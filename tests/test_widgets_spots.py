@@ -308,6 +308,13 @@ def test_camera_fields_keep_an_emccds_small_values_and_a_12_bit_cameras_saturati
     widget.saturation.value = 120
     widget.measure()
     assert set(widget.report.table["flag"]) == {"saturated"}
+    # an sCMOS's read noise (the field's) makes the precision worse
+    widget.images.value, widget.saturation.value, widget.emccd.value = ["high"], 0, False
+    widget.measure()
+    plain = widget.report.table["precision_nm"].to_numpy()
+    widget.read_noise.value = 2.0
+    widget.measure()
+    assert np.all(widget.report.table["precision_nm"].to_numpy() > plain)
 
 
 def test_suggest_accept_save_and_load(make_napari_viewer, rng, messages, tmp_path):

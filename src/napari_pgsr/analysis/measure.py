@@ -33,13 +33,16 @@ class CameraCalibration:
 
     The defaults treat the image as photon counts of an EMCCD (excess noise 2). `electrons_per_adu` is the
     photoelectrons (before EM gain) per grey level: the camera's e-/ADU divided by the EM gain; `excess_noise`
-    is the EM register's excess-noise factor F^2, 2; sCMOS and CCD cameras have 1.
+    is the EM register's excess-noise factor F^2, 2; sCMOS and CCD cameras have 1. `read_noise_electrons` is
+    the read noise (rms photoelectrons per pixel; an EMCCD's, divided by its EM gain, is about 0; an sCMOS's
+    1-2): it adds to the background's noise in the precision.
     """
 
     baseline_adu: float = 0.0
     electrons_per_adu: float = 1.0
     excess_noise: float = 2.0
     saturation_adu: float | None = None  # the grey level the camera clips at; None: an integer image's maximum
+    read_noise_electrons: float = 0.0
 
     @classmethod
     def from_emccd(cls, camera) -> CameraCalibration:
@@ -114,14 +117,17 @@ def centre_fraction(sigma_px: float) -> float:
     return float(erf(0.5 / (np.sqrt(2.0) * sigma_px)) ** 2)
 
 
-def mortensen_precision(sigma_px: float, photons: float, background_photons: float, excess_noise: float) -> float:
+def mortensen_precision(sigma_px: float, photons: float, background_photons: float, excess_noise: float,
+                        read_noise_electrons: float = 0.0) -> float:
     """Localisation precision (px) of a least-squares Gaussian fit, Mortensen et al. 2010 eq. 6 with
     square pixels of side 1: var = F (sa^2/N) (16/9 + 8 pi sa^2 b^2 / N), sa^2 = s^2 + 1/12, b^2 the
-    background photons per pixel and F the excess-noise factor (2 for an EMCCD)."""
+    background photons per pixel and F the excess-noise factor (2 for an EMCCD). Read noise r (rms e-) adds
+    r^2 / F to b^2: a pixel's variance is F b^2 + r^2, as if from that much more background."""
     if not photons > 0:
         return float("nan")
     sa2 = sigma_px**2 + 1.0 / 12.0
-    variance = excess_noise * sa2 / photons * (16.0 / 9.0 + 8.0 * np.pi * sa2 * max(background_photons, 0.0) / photons)
+    background = max(background_photons, 0.0) + read_noise_electrons**2 / excess_noise
+    variance = excess_noise * sa2 / photons * (16.0 / 9.0 + 8.0 * np.pi * sa2 * background / photons)
     return float(np.sqrt(variance))
 
 
@@ -221,7 +227,8 @@ def _measure_one(frame: np.ndarray, y: float, x: float, others: np.ndarray, radi
     above_baseline = fit.background - camera.baseline_adu
     photons = fit.amplitude * camera.electrons_per_adu
     background_photons = above_baseline * camera.electrons_per_adu
-    precision = mortensen_precision(fit.sigma_px, photons, background_photons, camera.excess_noise)
+    precision = mortensen_precision(fit.sigma_px, photons, background_photons, camera.excess_noise,
+                                    camera.read_noise_electrons)
     return {"y": fit.y, "x": fit.x, "sigma_px": fit.sigma_px, "fwhm_px": FWHM_PER_SIGMA * fit.sigma_px,
             "amplitude": fit.amplitude, "peak": peak, "background": fit.background, "background_sd": noise,
             "photons": photons, "background_photons": background_photons,

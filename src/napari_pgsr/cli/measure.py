@@ -29,6 +29,9 @@ def measure_parser() -> argparse.ArgumentParser:
                         help="photoelectrons (before EM gain) per grey level: the camera's e-/ADU divided by its "
                         "EM gain (the simulated EMCCD: 10 e-/ADU at gain 100 gives 0.1) [1: image in photons]")
     parser.add_argument("--excess-noise", type=float, default=2.0, help="2 for an EMCCD, 1 for sCMOS/CCD [2]")
+    parser.add_argument("--read-noise", type=float, default=0.0, metavar="E",
+                        help="the camera's read noise, rms photoelectrons per pixel, for the precision: an sCMOS's "
+                        "1-2 (its data sheet's median); an EMCCD's divided by its EM gain is about 0 [0]")
     parser.add_argument("--saturation-adu", type=float, default=None,
                         help="grey level the camera clips at: spots reaching it are flagged 'saturated' "
                              "[default: the integer image type's maximum, 65535 for 16 bits]")
@@ -78,7 +81,8 @@ def check_ranges(args: argparse.Namespace) -> None:
               ("--pixel-size-nm", args.pixel_size_nm, args.pixel_size_nm is None or args.pixel_size_nm > 0,
                "above 0"),
               ("--electrons-per-adu", args.electrons_per_adu, args.electrons_per_adu > 0, "above 0"),
-              ("--excess-noise", args.excess_noise, args.excess_noise >= 1, "at least 1 (1: sCMOS/CCD, 2: EMCCD)")]
+              ("--excess-noise", args.excess_noise, args.excess_noise >= 1, "at least 1 (1: sCMOS/CCD, 2: EMCCD)"),
+              ("--read-noise", args.read_noise, args.read_noise >= 0, "0 or more (rms photoelectrons)")]
     for flag, value, fine, expected in limits:
         if not fine:
             raise BadInput(f"{flag} {value:g}: expected {expected}")
@@ -114,7 +118,8 @@ def measure_main(argv: list[str] | None = None) -> int:
             if unfinished:
                 notes.append(f"{path}: {unfinished}; their spots are flagged")
         pixel_size = args.pixel_size_nm or common_pixel_size_nm(pixel_sizes_um)
-        camera = CameraCalibration(args.baseline_adu, args.electrons_per_adu, args.excess_noise, args.saturation_adu)
+        camera = CameraCalibration(args.baseline_adu, args.electrons_per_adu, args.excess_noise, args.saturation_adu,
+                                   args.read_noise)
         measuring = iter_measure_across(images, read_points_csv(args.points), pixel_size_nm=pixel_size,
                                         radius=args.radius, camera=camera, frame=args.frame)
         with ProgressBar("fit", disable=args.quiet) as bar:  # thousands of labels take minutes
