@@ -216,6 +216,8 @@ def test_bad_inputs_are_explained():
         PatchDataset(pairs, patch_size=64)
     with pytest.raises(ValueError, match="split must be"):
         PatchDataset(pairs, patch_size=8, split="test")
+    with pytest.raises(ValueError, match="needs the training set's normalization"):  # ("no training pairs" before)
+        PatchDataset(pairs, patch_size=8, split="validation", refs=[(0, 3), (0, 4)])
     low = np.ones((6, 16, 16), np.float32)
     low[2, 5, 5] = np.nan
     nan_pairs = pair_stacks(np.nan_to_num(low), np.nan_to_num(low) * 10, name="nan movie")

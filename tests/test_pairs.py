@@ -235,3 +235,38 @@ def test_pair_stacks_takes_movies_as_read(tmp_path):
     high = write_movie(tmp_path / "b_high.tif", sim.movie[1::2])
     pairs = pair_stacks(read_movie(low), read_movie(high))
     assert len(pairs) == 10 and pairs.name == "b_low.tif+b_high.tif" and pairs.ratio == pytest.approx(10, rel=0.05)
+
+
+@pytest.mark.parametrize("blank, dropped", [([0], [0, 39]), ([17], [16, 17]), (list(range(34, 40)), list(range(34, 40)))])
+def test_blank_frames_are_left_out_without_their_neighbours_and_do_not_move_the_offset(blank, dropped):
+    """An all-zero frame (a camera's blank first frame, the unwritten end of an aborted acquisition) read a 10x
+    movie as 2.5x above an offset of 0, cost four pairs around it, and refused a 2x movie as not alternating."""
+    clean = split_alternating(_movie(40))
+    movie = _movie(40)
+    movie[blank] = 0
+    pairs = split_alternating(movie)  # (with frame 0 blank, 1 pairs with 2 and 39 with none: 19 pairs either way)
+    assert sorted(pairs.dropped) == dropped and len(pairs) == 20 - len(dropped) // 2
+    assert not set(blank) & set(pairs.low_index.tolist() + pairs.high_index.tolist())
+    assert pairs.baseline == pytest.approx(clean.baseline, abs=1.0) and pairs.ratio == pytest.approx(clean.ratio,
+                                                                                                   rel=0.02)
+    two_x = simulate_movie("ap2", 40, (48, 48), seed=3, acquisition=Acquisition(low_exposure_s=0.05)).movie
+    two_x[0] = 0
+    assert split_alternating(two_x).ratio == pytest.approx(2.0, rel=0.05)
+    # a movie with its offset over-subtracted, whose late low frames' means are below 0, keeps them all
+    subtracted = simulate_movie("ap2", 80, (48, 48), seed=3, scene=Scene(bleach_time_s=3.0)).movie
+    subtracted = subtracted.astype(np.float32) - 110
+    assert subtracted[-2].mean() < 0 and len(split_alternating(subtracted)) >= 39
+
+
+def test_clipped_high_frames_are_warned_about_and_do_not_move_the_offset():
+    """0.6% of the high pixels at 65535 read the offset 100 as 68, and nothing said the targets were clipped."""
+    expected = simulate_movie("ap2", 40, (64, 64), seed=3).expected.astype(np.float64)
+    movie = np.clip(100 + (expected - 100) * 100 + np.random.default_rng(0).normal(0, 3, expected.shape), 0,
+                    65535).astype(np.uint16)
+    assert 0.002 < np.mean(movie[1::2] == 65535) < 0.02
+    with pytest.warns(UserWarning, match=r"of the high-exposure pixels are at the camera's maximum \(65535\)"):
+        pairs = split_alternating(movie, name="clipped")
+    assert pairs.baseline == pytest.approx(100, abs=8) and pairs.ratio == pytest.approx(10, rel=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # unclipped: no word
+        split_alternating(np.minimum(movie, 65534))

@@ -162,6 +162,9 @@ class PatchDataset(torch.utils.data.Dataset):
                 raise ValueError(f"{movie.name}: frames of {height}x{width} pixels are smaller than the "
                                  f"{patch_size}x{patch_size} patch size; choose a patch size <= {min(height, width)}")
         if refs is not None:  # an explicit set (a resumed run's stored split)
+            if split == "validation" and normalization is None:  # (no training pairs here to fit one on)
+                raise ValueError("a validation set given by its pairs (refs) needs the training set's "
+                                 "normalization: pass normalization=")
             train, val = (list(refs), []) if split != "validation" else ([], list(refs))
         else:
             train, val = split_refs(self.pairs, validation_fraction if split != "all" else 0.0, block_pairs,

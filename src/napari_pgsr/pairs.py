@@ -99,14 +99,29 @@ def frame_means(data, name: str = "movie", progress: Callable[[int, int], None] 
     return means
 
 
-def _binned_mean(data, indices: np.ndarray, k: int = 4) -> np.ndarray:
-    """Mean of the given frames, binned k x k (averages out shot and read noise)."""
-    stack = data[np.sort(indices)]
-    stack = as_array(stack, np.float64).mean(axis=0)
-    height, width = (n // k * k for n in stack.shape)
+def clipping_level(dtype) -> float | None:
+    """The grey level a camera's integer image clips at (65535 for 16 bits); None for floating point."""
+    dtype = np.dtype(dtype)
+    return float(np.iinfo(dtype).max) if dtype.kind in "ui" else None
+
+
+def _binned(data, indices: np.ndarray, k: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the given frames, binned k x k (averages out shot and read noise), and which bins hold a
+    pixel at the camera's clipping level in any of them (their mean is no measure of the light)."""
+    stack = as_array(data[np.sort(indices)])
+    level = clipping_level(stack.dtype)
+    clipped = (stack >= level).any(axis=0) if level is not None else np.zeros(stack.shape[1:], bool)
+    mean = stack.astype(np.float64).mean(axis=0)
+    height, width = (n // k * k for n in mean.shape)
     if height == 0 or width == 0:
-        return stack
-    return stack[:height, :width].reshape(height // k, k, width // k, k).mean(axis=(1, 3))
+        return mean, clipped
+    return (mean[:height, :width].reshape(height // k, k, width // k, k).mean(axis=(1, 3)),
+            clipped[:height, :width].reshape(height // k, k, width // k, k).any(axis=(1, 3)))
+
+
+def _binned_mean(data, indices: np.ndarray, k: int = 4) -> np.ndarray:
+    """Mean of the given frames, binned k x k."""
+    return _binned(data, indices, k)[0]
 
 
 def estimate_baseline(data, means: np.ndarray, low: np.ndarray, high: np.ndarray, n_pairs: int = 8) -> float:
@@ -118,11 +133,16 @@ def estimate_baseline(data, means: np.ndarray, low: np.ndarray, high: np.ndarray
     sample read a ratio of 2 as 4.3 or refused the movie as not alternating."""
     count = min(n_pairs, low.size, high.size)
     halves = (low[:count:2], low[1:count:2])
+    paired = means[np.concatenate([low, high])]  # (a blank or dark frame left out is no measure of the offset)
+    dimmest = paired.min()
     if count >= 2:
-        low_a, low_b = (_binned_mean(data, half).ravel() for half in halves)
+        (low_a, clipped_a), (low_b, clipped_b), (high_image, clipped_high) = (
+            _binned(data, frames) for frames in (*halves, high[:count]))
+        # bins with a clipped pixel lie below the line: on 0.6% clipped high pixels the offset read 68 for 100
+        unclipped = ~(clipped_a | clipped_b | clipped_high).ravel()
+        low_a, low_b, high_image = (image.ravel()[unclipped] for image in (low_a, low_b, high_image))
         low_image = 0.5 * (low_a + low_b)
-        high_image = _binned_mean(data, high[:count]).ravel()
-        structure = np.cov(low_a, low_b)[0, 1]
+        structure = np.cov(low_a, low_b)[0, 1] if low_a.size >= 4 else 0.0
         # a structure clearly above the noise: the halves agree (else the slope is noise over noise)
         if structure > 0 and structure > 0.25 * np.sqrt(low_a.var() * low_b.var()):
             # both halves against the high frames: bleaching makes half A a little brighter than half B
@@ -131,9 +151,21 @@ def estimate_baseline(data, means: np.ndarray, low: np.ndarray, high: np.ndarray
                 intercept = high_image.mean() - slope * low_image.mean()
                 # below the dimmest frame, which holds some light; by a hair only: with a large offset (1000
                 # ADU) a low frame may hold just 5 ADU above it, and a cap at 99% of it read a 10x movie as 5.5x
-                return float(min(intercept / (1 - slope), means.min() - 1e-3 * max(abs(means.min()), 1.0)))
-    frame = _binned_mean(data, np.array([int(np.argmin(means))]))
-    return float(min(np.percentile(frame, 1.0), 0.9 * means.min()))
+                return float(min(intercept / (1 - slope), dimmest - 1e-3 * max(abs(dimmest), 1.0)))
+    frame = _binned_mean(data, np.array([int(low[np.argmin(means[low])])]))
+    return float(min(np.percentile(frame, 1.0), 0.9 * dimmest))
+
+
+CLIPPED_SHARE = 1e-3  # share of the high frames' pixels at the clipping level above which the split warns
+
+
+def clipped_share(data, frames: np.ndarray, n_frames: int = 8) -> tuple[float, float | None]:
+    """The share of pixels at the camera's clipping level in the first `n_frames` of `frames` (the brightest
+    before bleaching, and those the offset was read from), and that level (None for floating-point data)."""
+    level = clipping_level(data.dtype)
+    if level is None or not frames.size:
+        return 0.0, level
+    return float(np.mean(as_array(data[np.sort(frames[:n_frames])]) >= level)), level
 
 
 MIN_AGREEMENT = 0.5  # low-high correlation, relative to low-low, below which the frames show other things
@@ -178,28 +210,47 @@ def odd_frames(means: np.ndarray, low: np.ndarray, high: np.ndarray, baseline: f
     return np.array(sorted(odd), int)
 
 
-def classify_frames(means: np.ndarray, window: int = 7) -> np.ndarray:
-    """True for bright (high exposure) frames: above the geometric midpoint of the local min/max envelope.
+def blank_frames(means: np.ndarray) -> np.ndarray:
+    """Frames of zeros (no camera reads exactly 0 in every pixel, offset and noise aside): a camera's blank
+    first frame, the never-written end of an aborted acquisition. They are no exposure: one dragged the
+    log-mean envelope 20 units down, so seven frames around it were lost. (A frame whose mean is below 0,
+    in a movie with its offset subtracted, is a frame all the same: it stays.)"""
+    return means == 0
+
+
+def classify_frames(means: np.ndarray, window: int = 7, blank: np.ndarray | None = None) -> np.ndarray:
+    """True for bright (high exposure) frames: above the geometric midpoint of the local min/max envelope
+    of the frames that are not `blank` (blank frames read False; they are paired with none).
 
     The envelope follows slow bleaching trends, and a window of 7 frames always holds both exposures
     even around a dropped or duplicated frame.
     """
-    log = np.log(np.maximum(means, 1e-9))
+    blank = np.zeros(means.shape, bool) if blank is None else blank
+    if blank.all():
+        return np.zeros(means.shape, bool)
+    log = np.where(blank, np.nan, np.log(np.where(blank, 1.0, np.maximum(means, 1e-9))))
     if means.size < window:  # too short for a trend to matter: one midpoint for all
-        return log > 0.5 * (log.max() + log.min())
+        return ~blank & (np.nan_to_num(log, nan=-np.inf) > 0.5 * (np.nanmax(log) + np.nanmin(log)))
     size = window | 1  # odd, so the window is centred
-    midpoint = 0.5 * (ndimage.maximum_filter1d(log, size, mode="nearest")
-                      + ndimage.minimum_filter1d(log, size, mode="nearest"))
-    return log > midpoint
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(log, size // 2, mode="edge"), size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a window of blank frames only: NaN, not bright
+        midpoint = 0.5 * (np.nanmax(windows, axis=1) + np.nanmin(windows, axis=1))
+    with np.errstate(invalid="ignore"):
+        return ~blank & (log > midpoint)
 
 
-def _pair_up(bright: np.ndarray, low_first: bool) -> tuple[list[int], list[int], list[int]]:
-    """Walk the frames, pairing each frame of the first phase with the next if that is of the other phase."""
+def _pair_up(bright: np.ndarray, low_first: bool,
+             blank: np.ndarray | None = None) -> tuple[list[int], list[int], list[int]]:
+    """Walk the frames, pairing each frame of the first phase with the next if that is of the other phase
+    (a blank frame pairs with none)."""
     low, high, dropped = [], [], []
     first_is_bright = not low_first
+    usable = np.ones(bright.size, bool) if blank is None else ~blank
     t = 0
     while t < bright.size:
-        if t + 1 < bright.size and bright[t] == first_is_bright and bright[t + 1] != first_is_bright:
+        if (t + 1 < bright.size and usable[t] and usable[t + 1] and bright[t] == first_is_bright
+                and bright[t + 1] != first_is_bright):
             lo, hi = (t, t + 1) if low_first else (t + 1, t)
             low.append(lo)
             high.append(hi)
@@ -236,10 +287,12 @@ def split_alternating(data, low_first: bool | None = None, name: str | None = No
 
 def pairs_from_means(data, means: np.ndarray, low_first: bool | None = None, name: str = "movie") -> Pairs:
     """The second half of split_alternating, once the frame means are known."""
-    bright = classify_frames(means)
-    # Phase unknown: keep the reading that pairs the most frames (ties: frame 0's class).
-    choices = (not bright[0], bool(bright[0])) if low_first is None else (low_first,)
-    low_first, low, high, dropped = max(((lf, *_pair_up(bright, lf)) for lf in choices),
+    blank = blank_frames(means)
+    bright = classify_frames(means, blank=blank)
+    # Phase unknown: keep the reading that pairs the most frames (ties: the first usable frame's class).
+    first = bright[int(np.argmin(blank))]
+    choices = (not first, bool(first)) if low_first is None else (low_first,)
+    low_first, low, high, dropped = max(((lf, *_pair_up(bright, lf, blank)) for lf in choices),
                                         key=lambda reading: len(reading[1]))
     low, high = np.array(low, int), np.array(high, int)
     if low.size == 0:
@@ -254,6 +307,11 @@ def pairs_from_means(data, means: np.ndarray, low_first: bool | None = None, nam
             raise ValueError(f"{name}: no low/high frame pairs left after leaving out odd frames {odd.tolist()}")
         baseline = estimate_baseline(data, means, low, high)
     ratio = exposure_ratio(means, low, high, baseline)
+    share, level = clipped_share(data, high)
+    if share > CLIPPED_SHARE:
+        warnings.warn(f"{name}: {share:.2%} of the high-exposure pixels are at the camera's maximum ({level:g}): "
+                      "their spots are clipped, and a model trained on them learns flat-topped spots; lower the "
+                      "high exposure, the laser power or the gain", stacklevel=2)
     agreement = structure_agreement(data, low, high)
     if agreement is not None and agreement < MIN_AGREEMENT:
         warnings.warn(f"{name}: the dim and bright frames show different structures (their images correlate "
