@@ -208,6 +208,11 @@ def test_reads_only_the_frames_it_needs():
     assert len(counting.touched) == 2
     for index in counting.touched:
         assert isinstance(index[0], int) and index[1].stop - index[1].start == 16
+    # a temporal context of 2 reads four more low frames, and no high frame beside them (it read 8 more)
+    context = PatchDataset(pairs, patch_size=16, normalization=IDENTITY, context=2)
+    counting.touched.clear()
+    low, _ = context[0]
+    assert low.shape == (5, 16, 16) and len(counting.touched) == 2 + 4
 
 
 def test_bad_inputs_are_explained():

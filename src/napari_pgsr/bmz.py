@@ -58,7 +58,7 @@ def low_frames(pairs, count: int) -> np.ndarray:
     """The first `count` low-exposure frames of `pairs` (count x Y x X)."""
     if len(pairs) < count:
         raise ValueError(f"{pairs.name}: {len(pairs)} exposure pairs, {count} needed for the test input")
-    return np.stack([pairs.read(pair)[0] for pair in range(count)]).astype(np.float32)
+    return np.stack([pairs.read_low(pair) for pair in range(count)]).astype(np.float32)
 
 
 def movie_low_frames(data, count: int, *, alternating: bool | None, name: str,

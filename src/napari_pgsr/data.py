@@ -213,7 +213,7 @@ class PatchDataset(torch.utils.data.Dataset):
         low, high = (a.astype(np.float32) for a in movie.read(ref[1], rows, cols))
         if self.context:
             neighbours = context_indices(ref[1], len(movie), self.context)
-            low = np.stack([movie.read(int(q), rows, cols)[0].astype(np.float32) if q != ref[1] else low
+            low = np.stack([movie.read_low(int(q), rows, cols).astype(np.float32) if q != ref[1] else low
                             for q in neighbours])
         if not (np.isfinite(low).all() and np.isfinite(high).all()):
             raise ValueError(f"{movie.name}: pair {ref[1]} (frames {movie.low_index[ref[1]]}/"

@@ -43,6 +43,10 @@ class Pairs:
         return (_read(self.low_source, int(self.low_index[pair]), rows, cols),
                 _read(self.high_source, int(self.high_index[pair]), rows, cols))
 
+    def read_low(self, pair: int, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """Read (a crop of) one low frame alone (a temporal context's neighbours need no high frame)."""
+        return _read(self.low_source, int(self.low_index[pair]), rows, cols)
+
     def summary(self) -> dict:
         """Plain-python description for layer metadata, logs and model files."""
         return {"pairs": len(self), "low_first": self.low_first, "ratio": round(float(self.ratio), 3),

@@ -101,7 +101,7 @@ def preview_frames(pairs: list[Pairs], config: TrainConfig) -> np.ndarray:
         validation = []
     movie, pair = validation[len(validation) // 2] if validation else (0, len(pairs[0]) // 2)
     corner = slice(0, 256)
-    return np.stack([pairs[movie].read(int(i), corner, corner)[0] for i in
+    return np.stack([pairs[movie].read_low(int(i), corner, corner) for i in
                      context_indices(pair, len(pairs[movie]), config.context)]).astype(np.float32)
 
 
