@@ -280,3 +280,19 @@ def test_cpu_bf16_autocasts_only_where_the_cpu_computes_bf16(tmp_path, pairs, mo
     with pytest.warns(RuntimeWarning, match="cpu_bf16 ignored"):
         train(TrainConfig(steps=2, offset=False, cpu_bf16=True, **TINY), [pairs], tmp_path / "c.pgsr")
 
+
+
+def test_validation_over_several_batches_and_with_a_target_transform(pairs):
+    """validate's per-image loop reused the name of its `target` argument: the second batch called an image,
+    so every training with the default 64 validation patches (four batches) stopped at its first validation."""
+    from napari_pgsr.data import PatchDataset
+    from napari_pgsr.models.unet import UNet
+    from napari_pgsr.training.loop import validate
+
+    val = PatchDataset(pairs, patch_size=16, split="validation", length=10)
+    network = UNet(depth=1, width=4)
+    plain = validate(network, val, "mae", torch.device("cpu"), batch=4)  # three batches
+    same = validate(network, val, "mae", torch.device("cpu"), batch=4, target=lambda t: t)
+    assert plain == same and np.isfinite(plain["psnr"])
+    shifted = validate(network, val, "mae", torch.device("cpu"), batch=4, target=lambda t: t + 0.5)
+    assert shifted["loss"] != plain["loss"]

@@ -141,11 +141,11 @@ def validate(network: torch.nn.Module, dataset: PatchDataset, loss_name: str, de
         raw = network(x).float()
         prediction = network.activate(raw)
         losses.append(pixel_loss(loss_name, raw, prediction, y).item() * len(lows))
-        for out, target in zip(prediction.cpu().numpy()[:, 0], y.cpu().numpy()[:, 0]):
-            psnrs.append(peak_signal_noise_ratio(target, out, data_range=1.0))
-            side = min(target.shape)
+        for out, truth in zip(prediction.cpu().numpy()[:, 0], y.cpu().numpy()[:, 0]):
+            psnrs.append(peak_signal_noise_ratio(truth, out, data_range=1.0))
+            side = min(truth.shape)
             window = min(7, side if side % 2 else side - 1)  # a growing GAN validates 4 x 4 images too
-            ssims.append(structural_similarity(target, out, data_range=1.0, win_size=window)
+            ssims.append(structural_similarity(truth, out, data_range=1.0, win_size=window)
                          if window >= 3 else float("nan"))
     network.train()
     return {"loss": float(sum(losses) / len(dataset)), "psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}
