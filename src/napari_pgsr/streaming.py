@@ -362,13 +362,21 @@ def restore_to_zarr(restorer, frames, indices: np.ndarray, output, pixel_size_um
     import shutil
 
     output = Path(output)
-    if output.resolve() in {Path(p).resolve() for p in protected}:
+    inputs = [Path(p).resolve() for p in protected]
+    if output.resolve() in inputs:
         raise ValueError(f"refusing to write {output}: it is one of the inputs")
+    inside = [str(p) for p in inputs if output.resolve() in p.parents]
+    if inside and not resume:  # (--overwrite deletes the folder first: the inputs went with it)
+        raise ValueError(f"refusing to write {output}: it holds an input ({inside[0]}); choose another output")
     shape = (len(indices), *frames.shape[1:])
     if rank == 0:
         if output.exists() and not resume:
             if not overwrite:
                 raise FileExistsError(f"{output} exists; pass --resume to continue it or --overwrite to replace it")
+            if output.is_dir() and not any((output / name).is_file() for name in (".zgroup", ".zattrs",
+                                                                                  "zarr.json")):
+                raise ValueError(f"{output} is a folder but no Zarr store; --overwrite replaces a store only, so "
+                                 "it was left as it is: choose another output, or remove the folder yourself")
             shutil.rmtree(output) if output.is_dir() else output.unlink()
         if resume and not output.exists():
             raise FileNotFoundError(f"nothing to resume: {output} does not exist")
