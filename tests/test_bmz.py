@@ -259,6 +259,13 @@ def test_export_command_uses_the_users_movie_for_the_test_tensors(exported, tmp_
     with zipfile.ZipFile(tmp_path / "lows.zip") as archive:
         np.testing.assert_array_equal(np.load(archive.open(rdf["inputs"][0]["test_tensor"]["source"]))[0, 0],
                                       low[top:top + 64, left:left + 64])
+    # and so is one low-exposure frame (a snapshot, as predict restores): it was refused as "a single frame"
+    tifffile.imwrite(tmp_path / "snapshot.tif", low)
+    assert cli.export_main([str(model_path), "-o", str(tmp_path / "snap.zip"), "--sample",
+                            str(tmp_path / "snapshot.tif"), "--no-check"]) == 0
+    with zipfile.ZipFile(tmp_path / "snap.zip") as archive:
+        np.testing.assert_array_equal(np.load(archive.open(rdf["inputs"][0]["test_tensor"]["source"]))[0, 0],
+                                      low[top:top + 64, left:left + 64])
     assert cli.export_main([str(model_path), "-o", str(out)]) == 2  # exists
     assert cli.export_main([str(model_path), "-o", str(tmp_path / "x.tar")]) == 2
     assert "name it *.zip" in capsys.readouterr().err

@@ -35,7 +35,7 @@ def export_main(argv: list[str] | None = None) -> int:
     args = export_parser().parse_args(argv)
     try:
         from ..bmz import check_package, export_bioimageio, movie_low_frames
-        from ..io import read_movie
+        from ..io import read_movie_or_frame
         from ..modelfile import load_model
 
         if args.output.suffix.lower() != ".zip":
@@ -47,7 +47,7 @@ def export_main(argv: list[str] | None = None) -> int:
         model = load_model(args.model)
         frames = None
         if args.sample:
-            frames = movie_low_frames(read_movie(args.sample), 2 * model.context + 1,
+            frames = movie_low_frames(read_movie_or_frame(args.sample), 2 * model.context + 1,  # (a snapshot too)
                                       alternating=True if args.low_first is not None else None,
                                       name=args.sample.name, low_first=args.low_first)
         path = export_bioimageio(model, args.output, name=args.name, authors=args.author, license=args.license,
