@@ -173,6 +173,9 @@ def test_phase_schedule_fades_each_resolution_in_linearly():
         TrainConfig(model="progan", patch=32, start_resolution=64)
     with pytest.raises(ValueError, match="resolution_batches"):
         TrainConfig(model="progan", patch=32, resolution_batches="4-64")
+    for wrong in ("16:0", "16:-4", "5:64"):  # a batch of 0 failed at its phase; 5 px was never trained at
+        with pytest.raises(ValueError, match=f"resolution_batches: {wrong}: each must be a resolution"):
+            TrainConfig(model="progan", patch=32, resolution_batches=f"4:8,{wrong}")
 
 
 @pytest.fixture(scope="module")

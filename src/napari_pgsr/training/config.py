@@ -221,6 +221,10 @@ class TrainConfig:
                 sizes[int(key)] = int(value)
             except ValueError:
                 raise ValueError(f"resolution_batches must look like '4:64,8:32', got {self.resolution_batches!r}")
+        wrong = [f"{key}:{value}" for key, value in sizes.items() if value < 1 or key < 4 or key & (key - 1)]
+        if wrong:  # (a batch of 0 failed deep in training; 5 px, a resolution no ProGAN has, was a silent typo)
+            raise ValueError(f"resolution_batches: {', '.join(wrong)}: each must be a resolution (a power of two, "
+                             "4 or more) and a batch of at least 1")
         return sizes.get(resolution, self.batch)
 
     @property
@@ -243,10 +247,13 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> Path:
         """Write as YAML (.yaml/.yml) or JSON (.json)."""
+        from ..atomic import atomic_path
+
         path = Path(path)
-        text = json.dumps(self.to_dict(), indent=2) if path.suffix == ".json" else yaml.safe_dump(
+        text = json.dumps(self.to_dict(), indent=2) if path.suffix.lower() == ".json" else yaml.safe_dump(
             self.to_dict(), sort_keys=False)
-        path.write_text(text)
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
         return path
 
     @classmethod
@@ -258,9 +265,9 @@ class TrainConfig:
             raise FileNotFoundError(f"config file not found: {path}")
         text = path.read_text()
         try:
-            values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            values = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as err:
-            raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from err
+            raise ValueError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {err}") from err
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of config fields, got {type(values).__name__}")
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
