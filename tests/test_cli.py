@@ -11,6 +11,7 @@ from napari_pgsr.analysis import mortensen_precision
 from napari_pgsr.io import read_image, read_movie, write_movie
 from napari_pgsr.modelfile import load_model
 from napari_pgsr.simulate import Acquisition, simulate_movie
+from napari_pgsr.training.config import TrainConfig
 
 TINY = ["--steps", "4", "--depth", "1", "--width", "4", "--patch", "32", "--batch", "4", "--validation-every", "2",
         "--validation-patches", "4", "--device", "cpu", "--quiet"]
@@ -113,6 +114,18 @@ def test_bad_prediction_input_exits_2_and_keeps_files(tmp_path, movie, capsys):
     write_movie(steady, simulate_movie("ap2", 8, (32, 32), acquisition=Acquisition(low_exposure_s=0.1)).movie)
     assert cli.predict_main([str(model), str(steady), "-o", str(tmp_path / "x.tif"), "--frames", "low"]) == 2
     assert capsys.readouterr().err.startswith("napari-pgsr-predict: error: ")
+    # --overwrite replaces a Zarr store, never a folder holding the inputs or a folder that is no store
+    project = tmp_path / "project.zarr"
+    project.mkdir()
+    inside = project / "raw.tif"
+    inside.write_bytes(movie.read_bytes())
+    assert cli.predict_main([str(model), str(inside), "-o", str(project), "--overwrite"]) == 2
+    assert f"it holds an input ({inside})" in capsys.readouterr().err and inside.is_file()
+    (tmp_path / "notes.zarr").mkdir()
+    (tmp_path / "notes.zarr" / "notes.txt").write_text("a user's notes")
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "notes.zarr"), "--overwrite"]) == 2
+    assert "is a folder but no Zarr store" in capsys.readouterr().err
+    assert (tmp_path / "notes.zarr" / "notes.txt").read_text() == "a user's notes"
 
 
 def test_train_refuses_outputs_it_could_not_write_before_training(tmp_path, movie, capsys):
@@ -185,7 +198,8 @@ def test_help_documents_every_config_field(capsys):
         assert flag in text
 
 
-def test_ctrl_c_stops_training_cleanly_and_leaves_a_resumable_model(tmp_path, movie):
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])  # SIGTERM (a batch system's time limit) ended it at once
+def test_ctrl_c_stops_training_cleanly_and_leaves_a_resumable_model(tmp_path, movie, signum):
     import os
     import signal
     import subprocess
@@ -200,12 +214,57 @@ def test_ctrl_c_stops_training_cleanly_and_leaves_a_resumable_model(tmp_path, mo
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None and not model.exists():  # first checkpoint
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(getattr(signal, signum))
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err[-2000:]
     saved = load_model(model)
     assert saved.training_state["reason"] == "stopped" and 5 <= saved.training_state["step"] < 100000
     assert "stopping after this step" in err
+
+
+def test_train_never_writes_over_its_inputs_and_reads_a_config_file_as_given(tmp_path, movie, capsys):
+    import shutil
+
+    data = tmp_path / "data.tif"
+    shutil.copy(movie, data)
+    before = data.read_bytes()
+    for arguments, said in [
+            (["--out", str(tmp_path / "m.pgsr"), "--write-config", str(data)],
+             f"--write-config {data} is one of the inputs"),  # (it became 600 bytes of YAML)
+            (["--out", str(data), "--overwrite"], f"--out {data} is one of the inputs"),
+            (["--out", str(tmp_path / "m.pgsr"), "--write-config", str(tmp_path / "m.pgsr")],
+             "--write-config and --out are both")]:
+        assert cli.train_main([str(data), *arguments, *TINY]) == 2
+        assert said in capsys.readouterr().err
+    assert data.read_bytes() == before
+    (tmp_path / "notes.yaml").write_text("a user's notes")
+    assert cli.train_main([str(data), "--out", str(tmp_path / "m.pgsr"), "--write-config",
+                           str(tmp_path / "notes.yaml"), *TINY]) == 2
+    assert "notes.yaml exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "notes.yaml").read_text() == "a user's notes"
+
+    def config(*flags):
+        return cli.build_config(cli.train_parser().parse_args([str(data), "--out", "x.pgsr", *flags]))
+
+    saved = TrainConfig().save(tmp_path / "unet.yaml")  # holds every field: steps 2000 among them
+    assert (config("--config", str(saved), "--minutes", "30").steps, config("--config", str(saved),
+                                                                           "--minutes", "30").minutes) == (None, 30)
+    with pytest.raises(cli.BadInput, match=r"unet.yaml was written for a unet; its width and patch \(32, 64\)"):
+        config("--config", str(saved), "--model", "progan")  # (a ProGAN 32x Karras's width: 45 billion weights)
+    assert config("--config", str(saved), "--model", "progan", "--width", "0.125", "--patch", "64",
+                  "--lr-schedule", "cosine").width == 0.125
+    (tmp_path / "recipe.yaml").write_text("recipe: progan-spots\nsteps: 10\n")
+    from_file = config("--config", str(tmp_path / "recipe.yaml"))  # (a U-Net called progan-spots before)
+    assert (from_file.model, from_file.critic_steps, from_file.steps, from_file.recipe) == ("progan", 5, 10,
+                                                                                            "progan-spots")
+    (tmp_path / "unknown.yaml").write_text("recipe: no-such-recipe\n")
+    with pytest.raises(cli.BadInput, match="recipe 'no-such-recipe' is none of the recipes"):
+        config("--config", str(tmp_path / "unknown.yaml"))
+    with pytest.raises(cli.BadInput, match="recipe progan-spots trains a progan, but .*unet.yaml sets model unet"):
+        config("--recipe", "progan-spots", "--config", str(saved))
+    # names after --val were taken as validation movies: said how to give them
+    assert cli.train_main(["--val", str(data), str(movie), "--out", str(tmp_path / "v.pgsr"), *TINY]) == 2
+    assert "name the movies before --val, --low or --high" in capsys.readouterr().err
 
 
 def test_resume_takes_the_stored_settings_and_minutes_alone_lift_the_step_cap(tmp_path, movie, capsys):
@@ -361,9 +420,8 @@ def test_recipe_sets_the_measured_progan_settings_and_flags_override_it(tmp_path
     assert "--recipe starts a new run" in capsys.readouterr().err
     assert cli.train_main([str(movie), "--out", str(tmp_path / "u.pgsr"), "--recipe", "progan-spots", "--model",
                            "unet", "--quiet"]) == cli.EXIT_BAD_INPUT
-    error = capsys.readouterr().err
-    assert "rot180_average is a ProGAN setting" in error
-    assert "critic_noise, rot180_average, width came from --recipe progan-spots" in error
+    error = capsys.readouterr().err  # (the model, not the recipe's settings it made wrong, is named)
+    assert "recipe progan-spots trains a progan, but --model sets model unet; leave out the recipe or the model" in error
     args = cli.train_parser().parse_args([str(movie), "--out", "x.pgsr", "--recipe", "progan-spots", "--batch", "0"])
     with pytest.raises(ValueError, match="batch must be >= 1") as raised:  # not the recipe's doing
         cli.build_config(args)
@@ -525,3 +583,21 @@ def test_split_names_a_compressed_frame_that_does_not_decode(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "zipped.tif: frame 9 cannot be read (" in err and "the file is damaged there" in err
     assert "Traceback" not in err and not list((tmp_path / "out").glob("*.tif"))
+
+
+@pytest.mark.parametrize("error", [RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't "
+                                                "allocate memory: you tried to allocate 1099511627776 bytes"),
+                                   MemoryError()])
+def test_training_out_of_memory_is_one_line_with_what_to_lower(tmp_path, movie, capsys, monkeypatch, error):
+    from napari_pgsr.training import loop
+
+    def out_of_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(loop, "train", out_of_memory)
+    assert cli.train_main([str(movie), "--out", str(tmp_path / "m.pgsr"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "error: out of memory" in err and "smaller --batch, --patch or --width" in err and "Traceback" not in err
+    monkeypatch.setattr(loop, "train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # other errors are not dressed up as memory
+        cli.train_main([str(movie), "--out", str(tmp_path / "m.pgsr"), *TINY])

@@ -25,21 +25,30 @@ class BadInput(Exception):
 
 
 @contextmanager
-def first_ctrl_c_stops(tell: Callable[[str], None]) -> Iterator[Callable[[], bool]]:
+def first_ctrl_c_stops(tell: Callable[[str], None], terminate_too: bool = False) -> Iterator[Callable[[], bool]]:
     """Within the block, the first Ctrl-C asks the training to stop after its step and save (the block gets
-    the `should_stop` to pass on); a second one stops at once, as Ctrl-C did before the block."""
+    the `should_stop` to pass on); a second one stops at once, as Ctrl-C did before the block. With
+    `terminate_too`, so does SIGTERM (a batch system's time limit, `kill`), which ended a training at once and
+    lost the steps since its last checkpoint."""
     interrupted: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM) if terminate_too else (signal.SIGINT,)
+    if threading.current_thread() is not threading.main_thread():  # (signals are the main thread's)
+        yield lambda: False
+        return
 
     def on_interrupt(signum, frame) -> None:
         interrupted.append(signum)
-        signal.signal(signal.SIGINT, previous)
-        tell("stopping after this step; the model will be saved (Ctrl-C again to abort)")
+        signal.signal(signum, previous[signum])
+        again = "Ctrl-C" if signum == signal.SIGINT else "a second SIGTERM"
+        tell(f"{'terminated: ' if signum == signal.SIGTERM else ''}stopping after this step; the model will be "
+             f"saved ({again} to abort)")
 
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    previous = {signum: signal.signal(signum, on_interrupt) for signum in signals}
     try:
         yield lambda: bool(interrupted)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class ProgressBar:

@@ -72,20 +72,24 @@ def build_config(args: argparse.Namespace):
     flags given. Minutes without steps (or steps without minutes) set the length of training alone."""
     from ..modelfile import load_model
     from ..training.config import TrainConfig, as_trained
-    from ..training.recipes import recipe_values
+    from ..training.recipes import RECIPES, recipe_values
 
     values, from_recipe, file_values = {}, set(), {}
+    if args.config:
+        file_values = TrainConfig.read_values(args.config)  # only what the file sets
+    recipe = args.recipe or file_values.get("recipe") or None  # a file's `recipe:` is a base as --recipe is
+    if recipe and recipe not in RECIPES:
+        raise BadInput(f"{args.config}: recipe {recipe!r} is none of the recipes ({', '.join(RECIPES)})")
     if args.resume is not None:
         if args.recipe:
             raise BadInput(f"--recipe starts a new run; --resume {args.resume} continues with the settings "
                            "stored in the checkpoint")
         values = as_trained(load_model(args.resume).metadata.get("config", {}))
-    elif args.recipe:
-        values = recipe_values(args.recipe)
-        from_recipe = set(values)
+    elif recipe:
+        values = recipe_values(recipe)
+        from_recipe = set(values) - {"recipe"}
     chosen = set()  # what the config file and the flags set
     if args.config:
-        file_values = TrainConfig.read_values(args.config)  # only what the file sets
         values.update(file_values)
         from_recipe -= set(file_values)
         chosen |= set(file_values)
@@ -98,10 +102,17 @@ def build_config(args: argparse.Namespace):
             chosen.add(spec.name)
             flags.add(spec.name)
     _refuse_the_other_models_settings(values.get("model", "unet"), flags, file_values, args.config)
-    # a length of training given alone is the only one: the default steps, or those of the run resumed, go
-    if "minutes" in chosen and "steps" not in chosen:
+    _refuse_another_models_sizes(values, flags, file_values, args.config)
+    if recipe and args.resume is None and values.get("model") != recipe_values(recipe)["model"]:
+        raise BadInput(f"recipe {recipe} trains a {recipe_values(recipe)['model']}, but "
+                       f"{'--model' if 'model' in flags else args.config} sets model {values.get('model')}; "
+                       "leave out the recipe or the model")
+    # a length of training given alone is the only one: the default steps, or those of the run resumed, go;
+    # one given by a flag wins over the file's (a saved config holds steps: --minutes 30 trained 2000 steps)
+    lengths = ({"steps", "minutes"} & flags) or ({"steps", "minutes"} & chosen)
+    if "minutes" in lengths and "steps" not in lengths:
         values["steps"] = None
-    if "steps" in chosen and "minutes" not in chosen:
+    if "steps" in lengths and "minutes" not in lengths:
         values["minutes"] = None
     try:
         return TrainConfig.from_dict(values)
@@ -109,9 +120,23 @@ def build_config(args: argparse.Namespace):
         # e.g. --model unet beside a ProGAN recipe: name the recipe's settings that the error is about
         clashing = sorted(name for name in from_recipe if re.search(rf"\b{name}\b", str(error)))
         if clashing:
-            raise BadInput(f"{error}. {', '.join(clashing)} came from --recipe {args.recipe}: set them too, or "
+            raise BadInput(f"{error}. {', '.join(clashing)} came from --recipe {recipe}: set them too, or "
                            "leave out --recipe") from error
         raise
+
+
+def _refuse_another_models_sizes(values: dict, flags: set, file_values: dict, config_file) -> None:
+    """A config file written for one model, trained as the other: a U-Net's width 32 (channels) read as a
+    ProGAN's multiplier of Karras's channels asked for a generator of 45 billion parameters."""
+    written_for = file_values.get("model", "unet")
+    if not file_values or values.get("model", "unet") == written_for:
+        return
+    carried = [name for name in ("width", "patch") if name in file_values and name not in flags]
+    if carried:
+        raise BadInput(f"{config_file} was written for a {written_for}; its {' and '.join(carried)} "
+                       f"({', '.join(f'{file_values[name]:g}' for name in carried)}) mean other things for a "
+                       f"{values.get('model')}: give {' and '.join('--' + name for name in carried)} too, or "
+                       "a config of that model")
 
 
 def _refuse_the_other_models_settings(model: str, flags: set, file_values: dict, config_file=None) -> None:
@@ -154,10 +179,12 @@ def load_training_pairs(args: argparse.Namespace, low_first):
     from ..io import read_movie
     from ..pairs import pair_stacks, split_alternating
 
+    # (--val, --low and --high take every name after them: movies named last were taken as theirs)
+    hint = "; name the movies before --val, --low or --high" if args.val or args.low or args.high else ""
     if not args.movies and not args.low:
-        raise BadInput("give alternating-exposure movies, or --low and --high stacks")
+        raise BadInput(f"give alternating-exposure movies, or --low and --high stacks{hint}")
     if len(args.low) != len(args.high):
-        raise BadInput(f"--low has {len(args.low)} files but --high has {len(args.high)}; give them in pairs")
+        raise BadInput(f"--low has {len(args.low)} files but --high has {len(args.high)}; give them in pairs{hint}")
     pairs = [split_alternating(read_movie(p), low_first=low_first) for p in args.movies]
     for low, high in zip(args.low, args.high):
         pairs.append(pair_stacks(read_movie(low).data, read_movie(high).data, name=f"{low.name}+{high.name}"))
@@ -201,15 +228,18 @@ def train_main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     try:
         config = build_config(args)
-        if args.recipe and int(os.environ.get("RANK", "0")) == 0:  # once under torchrun
+        if config.recipe and args.resume is None and int(os.environ.get("RANK", "0")) == 0:  # once under torchrun
             from ..training.recipes import RECIPE_SCOPES
 
-            print(f"recipe {args.recipe}: {RECIPE_SCOPES[args.recipe]}", file=sys.stderr)
+            print(f"recipe {config.recipe}: {RECIPE_SCOPES[config.recipe]}", file=sys.stderr)
         resuming_in_place = args.resume is not None and args.resume.resolve() == args.out.resolve()
+        check_outputs(args)
         for output in filter(None, (args.out, args.write_config)):  # found now, not after the training
             check_writable(output)
         if args.out.exists() and not args.overwrite and not resuming_in_place:
             raise BadInput(f"{args.out} exists; pass --overwrite to replace it, or --resume {args.out}")
+        if args.write_config and args.write_config.exists() and not args.overwrite:
+            raise BadInput(f"{args.write_config} exists; pass --overwrite to replace it")
         if args.resume is not None and config.model == "unet" and config.minutes is None and config.steps:
             from ..modelfile import load_model
 
@@ -230,7 +260,8 @@ def train_main(argv: list[str] | None = None) -> int:
             show(event)
 
         try:
-            with first_ctrl_c_stops(lambda message: print(f"\n{message}", file=sys.stderr)) as stopping:
+            with first_ctrl_c_stops(lambda message: print(f"\n{message}", file=sys.stderr),
+                                    terminate_too=True) as stopping:
                 result = train(config, pairs, args.out, validation=validation, resume=args.resume, progress=update,
                                should_stop=stopping, files=files)
             if result.note and int(os.environ.get("RANK", "0")) == 0:  # (also with --quiet)
@@ -244,4 +275,25 @@ def train_main(argv: list[str] | None = None) -> int:
     except (BadInput, ValueError, OSError) as err:  # OSError: e.g. a folder given for a file, a full disk
         print(f"napari-pgsr-train: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (MemoryError, RuntimeError) as err:  # (torch.OutOfMemoryError is a RuntimeError)
+        if not isinstance(err, MemoryError) and not re.search(r"out of memory|can't allocate memory", str(err)):
+            raise
+        said = (str(err).splitlines() or ["no memory left"])[0][:200]
+        print(f"napari-pgsr-train: error: out of memory ({said}): choose a smaller "
+              "--batch, --patch or --width", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 0
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Neither output may be an input: --write-config over the training movie replaced it with 600 bytes
+    of YAML, and --out over it (with --overwrite) with the model."""
+    inputs = {path.resolve(): path for path in [*args.movies, *args.low, *args.high, *args.val,
+                                                *filter(None, (args.config,))]}
+    if args.resume is not None and args.write_config is not None:
+        inputs.setdefault(args.resume.resolve(), args.resume)  # (--out may be the checkpoint resumed)
+    for flag, output in (("--out", args.out), ("--write-config", args.write_config)):
+        if output is not None and output.resolve() in inputs:
+            raise BadInput(f"{flag} {output} is one of the inputs; choose another file name")
+    if args.write_config is not None and args.write_config.resolve() == args.out.resolve():
+        raise BadInput(f"--write-config and --out are both {args.out}; give the config another name")
