@@ -170,3 +170,28 @@ def test_restored_frames_index_like_a_sequence():
     for outside in (4, -5):  # (-5 was named "frame -1 of 4")
         with pytest.raises(IndexError, match=rf"^frame {outside} is outside the 4 restored frames$"):
             lazy[outside]
+
+
+def test_frames_far_from_the_training_grey_levels_are_warned_of(tmp_path):
+    """The normalisation is fixed in camera units: a float copy scaled 0-3 of a 100-300 grey-level movie
+    restored to nonsense with no word."""
+    import warnings
+
+    from napari_pgsr.inference import restore_to_file, warn_of_foreign_intensities
+    from napari_pgsr.io import read_movie, write_movie
+
+    norm = Normalization(100.0, 300.0, 100.0, 2100.0)
+    rng = np.random.default_rng(0)
+    like_training = rng.uniform(100, 300, (64, 64)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_of_foreign_intensities(norm, like_training, "same") is None
+        assert warn_of_foreign_intensities(norm, like_training * 1.5, "a little brighter") is None
+    for name, frame in [("scaled copy", like_training / 100), ("ten times brighter", like_training * 10),
+                        ("offset 2000", like_training + 2000)]:
+        with pytest.warns(UserWarning, match=rf"{name}: its grey levels \(.* are far from those of the low-exposure "
+                                             r"frames the model was trained on \(100 to 300\)"):
+            warn_of_foreign_intensities(norm, frame, name)
+    movie = write_movie(tmp_path / "scaled.tif", np.stack([like_training / 100] * 2))
+    with pytest.warns(UserWarning, match="scaled.tif: its grey levels"):
+        restore_to_file(Restorer(_model(), device="cpu"), read_movie(movie), tmp_path / "out.tif")

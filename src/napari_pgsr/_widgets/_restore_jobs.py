@@ -48,7 +48,7 @@ def lazy_restore_job(model_path: Path, data, low: bool, name: str, device: str, 
     frames or to refuse an alternating movie; then the lazy frames, and the first one restored for the
     contrast (the lazy array keeps it, so napari shows it without restoring it again). A CancelledRun when
     cancelled."""
-    from ..inference import Restorer, check_context_on_all_frames, restore_lazily
+    from ..inference import Restorer, check_context_on_all_frames, restore_lazily, warn_of_foreign_intensities
     from ..modelfile import load_model
     from ..pairs import iter_frame_means, pairs_from_means
 
@@ -66,6 +66,8 @@ def lazy_restore_job(model_path: Path, data, low: bool, name: str, device: str, 
             indices = pairs_from_means(data, means, None, name).low_index
         else:  # all frames: a model with context must not take high frames for neighbours
             check_context_on_all_frames(model, data, f"layer '{name}'", means=means)
+    warn_of_foreign_intensities(model.normalization, frame_source(data)[int(indices[0]) if indices is not None
+                                                                          else 0], f"layer '{name}'")
     restorer = Restorer(model, batch=batch, device=device, precision=precision)
     lazy = restore_lazily(restorer, frame_source(data), indices)
     limits = display_range(lazy, 1)
