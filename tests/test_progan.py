@@ -529,3 +529,9 @@ def test_validation_during_a_fade_scores_against_the_cross_faded_target(tmp_path
     for target, values in zip(targets, steps):
         if not values["fading"]:
             torch.testing.assert_close(target(checkerboard), checkerboard)
+
+
+def test_steps_within_the_warm_up_are_warned_of(tmp_path, small_pairs):
+    """--recipe progan-spots (a 5000-step warm-up) with --steps 3 trained MAE alone, recorded under the recipe."""
+    with pytest.warns(UserWarning, match="steps 3 end within the ProGAN's MAE warm-up of 4 steps"):
+        train(_config(warmup_steps=4, steps=3), [small_pairs], tmp_path / "warm.pgsr")

@@ -8,6 +8,7 @@ import copy
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -235,6 +236,10 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
     """Train the conditional ProGAN; events and result as `loop.iter_training`. The model file holds the
     generator's EMA copy (used for inference); its training state holds both networks and the phase."""
     output = Path(output)
+    if config.steps is not None and config.steps <= config.warmup_steps:  # (a recipe's 5000 beside --steps 3)
+        warnings.warn(f"steps {config.steps} end within the ProGAN's MAE warm-up of {config.warmup_steps} steps: "
+                      "no adversarial step is trained, so the model is its generator trained on MAE alone; give "
+                      "more steps or a shorter warm-up (warmup_steps)", UserWarning, stacklevel=3)
     setup = prepare_run(config, pairs, validation, resume, files)
     device, rank, world, state, history = setup.device, setup.rank, setup.world, setup.state, setup.history
     history.setdefault("phases", [])
