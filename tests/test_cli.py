@@ -110,6 +110,8 @@ def test_bad_prediction_input_exits_2_and_keeps_files(tmp_path, movie, capsys):
     assert "x.png: expected a name ending in .tif, .tiff, .ome.tif or .zarr" in capsys.readouterr().err
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "x.tif"), "--batch", "0"]) == 2
     assert "--batch 0: expected at least 1" in capsys.readouterr().err
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "x.tif"), "--high-first"]) == 2
+    assert "give them with --frames low" in capsys.readouterr().err  # (ignored: every frame was restored)
     steady = tmp_path / "steady.tif"  # refused once the bar would start: it drew an empty "0frame" line first
     write_movie(steady, simulate_movie("ap2", 8, (32, 32), acquisition=Acquisition(low_exposure_s=0.1)).movie)
     assert cli.predict_main([str(model), str(steady), "-o", str(tmp_path / "x.tif"), "--frames", "low"]) == 2

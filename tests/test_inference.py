@@ -193,5 +193,9 @@ def test_frames_far_from_the_training_grey_levels_are_warned_of(tmp_path):
                                              r"frames the model was trained on \(100 to 300\)"):
             warn_of_foreign_intensities(norm, frame, name)
     movie = write_movie(tmp_path / "scaled.tif", np.stack([like_training / 100] * 2))
-    with pytest.warns(UserWarning, match="scaled.tif: its grey levels"):
+    with pytest.warns(UserWarning, match=r"scaled.tif: its grey levels \(.*percentiles of frame 0\)"):
         restore_to_file(Restorer(_model(), device="cpu"), read_movie(movie), tmp_path / "out.tif")
+    # an alternating movie restored whole: its high frames are no input the model knows
+    alternating = write_movie(tmp_path / "alternating.tif", np.stack([like_training, like_training * 10] * 2))
+    with pytest.warns(UserWarning, match=r"alternating.tif: its grey levels \(.*percentiles of frame 1\)"):
+        restore_to_file(Restorer(_model(), device="cpu"), read_movie(alternating), tmp_path / "all.tif")

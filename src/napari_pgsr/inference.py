@@ -380,7 +380,7 @@ def restore_lazily(restorer: Restorer, frames, indices=None) -> "da.Array":
 INTENSITY_FACTOR = 5.0  # a frame's grey-level spread beyond 5x (or under 1/5) of the training frames' is warned of
 
 
-def warn_of_foreign_intensities(normalization, frame, name: str) -> str | None:
+def warn_of_foreign_intensities(normalization, frame, name: str, which: str = "its first frame restored") -> str | None:
     """Warn (and return the warning) when a frame's grey levels lie far from the low-exposure frames the model
     was trained on: its normalisation is fixed in camera units (not each image's own, as CSBDeep's), so a
     converted copy (a float 0-3 copy of a 92-260 grey-level movie gave -146 to -112), another gain, offset or
@@ -395,8 +395,8 @@ def warn_of_foreign_intensities(normalization, frame, name: str) -> str | None:
     if abs(lo - trained_lo) <= trained_span and 1 / INTENSITY_FACTOR <= scale <= INTENSITY_FACTOR:
         return None
     low, high = normalization.percentiles
-    message = (f"{name}: its grey levels ({lo:.4g} to {hi:.4g}, the {low:g}-{high:g} percentiles of its first "
-               f"frame restored) are far from those of the low-exposure frames the model was trained on "
+    message = (f"{name}: its grey levels ({lo:.4g} to {hi:.4g}, the {low:g}-{high:g} percentiles of {which}) "
+               f"are far from those of the low-exposure frames the model was trained on "
                f"({trained_lo:.4g} to {normalization.low_hi:.4g}): another camera setting, exposure or offset, or a "
                "converted copy? The restored values will be wrong; restore movies taken as the training ones were")
     warnings.warn(message, UserWarning, stacklevel=3)
@@ -464,8 +464,10 @@ def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all
         check_context_on_all_frames(restorer.model, movie, movie.path.name if movie.path else "the movie")
     indices = (split_alternating(movie, low_first=low_first).low_index if frames == "low"
                else np.arange(movie.shape[0]))
-    warn_of_foreign_intensities(restorer.model.normalization, movie.frames[int(indices[0])],
-                                movie.path.name if movie.path else "the movie")
+    for index in indices[:2]:  # (two: the high frames of an alternating movie restored with frames 'all')
+        if warn_of_foreign_intensities(restorer.model.normalization, movie.frames[int(index)],
+                                       movie.path.name if movie.path else "the movie", f"frame {index}"):
+            break
     sources = tuple(p for p in (movie.path, *protected) if p is not None)
     model_path = restorer.model.path
     attributes = {"model": model_path.name if model_path else None, "model_format_version": FORMAT_VERSION,

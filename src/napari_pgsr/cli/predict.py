@@ -77,6 +77,8 @@ def predict_main(argv: list[str] | None = None) -> int:
             value = getattr(args, flag)
             if value is not None and value < (0 if flag == "overlap" else 1):
                 raise BadInput(f"--{flag} {value}: expected at least {0 if flag == 'overlap' else 1}")
+        if args.low_first is not None and args.frames == "all":  # (ignored before: every frame was restored)
+            raise BadInput("--low-first / --high-first say how the low frames pair: give them with --frames low")
         if not (is_tiff_path(args.output) or is_zarr_path(args.output)):
             raise BadInput(f"{args.output}: expected a name ending in .tif, .tiff, .ome.tif or .zarr (OME-Zarr)")
         if args.output.is_dir() and not is_zarr_path(args.output):  # found now, not after hours of restoring
