@@ -86,3 +86,25 @@ def test_a_torchscript_file_is_named_as_one(tmp_path):
     with pytest.raises(ValueError, match=r"weights_torchscript.pt is a TorchScript file, not a napari-pgsr model "
                                          r"file; give the .pgsr file"):
         load_model(tmp_path / "weights_torchscript.pt")
+
+
+def test_a_damaged_file_is_refused_not_loaded_as_other_weights(tmp_path):
+    """torch reads no checksums: a flipped byte in the weights loaded as different weights, unsaid; one in
+    the zip's directory gave a BadZipFile traceback."""
+    path = save_model(tmp_path / "u.pgsr", UNet(depth=1, width=4), Normalization(0.0, 1.0, 0.0, 1.0), {})
+    original = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        weights = next(info for info in archive.infolist() if info.filename.endswith("/data/0"))
+    local = weights.header_offset  # the local header's name and extra lengths (its padding is in the extra)
+    start = local + 30 + int.from_bytes(original[local + 26:local + 28], "little") + int.from_bytes(
+        original[local + 28:local + 30], "little")
+    flipped = bytearray(original)
+    flipped[start + 5] ^= 0x40
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match=r"u.pgsr is damaged: its part .*/data/0 fails its checksum"):
+        load_model(path)
+    directory = bytearray(original)
+    directory[int.from_bytes(original[original.rfind(b"PK\x05\x06") + 16:][:4], "little")] ^= 0xFF
+    path.write_bytes(bytes(directory))
+    with pytest.raises(ValueError, match=r"u.pgsr is not a readable napari-pgsr model file \(a damaged zip archive"):
+        load_model(path)

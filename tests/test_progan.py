@@ -535,3 +535,16 @@ def test_steps_within_the_warm_up_are_warned_of(tmp_path, small_pairs):
     """--recipe progan-spots (a 5000-step warm-up) with --steps 3 trained MAE alone, recorded under the recipe."""
     with pytest.warns(UserWarning, match="steps 3 end within the ProGAN's MAE warm-up of 4 steps"):
         train(_config(warmup_steps=4, steps=3), [small_pairs], tmp_path / "warm.pgsr")
+
+
+def test_a_generator_that_has_not_grown_to_full_size_is_said(tmp_path, small_pairs):
+    """--model progan with its defaults grows to 4 of 256 px in 2000 steps: the model, applied to whole frames
+    at a scale it never saw, said so only in its description."""
+    from napari_pgsr.inference import Restorer
+
+    result = train(_config(steps=4, phase_images=1000), [small_pairs], tmp_path / "small.pgsr")
+    assert "the generator has grown to 4 of 16 px" in result.note
+    with pytest.warns(UserWarning, match="this ProGAN grew to 4 of 16 px only"):
+        Restorer(load_model(result.path), device="cpu")
+    grown = train(_config(start_resolution=16, steps=2), [small_pairs], tmp_path / "grown.pgsr")
+    assert "grown to" not in (grown.note or "")

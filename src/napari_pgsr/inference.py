@@ -82,6 +82,12 @@ class Restorer:
         if not (np.isfinite([norm.low_lo, norm.low_hi, norm.high_lo, norm.high_hi]).all()
                 and norm.low_hi > norm.low_lo and norm.high_hi > norm.high_lo):
             raise ValueError(f"the model file's normalisation is unusable ({norm}): each range needs hi > lo")
+        arch = model.metadata.get("architecture", {})
+        if arch.get("name") == "progan" and (arch.get("resolution", 0) < arch.get("max_resolution", 0)
+                                             or arch.get("alpha", 1.0) < 1):
+            warnings.warn(f"this ProGAN grew to {arch['resolution']} of {arch['max_resolution']} px only (its "
+                          "training stopped early): it learnt on patches averaged down to that size, so it restores "
+                          "full frames at a scale it never saw", UserWarning, stacklevel=2)
         self.align = 2 ** getattr(self.network, "depth", 0)
         self.margin = (getattr(self.network, "receptive_field", 1) - 1) // 2
         chosen = overlap is None

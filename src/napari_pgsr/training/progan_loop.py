@@ -441,6 +441,13 @@ def iter_progan_training(config: TrainConfig, pairs: Sequence[Pairs], output: st
             yield TrainingEvent(EventKind.CHECKPOINT, step, total, {"path": str(save("checkpoint"))})
     if reason != "diverged" and wrecked():  # stopped or ended between validations
         reason, note = back_from_the_wreck()
+    if ema.resolution < config.patch or ema.alpha < 1:  # (the default --model progan: 2000 steps grew it to 4 px)
+        ungrown = (f"the generator has grown to {ema.resolution} of {config.patch} px"
+                   f"{' (still fading in)' if ema.alpha < 1 else ''}: it learnt on patches averaged down to that "
+                   "size and restores full frames at a scale it never saw; train longer (the phases take "
+                   "phase_images images each) or start at the full size (start_resolution, as the progan-spots "
+                   "recipe does)")
+        note = f"{note}; {ungrown}" if note else ungrown
     path = save(reason) if rank == 0 else output
     if world > 1:
         dist.barrier()
