@@ -185,6 +185,8 @@ def test_predict_restores_a_single_snapshot_and_a_ctrl_c_in_the_last_frames_is_n
     monkeypatch.undo()
     assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "c.tif"), "--device", "gpu"]) == 2
     assert "unknown device 'gpu'; expected auto, cpu, cuda, cuda:N or mps" in capsys.readouterr().err  # (a traceback)
+    assert cli.predict_main([str(model), str(movie), "-o", str(tmp_path / "c.tif"), "--device", "xpu"]) == 2
+    assert "device 'xpu' is not one napari-pgsr runs on" in capsys.readouterr().err  # (a torch assertion)
 
 
 def test_help_documents_every_config_field(capsys):
@@ -423,7 +425,8 @@ def test_recipe_sets_the_measured_progan_settings_and_flags_override_it(tmp_path
     assert cli.train_main([str(movie), "--out", str(tmp_path / "u.pgsr"), "--recipe", "progan-spots", "--model",
                            "unet", "--quiet"]) == cli.EXIT_BAD_INPUT
     error = capsys.readouterr().err  # (the model, not the recipe's settings it made wrong, is named)
-    assert "recipe progan-spots trains a progan, but --model sets model unet; leave out the recipe or the model" in error
+    assert ("recipe progan-spots trains a progan, but --model sets model unet; leave out the recipe or the model"
+            in error)
     args = cli.train_parser().parse_args([str(movie), "--out", "x.pgsr", "--recipe", "progan-spots", "--batch", "0"])
     with pytest.raises(ValueError, match="batch must be >= 1") as raised:  # not the recipe's doing
         cli.build_config(args)
@@ -603,3 +606,18 @@ def test_training_out_of_memory_is_one_line_with_what_to_lower(tmp_path, movie, 
     monkeypatch.setattr(loop, "train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):  # other errors are not dressed up as memory
         cli.train_main([str(movie), "--out", str(tmp_path / "m.pgsr"), *TINY])
+
+
+def test_a_commands_warnings_are_one_plain_line(tmp_path, movie):
+    """Python printed a warning with the file, line and source line in napari-pgsr that raised it."""
+    import subprocess
+    import sys
+
+    model = tmp_path / "m.pgsr"
+    assert cli.train_main([str(movie), "--out", str(model), *TINY]) == 0
+    scaled = write_movie(tmp_path / "scaled.tif", read_movie(movie).frames[:4].astype(np.float32) / 100)
+    done = subprocess.run([sys.executable, "-m", "napari_pgsr.cli", "predict", str(model), str(scaled), "-o",
+                           str(tmp_path / "r.tif"), "--quiet", "--device", "cpu"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.startswith("napari-pgsr-predict: warning: scaled.tif: its grey levels"), done.stderr
+    assert "UserWarning" not in done.stderr and "restore_to_file(" not in done.stderr

@@ -199,3 +199,16 @@ def test_frames_far_from_the_training_grey_levels_are_warned_of(tmp_path):
     alternating = write_movie(tmp_path / "alternating.tif", np.stack([like_training, like_training * 10] * 2))
     with pytest.warns(UserWarning, match=r"alternating.tif: its grey levels \(.*percentiles of frame 1\)"):
         restore_to_file(Restorer(_model(), device="cpu"), read_movie(alternating), tmp_path / "all.tif")
+
+
+def test_tall_frames_tile_as_wide_ones_and_a_deep_network_that_fits_nowhere_computes_least():
+    """A 2048 x 256 frame was costed as 2048² and tiled; a grown GAN (900 px of overlap) that fitted no tile
+    ran a 1200² frame as 16 tiles of 1024², 11.7x its pixels, over the budget all the same."""
+    restorer = Restorer(_model(), device="cpu")
+    restorer._memory_budget = lambda: 1.01 * 2048 * 256 * restorer._bytes_per_pixel()
+    assert restorer.tile_for(256, 2048) == restorer.tile_for(2048, 256) == 2048
+    deep = Restorer(ModelFile(ProGANGenerator(1, 256, width=1 / 64, resolution=256).eval(),
+                              Normalization(100.0, 300.0, 100.0, 2100.0), {"config": {"context": 0}}), device="cpu")
+    assert deep.overlap > 800
+    deep._memory_budget = lambda: 0.5 * 1200 * 1200 * deep._bytes_per_pixel()  # no tile fits
+    assert deep.tile_for(1200, 1200) >= 1200  # the whole frame: one pass

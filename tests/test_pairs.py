@@ -237,7 +237,8 @@ def test_pair_stacks_takes_movies_as_read(tmp_path):
     assert len(pairs) == 10 and pairs.name == "b_low.tif+b_high.tif" and pairs.ratio == pytest.approx(10, rel=0.05)
 
 
-@pytest.mark.parametrize("blank, dropped", [([0], [0, 39]), ([17], [16, 17]), (list(range(34, 40)), list(range(34, 40)))])
+@pytest.mark.parametrize("blank, dropped", [([0], [0, 39]), ([17], [16, 17]),
+                                            (list(range(34, 40)), list(range(34, 40)))])
 def test_blank_frames_are_left_out_without_their_neighbours_and_do_not_move_the_offset(blank, dropped):
     """An all-zero frame (a camera's blank first frame, the unwritten end of an aborted acquisition) read a 10x
     movie as 2.5x above an offset of 0, cost four pairs around it, and refused a 2x movie as not alternating."""

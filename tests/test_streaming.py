@@ -530,3 +530,27 @@ def test_a_context_model_reads_each_input_frame_once(files, tmp_path, monkeypatc
     frames = Counting(np.random.default_rng(0).random((12, 16, 16), np.float32))
     assert restore(model, frames, device="cpu").shape == (12, 16, 16)
     assert sorted(frames.read) == list(range(12))
+
+
+def test_a_store_begun_from_a_layer_without_a_file_resumes_from_the_file_and_frames_are_named(files, tmp_path):
+    """The Restore widget's cancel note says `napari-pgsr-predict --resume` completes its store; begun from a
+    layer with no file behind it (source None), that resume died in a TypeError. And resumed with other
+    --frames, the error blamed another movie or model."""
+    import dask.array as da
+
+    from napari_pgsr.io import Movie
+
+    model, movie = files
+    frames = read_movie(movie).frames[:]
+    layer = Movie(da.from_array(frames, chunks=(1, *frames.shape[1:])), frames, None, 0.16)
+    restore_to_file(Restorer(load_model(model), device="cpu"), layer, tmp_path / "o.zarr", should_stop=lambda: True)
+    assert restore_to_file(Restorer(load_model(model), device="cpu"), read_movie(movie), tmp_path / "o.zarr",
+                           resume=True) > 0
+    np.testing.assert_allclose(read_movie(tmp_path / "o.zarr").frames[:], _expected(files), atol=1e-3)
+    restore_to_file(Restorer(load_model(model), device="cpu"), read_movie(movie), tmp_path / "low.zarr",
+                    frames="low", should_stop=lambda: True)
+    with pytest.raises(ValueError, match=r"another movie, model or frame selection \(its frames: 'low'; give the "
+                                         r"same --frames\)"):
+        restore_to_file(Restorer(load_model(model), device="cpu"), read_movie(movie), tmp_path / "low.zarr",
+                        resume=True)
+

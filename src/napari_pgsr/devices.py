@@ -23,6 +23,8 @@ def pick_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:  # torch's own message lists dozens of backends
         raise ValueError(f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):  # (xpu, hip, meta...: a torch assertion deep in the run)
+        raise ValueError(f"device {name!r} is not one napari-pgsr runs on; expected auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and device.index is None and torch.cuda.is_available():  # one GPU per torchrun rank
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     if device.type == "cuda" and not torch.cuda.is_available():

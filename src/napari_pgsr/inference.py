@@ -136,16 +136,24 @@ class Restorer:
         largest square that splits it into the fewest tiles that fit (the least overlap computed twice)."""
         if not self.auto_tile:
             return self.tile
-        longest = max(height + -height % self.align, width + -width % self.align)
+        rows, cols = height + -height % self.align, width + -width % self.align
+        longest = max(rows, cols)
         budget, per_pixel = self._memory_budget(), self._bytes_per_pixel()
+        computed = {}  # tile size: pixels the network computes over the frame with it
         for pieces in range(1, 256):
             size = -(-(longest + (pieces - 1) * self.overlap) // pieces)
             size += -size % self.align
             if size < self.overlap + self.align:
                 break
-            if size * min(size, height + -height % self.align) * per_pixel <= budget:
+            # (a tile's sides: the frame's shorter side caps one of them; a tall frame was costed as square)
+            tile_pixels = min(size, rows) * min(size, cols)
+            if tile_pixels * per_pixel <= budget:
                 return size
-        return self.tile
+            count = [1 if size >= side else -(-(side - self.overlap) // (size - self.overlap)) for side in (rows, cols)]
+            computed[size] = count[0] * count[1] * tile_pixels
+        # nothing fits (a grown GAN sees 900 px around a pixel): the fewest pixels computed, not the fallback
+        # tile (16 tiles of 1024² for a 1200² frame computed 11.7x its pixels, and were over the budget too)
+        return min(computed, key=computed.get) if computed else self.tile
 
     def _network_output(self, x: torch.Tensor) -> torch.Tensor:
         """N x C x Y x X normalised input on the device -> N x 1 x Y x X normalised output (float32)."""

@@ -64,8 +64,10 @@ class ZarrMovieWriter:
         self.group = zarr.open_group(str(self.path), mode="r+", zarr_format=2)
         self.array = self.group["0"]
         if tuple(self.array.shape) != tuple(shape):
+            frames = self.attributes.get("frames")  # (resumed with another --frames, it blamed the movie or model)
+            which = f" (its frames: {frames!r}; give the same --frames)" if frames else ""
             raise ValueError(f"{self.path} holds a movie of shape {tuple(self.array.shape)}, not {tuple(shape)}: "
-                             "it is the output of another movie or model")
+                             f"it is the output of another movie, model or frame selection{which}")
         (self.path / DONE_FOLDER).mkdir(exist_ok=True)
         self._log = open(self.path / DONE_FOLDER / f"rank{rank}.txt", "a")  # noqa: SIM115 - closed in close()
 
@@ -313,6 +315,8 @@ def _check_same_run(output, stored: dict, attributes: dict) -> None:
     def same(key):
         if key not in stored:
             return True
+        if key == "source" and not (stored[key] and attributes.get(key)):  # a layer with no file behind it:
+            return stored.get("source_frames") in (None, attributes.get("source_frames"))  # its frames tell
         if key == "source" and stored[key] and attributes.get(key):
             before, now = Path(stored[key]), Path(attributes[key])
             if stored.get("source_frames") not in (None, attributes.get("source_frames")):
@@ -330,7 +334,8 @@ def _check_same_run(output, stored: dict, attributes: dict) -> None:
         return stored[key] == attributes.get(key)
 
     def change(key) -> str:
-        if key == "source" and Path(stored[key]).resolve() == Path(attributes[key]).resolve():
+        if key == "source" and stored[key] and attributes.get(key) and \
+                Path(stored[key]).resolve() == Path(attributes[key]).resolve():
             return f"movie saved at the same path ({Path(stored[key]).name} has been written over since)"
         return f"{RESUME_KEYS[key]} ({stored.get(key)!r}, now {attributes.get(key)!r})"
 

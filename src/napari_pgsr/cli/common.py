@@ -1,8 +1,10 @@
 """What the console scripts share: how a user's mistake is reported, and what Ctrl-C does."""
 
+import functools
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -104,3 +106,20 @@ def terminate_cleans_up(program: str) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def warnings_said_plainly(program: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """A command's warnings printed as 'napari-pgsr-predict: warning: ...', as its errors are, without the
+    file name, line number and source line of where in napari-pgsr they were raised."""
+    def wrap(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None) -> int:
+            previous = warnings.formatwarning
+            warnings.formatwarning = lambda message, *_: f"{program}: warning: {message}\n"
+            try:
+                return main(argv)
+            finally:
+                warnings.formatwarning = previous
+        return run
+    return wrap
+

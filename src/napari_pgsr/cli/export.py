@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags
+from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags, warnings_said_plainly
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -30,6 +30,7 @@ def export_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@warnings_said_plainly("napari-pgsr-export")
 def export_main(argv: list[str] | None = None) -> int:
     """napari-pgsr-export."""
     args = export_parser().parse_args(argv)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput, ProgressBar
+from .common import EXIT_BAD_INPUT, BadInput, ProgressBar, warnings_said_plainly
 
 
 def measure_parser() -> argparse.ArgumentParser:
@@ -88,6 +88,7 @@ def check_ranges(args: argparse.Namespace) -> None:
             raise BadInput(f"{flag} {value:g}: expected {expected}")
 
 
+@warnings_said_plainly("napari-pgsr-measure")
 def measure_main(argv: list[str] | None = None) -> int:
     """napari-pgsr-measure."""
     args = measure_parser().parse_args(argv)

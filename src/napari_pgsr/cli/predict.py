@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags, ProgressBar
+from .common import EXIT_BAD_INPUT, BadInput, ProgressBar, add_phase_flags, warnings_said_plainly
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -56,6 +56,7 @@ def _process_group() -> tuple[int, int, object]:
     return dist.get_rank(), dist.get_world_size(), dist.barrier
 
 
+@warnings_said_plainly("napari-pgsr-predict")
 def predict_main(argv: list[str] | None = None) -> int:
     """napari-pgsr-predict."""
     args = predict_parser().parse_args(argv)

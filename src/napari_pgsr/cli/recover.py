@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput, ProgressBar, terminate_cleans_up
+from .common import EXIT_BAD_INPUT, BadInput, ProgressBar, terminate_cleans_up, warnings_said_plainly
 
 
 def recover_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def recover_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@warnings_said_plainly("napari-pgsr-recover")
 def recover_main(argv: list[str] | None = None) -> int:
     """napari-pgsr-recover."""
     args = recover_parser().parse_args(argv)

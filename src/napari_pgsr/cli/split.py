@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags, ProgressBar, terminate_cleans_up
+from .common import EXIT_BAD_INPUT, BadInput, ProgressBar, add_phase_flags, terminate_cleans_up, warnings_said_plainly
 
 
 def split_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def split_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@warnings_said_plainly("napari-pgsr-split")
 def split_main(argv: list[str] | None = None) -> int:
     """napari-pgsr-split."""
     args = split_parser().parse_args(argv)

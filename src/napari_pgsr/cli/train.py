@@ -9,7 +9,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags, first_ctrl_c_stops
+from .common import EXIT_BAD_INPUT, BadInput, add_phase_flags, first_ctrl_c_stops, warnings_said_plainly
 
 
 def _field_type(annotation) -> type:
@@ -223,6 +223,7 @@ def _progress_bar(quiet: bool):
     return update, lambda: [bar.close() for bar in bars]
 
 
+@warnings_said_plainly("napari-pgsr-train")
 def train_main(argv: list[str] | None = None) -> int:
     """napari-pgsr-train."""
     args = train_parser().parse_args(argv)

@@ -267,7 +267,8 @@ class TrainConfig:
         try:
             values = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as err:
-            raise ValueError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {err}") from err
+            kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+            raise ValueError(f"{path}: not valid {kind}: {err}") from err
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of config fields, got {type(values).__name__}")
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
