@@ -212,3 +212,12 @@ def test_tall_frames_tile_as_wide_ones_and_a_deep_network_that_fits_nowhere_comp
     assert deep.overlap > 800
     deep._memory_budget = lambda: 0.5 * 1200 * 1200 * deep._bytes_per_pixel()  # no tile fits
     assert deep.tile_for(1200, 1200) >= 1200  # the whole frame: one pass
+
+
+def test_a_tile_asked_for_and_enlarged_for_a_deep_network_is_said():
+    deep = ModelFile(ProGANGenerator(1, 256, width=1 / 64, resolution=256).eval(),
+                     Normalization(100.0, 300.0, 100.0, 2100.0), {"config": {"context": 0}})
+    with pytest.warns(UserWarning, match=r"tile 256 is smaller than this network's overlap of \d+ px needs: tiles "
+                                         r"of \d+ px are used"):
+        restorer = Restorer(deep, tile=256, device="cpu")
+    assert restorer.tile > 256

@@ -548,3 +548,14 @@ def test_a_generator_that_has_not_grown_to_full_size_is_said(tmp_path, small_pai
         Restorer(load_model(result.path), device="cpu")
     grown = train(_config(start_resolution=16, steps=2), [small_pairs], tmp_path / "grown.pgsr")
     assert "grown to" not in (grown.note or "")
+
+
+def test_a_fade_weight_outside_0_to_1_is_refused():
+    """A model file with alpha -0.5 or 1.5 would have extrapolated between the faded paths."""
+    for alpha in (-0.5, 1.5):
+        with pytest.raises(ValueError, match=rf"alpha \(the fade-in weight\) must be in \[0, 1\], got {alpha}"):
+            ProGANGenerator(1, 32, 0.05, resolution=16, alpha=alpha)
+    generator = ProGANGenerator(1, 32, 0.05, resolution=16, alpha=0.25)
+    with pytest.raises(ValueError, match="must be in"):
+        generator.alpha = 2.0
+    assert generator.alpha == 0.25

@@ -100,6 +100,9 @@ class Restorer:
         self.tile = max(self.align, tile - tile % self.align)
         if chosen and self.tile < overlap + self.align:  # a deep network (a grown GAN) sees further than a tile
             self.tile = (overlap // self.align + 2) * self.align
+            if not self.auto_tile:  # (a tile asked for, 256, ran as 1024 unsaid: a GPU's memory may not hold it)
+                warnings.warn(f"tile {tile} is smaller than this network's overlap of {overlap} px needs: tiles of "
+                              f"{self.tile} px are used", UserWarning, stacklevel=2)
         if self.tile < overlap + self.align:  # tiles step by the pooling grid: a smaller step leaves gaps
             smallest = -(-(overlap + self.align) // self.align) * self.align
             raise ValueError(f"tile {tile} with an overlap of {overlap} px leaves tiles {self.tile - overlap} px "

@@ -109,6 +109,16 @@ class _Growing(nn.Module):
         self.alpha = float(alpha)
 
     @property
+    def alpha(self) -> float:
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        if not 0.0 <= value <= 1.0:  # (outside, the fade would extrapolate between the two paths)
+            raise ValueError(f"alpha (the fade-in weight) must be in [0, 1], got {value}")
+        self._alpha = float(value)
+
+    @property
     def resolution(self) -> int:
         return self._resolution
 
