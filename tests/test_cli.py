@@ -266,6 +266,10 @@ def test_train_never_writes_over_its_inputs_and_reads_a_config_file_as_given(tmp
         config("--config", str(tmp_path / "unknown.yaml"))
     with pytest.raises(cli.BadInput, match="recipe progan-spots trains a progan, but .*unet.yaml sets model unet"):
         config("--recipe", "progan-spots", "--config", str(saved))
+    # a file of a few settings names no model: it serves the recipe's, or --model's
+    (tmp_path / "few.yaml").write_text("patch: 128\nwidth: 0.25\n")
+    assert config("--recipe", "progan-spots", "--config", str(tmp_path / "few.yaml")).patch == 128
+    assert config("--model", "progan", "--config", str(tmp_path / "few.yaml")).width == 0.25
     # names after --val were taken as validation movies: said how to give them
     assert cli.train_main(["--val", str(data), str(movie), "--out", str(tmp_path / "v.pgsr"), *TINY]) == 2
     assert "name the movies before --val, --low or --high" in capsys.readouterr().err
@@ -621,3 +625,19 @@ def test_a_commands_warnings_are_one_plain_line(tmp_path, movie):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stderr.startswith("napari-pgsr-predict: warning: scaled.tif: its grey levels"), done.stderr
     assert "UserWarning" not in done.stderr and "restore_to_file(" not in done.stderr
+
+
+def test_only_napari_pgsrs_own_warnings_are_said_plainly():
+    import warnings
+
+    from napari_pgsr.cli.common import warnings_said_plainly
+
+    @warnings_said_plainly("prog")
+    def main(argv=None):
+        return (warnings.formatwarning("ours", UserWarning, "/site/napari_pgsr/pairs.py", 3),
+                warnings.formatwarning("theirs", RuntimeWarning, "/site/numpy/lib.py", 5, "x = y"))
+
+    before = warnings.formatwarning
+    ours, theirs = main()
+    assert ours == "prog: warning: ours\n" and "numpy/lib.py:5: RuntimeWarning: theirs" in theirs
+    assert warnings.formatwarning is before

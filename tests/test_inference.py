@@ -187,6 +187,8 @@ def test_frames_far_from_the_training_grey_levels_are_warned_of(tmp_path):
         warnings.simplefilter("error")
         assert warn_of_foreign_intensities(norm, like_training, "same") is None
         assert warn_of_foreign_intensities(norm, like_training * 1.5, "a little brighter") is None
+        background = rng.normal(100, 3, (32, 32))  # a crop of background: narrow, but at the training's levels
+        assert warn_of_foreign_intensities(norm, background, "background crop") is None
     for name, frame in [("scaled copy", like_training / 100), ("ten times brighter", like_training * 10),
                         ("offset 2000", like_training + 2000)]:
         with pytest.warns(UserWarning, match=rf"{name}: its grey levels \(.* are far from those of the low-exposure "
@@ -197,7 +199,8 @@ def test_frames_far_from_the_training_grey_levels_are_warned_of(tmp_path):
         restore_to_file(Restorer(_model(), device="cpu"), read_movie(movie), tmp_path / "out.tif")
     # an alternating movie restored whole: its high frames are no input the model knows
     alternating = write_movie(tmp_path / "alternating.tif", np.stack([like_training, like_training * 10] * 2))
-    with pytest.warns(UserWarning, match=r"alternating.tif: its grey levels \(.*percentiles of frame 1\)"):
+    with pytest.warns(UserWarning, match=r"alternating.tif: its grey levels \(.*percentiles of frame 1\).*an "
+                                         r"alternating movie\? Restore its low frames \(--frames low\)"):
         restore_to_file(Restorer(_model(), device="cpu"), read_movie(alternating), tmp_path / "all.tif")
 
 
@@ -211,7 +214,12 @@ def test_tall_frames_tile_as_wide_ones_and_a_deep_network_that_fits_nowhere_comp
                               Normalization(100.0, 300.0, 100.0, 2100.0), {"config": {"context": 0}}), device="cpu")
     assert deep.overlap > 800
     deep._memory_budget = lambda: 0.5 * 1200 * 1200 * deep._bytes_per_pixel()  # no tile fits
+    deep._memory_limit = lambda: 2.0 * 1200 * 1200 * deep._bytes_per_pixel()  # memory holds the whole frame
     assert deep.tile_for(1200, 1200) >= 1200  # the whole frame: one pass
+    # an 8192² frame in one pass would not: the largest saving among the tiles memory holds
+    assert deep.tile_for(8192, 8192) ** 2 <= 2.0 * 1200 * 1200 and deep.tile_for(8192, 8192) > deep.tile
+    deep._memory_limit = lambda: 0.0
+    assert deep.tile_for(1200, 1200) == deep.tile  # none held: the fallback tile
 
 
 def test_a_tile_asked_for_and_enlarged_for_a_deep_network_is_said():

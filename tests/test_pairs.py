@@ -271,3 +271,5 @@ def test_clipped_high_frames_are_warned_about_and_do_not_move_the_offset():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # unclipped: no word
         split_alternating(np.minimum(movie, 65534))
+    with pytest.warns(UserWarning, match=r"two files \(high\): .* at the camera's maximum"):  # stacks too
+        pair_stacks(movie[0::2], movie[1::2], name="two files")

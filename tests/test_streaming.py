@@ -553,4 +553,8 @@ def test_a_store_begun_from_a_layer_without_a_file_resumes_from_the_file_and_fra
                                          r"same --frames\)"):
         restore_to_file(Restorer(load_model(model), device="cpu"), read_movie(movie), tmp_path / "low.zarr",
                         resume=True)
+    shorter = write_movie(tmp_path / "shorter.tif", read_movie(movie).frames[:8])  # the same --frames: no hint
+    with pytest.raises(ValueError, match=r"another movie, model or frame selection$"):
+        restore_to_file(Restorer(load_model(model), device="cpu"), read_movie(shorter), tmp_path / "o.zarr",
+                        resume=True)
 

@@ -86,7 +86,7 @@ class Restorer:
         if arch.get("name") == "progan" and (arch.get("resolution", 0) < arch.get("max_resolution", 0)
                                              or arch.get("alpha", 1.0) < 1):
             warnings.warn(f"this ProGAN grew to {arch['resolution']} of {arch['max_resolution']} px only (its "
-                          "training stopped early): it learnt on patches averaged down to that size, so it restores "
+                          "training ended before it had grown): it learnt on patches averaged down to that size, so it restores "
                           "full frames at a scale it never saw", UserWarning, stacklevel=2)
         self.align = 2 ** getattr(self.network, "depth", 0)
         self.margin = (getattr(self.network, "receptive_field", 1) - 1) // 2
@@ -134,6 +134,12 @@ class Restorer:
             return 0.5 * (free + cached)
         return min(0.25 * available_memory(), 2**30)
 
+    def _memory_limit(self) -> float:
+        """Bytes one forward pass may take when no tile fits the budget: most of what is free, not a share."""
+        if self.device.type == "cuda":
+            return 2.0 * self._memory_budget() * 0.9  # (the budget is half the free memory)
+        return 0.5 * available_memory()
+
     def tile_for(self, height: int, width: int) -> int:
         """The tile for frames of this size: the whole frame when it fits the memory budget, else the
         largest square that splits it into the fewest tiles that fit (the least overlap computed twice)."""
@@ -154,9 +160,13 @@ class Restorer:
                 return size
             count = [1 if size >= side else -(-(side - self.overlap) // (size - self.overlap)) for side in (rows, cols)]
             computed[size] = count[0] * count[1] * tile_pixels
-        # nothing fits (a grown GAN sees 900 px around a pixel): the fewest pixels computed, not the fallback
-        # tile (16 tiles of 1024² for a 1200² frame computed 11.7x its pixels, and were over the budget too)
-        return min(computed, key=computed.get) if computed else self.tile
+        # nothing fits the budget (a grown GAN sees 900 px around a pixel): the fewest pixels computed among the
+        # sizes memory can still hold, not the fallback tile (16 tiles of 1024² for a 1200² frame computed 11.7x
+        # its pixels, and were over the budget too); else the fallback tile
+        limit = self._memory_limit()
+        held = {size: pixels for size, pixels in computed.items()
+                if min(size, rows) * min(size, cols) * per_pixel <= limit}
+        return min(held, key=held.get) if held else self.tile
 
     def _network_output(self, x: torch.Tensor) -> torch.Tensor:
         """N x C x Y x X normalised input on the device -> N x 1 x Y x X normalised output (float32)."""
@@ -397,7 +407,8 @@ def restore_lazily(restorer: Restorer, frames, indices=None) -> "da.Array":
 INTENSITY_FACTOR = 5.0  # a frame's grey-level spread beyond 5x (or under 1/5) of the training frames' is warned of
 
 
-def warn_of_foreign_intensities(normalization, frame, name: str, which: str = "its first frame restored") -> str | None:
+def warn_of_foreign_intensities(normalization, frame, name: str, which: str = "its first frame restored",
+                                hint: str = "restore movies taken as the training ones were") -> str | None:
     """Warn (and return the warning) when a frame's grey levels lie far from the low-exposure frames the model
     was trained on: its normalisation is fixed in camera units (not each image's own, as CSBDeep's), so a
     converted copy (a float 0-3 copy of a 92-260 grey-level movie gave -146 to -112), another gain, offset or
@@ -408,14 +419,16 @@ def warn_of_foreign_intensities(normalization, frame, name: str, which: str = "i
         return None
     lo, hi = np.percentile(values, normalization.percentiles)
     trained_lo, trained_span = normalization.low_lo, normalization.low_hi - normalization.low_lo
-    scale = (hi - lo) / trained_span
-    if abs(lo - trained_lo) <= trained_span and 1 / INTENSITY_FACTOR <= scale <= INTENSITY_FACTOR:
+    scale, shift = (hi - lo) / trained_span, abs(lo - trained_lo)
+    # a narrow spread at the training's background is a crop of background or a sparse field, not foreign
+    narrow = scale < 1 / INTENSITY_FACTOR and shift > 0.25 * trained_span
+    if shift <= trained_span and scale <= INTENSITY_FACTOR and not narrow:
         return None
     low, high = normalization.percentiles
     message = (f"{name}: its grey levels ({lo:.4g} to {hi:.4g}, the {low:g}-{high:g} percentiles of {which}) "
                f"are far from those of the low-exposure frames the model was trained on "
                f"({trained_lo:.4g} to {normalization.low_hi:.4g}): another camera setting, exposure or offset, or a "
-               "converted copy? The restored values will be wrong; restore movies taken as the training ones were")
+               f"converted copy? The restored values will be wrong; {hint}")
     warnings.warn(message, UserWarning, stacklevel=3)
     return message
 
@@ -481,9 +494,12 @@ def restore_to_file(restorer: Restorer, movie: Movie, output, frames: str = "all
         check_context_on_all_frames(restorer.model, movie, movie.path.name if movie.path else "the movie")
     indices = (split_alternating(movie, low_first=low_first).low_index if frames == "low"
                else np.arange(movie.shape[0]))
-    for index in indices[:2]:  # (two: the high frames of an alternating movie restored with frames 'all')
+    for position, index in enumerate(indices[:2]):  # (two: an alternating movie restored with frames 'all')
+        alternating = frames == "all" and position == 1
+        hint = ("an alternating movie? Restore its low frames (--frames low)" if alternating
+                else "restore movies taken as the training ones were")
         if warn_of_foreign_intensities(restorer.model.normalization, movie.frames[int(index)],
-                                       movie.path.name if movie.path else "the movie", f"frame {index}"):
+                                       movie.path.name if movie.path else "the movie", f"frame {index}", hint):
             break
     sources = tuple(p for p in (movie.path, *protected) if p is not None)
     model_path = restorer.model.path

@@ -172,6 +172,15 @@ def clipped_share(data, frames: np.ndarray, n_frames: int = 8) -> tuple[float, f
     return float(np.mean(as_array(data[np.sort(frames[:n_frames])]) >= level)), level
 
 
+def warn_if_clipped(data, high: np.ndarray, name: str) -> None:
+    """Warn when over CLIPPED_SHARE of the first high frames' pixels are at the camera's maximum."""
+    share, level = clipped_share(data, high)
+    if share > CLIPPED_SHARE:
+        warnings.warn(f"{name}: {share:.2%} of the high-exposure pixels are at the camera's maximum ({level:g}): "
+                      "their spots are clipped, and a model trained on them learns flat-topped spots; lower the "
+                      "high exposure, the laser power or the gain", stacklevel=3)
+
+
 MIN_AGREEMENT = 0.5  # low-high correlation, relative to low-low, below which the frames show other things
 
 
@@ -311,11 +320,7 @@ def pairs_from_means(data, means: np.ndarray, low_first: bool | None = None, nam
             raise ValueError(f"{name}: no low/high frame pairs left after leaving out odd frames {odd.tolist()}")
         baseline = estimate_baseline(data, means, low, high)
     ratio = exposure_ratio(means, low, high, baseline)
-    share, level = clipped_share(data, high)
-    if share > CLIPPED_SHARE:
-        warnings.warn(f"{name}: {share:.2%} of the high-exposure pixels are at the camera's maximum ({level:g}): "
-                      "their spots are clipped, and a model trained on them learns flat-topped spots; lower the "
-                      "high exposure, the laser power or the gain", stacklevel=2)
+    warn_if_clipped(data, high, name)
     agreement = structure_agreement(data, low, high)
     if agreement is not None and agreement < MIN_AGREEMENT:
         warnings.warn(f"{name}: the dim and bright frames show different structures (their images correlate "
@@ -358,6 +363,7 @@ def pair_stacks(low, high, name: str | None = None) -> Pairs:
     if ratio < 1.0:
         raise ValueError(f"{name}: the 'high' stack is dimmer than the 'low' stack (ratio {ratio:.2f}); "
                          "were they swapped?")
+    warn_if_clipped(high, index, f"{name} (high)")
     return Pairs(_as_dask(low), _as_dask(high), None, ratio, index, index.copy(), [], baseline,
                  frame_source(low), frame_source(high), name)
 

@@ -65,7 +65,8 @@ class ZarrMovieWriter:
         self.array = self.group["0"]
         if tuple(self.array.shape) != tuple(shape):
             frames = self.attributes.get("frames")  # (resumed with another --frames, it blamed the movie or model)
-            which = f" (its frames: {frames!r}; give the same --frames)" if frames else ""
+            asked = (attributes or {}).get("frames")
+            which = f" (its frames: {frames!r}; give the same --frames)" if frames and asked and frames != asked else ""
             raise ValueError(f"{self.path} holds a movie of shape {tuple(self.array.shape)}, not {tuple(shape)}: "
                              f"it is the output of another movie, model or frame selection{which}")
         (self.path / DONE_FOLDER).mkdir(exist_ok=True)

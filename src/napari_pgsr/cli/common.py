@@ -115,7 +115,13 @@ def warnings_said_plainly(program: str) -> Callable[[Callable[..., int]], Callab
         @functools.wraps(main)
         def run(argv: list[str] | None = None) -> int:
             previous = warnings.formatwarning
-            warnings.formatwarning = lambda message, *_: f"{program}: warning: {message}\n"
+
+            def plainly(message, category, filename, lineno, line=None) -> str:
+                if issubclass(category, (UserWarning, RuntimeWarning)) and "napari_pgsr" in str(filename):
+                    return f"{program}: warning: {message}\n"
+                return previous(message, category, filename, lineno, line)  # another library's: as Python says
+
+            warnings.formatwarning = plainly
             try:
                 return main(argv)
             finally:

@@ -78,6 +78,7 @@ def build_config(args: argparse.Namespace):
     if args.config:
         file_values = TrainConfig.read_values(args.config)  # only what the file sets
     recipe = args.recipe or file_values.get("recipe") or None  # a file's `recipe:` is a base as --recipe is
+    source = f"--recipe {recipe}" if args.recipe else f"the recipe {recipe} of {args.config}"
     if recipe and recipe not in RECIPES:
         raise BadInput(f"{args.config}: recipe {recipe!r} is none of the recipes ({', '.join(RECIPES)})")
     if args.resume is not None:
@@ -104,7 +105,7 @@ def build_config(args: argparse.Namespace):
     _refuse_the_other_models_settings(values.get("model", "unet"), flags, file_values, args.config)
     _refuse_another_models_sizes(values, flags, file_values, args.config)
     if recipe and args.resume is None and values.get("model") != recipe_values(recipe)["model"]:
-        raise BadInput(f"recipe {recipe} trains a {recipe_values(recipe)['model']}, but "
+        raise BadInput(f"{source} trains a {recipe_values(recipe)['model']}, but "
                        f"{'--model' if 'model' in flags else args.config} sets model {values.get('model')}; "
                        "leave out the recipe or the model")
     # a length of training given alone is the only one: the default steps, or those of the run resumed, go;
@@ -120,16 +121,18 @@ def build_config(args: argparse.Namespace):
         # e.g. --model unet beside a ProGAN recipe: name the recipe's settings that the error is about
         clashing = sorted(name for name in from_recipe if re.search(rf"\b{name}\b", str(error)))
         if clashing:
-            raise BadInput(f"{error}. {', '.join(clashing)} came from --recipe {recipe}: set them too, or "
-                           "leave out --recipe") from error
+            raise BadInput(f"{error}. {', '.join(clashing)} came from {source}: set them too, or leave out "
+                           "the recipe") from error
         raise
 
 
 def _refuse_another_models_sizes(values: dict, flags: set, file_values: dict, config_file) -> None:
     """A config file written for one model, trained as the other: a U-Net's width 32 (channels) read as a
     ProGAN's multiplier of Karras's channels asked for a generator of 45 billion parameters."""
-    written_for = file_values.get("model", "unet")
-    if not file_values or values.get("model", "unet") == written_for:
+    if "model" not in file_values:  # (a file of a few settings, for whichever model: the flags' or recipe's)
+        return
+    written_for = file_values["model"]
+    if values.get("model", "unet") == written_for:
         return
     carried = [name for name in ("width", "patch") if name in file_values and name not in flags]
     if carried:
