@@ -111,7 +111,7 @@ def test_bad_files_get_clear_errors(tmp_path, movie_file, caplog):
     # a copy cut short keeps the first frame's index only: it was read as a single frame, or one frame
     frames = np.random.default_rng(0).integers(0, 1000, (20, 32, 32)).astype(np.uint16)
     for name, message in (("cut.tif", "its ImageJ header announces 20 images but the file indexes 1"),
-                          ("cut.ome.tif", r"its last page \(a frame, or the index of the frames\) reaches past")):
+                          ("cut.ome.tif", r"the metadata of its first page reaches past the end of the file")):
         whole = write_movie(tmp_path / f"whole_{name}", frames).read_bytes()
         (tmp_path / name).write_bytes(whole[:len(whole) * 6 // 10])
         for read in (read_movie, read_image):
@@ -120,6 +120,13 @@ def test_bad_files_get_clear_errors(tmp_path, movie_file, caplog):
                 read(tmp_path / name)
             # one line: tifffile's own 'invalid page offset' log no longer comes before it
             assert not [record for record in caplog.records if record.name == "tifffile"], name
+    # an OME-TIFF missing only its last bytes (its OME-XML): read as a plain stack, its 2 channels as time
+    two = np.stack([np.stack([frames[0], frames[1] * 10])] * 10)
+    tifffile.imwrite(tmp_path / "two.ome.tif", two, ome=True, metadata={"axes": "TCYX", "PhysicalSizeX": 0.108})
+    (tmp_path / "two_cut.ome.tif").write_bytes((tmp_path / "two.ome.tif").read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"two_cut.ome.tif is truncated or damaged: the metadata of its first page "
+                                         r"reaches past .*channels, z-slices or time points\) is not known"):
+        read_movie(tmp_path / "two_cut.ome.tif")
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((16, 16, 3), np.uint8), photometric="rgb")
     with pytest.raises(ValueError, match=r"rgb.tif has axes YXS .*S=3 \(colour sample \(RGB\)\).*T x Y x X"):
         read_movie(tmp_path / "rgb.tif")

@@ -1,5 +1,6 @@
 """Recovering the complete frames of damaged movies: a crashed acquisition and copies cut short."""
 
+import os
 import subprocess
 import sys
 
@@ -161,3 +162,31 @@ def test_the_cli_reports_in_one_line_without_tifffile_logging_the_damage(tmp_pat
     assert "frame/s]" in err and not [record for record in caplog.records if record.name == "tifffile"]
     assert recover_main([str(tmp_path / "cut.tif"), "-o", str(tmp_path / "out.tif"), "--overwrite", "--quiet"]) == 0
     assert capfd.readouterr() == ("", "")
+
+
+def test_files_with_no_complete_frame_and_an_unwritable_output_are_one_line(tmp_path, capsys, monkeypatch):
+    """A file holding its header alone, or cut in its first page's index, and a folder that cannot be written
+    to gave tracebacks."""
+    frames = np.random.default_rng(0).integers(0, 1000, (6, 32, 32)).astype(np.uint16)
+    whole = write_movie(tmp_path / "whole.tif", frames).read_bytes()
+    tifffile.imwrite(tmp_path / "tiled.tif", frames, tile=(16, 16))
+    for name, data, said in [("header.tif", whole[:8], "holds no readable frame (cut after 8 bytes)"),
+                             ("index.tif", whole[:180], "cut within the index of its first frame"),
+                             ("tiles.tif", (tmp_path / "tiled.tif").read_bytes()[:190],
+                              "cut within the index of its first frame")]:
+        (tmp_path / name).write_bytes(data)
+        assert recover_main([str(tmp_path / name), "-o", str(tmp_path / "out.tif")]) == 2, name
+        assert said in capsys.readouterr().err, name
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole[:len(whole) * 6 // 10])
+    import errno
+
+    from napari_pgsr import recover
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(recover, "write_movie", full_disk)
+    assert recover_main([str(cut), "-o", str(tmp_path / "out.tif"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"could not write {tmp_path / 'out.tif'}: No space left on device" in err and "Traceback" not in err

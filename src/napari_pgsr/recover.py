@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -135,7 +136,11 @@ def find_complete_frames(path: str | os.PathLike) -> Recovery:
     except Exception as err:
         raise ValueError(f"{path}: not even its first page can be read ({err}); nothing to recover") from err
     with tif, _quiet_tifffile():
-        first, size = tif.pages.first, tif.filehandle.size
+        try:
+            first, size = tif.pages.first, tif.filehandle.size
+        except (IndexError, ValueError, struct.error) as err:  # a file holding its header alone
+            raise ValueError(f"{path}: holds no readable frame (cut after {tif.filehandle.size} bytes); nothing "
+                             "to recover") from err
         more = tiff_structure.axes_besides_time(tif)
         if more:  # its pages are not one frame each: copied in turn, channel 0 and 1 would pass for low and high
             raise ValueError(f"{path} holds {more} besides time; recover copies the frames of a single-channel "
@@ -144,8 +149,12 @@ def find_complete_frames(path: str | os.PathLike) -> Recovery:
             raise ValueError(f"{path}: its first page has shape {first.shape}; only grey-scale Y x X frames "
                              "are recovered")
         shape, dtype = tuple(first.shape), np.dtype(first.dtype)
-        pages = _readable_pages(tif, size, shape, dtype)
-        stacked = _stacked_frames(tif, pages, int(np.prod(shape)) * dtype.itemsize)
+        try:
+            pages = _readable_pages(tif, size, shape, dtype)
+            stacked = _stacked_frames(tif, pages, int(np.prod(shape)) * dtype.itemsize)
+        except (IndexError, struct.error, ValueError, OSError) as err:  # cut within the first page's own index
+            raise ValueError(f"{path}: cut within the index of its first frame ({type(err).__name__}: {err}); "
+                             "no complete frame to recover") from err
         start = first.dataoffsets[0]
         pixel_size, description = tiff_structure.pixel_size_um(tif), tiff_structure.description(tif)
         byteorder = tif.byteorder

@@ -154,6 +154,27 @@ def next_page_offset(tif: tifffile.TiffFile, page_offset: int) -> int:
     return offset
 
 
+def tag_values_past_end(tif: tifffile.TiffFile, page_offset: int) -> bool:
+    """Whether a tag of the page at `page_offset` has its value beyond the end of the file. tifffile leaves such
+    a tag out: an OME-TIFF cut in its OME-XML (written last) read as a plain stack, channels as time."""
+    layout, handle, size = tif.tiff, tif.filehandle, tif.filehandle.size
+    handle.seek(page_offset)
+    (tags,) = struct.unpack(layout.tagnoformat, handle.read(layout.tagnosize))
+    entries = handle.read(tags * layout.tagsize)
+    if len(entries) < tags * layout.tagsize:
+        return True
+    head = struct.calcsize(layout.byteorder + layout.tagformat1[1:])
+    for start in range(0, len(entries), layout.tagsize):
+        _, kind = struct.unpack(layout.tagformat1, entries[start:start + head])
+        count, value = struct.unpack(layout.tagformat2, entries[start + head:start + layout.tagsize])
+        item = struct.calcsize(tifffile.TIFF.DATA_FORMATS.get(kind, "1s")[-1])
+        if count * item > layout.tagoffsetthreshold:  # the value is elsewhere, at the offset the entry holds
+            (offset,) = struct.unpack(layout.offsetformat, value[:layout.offsetsize])
+            if offset + count * item > size:
+                return True
+    return False
+
+
 def check_not_truncated(tif: tifffile.TiffFile, path: Path, shape: tuple[int, ...]) -> None:
     """A copy cut short loses the frames past the cut and, as writers put it at the end, often the index of
     all but the first: refuse it by name rather than read it as fewer frames or a single one."""
@@ -164,6 +185,12 @@ def check_not_truncated(tif: tifffile.TiffFile, path: Path, shape: tuple[int, ..
     last, size = tif.pages[len(tif.pages) - 1], tif.filehandle.size
     ends = [offset + count for offset, count in zip(last.dataoffsets, last.databytecounts) if count]
     past_end = next_page_offset(tif, last.offset) >= size or (ends and max(ends) > size)
+    if tag_values_past_end(tif, tif.pages[0].offset):
+        raise ValueError(f"{path} is truncated or damaged: the metadata of its first page reaches past the end of the "
+                         "file (a copy or download cut short?), so what its planes are (for an OME-TIFF, whose "
+                         "OME-XML is written last: channels, z-slices or time points) is not known; copy the file "
+                         f"again, or, if it is a plain time series, napari-pgsr-recover {path.name} -o recovered.tif "
+                         "copies its complete frames")
     more = axes_besides_time(tif)
     recover = (f"napari-pgsr-recover {path.name} -o recovered.tif copies the complete frames to a new movie"
                if not more else f"it holds {more}, which recover does not take apart")

@@ -42,6 +42,9 @@ def recover_main(argv: list[str] | None = None) -> int:
     except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"napari-pgsr-recover: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as err:  # a full disk, no permission: the damaged file is only read (a traceback before)
+        print(f"napari-pgsr-recover: error: could not write {args.output}: {err.strerror or err}", file=sys.stderr)
+        return 1
     if args.quiet:
         return 0
     frames, height, width = found.shape
