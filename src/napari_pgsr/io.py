@@ -401,7 +401,9 @@ def _mapped_sources(array) -> list[np.memmap]:
     if not isinstance(array, da.Array):
         return []
     readers = (_SOURCES.get(layer) for layer in array.dask.layers)
-    return [reader.frames for reader in readers if reader is not None and isinstance(reader.frames, np.memmap)]
+    # (a wrapper of a memory map, as recover's byte-order view, is one too: its pages stayed resident)
+    sources = [getattr(reader.frames, "frames", reader.frames) for reader in readers if reader is not None]
+    return [source for source in sources if isinstance(source, np.memmap)]
 
 
 def _frames(array, progress: Callable[[int, int], None] | None = None) -> Any:
