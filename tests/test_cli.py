@@ -500,6 +500,12 @@ def test_split_writes_the_low_and_high_stacks_the_pairs_are_made_of(tmp_path, ca
     # the written stacks say which movie frames they hold (after a left-out frame, frame i is not 2i)
     with tifffile.TiffFile(tmp_path / "out" / "cells_low.tif") as written:
         assert "movie frames (from 0): 2-8 step 2" in written.imagej_metadata["Info"]
+    # and keep the movie's own description (its exposures, say): split replaced it with its own
+    described = write_movie(tmp_path / "described.tif", sim.movie, pixel_size_um=0.16,
+                            description="exposure 10/100 ms, interval 0.2 s")
+    assert cli.split_main([str(described), "-o", str(tmp_path / "described"), "--quiet"]) == 0
+    with tifffile.TiffFile(tmp_path / "described" / "described_high.tif") as written:
+        assert written.imagej_metadata["Info"].endswith("; its description: exposure 10/100 ms, interval 0.2 s")
     # an upper-case suffix is a suffix too (Cells.TIF made Cells.TIF_low.tif)
     shouting = tmp_path / "Cells.OME.TIF"
     movie.rename(shouting)

@@ -56,9 +56,12 @@ def split_main(argv: list[str] | None = None) -> int:
                     bar.reset()
                     # which movie frame each frame is: after a left-out frame, frame i is no longer 2i
                     frames = frame_runs(getattr(pairs, f"{kind}_index"))
+                    # the movie's own description (exposures, interval...) kept after this one, as recover does
+                    original = movie.metadata.get("description")
                     write_movie(tmp, getattr(pairs, kind), pixel_size_um=movie.pixel_size_um,
                                 description=f"{kind}-exposure frames of {args.movie.name} ({phase}); movie frames "
-                                f"(from 0): {frames}", progress=show(path.name))
+                                f"(from 0): {frames}" + (f"; its description: {original}" if original else ""),
+                                progress=show(path.name))
     except (BadInput, ValueError, OSError) as err:
         print(f"napari-pgsr-split: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
