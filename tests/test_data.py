@@ -256,3 +256,10 @@ def test_a_multi_file_dataset_with_a_file_missing_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"0.ome.tif is one file of a multi-file dataset: 4 of its 8 image planes "
                                          r"\(from plane 4\) are in 1.ome.tif, which is not beside it"):
         read_movie(first)
+    # all there, but the second cut short: it said to put the files together, as if one were missing
+    (tmp_path / "elsewhere.tif").rename(tmp_path / "1.ome.tif")
+    whole = (tmp_path / "1.ome.tif").read_bytes()
+    (tmp_path / "1.ome.tif").write_bytes(whole[:len(whole) * 7 // 10])
+    with pytest.raises(ValueError, match=r"0.ome.tif is one file of a multi-file dataset whose files are all beside "
+                                         r"it, but .* could not be read from them: is 1.ome.tif cut short or damaged"):
+        read_movie(first)

@@ -219,7 +219,14 @@ def check_frames_present(tif: tifffile.TiffFile, path: Path) -> None:
         return
     named = re.findall(r'FileName="([^"]+)"', tif.ome_metadata or "") if tif.is_ome else []
     absent = sorted({name for name in named if not (path.parent / name).exists()})
-    where = (f"in {', '.join(absent)}, which {'is' if len(absent) == 1 else 'are'} not beside it"
-             if absent else "not in its files")
-    raise ValueError(f"{path} is one file of a multi-file dataset: {len(missing)} of its {len(series.pages)} image "
-                     f"planes (from plane {missing[0]}) are {where}; put the dataset's files together in one folder")
+    if absent:
+        raise ValueError(f"{path} is one file of a multi-file dataset: {len(missing)} of its {len(series.pages)} "
+                         f"image planes (from plane {missing[0]}) are in {', '.join(absent)}, which "
+                         f"{'is' if len(absent) == 1 else 'are'} not beside it; put the dataset's files together in "
+                         "one folder")
+    # every file is there (it said to put them together all the same): one of them is cut short or damaged
+    others = sorted(set(named) - {path.name})
+    raise ValueError(f"{path} is one file of a multi-file dataset whose files are all beside it, but {len(missing)} "
+                     f"of its {len(series.pages)} image planes (from plane {missing[0]}) could not be read from them: "
+                     f"is {others[0] if len(others) == 1 else 'one of ' + (', '.join(others) or 'its files')} cut "
+                     "short or damaged? Open each to see")
