@@ -208,3 +208,16 @@ def test_recovering_a_crashed_acquisition_lets_go_of_its_pages(tmp_path):
         file_backed_mib()))
     assert found.shape == (120, 512, 512) and len(during) >= 100
     assert max(during) - before < 20  # (while writing: the frames' map goes when the recovery is let go of)
+
+
+def test_a_copy_cut_within_an_index_entry_points_to_recover(tmp_path):
+    """Cut one byte into the fifth page's index entry, the movie was 'a damaged TIFF (IndexError ...)' with no
+    word of napari-pgsr-recover, which finds all six frames whole."""
+    tifffile.imwrite(tmp_path / "whole.tif", FRAMES, imagej=True, metadata={"axes": "TYX"})
+    with tifffile.TiffFile(tmp_path / "whole.tif") as whole:
+        entry = whole.pages[4].offset
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "whole.tif").read_bytes()[:entry + 1])
+    with pytest.raises(ValueError, match=r"cut.tif is a damaged TIFF .*napari-pgsr-recover cut.tif -o recovered.tif"):
+        read_movie(tmp_path / "cut.tif")
+    np.testing.assert_array_equal(np.asarray(find_complete_frames(tmp_path / "cut.tif").frames[:]), FRAMES)
+

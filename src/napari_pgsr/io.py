@@ -236,6 +236,9 @@ def read_movie(path: str | os.PathLike, axes: str | None = None) -> Movie:
         return _read_tiff_movie(path, axes)
 
 
+_RECOVER_HINT = "if it is a movie cut short, napari-pgsr-recover {name} -o recovered.tif copies its complete frames"
+
+
 def _read_tiff_movie(path: Path, axes: str | None) -> Movie:
     tif = tiff_structure.open_tiff(path)
     try:
@@ -273,13 +276,14 @@ def _read_tiff_movie(path: Path, axes: str | None) -> Movie:
         description = tiff_structure.description(tif)
     except tifffile.TiffFileError as err:  # (a ValueError, but one that does not name the file)
         tif.close()
-        raise ValueError(f"{path} is a damaged TIFF ({err})") from err
+        raise ValueError(f"{path} is a damaged TIFF ({err}); {_RECOVER_HINT.format(name=path.name)}") from err
     except ValueError:
         tif.close()
         raise
     except Exception as err:  # a structure tifffile could parse the header of, but not the rest
-        tif.close()
-        raise ValueError(f"{path} is a damaged TIFF ({type(err).__name__}: {err})") from err
+        tif.close()  # (a copy cut within an index entry: recover found all its frames whole)
+        raise ValueError(f"{path} is a damaged TIFF ({type(err).__name__}: {err}); "
+                         f"{_RECOVER_HINT.format(name=path.name)}") from err
     handle = None
     if isinstance(frames, np.memmap):
         tif.close()
