@@ -229,3 +229,13 @@ def test_a_tile_asked_for_and_enlarged_for_a_deep_network_is_said():
                                          r"of \d+ px are used"):
         restorer = Restorer(deep, tile=256, device="cpu")
     assert restorer.tile > 256
+
+
+def test_fp32_on_a_gpu_is_not_computed_in_tf32():
+    """cuDNN computes float32 convolutions in TF32 by default on newer GPUs: '--precision fp32' was reduced."""
+    restorer = Restorer(_model(), device="cpu", precision="fp32")
+    restorer.device = torch.device("cuda")  # (the choice only; nothing runs on it)
+    assert torch.backends.cudnn.allow_tf32
+    with restorer._precision():
+        assert not torch.backends.cudnn.allow_tf32
+    assert torch.backends.cudnn.allow_tf32

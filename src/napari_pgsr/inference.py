@@ -223,6 +223,11 @@ class Restorer:
         digits); fp32: never reduced."""
         if self.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        if self.precision == "fp32" and self.device.type == "cuda":
+            # cuDNN computes float32 convolutions in TF32 (10-bit mantissa) on Ampere and newer unless told not to
+            cudnn = torch.backends.cudnn
+            return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                               allow_tf32=False)
         return autocast(self.device, self.precision == "auto" and self.device.type != "cpu")
 
     def fits_one_tile(self, height: int, width: int) -> bool:
