@@ -86,8 +86,8 @@ class Restorer:
         if arch.get("name") == "progan" and (arch.get("resolution", 0) < arch.get("max_resolution", 0)
                                              or arch.get("alpha", 1.0) < 1):
             warnings.warn(f"this ProGAN grew to {arch['resolution']} of {arch['max_resolution']} px only (its "
-                          "training ended before it had grown): it learnt on patches averaged down to that size, so it restores "
-                          "full frames at a scale it never saw", UserWarning, stacklevel=2)
+                          "training ended before it had grown): it learnt on patches averaged down to that size, so "
+                          "it restores full frames at a scale it never saw", UserWarning, stacklevel=2)
         self.align = 2 ** getattr(self.network, "depth", 0)
         self.margin = (getattr(self.network, "receptive_field", 1) - 1) // 2
         chosen = overlap is None
