@@ -306,3 +306,33 @@ def test_a_big_endian_movie_is_written_as_the_same_integers(tmp_path):
         write_movie(tmp_path / "native.tif", frames)
     back = read_movie(tmp_path / "native.tif").data.compute()
     assert back.dtype == np.uint16 and (back == frames).all()
+
+
+def test_the_tag_check_sizes_rationals_and_skips_types_tiff_does_not_define(tmp_path):
+    """A RATIONAL (two 4-byte integers) was sized as 4 bytes, so a resolution cut off the end of the file went
+    unseen (and the pixel size with it); a tag of an undefined type refused a file tifffile reads."""
+    import struct
+
+    from napari_pgsr.tiff_structure import tag_values_past_end
+
+    frames = np.random.default_rng(0).integers(0, 1000, (6, 32, 32)).astype(np.uint16)
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, frames, imagej=True, metadata={"axes": "TYX"}, extratags=[(65000, 4, 1, 7, True)])
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        entry = tif.pages.first.tags[65000].offset
+    struct.pack_into("<HHI", data, entry, 65000, 99, 100)  # type 99 (no TIFF type), 100 of them "at" offset 7
+    path.write_bytes(bytes(data))
+    with tifffile.TiffFile(path) as tif:
+        assert not tag_values_past_end(tif, tif.pages.first.offset)
+    assert read_movie(path).shape == (6, 32, 32)
+    tifffile.imwrite(path, frames, resolution=(1 / 0.16, 1 / 0.16))
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages.first.tags["XResolution"]
+        entry, offset = tag.offset, tag.valueoffset
+    # point XResolution's 8 bytes at the last 4 of the file: half of it past the end
+    struct.pack_into("<I", data, entry + 8, len(data) - 4)
+    path.write_bytes(bytes(data))
+    with tifffile.TiffFile(path) as tif:
+        assert tag_values_past_end(tif, tif.pages.first.offset)

@@ -221,3 +221,24 @@ def test_a_copy_cut_within_an_index_entry_points_to_recover(tmp_path):
         read_movie(tmp_path / "cut.tif")
     np.testing.assert_array_equal(np.asarray(find_complete_frames(tmp_path / "cut.tif").frames[:]), FRAMES)
 
+
+
+def test_recover_refuses_an_ome_tiff_cut_in_its_ome_xml_whose_rest_names_channels(tmp_path, capsys):
+    """read_movie refused it (what its planes are is not known) and pointed to recover, which copied its two
+    channels in turn as time: low and high for split."""
+    two = np.stack([np.stack([FRAMES[0], FRAMES[1]])] * 5)  # T C Y X
+    tifffile.imwrite(tmp_path / "two.ome.tif", two, ome=True, metadata={"axes": "TCYX"})
+    (tmp_path / "cut.ome.tif").write_bytes((tmp_path / "two.ome.tif").read_bytes()[:-100])
+    assert recover_main([str(tmp_path / "cut.ome.tif"), "-o", str(tmp_path / "out.tif")]) == 2
+    assert "holds 2 channels besides time" in capsys.readouterr().err and not (tmp_path / "out.tif").exists()
+
+
+def test_a_single_ome_file_announcing_more_planes_than_it_holds_says_so(tmp_path):
+    xml = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+           '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint16" SizeX="48" SizeY="32" '
+           'SizeC="1" SizeZ="1" SizeT="8"><Channel ID="Channel:0:0" SamplesPerPixel="1"/><TiffData IFD="0" '
+           'PlaneCount="8"><UUID FileName="short.ome.tif">urn:uuid:1</UUID></TiffData></Pixels></Image></OME>')
+    tifffile.imwrite(tmp_path / "short.ome.tif", FRAMES, description=xml, metadata=None)
+    with pytest.raises(ValueError, match=r"short.ome.tif: its OME-XML announces 8 image planes, but the file holds 6 "
+                                         r"\(none from plane 6\): an acquisition stopped early"):
+        read_movie(tmp_path / "short.ome.tif")

@@ -8,6 +8,7 @@ result equals the whole-frame result.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -47,6 +48,17 @@ def _weights(start: int, size: int, length: int, margin: int, ramp: int) -> np.n
     if start + size < length:
         weight = np.minimum(weight, np.clip((size - position - margin) / (ramp + 1), 0, 1))
     return weight
+
+
+@contextlib.contextmanager
+def _without_tf32() -> Iterator[None]:
+    """cuDNN's TF32 off within the block (and only that setting), as it was after it."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
 
 
 class Restorer:
@@ -225,9 +237,7 @@ class Restorer:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         if self.precision == "fp32" and self.device.type == "cuda":
             # cuDNN computes float32 convolutions in TF32 (10-bit mantissa) on Ampere and newer unless told not to
-            cudnn = torch.backends.cudnn
-            return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
-                               allow_tf32=False)
+            return _without_tf32()
         return autocast(self.device, self.precision == "auto" and self.device.type != "cpu")
 
     def fits_one_tile(self, height: int, width: int) -> bool:

@@ -142,6 +142,10 @@ def find_complete_frames(path: str | os.PathLike) -> Recovery:
             raise ValueError(f"{path}: holds no readable frame (cut after {tif.filehandle.size} bytes); nothing "
                              "to recover") from err
         more = tiff_structure.axes_besides_time(tif)
+        if not more and tiff_structure.tag_values_past_end(tif, first.offset):  # its OME-XML cut: what is left
+            sizes = tiff_structure.cut_description_sizes(tif)
+            more = next((f"{sizes[key]} {name}" for key, name in (("SizeC", "channels"), ("SizeZ", "z-slices"))
+                         if sizes.get(key, 1) > 1), "")
         if more:  # its pages are not one frame each: copied in turn, channel 0 and 1 would pass for low and high
             raise ValueError(f"{path} holds {more} besides time; recover copies the frames of a single-channel "
                              "T x Y x X movie only")

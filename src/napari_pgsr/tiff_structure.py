@@ -166,13 +166,37 @@ def tag_values_past_end(tif: tifffile.TiffFile, page_offset: int) -> bool:
     head = struct.calcsize(layout.byteorder + layout.tagformat1[1:])
     for start in range(0, len(entries), layout.tagsize):
         _, kind = struct.unpack(layout.tagformat1, entries[start:start + head])
+        if kind not in tifffile.TIFF.DATA_FORMATS:  # a type TIFF does not define: tifffile skips it too
+            continue
         count, value = struct.unpack(layout.tagformat2, entries[start + head:start + layout.tagsize])
-        item = struct.calcsize(tifffile.TIFF.DATA_FORMATS.get(kind, "1s")[-1])
+        item = struct.calcsize("<" + tifffile.TIFF.DATA_FORMATS[kind])  # (a RATIONAL, '2I', is 8 bytes)
         if count * item > layout.tagoffsetthreshold:  # the value is elsewhere, at the offset the entry holds
             (offset,) = struct.unpack(layout.offsetformat, value[:layout.offsetsize])
             if offset + count * item > size:
                 return True
     return False
+
+
+def cut_description_sizes(tif: tifffile.TiffFile) -> dict[str, int]:
+    """The OME sizes (SizeC, SizeZ, SizeT...) still legible in what is left of a cut file's first image
+    description (its OME-XML written last and cut short): {} when none are."""
+    layout, handle, size = tif.tiff, tif.filehandle, tif.filehandle.size
+    handle.seek(tif.pages.first.offset)
+    (tags,) = struct.unpack(layout.tagnoformat, handle.read(layout.tagnosize))
+    entries = handle.read(tags * layout.tagsize)
+    head = struct.calcsize(layout.byteorder + layout.tagformat1[1:])
+    for start in range(0, len(entries) - layout.tagsize + 1, layout.tagsize):
+        code, _ = struct.unpack(layout.tagformat1, entries[start:start + head])
+        if code != 270:  # ImageDescription
+            continue
+        count, value = struct.unpack(layout.tagformat2, entries[start + head:start + layout.tagsize])
+        if count <= layout.tagoffsetthreshold:
+            return {}
+        (offset,) = struct.unpack(layout.offsetformat, value[:layout.offsetsize])
+        handle.seek(offset)
+        text = handle.read(max(0, min(count, size - offset))).decode("latin-1")
+        return {key: int(number) for key, number in re.findall(r'\b(Size[CZT])="(\d+)"', text)}
+    return {}
 
 
 def check_not_truncated(tif: tifffile.TiffFile, path: Path, shape: tuple[int, ...]) -> None:
@@ -219,6 +243,10 @@ def check_frames_present(tif: tifffile.TiffFile, path: Path) -> None:
         return
     named = re.findall(r'FileName="([^"]+)"', tif.ome_metadata or "") if tif.is_ome else []
     absent = sorted({name for name in named if not (path.parent / name).exists()})
+    if not set(named) - {path.name}:  # a single file announcing more planes than it holds
+        raise ValueError(f"{path}: its OME-XML announces {len(series.pages)} image planes, but the file holds "
+                         f"{len(series.pages) - len(missing)} (none from plane {missing[0]}): an acquisition stopped "
+                         "early, or a file cut short?")
     if absent:
         raise ValueError(f"{path} is one file of a multi-file dataset: {len(missing)} of its {len(series.pages)} "
                          f"image planes (from plane {missing[0]}) are in {', '.join(absent)}, which "
