@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,6 +187,12 @@ def test_files_with_no_complete_frame_and_an_unwritable_output_are_one_line(tmp_
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
+    if Path("/proc").is_dir():  # a place no file can be made: the error named the output's temporary file
+        assert recover_main([str(cut), "-o", "/proc/out.tif", "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert "could not write /proc/out.tif" in err and ".tmp." not in err
+    assert recover_main([str(tmp_path / "gone.tif"), "-o", str(tmp_path / "x.tif")]) == 2  # the input: as before
+    assert "not found" in capsys.readouterr().err
     monkeypatch.setattr(recover, "write_movie", full_disk)
     assert recover_main([str(cut), "-o", str(tmp_path / "out.tif"), "--quiet"]) == 1
     err = capsys.readouterr().err

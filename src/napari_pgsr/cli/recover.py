@@ -39,7 +39,14 @@ def recover_main(argv: list[str] | None = None) -> int:
         with terminate_cleans_up("napari-pgsr-recover"), ProgressBar("frame", disable=args.quiet) as bar:
             # (a movie of thousands of frames takes minutes)
             found = recover_movie(args.movie, args.output, overwrite=args.overwrite, progress=bar.show)
-    except (BadInput, ValueError, FileNotFoundError, FileExistsError) as err:
+    except FileNotFoundError as err:
+        if Path(err.filename or "").name.endswith(args.output.name) and err.filename != str(args.movie):
+            # (the output's temporary file, in a place no file can be made: /proc, say)
+            print(f"napari-pgsr-recover: error: could not write {args.output}: {err.strerror}", file=sys.stderr)
+            return 1
+        print(f"napari-pgsr-recover: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (BadInput, ValueError, FileExistsError) as err:
         print(f"napari-pgsr-recover: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as err:  # a full disk, no permission: the damaged file is only read (a traceback before)
