@@ -398,6 +398,12 @@ def display_range(data, n_frames: int = 2) -> tuple[float, float]:
     return float(low), float(max(high, low + 1))
 
 
+def clipping_level(dtype) -> float | None:
+    """The grey level a camera's integer image clips at (65535 for 16 bits); None for floating point."""
+    dtype = np.dtype(dtype)
+    return float(np.iinfo(dtype).max) if dtype.kind in "ui" else None
+
+
 def _mapped_sources(array) -> list[np.memmap]:
     """The memory-mapped movies `array` reads from: itself, or those behind a lazily read one."""
     if isinstance(array, np.memmap):

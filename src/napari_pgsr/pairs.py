@@ -10,7 +10,7 @@ import dask.array as da
 import numpy as np
 from scipy import ndimage
 
-from .io import Movie, as_array, frame_source, lazy_frames, release_mapped_pages
+from .io import Movie, as_array, clipping_level, frame_source, lazy_frames, release_mapped_pages
 
 MIN_RATIO = 1.3  # below this, low and high exposures cannot be told apart
 
@@ -101,12 +101,6 @@ def frame_means(data, name: str = "movie", progress: Callable[[int, int], None] 
         if progress is not None:
             progress(done, total)
     return means
-
-
-def clipping_level(dtype) -> float | None:
-    """The grey level a camera's integer image clips at (65535 for 16 bits); None for floating point."""
-    dtype = np.dtype(dtype)
-    return float(np.iinfo(dtype).max) if dtype.kind in "ui" else None
 
 
 def _binned(data, indices: np.ndarray, k: int = 4) -> tuple[np.ndarray, np.ndarray]:

@@ -154,48 +154,47 @@ def next_page_offset(tif: tifffile.TiffFile, page_offset: int) -> int:
     return offset
 
 
-def tag_values_past_end(tif: tifffile.TiffFile, page_offset: int) -> bool:
-    """Whether a tag of the page at `page_offset` has its value beyond the end of the file. tifffile leaves such
-    a tag out: an OME-TIFF cut in its OME-XML (written last) read as a plain stack, channels as time."""
-    layout, handle, size = tif.tiff, tif.filehandle, tif.filehandle.size
+def _raw_tags(tif: tifffile.TiffFile, page_offset: int) -> list[tuple[int, int, int, int | None]] | None:
+    """The tag entries of the page at `page_offset` as the file holds them, whatever tifffile kept: (code,
+    type, count, offset of the value, or None when it sits in the entry or its type is not TIFF's); None when
+    the entries themselves are cut off."""
+    layout, handle = tif.tiff, tif.filehandle
     handle.seek(page_offset)
     (tags,) = struct.unpack(layout.tagnoformat, handle.read(layout.tagnosize))
     entries = handle.read(tags * layout.tagsize)
     if len(entries) < tags * layout.tagsize:
-        return True
+        return None
     head = struct.calcsize(layout.byteorder + layout.tagformat1[1:])
+    found = []
     for start in range(0, len(entries), layout.tagsize):
-        _, kind = struct.unpack(layout.tagformat1, entries[start:start + head])
-        if kind not in tifffile.TIFF.DATA_FORMATS:  # a type TIFF does not define: tifffile skips it too
-            continue
+        code, kind = struct.unpack(layout.tagformat1, entries[start:start + head])
         count, value = struct.unpack(layout.tagformat2, entries[start + head:start + layout.tagsize])
-        item = struct.calcsize("<" + tifffile.TIFF.DATA_FORMATS[kind])  # (a RATIONAL, '2I', is 8 bytes)
-        if count * item > layout.tagoffsetthreshold:  # the value is elsewhere, at the offset the entry holds
-            (offset,) = struct.unpack(layout.offsetformat, value[:layout.offsetsize])
-            if offset + count * item > size:
-                return True
-    return False
+        offset = None
+        if kind in tifffile.TIFF.DATA_FORMATS:  # (a type TIFF does not define: tifffile skips it too)
+            item = struct.calcsize("<" + tifffile.TIFF.DATA_FORMATS[kind])  # (a RATIONAL, '2I', is 8 bytes)
+            if count * item > layout.tagoffsetthreshold:  # the value is elsewhere, at the offset the entry holds
+                (offset,) = struct.unpack(layout.offsetformat, value[:layout.offsetsize])
+                count *= item  # (in bytes from here on)
+        found.append((code, kind, count, offset))
+    return found
+
+
+def tag_values_past_end(tif: tifffile.TiffFile, page_offset: int) -> bool:
+    """Whether a tag of the page at `page_offset` has its value beyond the end of the file. tifffile leaves such
+    a tag out: an OME-TIFF cut in its OME-XML (written last) read as a plain stack, channels as time."""
+    tags = _raw_tags(tif, page_offset)
+    return tags is None or any(offset is not None and offset + size > tif.filehandle.size
+                               for _, _, size, offset in tags)
 
 
 def cut_description_sizes(tif: tifffile.TiffFile) -> dict[str, int]:
-    """The OME sizes (SizeC, SizeZ, SizeT...) still legible in what is left of a cut file's first image
+    """The OME sizes (SizeC, SizeZ, SizeT) still legible in what is left of a cut file's first image
     description (its OME-XML written last and cut short): {} when none are."""
-    layout, handle, size = tif.tiff, tif.filehandle, tif.filehandle.size
-    handle.seek(tif.pages.first.offset)
-    (tags,) = struct.unpack(layout.tagnoformat, handle.read(layout.tagnosize))
-    entries = handle.read(tags * layout.tagsize)
-    head = struct.calcsize(layout.byteorder + layout.tagformat1[1:])
-    for start in range(0, len(entries) - layout.tagsize + 1, layout.tagsize):
-        code, _ = struct.unpack(layout.tagformat1, entries[start:start + head])
-        if code != 270:  # ImageDescription
-            continue
-        count, value = struct.unpack(layout.tagformat2, entries[start + head:start + layout.tagsize])
-        if count <= layout.tagoffsetthreshold:
-            return {}
-        (offset,) = struct.unpack(layout.offsetformat, value[:layout.offsetsize])
-        handle.seek(offset)
-        text = handle.read(max(0, min(count, size - offset))).decode("latin-1")
-        return {key: int(number) for key, number in re.findall(r'\b(Size[CZT])="(\d+)"', text)}
+    for code, _, size, offset in _raw_tags(tif, tif.pages.first.offset) or []:
+        if code == 270 and offset is not None:  # ImageDescription
+            tif.filehandle.seek(offset)
+            text = tif.filehandle.read(max(0, min(size, tif.filehandle.size - offset))).decode("latin-1")
+            return {key: int(number) for key, number in re.findall(r'\b(Size[CZT])="(\d+)"', text)}
     return {}
 
 

@@ -11,7 +11,7 @@ from scipy import ndimage
 from scipy.special import erf
 
 from ..generators import run_to_end
-from ..io import as_array
+from ..io import as_array, clipping_level
 from .fit import SpotFit, fit_spot
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -52,10 +52,7 @@ class CameraCalibration:
     def saturation(self, dtype) -> float | None:
         """The grey level at and above which a pixel is clipped: the one set, else the largest value an
         integer image holds (65535 for 16 bits); None for a floating-point image (a restoration)."""
-        if self.saturation_adu is not None:
-            return float(self.saturation_adu)
-        dtype = np.dtype(dtype)
-        return float(np.iinfo(dtype).max) if dtype.kind in "ui" else None
+        return float(self.saturation_adu) if self.saturation_adu is not None else clipping_level(dtype)
 
 
 def locate_points(image_shape: tuple[int, ...], points, frame: int | None = None
